@@ -1,0 +1,269 @@
+//! The job-store handle that dispatches to a backend, and the types its
+//! operations share.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::error::{Error, Result};
+use crate::file::FileBackend;
+use crate::locator::Locator;
+use crate::s3::S3Backend;
+
+/// An opaque version of a small object, used for compare-and-swap writes.
+/// On S3 it is the ETag; on a file store, a hash of the content.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Version(pub String);
+
+/// When a [`JobStore::put_bytes`] may take effect.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Condition {
+    /// Unconditionally (create or replace).
+    Always,
+    /// Only if the key does not exist (S3 `If-None-Match: *`; an atomic
+    /// link on a file store). Otherwise [`Error::PreconditionFailed`].
+    IfAbsent,
+    /// Only if the key exists with this version (S3 `If-Match`). A missing
+    /// key or a different version gives [`Error::PreconditionFailed`].
+    IfMatch(Version),
+}
+
+/// A small object read whole.
+#[derive(Clone, Debug)]
+pub struct Object {
+    /// The content.
+    pub data: Bytes,
+    /// Its version, for a later [`Condition::IfMatch`].
+    pub version: Version,
+}
+
+/// What a streaming file transfer moved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transfer {
+    /// Bytes transferred.
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes, computed in the same pass.
+    pub sha256: String,
+}
+
+/// Counts of operations, by kind, since the store was opened. Benchmarks read
+/// these to report requests per job (S3 requests cost money).
+#[derive(Debug, Default)]
+pub struct OpCounters {
+    /// `put_bytes` and `put_file` calls.
+    pub writes: AtomicU64,
+    /// `get_bytes`, `get_file` and `size` calls.
+    pub reads: AtomicU64,
+    /// `list` calls.
+    pub lists: AtomicU64,
+    /// `delete` and `delete_prefix` calls.
+    pub deletes: AtomicU64,
+}
+
+/// A snapshot of [`OpCounters`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Writes so far.
+    pub writes: u64,
+    /// Reads so far.
+    pub reads: u64,
+    /// Lists so far.
+    pub lists: u64,
+    /// Deletes so far.
+    pub deletes: u64,
+}
+
+#[derive(Debug)]
+enum Backend {
+    File(FileBackend),
+    S3(S3Backend),
+}
+
+/// A handle on one job store. Cheap to clone; clones share the backend's
+/// connections and the operation counters.
+#[derive(Clone, Debug)]
+pub struct JobStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    locator: Locator,
+    backend: Backend,
+    counters: OpCounters,
+}
+
+macro_rules! dispatch {
+    ($self:ident, $b:ident => $e:expr) => {
+        match &$self.inner.backend {
+            Backend::File($b) => $e,
+            Backend::S3($b) => $e,
+        }
+    };
+}
+
+impl JobStore {
+    /// Opens a handle for `locator`. Does not create anything; for S3 it
+    /// builds the client from the standard AWS configuration chain.
+    pub async fn open(locator: &Locator) -> Result<Self> {
+        let backend = match locator {
+            Locator::File(path) => Backend::File(FileBackend::new(path.clone())),
+            Locator::Aws { region, name } => {
+                Backend::S3(S3Backend::connect(region, name, locator).await?)
+            }
+        };
+        Ok(JobStore {
+            inner: Arc::new(Inner {
+                locator: locator.clone(),
+                backend,
+                counters: OpCounters::default(),
+            }),
+        })
+    }
+
+    /// The locator this store was opened with.
+    pub fn locator(&self) -> &Locator {
+        &self.inner.locator
+    }
+
+    /// Operation counts since the store was opened.
+    pub fn op_counts(&self) -> OpCounts {
+        let c = &self.inner.counters;
+        OpCounts {
+            writes: c.writes.load(Ordering::Relaxed),
+            reads: c.reads.load(Ordering::Relaxed),
+            lists: c.lists.load(Ordering::Relaxed),
+            deletes: c.deletes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Creates the store if it does not exist. Returns true if it was
+    /// created, false if it was already there.
+    pub async fn initialize(&self) -> Result<bool> {
+        dispatch!(self, b => b.initialize().await)
+    }
+
+    /// True if the store exists.
+    pub async fn exists(&self) -> Result<bool> {
+        dispatch!(self, b => b.exists().await)
+    }
+
+    /// Deletes the store and everything in it. Refuses to delete something
+    /// that is not a job store.
+    pub async fn destroy(&self) -> Result<()> {
+        self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.destroy().await)
+    }
+
+    /// Writes a small object whole, subject to `cond`.
+    pub async fn put_bytes(&self, key: &str, data: Bytes, cond: Condition) -> Result<Version> {
+        check_key(key)?;
+        self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.put_bytes(key, data, cond).await)
+    }
+
+    /// Reads a small object whole; `None` if it does not exist.
+    pub async fn get_bytes(&self, key: &str) -> Result<Option<Object>> {
+        check_key(key)?;
+        self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.get_bytes(key).await)
+    }
+
+    /// Stores the local file `src` under `key`, streaming (never holding the
+    /// whole file in memory), and returns its size and SHA-256.
+    pub async fn put_file(&self, key: &str, src: &Path) -> Result<Transfer> {
+        check_key(key)?;
+        self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.put_file(key, src).await)
+    }
+
+    /// Streams `key` into the local file `dest` (created or truncated) and
+    /// returns its size and SHA-256. Does not fsync `dest`; callers that
+    /// rename it into a shared place do that themselves.
+    pub async fn get_file(&self, key: &str, dest: &Path) -> Result<Transfer> {
+        check_key(key)?;
+        self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.get_file(key, dest).await)
+    }
+
+    /// Like [`JobStore::get_file`], then checks the content against
+    /// `expected_sha256`; on a mismatch `dest` is removed and
+    /// [`Error::Checksum`] returned.
+    pub async fn get_file_verified(
+        &self,
+        key: &str,
+        dest: &Path,
+        expected_sha256: &str,
+    ) -> Result<Transfer> {
+        let t = self.get_file(key, dest).await?;
+        if !expected_sha256.is_empty() && !t.sha256.eq_ignore_ascii_case(expected_sha256) {
+            let _ = tokio::fs::remove_file(dest).await;
+            return Err(Error::Checksum {
+                key: key.to_string(),
+                expected: expected_sha256.to_string(),
+                actual: t.sha256,
+            });
+        }
+        Ok(t)
+    }
+
+    /// The size of `key`, or `None` if it does not exist.
+    pub async fn size(&self, key: &str) -> Result<Option<u64>> {
+        check_key(key)?;
+        self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.size(key).await)
+    }
+
+    /// Every key that starts with `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.counters.lists.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.list(prefix).await)
+    }
+
+    /// Deletes `key`; deleting a missing key is not an error.
+    pub async fn delete(&self, key: &str) -> Result<()> {
+        check_key(key)?;
+        self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.delete(key).await)
+    }
+
+    /// Deletes every key under `prefix`; returns how many were deleted.
+    pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
+        self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
+        dispatch!(self, b => b.delete_prefix(prefix).await)
+    }
+}
+
+/// Keys are relative, `/`-separated, with no empty, `.` or `..` components
+/// and no component starting with `.tmp-` (reserved for in-flight writes).
+pub(crate) fn check_key(key: &str) -> Result<()> {
+    let bad = key.is_empty()
+        || key.starts_with('/')
+        || key.ends_with('/')
+        || key
+            .split('/')
+            .any(|c| c.is_empty() || c == "." || c == ".." || c.starts_with(".tmp-"));
+    if bad {
+        return Err(Error::Permanent {
+            message: format!("invalid job-store key {key:?} (this is a bug in the caller)"),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_checked() {
+        for good in ["a", "files/x/y.txt", "state/journal/00000000000000000001"] {
+            assert!(check_key(good).is_ok(), "{good}");
+        }
+        for bad in ["", "/a", "a/", "a//b", "a/../b", "./a", "a/.tmp-1"] {
+            assert!(check_key(bad).is_err(), "{bad}");
+        }
+    }
+}

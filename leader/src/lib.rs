@@ -1,0 +1,3 @@
+//! The toil leader.
+
+pub mod workflow;

@@ -1,0 +1,3 @@
+//! Workflow files: parsing, validation and the parsed form.
+
+pub mod spec;

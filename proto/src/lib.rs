@@ -1,0 +1,15 @@
+//! The `toil.v1` gRPC API: the contract between the leader, its agents and
+//! any client a developer writes.
+//!
+//! The `.proto` files under `proto/toil/v1/` are the source of truth; this
+//! crate compiles them with prost and tonic. `FILE_DESCRIPTOR_SET` lets the
+//! leader serve gRPC reflection, so `grpcurl` works without the files.
+
+/// Generated messages, clients and servers for package `toil.v1`.
+#[allow(clippy::all, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+pub mod v1 {
+    tonic::include_proto!("toil.v1");
+}
+
+/// The encoded `FileDescriptorSet` of every `toil.v1` file, for reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("toil_descriptor");
