@@ -1,1 +1,5 @@
+//! End-to-end tests, benchmarks and test servers for the toil workspace.
+//!
+//! - [`harness`]: finding binaries and the test virtualenv, scratch dirs.
 
+pub mod harness;

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs what the test suite needs beyond the Rust toolchain, inside the
+# repository (nothing system-wide except Debian packages when missing):
+#   .venv-test/        Python venv: moto[server] (S3), grpcio + grpcio-tools
+#                      (the Python client test)
+#   .tools/            npm prefix holding `buf` (proto lint)
+# Idempotent: a second run only checks that everything is present.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*"; }
+
+# --- Python venv -----------------------------------------------------------
+PY=${PYTHON:-python3}
+if ! .venv-test/bin/python -c 'import moto, grpc, grpc_tools' 2>/dev/null; then
+  log "creating .venv-test (moto[server], grpcio, grpcio-tools)"
+  "$PY" -m venv .venv-test
+  .venv-test/bin/pip install --quiet --disable-pip-version-check \
+    'moto[server]' grpcio grpcio-tools
+fi
+log "python venv ok: $(.venv-test/bin/python -c 'import moto; print("moto", moto.__version__)')"
+
+# --- buf (proto lint) --------------------------------------------------------
+if [ ! -x .tools/node_modules/.bin/buf ]; then
+  log "installing @bufbuild/buf into .tools"
+  mkdir -p .tools
+  npm install --silent --no-save --no-audit --no-fund --prefix .tools @bufbuild/buf >/dev/null
+fi
+log "buf ok: $(.tools/node_modules/.bin/buf --version)"
