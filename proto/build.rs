@@ -15,6 +15,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "toil/v1/common.proto",
         "toil/v1/agent.proto",
         "toil/v1/workflow.proto",
+        "toil/v1/state.proto",
     ];
     tonic_prost_build::configure()
         .file_descriptor_set_path(out_dir.join("toil_descriptor.bin"))
