@@ -1,3 +1,4 @@
 //! The toil leader.
 
+pub mod core;
 pub mod workflow;
