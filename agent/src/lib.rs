@@ -1,1 +1,2 @@
 //! The toil agent.
+pub mod cache;
