@@ -21,6 +21,7 @@
 
 pub mod error;
 pub mod file;
+pub mod layout;
 pub mod locator;
 pub mod s3;
 pub mod state;
