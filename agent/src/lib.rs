@@ -1,2 +1,4 @@
 //! The toil agent.
 pub mod cache;
+pub mod images;
+pub mod stage_cmd;

@@ -13,13 +13,13 @@ use toil_proto::v1::CauseKind;
 pub enum CacheError {
     /// The job store could not deliver the file: unreachable, throttled,
     /// access denied, or the file is not there.
-    #[error("{file_id}: reading from the job store failed: {source}")]
+    #[error("{file_id}: reading from the job store failed: {error}")]
     JobStore {
         /// The file id (job-store key).
         file_id: String,
-        /// The job store's error; its `is_retryable` decides ours.
-        #[source]
-        source: toil_jobstore::Error,
+        /// The job store's error (in the message, not chained again); its
+        /// `is_retryable` decides ours.
+        error: toil_jobstore::Error,
     },
 
     /// The downloaded bytes do not match the checksum recorded with the
@@ -59,13 +59,12 @@ pub enum CacheError {
     },
 
     /// A local filesystem operation failed.
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         /// What was being done, naming the path.
         context: String,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+        /// The underlying error (in the message, not chained again).
+        error: io::Error,
     },
 }
 
@@ -75,11 +74,11 @@ impl CacheError {
     /// False for bad input and for missing files or denied access.
     pub fn is_retryable(&self) -> bool {
         match self {
-            CacheError::JobStore { source, .. } => source.is_retryable(),
+            CacheError::JobStore { error, .. } => error.is_retryable(),
             CacheError::Checksum { .. } | CacheError::NoSpace { .. } => true,
             CacheError::BadInput { .. } => false,
-            CacheError::Io { source, .. } => matches!(
-                source.kind(),
+            CacheError::Io { error, .. } => matches!(
+                error.kind(),
                 io::ErrorKind::Interrupted | io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
             ),
         }
@@ -106,7 +105,7 @@ impl CacheError {
         }
         CacheError::Io {
             context: context.into(),
-            source,
+            error: source,
         }
     }
 
@@ -127,7 +126,7 @@ impl CacheError {
             }
             other => CacheError::JobStore {
                 file_id: file_id.to_string(),
-                source: other,
+                error: other,
             },
         }
     }

@@ -81,10 +81,17 @@ impl Layout {
     }
 }
 
-/// The entry name for a job-store file id: the lowercase hex SHA-256 of the
-/// id's bytes.
-pub(crate) fn entry_name(file_id: &str) -> String {
-    hex::encode(Sha256::digest(file_id.as_bytes()))
+/// The entry name for a job-store file id and its expected content: the
+/// lowercase hex SHA-256 of `file_id NUL sha256`. Content under an id never
+/// changes, so the checksum is normally redundant; keying by it too means a
+/// request that expects different content never gets the cached file
+/// silently (it misses, downloads and fails verification instead).
+pub(crate) fn entry_name(file_id: &str, sha256: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(file_id.as_bytes());
+    h.update([0]);
+    h.update(sha256.to_ascii_lowercase().as_bytes());
+    hex::encode(h.finalize())
 }
 
 /// True if `s` looks like an entry name (64 lowercase hex digits).
@@ -132,11 +139,12 @@ mod tests {
 
     #[test]
     fn names_are_fixed_length_hex_and_round_trip() {
-        let a = entry_name("files/job-1/out/x.txt");
-        let b = entry_name("files/job-1/out/y.txt");
+        let a = entry_name("files/job-1/out/x.txt", "ab");
+        let b = entry_name("files/job-1/out/y.txt", "ab");
         assert!(is_entry_name(&a) && is_entry_name(&b));
         assert_ne!(a, b);
-        assert_eq!(a, entry_name("files/job-1/out/x.txt"));
+        assert_eq!(a, entry_name("files/job-1/out/x.txt", "AB"));
+        assert_ne!(a, entry_name("files/job-1/out/x.txt", "cd"));
 
         let layout = Layout::new(Path::new("/c"));
         let tmp = layout.new_tmp(&a, 12345);

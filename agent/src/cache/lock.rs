@@ -65,6 +65,14 @@ impl FileLock {
     }
 }
 
+impl std::os::fd::AsRawFd for FileLock {
+    /// The locked file's descriptor, for a child process that must keep the
+    /// lock held while it runs (see `images`).
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self._flock.as_raw_fd()
+    }
+}
+
 fn lock(path: &Path, mode: Mode, blocking: bool) -> io::Result<Option<FileLock>> {
     let arg = match (mode, blocking) {
         (Mode::Shared, true) => FlockArg::LockShared,

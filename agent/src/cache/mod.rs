@@ -29,7 +29,7 @@
 
 mod error;
 mod layout;
-mod lock;
+pub(crate) mod lock;
 mod space;
 
 use std::fs;
@@ -234,9 +234,12 @@ impl NodeCache {
         self.inner.cfg.disabled
     }
 
-    /// Where the entry for `file_id` lives (whether or not it is there).
-    pub fn entry_path(&self, file_id: &str) -> PathBuf {
-        self.inner.layout.entry(&layout::entry_name(file_id))
+    /// Where the entry for `file_id` with content `sha256` lives (whether
+    /// or not it is there).
+    pub fn entry_path(&self, file_id: &str, sha256: &str) -> PathBuf {
+        self.inner
+            .layout
+            .entry(&layout::entry_name(file_id, sha256))
     }
 
     /// Places every input in `work_dir`: from the cache when it holds the
@@ -312,8 +315,8 @@ impl NodeCache {
         let inner = self.inner.clone();
         let file_id = file_id.to_string();
         let local = local_path.to_path_buf();
-        let expected = uploaded.size;
-        blocking(move || inner.insert_blocking(&file_id, &local, expected)).await?
+        let (expected, sha256) = (uploaded.size, uploaded.sha256.clone());
+        blocking(move || inner.insert_blocking(&file_id, &sha256, &local, expected)).await?
     }
 
     /// Stages one input; returns the use lock to keep (none for a private
@@ -329,7 +332,7 @@ impl NodeCache {
             let n = private_download(store, input, dest).await?;
             return Ok((None, Outcome::Private(n)));
         }
-        let name = layout::entry_name(&input.file_id);
+        let name = layout::entry_name(&input.file_id, &input.sha256);
         let layout = self.inner.layout.clone();
         let entry = layout.entry(&name);
 
@@ -501,11 +504,12 @@ impl Inner {
     fn insert_blocking(
         &self,
         file_id: &str,
+        sha256: &str,
         local: &Path,
         expected: u64,
     ) -> Result<bool, CacheError> {
         let layout = &self.layout;
-        let name = layout::entry_name(file_id);
+        let name = layout::entry_name(file_id, sha256);
         let entry = layout.entry(&name);
         let io_err = |what: String| move |e| CacheError::io(file_id, what, e);
 
@@ -697,6 +701,6 @@ where
         .await
         .map_err(|e| CacheError::Io {
             context: "cache worker thread".into(),
-            source: io::Error::other(e.to_string()),
+            error: io::Error::other(e.to_string()),
         })
 }
