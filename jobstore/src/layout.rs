@@ -31,6 +31,11 @@ pub fn job_key(job_id: &str) -> String {
     job_id.replace('/', "~")
 }
 
+/// The id of attempt `n` of job `job_id`: `JOB_ID.N`.
+pub fn attempt_id(job_id: &str, n: u32) -> String {
+    format!("{job_id}.{n}")
+}
+
 /// Splits `JOB_ID.N` into its parts.
 pub fn split_attempt_id(attempt_id: &str) -> Option<(&str, u32)> {
     let (job, n) = attempt_id.rsplit_once('.')?;
@@ -81,5 +86,11 @@ mod tests {
         assert_eq!(k, "logs/a/1/0000000000004096");
         assert_eq!(log_segment_offset(&k), Some(4096));
         assert_eq!(split_attempt_id("a/b.3"), Some(("a/b", 3)));
+        assert_eq!(
+            split_attempt_id(&attempt_id("count[3]/c", 2)),
+            Some(("count[3]/c", 2))
+        );
+        assert_eq!(split_attempt_id("nodot"), None);
+        assert_eq!(split_attempt_id("a.x"), None);
     }
 }

@@ -8,6 +8,7 @@ use toil_proto::v1::{FileRef, OutputSpec, StagedInput};
 
 use super::{Core, JobIdx, Request};
 use crate::workflow::spec::{Command, InputSource};
+use toil_jobstore::layout::attempt_id;
 
 /// One attempt, ready to hand to an agent.
 #[derive(Clone, Debug, PartialEq)]
@@ -34,27 +35,12 @@ pub struct LaunchSpec {
     pub outputs: Vec<OutputSpec>,
 }
 
-/// The id of attempt `n` of job `job_id`.
-pub fn attempt_id(job_id: &str, n: u32) -> String {
-    format!("{job_id}.{n}")
-}
-
-/// Splits an attempt id into the job id and the attempt number.
-pub fn split_attempt_id(attempt_id: &str) -> Option<(&str, u32)> {
-    let (job, n) = attempt_id.rsplit_once('.')?;
-    Some((job, n.parse().ok()?))
-}
-
-/// Replaces `{{var}}` and `{{index}}` in `s`.
+/// Replaces the scatter placeholders in `s`, if the job is scattered.
 fn render(s: &str, scatter: Option<(&str, &str, u64)>) -> String {
-    let Some((var, value, index)) = scatter else {
-        return s.to_string();
-    };
-    if !s.contains("{{") {
-        return s.to_string();
+    match scatter {
+        Some((var, value, index)) => crate::workflow::render(s, var, value, index),
+        None => s.to_string(),
     }
-    s.replace(&format!("{{{{{var}}}}}"), value)
-        .replace("{{index}}", &index.to_string())
 }
 
 impl Core {
@@ -169,17 +155,6 @@ impl Core {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn attempt_ids_round_trip() {
-        assert_eq!(attempt_id("count[3]/child", 2), "count[3]/child.2");
-        assert_eq!(
-            split_attempt_id("count[3]/child.2"),
-            Some(("count[3]/child", 2))
-        );
-        assert_eq!(split_attempt_id("nodot"), None);
-        assert_eq!(split_attempt_id("a.x"), None);
-    }
 
     #[test]
     fn placeholders_render() {

@@ -1,0 +1,106 @@
+//! `toil.v1.AgentService`: agents' reports go to the driver; log chunks go
+//! straight to the log hub (checked against the attempt's token).
+
+use std::sync::Arc;
+
+use toil_proto::v1::agent_service_server::AgentService;
+use toil_proto::v1::{
+    StreamLogsRequest, StreamLogsResponse, SynchronizeRequest, SynchronizeResponse,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::driver::{Msg, TokenTable};
+use crate::logs::LogHub;
+
+/// The agent-facing service.
+pub struct AgentSvc {
+    /// Where reports go.
+    pub driver: mpsc::Sender<Msg>,
+    /// Attempt tokens, for log streams.
+    pub tokens: Arc<TokenTable>,
+    /// Where log chunks go.
+    pub logs: Arc<LogHub>,
+}
+
+pub(crate) fn leader_gone() -> Status {
+    Status::unavailable("the leader is shutting down")
+}
+
+#[tonic::async_trait]
+impl AgentService for AgentSvc {
+    async fn synchronize(
+        &self,
+        request: Request<SynchronizeRequest>,
+    ) -> Result<Response<SynchronizeResponse>, Status> {
+        let (tx, rx) = oneshot::channel();
+        self.driver
+            .send(Msg::Sync(request.into_inner(), tx))
+            .await
+            .map_err(|_| leader_gone())?;
+        rx.await.map_err(|_| leader_gone())?.map(Response::new)
+    }
+
+    type StreamLogsStream = ReceiverStream<Result<StreamLogsResponse, Status>>;
+
+    async fn stream_logs(
+        &self,
+        request: Request<Streaming<StreamLogsRequest>>,
+    ) -> Result<Response<Self::StreamLogsStream>, Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(64);
+        let tokens = self.tokens.clone();
+        let logs = self.logs.clone();
+        tokio::spawn(async move {
+            // The first message authenticates the stream; it stays valid
+            // after the attempt ends so late chunks are still kept.
+            let mut bound: Option<(String, String)> = None;
+            while let Some(msg) = inbound.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(_) => break,
+                };
+                match &bound {
+                    None => {
+                        if !tokens.check_attempt(&msg.attempt_id, &msg.attempt_token) {
+                            let _ = tx
+                                .send(Err(Status::permission_denied(format!(
+                                    "wrong token for attempt {:?}, or the attempt is not running",
+                                    msg.attempt_id
+                                ))))
+                                .await;
+                            return;
+                        }
+                        bound = Some((msg.attempt_id.clone(), msg.attempt_token.clone()));
+                    }
+                    Some((id, token)) => {
+                        if *id != msg.attempt_id || *token != msg.attempt_token {
+                            let _ = tx
+                                .send(Err(Status::permission_denied(
+                                    "every message of a log stream must carry the same attempt and token",
+                                )))
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                let Some(chunk) = msg.chunk else {
+                    continue;
+                };
+                let through = logs.push(&msg.attempt_id, chunk);
+                if tx
+                    .send(Ok(StreamLogsResponse {
+                        received_through: through,
+                    }))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+}
