@@ -237,9 +237,12 @@ impl NodeCache {
     /// Where the entry for `file_id` with content `sha256` lives (whether
     /// or not it is there).
     pub fn entry_path(&self, file_id: &str, sha256: &str) -> PathBuf {
-        self.inner
-            .layout
-            .entry(&layout::entry_name(file_id, sha256))
+        NodeCache::entry_path_in(&self.inner.layout.root, file_id, sha256)
+    }
+
+    /// [`NodeCache::entry_path`] for the cache in `dir`, without opening it.
+    pub fn entry_path_in(dir: &Path, file_id: &str, sha256: &str) -> PathBuf {
+        Layout::new(dir).entry(&layout::entry_name(file_id, sha256))
     }
 
     /// Places every input in `work_dir`: from the cache when it holds the
