@@ -10,7 +10,7 @@ use bytes::Bytes;
 use crate::error::{Error, Result};
 use crate::file::FileBackend;
 use crate::locator::Locator;
-use crate::s3::S3Backend;
+use crate::s3::{S3Backend, S3Options};
 
 /// An opaque version of a small object, used for compare-and-swap writes.
 /// On S3 it is the ETag; on a file store, a hash of the content.
@@ -108,10 +108,17 @@ impl JobStore {
     /// Opens a handle for `locator`. Does not create anything; for S3 it
     /// builds the client from the standard AWS configuration chain.
     pub async fn open(locator: &Locator) -> Result<Self> {
+        Self::open_with(locator, S3Options::from_env()?).await
+    }
+
+    /// Like [`JobStore::open`], with explicit settings for an `aws:` store
+    /// (ignored for `file:`): an endpoint and credentials (tests on moto),
+    /// transfer sizes, request counting (benchmarks), fault injection.
+    pub async fn open_with(locator: &Locator, s3: S3Options) -> Result<Self> {
         let backend = match locator {
             Locator::File(path) => Backend::File(FileBackend::new(path.clone())),
             Locator::Aws { region, name } => {
-                Backend::S3(S3Backend::connect(region, name, locator).await?)
+                Backend::S3(S3Backend::connect(region, name, locator, s3).await?)
             }
         };
         Ok(JobStore {

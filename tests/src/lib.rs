@@ -3,3 +3,4 @@
 //! - [`harness`]: finding binaries and the test virtualenv, scratch dirs.
 
 pub mod harness;
+pub mod moto;

@@ -1,0 +1,217 @@
+//! Settings of the S3 backend that do not come from the AWS configuration
+//! chain: transfer sizes, retry pacing, request accounting, and the
+//! fault-injection test aid.
+
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+use super::http::RequestStats;
+
+/// Environment variable that turns on fault injection for every `aws:` job
+/// store the process opens with [`crate::JobStore::open`]. A test aid only;
+/// see [`FaultConfig`].
+pub const FAIL_FIRST_N_ENV: &str = "TOIL_JOBSTORE_FAIL_FIRST_N";
+
+/// How an `aws:` job store reaches S3, beyond what the standard AWS
+/// configuration (environment, `~/.aws`, web identity) already says.
+///
+/// [`S3Options::from_env`] is what [`crate::JobStore::open`] uses; tests and
+/// benchmarks build one by hand and pass it to
+/// [`crate::JobStore::open_with`].
+#[derive(Clone, Debug, Default)]
+pub struct S3Options {
+    /// Endpoint of an S3-compatible store (MinIO, Ceph, moto). `None` keeps
+    /// the SDK's own resolution: `AWS_ENDPOINT_URL_S3`, then
+    /// `AWS_ENDPOINT_URL`, then the profile's `endpoint_url`, then AWS.
+    pub endpoint_url: Option<String>,
+    /// Fixed credentials. `None` uses the standard chain: environment,
+    /// `~/.aws/credentials` (on Kubernetes, the `TOIL_AWS_SECRET_NAME` secret
+    /// mounted at `/root/.aws`), web identity (EKS), ECS, instance metadata.
+    pub credentials: Option<StaticCredentials>,
+    /// Path-style addressing (`http://host/bucket/key`). `None` turns it on
+    /// exactly when a custom endpoint is configured, which is what
+    /// S3-compatible stores need; AWS itself prefers virtual-hosted style.
+    pub force_path_style: Option<bool>,
+    /// Sizes and parallelism of streaming transfers.
+    pub transfer: TransferOptions,
+    /// Retry pacing for transient failures.
+    pub retry: RetryOptions,
+    /// Injected failures, for tests only. `None` in production.
+    pub faults: Option<FaultConfig>,
+    /// Counts of HTTP requests this store sends (shared: keep a clone to read
+    /// them while the store is in use).
+    pub stats: RequestStats,
+}
+
+/// An access key pair, for tests and S3-compatible stores with fixed keys.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    /// The access key id (`AWS_ACCESS_KEY_ID`).
+    pub access_key_id: String,
+    /// The secret access key (`AWS_SECRET_ACCESS_KEY`).
+    pub secret_access_key: String,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StaticCredentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret_access_key", &"** redacted **")
+            .finish()
+    }
+}
+
+/// Streaming transfer settings. Peak memory of one `put_file` or `get_file`
+/// is about `part_size * concurrency`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferOptions {
+    /// Files up to this size go in one `PutObject` / `GetObject`; larger
+    /// ones in parts of this size (raised when a file would need more than
+    /// S3's 10,000 parts). At least 5 MiB, S3's minimum part size.
+    pub part_size: u64,
+    /// Parts uploaded or downloaded at the same time.
+    pub concurrency: usize,
+}
+
+/// 8 MiB: with four parts in flight a transfer holds about 32 MiB.
+pub const DEFAULT_PART_SIZE: u64 = 8 << 20;
+/// S3 refuses parts smaller than this (except the last one).
+pub const MIN_PART_SIZE: u64 = 5 << 20;
+/// S3's limit on the number of parts of one multipart upload.
+pub const MAX_PARTS: u64 = 10_000;
+
+impl Default for TransferOptions {
+    fn default() -> Self {
+        TransferOptions {
+            part_size: DEFAULT_PART_SIZE,
+            concurrency: 4,
+        }
+    }
+}
+
+impl TransferOptions {
+    /// The part size for a file of `size` bytes: the configured size, at
+    /// least [`MIN_PART_SIZE`], raised (to whole MiB) so the file fits in
+    /// [`MAX_PARTS`] parts.
+    pub fn part_size_for(&self, size: u64) -> u64 {
+        let base = self.part_size.max(MIN_PART_SIZE);
+        let needed = size.div_ceil(MAX_PARTS).next_multiple_of(1 << 20);
+        base.max(needed)
+    }
+}
+
+/// Retry pacing. The SDK retries failed requests (5xx, throttling such as
+/// `SlowDown`, timeouts, connection errors) with exponential backoff and
+/// jitter up to `max_attempts`; the backend's own loops (conditional writes,
+/// response bodies that fail half-way) use the same numbers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryOptions {
+    /// Attempts per request, the first included.
+    pub max_attempts: u32,
+    /// Delay before the first retry; doubled for each further one.
+    pub initial_backoff: Duration,
+    /// Upper bound of one delay.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryOptions {
+    fn default() -> Self {
+        RetryOptions {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(20),
+        }
+    }
+}
+
+impl RetryOptions {
+    /// The delay before retry number `retry` (1 for the first retry):
+    /// exponential, capped, with "equal jitter" (between half and all of it).
+    pub fn backoff(&self, retry: u32) -> Duration {
+        let exp = self
+            .initial_backoff
+            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
+        let capped = exp.min(self.max_backoff);
+        let half = capped / 2;
+        half + capped.mul_f64(rand::random::<f64>() * 0.5)
+    }
+}
+
+/// Fault injection, neon style: every distinct HTTP request (method and
+/// URI) fails its first `fail_first_n` attempts, then the next attempt goes
+/// through and the count starts again, so each logical call has to retry.
+///
+/// A test aid: it proves that every S3 code path survives transient errors.
+/// The failures cycle through three kinds, one per attempt:
+/// 1. a `503 SlowDown` answer, without the request reaching the server;
+/// 2. the request reaches the server and is carried out, but the client sees
+///    a reset connection instead of the answer (the ambiguous case a
+///    conditional write must resolve);
+/// 3. for object downloads, the body is cut half-way with a reset (other
+///    requests get kind 2).
+///
+/// Set it with [`S3Options::faults`] or, for child processes, with the
+/// environment variable `TOIL_JOBSTORE_FAIL_FIRST_N=N` read once when the
+/// store is opened. Keep `fail_first_n` below [`RetryOptions::max_attempts`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FaultConfig {
+    /// Attempts of each request that fail before one succeeds.
+    pub fail_first_n: u32,
+}
+
+impl S3Options {
+    /// The defaults plus what the process environment adds beyond the AWS
+    /// chain: [`FAIL_FIRST_N_ENV`] (fault injection for tests).
+    pub fn from_env() -> Result<Self> {
+        let mut opts = S3Options::default();
+        if let Ok(v) = std::env::var(FAIL_FIRST_N_ENV) {
+            let n: u32 = v.trim().parse().map_err(|_| Error::Permanent {
+                message: format!(
+                    "{FAIL_FIRST_N_ENV}={v:?} is not a number; unset it (it is a test aid) or give a small count like 2"
+                ),
+            })?;
+            if n > 0 {
+                opts.faults = Some(FaultConfig { fail_first_n: n });
+                opts.retry.max_attempts = opts.retry.max_attempts.max(n + 2);
+            }
+        }
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn part_size_grows_to_fit_the_part_limit() {
+        let t = TransferOptions::default();
+        assert_eq!(t.part_size_for(1 << 30), DEFAULT_PART_SIZE);
+        // 1 TiB needs parts of at least 1 TiB / 10,000, rounded up to a MiB.
+        let big = 1u64 << 40;
+        let p = t.part_size_for(big);
+        assert!(p * MAX_PARTS >= big && p % (1 << 20) == 0, "{p}");
+        let tiny = TransferOptions {
+            part_size: 1,
+            concurrency: 1,
+        };
+        assert_eq!(tiny.part_size_for(100), MIN_PART_SIZE);
+    }
+
+    #[test]
+    fn backoff_doubles_and_is_capped() {
+        let r = RetryOptions {
+            max_attempts: 10,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+        };
+        let b1 = r.backoff(1);
+        assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100));
+        let b3 = r.backoff(3);
+        assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400));
+        let b30 = r.backoff(30);
+        assert!(b30 >= Duration::from_millis(500) && b30 <= Duration::from_secs(1));
+    }
+}
