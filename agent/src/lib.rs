@@ -1,4 +1,22 @@
-//! The toil agent.
+//! The toil agent: runs inside each pod (or as a local process) and does the
+//! work of one slot.
+//!
+//! - [`run`]: the main loop (report idle, take an assignment, report done);
+//! - [`attempt`]: one attempt: stage, pull, run, upload, record;
+//! - [`exec`]: the command in its own process group, measured;
+//! - [`logstream`]: output to the leader in acknowledged, spooled chunks;
+//! - [`outputs`]: declared outputs into the job store;
+//! - [`cache`]: the node-wide input cache shared by every agent on a node;
+//! - [`images`]: Singularity/Apptainer images, one pull per image per node;
+//! - [`client`]: the lease-aware connection to the leader;
+//! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging.
+pub mod attempt;
 pub mod cache;
+pub mod client;
+pub mod config;
+pub mod exec;
 pub mod images;
+pub mod logstream;
+pub mod outputs;
+pub mod run;
 pub mod stage_cmd;

@@ -1,5 +1,6 @@
-//! `toil-agent`: the agent binary. For now only the cache and image
-//! subcommands (the agent's main loop is wired in separately).
+//! `toil-agent`: the agent binary. `toil-agent run` is what the leader
+//! starts in each pod or local slot; `stage` and `pull-image` drive the node
+//! cache and image locks by hand (tests, benchmarks, debugging on a node).
 
 use std::process::ExitCode;
 
@@ -15,6 +16,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Take jobs from the leader and run them (configured by TOIL_* variables).
+    Run(Box<toil_agent::config::RunArgs>),
     /// Stage inputs through the node cache and print a JSON summary.
     Stage(StageArgs),
     /// Pull a container image through the node's image locks.
@@ -24,19 +27,59 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    let filter = std::env::var("TOIL_AGENT_LOG")
+        .ok()
+        .or_else(|| std::env::var("RUST_LOG").ok())
+        .unwrap_or_else(|| "info".into());
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let r = match cli.command {
+        Command::Run(args) => return run(*args).await,
         Command::Stage(args) => stage_cmd::run(args).await,
         Command::PullImage(args) => stage_cmd::run_pull(args).await,
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("toil-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `toil-agent run`: exits 0 when the leader lets it go, 143 after SIGTERM,
+/// 2 when the leader is lost, 64 on bad configuration.
+async fn run(args: toil_agent::config::RunArgs) -> ExitCode {
+    if let Err(e) = args.validate() {
+        eprintln!("toil-agent: {e}");
+        return ExitCode::from(64);
+    }
+    let terminate = tokio_util::sync::CancellationToken::new();
+    let t = terminate.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        t.cancel();
+    });
+    match toil_agent::run::run(args, terminate).await {
+        Ok(toil_agent::run::Exit::Done(reason)) => {
+            tracing::debug!(%reason, "exiting");
+            ExitCode::SUCCESS
+        }
+        Ok(toil_agent::run::Exit::Terminated) => ExitCode::from(143),
+        Ok(toil_agent::run::Exit::LeaderLost(why)) => {
+            eprintln!("toil-agent: {why}; exiting");
+            ExitCode::from(2)
+        }
         Err(e) => {
             eprintln!("toil-agent: {e:#}");
             ExitCode::FAILURE

@@ -1,10 +1,31 @@
-//! The toil leader.
+//! The toil leader: runs a workflow's jobs through agents, on this machine
+//! or on Kubernetes, and keeps the workflow's state in the job store.
+//!
+//! A tour of the modules, from the command line inwards:
+//! - [`cli`], [`config`]: flags (Toil's names, `TOIL_*` fallbacks) checked
+//!   into a [`config::RunConfig`] before anything starts;
+//! - [`run`]: start-up (job store, lease, restore, epoch claim), the run,
+//!   and shutdown; [`commands`]: `status`, `logs`, `clean`;
+//! - [`workflow`]: the workflow file, parsed and validated with positions;
+//! - [`core`]: the pure scheduler (graph, retries, dynamic jobs, journal);
+//! - [`driver`]: the one task that owns the core and talks to everything;
+//! - [`persist`]: the journal and snapshots in the job store, and fencing;
+//! - [`server`]: the gRPC services for agents and clients;
+//! - [`batch`]: where agents run (local processes; Kubernetes Jobs);
+//! - [`logs`], [`events`]: job output and workflow events for followers;
+//! - [`progress`], [`summary`]: what the terminal shows.
 
 pub mod batch;
+pub mod cli;
+pub mod commands;
+pub mod config;
 pub mod core;
 pub mod driver;
 pub mod events;
 pub mod logs;
 pub mod persist;
+pub mod progress;
+pub mod run;
 pub mod server;
+pub mod summary;
 pub mod workflow;

@@ -1,1 +1,56 @@
-fn main() {}
+//! `toil-leader`: parse the command line, start logging, hand over to the
+//! library. Exit codes: 0 success, 1 a job failed, 2 bad workflow or
+//! options, 3 job store in use (or this leader was fenced), 130 interrupted.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use toil_leader::cli::{Cli, Command};
+use toil_leader::run::Failure;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = match &cli.command {
+        Command::Run(args) => args.log_filter(),
+        _ => "warn",
+    };
+    let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("toil-leader: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => {
+                let cfg = args.into_config()?;
+                toil_leader::run::run(cfg).await
+            }
+            Command::Status(a) => toil_leader::commands::status(a).await,
+            Command::Logs(a) => toil_leader::commands::logs(a).await,
+            Command::Clean(a) => toil_leader::commands::clean(a).await,
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => match e.downcast_ref::<Failure>() {
+            Some(f) => {
+                eprintln!("toil-leader: {}", f.message);
+                ExitCode::from(f.code)
+            }
+            None => {
+                eprintln!("toil-leader: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}

@@ -133,7 +133,7 @@ fn spawn(
         .env("TOIL_AGENT_LOG", &cfg.agent_log)
         // The agent echoes job output to its stdout for `kubectl logs`; the
         // leader shows it from the log stream instead.
-        .env("TOIL_AGENT_ECHO", "0")
+        .env("TOIL_AGENT_ECHO", "false")
         .envs(cfg.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::null())

@@ -42,30 +42,7 @@ pub type JobIdx = u32;
 /// Index of a template in the core's template table.
 pub type TmplIdx = u32;
 
-/// Values for job fields the workflow file leaves unset.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct JobDefaults {
-    /// CPU in millicores.
-    pub millicores: u32,
-    /// Memory in bytes.
-    pub memory: u64,
-    /// Disk in bytes.
-    pub disk: u64,
-    /// User retries.
-    pub retries: u32,
-}
-
-impl Default for JobDefaults {
-    fn default() -> Self {
-        // Toil's defaults: one core, 2 GiB of memory, 2 GiB of disk.
-        JobDefaults {
-            millicores: 1000,
-            memory: 2 << 30,
-            disk: 2 << 30,
-            retries: 0,
-        }
-    }
-}
+pub use crate::workflow::ResolvedDefaults as JobDefaults;
 
 /// What a job asks of the machine it runs on.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -47,8 +47,17 @@ fn wf(jobs: Vec<JobTemplate>) -> Workflow {
     }
 }
 
+fn defaults() -> JobDefaults {
+    JobDefaults {
+        millicores: 1000,
+        memory: 2 << 30,
+        disk: 2 << 30,
+        retries: 0,
+    }
+}
+
 fn core(jobs: Vec<JobTemplate>) -> Core {
-    Core::new(&wf(jobs), JobDefaults::default(), RetryPolicy::default())
+    Core::new(&wf(jobs), defaults(), RetryPolicy::default())
 }
 
 fn cause(kind: CauseKind) -> Cause {
@@ -217,7 +226,7 @@ fn user_failures_retry_with_backoff_then_fail_and_block_dependents() {
 fn infrastructure_causes_do_not_spend_user_retries() {
     let mut c = Core::new(
         &wf(vec![job("a", &[])]),
-        JobDefaults::default(),
+        defaults(),
         RetryPolicy {
             infra_retries: 2,
             ..RetryPolicy::default()

@@ -28,7 +28,7 @@ use crate::core::{Core, CoreEvent, JobIdx, LaunchSpec, Request};
 use crate::events::EventHub;
 use crate::logs::LogHub;
 use crate::persist::PersistMsg;
-pub use agents::{Grant, TokenTable};
+pub use agents::{Grant, TokenTable, new_token};
 pub use messages::{Caller, Msg};
 
 /// Settings of the driver.

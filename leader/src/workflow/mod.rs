@@ -57,6 +57,22 @@ pub fn load(path: &Path) -> Result<Workflow, Diagnostics> {
 /// gives the default workflow name; relative input paths are resolved from
 /// `base_dir` (made absolute first).
 pub fn parse_str(text: &str, source: &Path, base_dir: &Path) -> Result<Workflow, Diagnostics> {
+    parse_inner(text, source, base_dir, true)
+}
+
+/// Parses a workflow stored in a job store for `--restart`: like
+/// [`parse_str`], but local input files need not exist any more (they were
+/// imported into the job store when the workflow first ran).
+pub fn parse_stored(text: &str, source: &Path, base_dir: &Path) -> Result<Workflow, Diagnostics> {
+    parse_inner(text, source, base_dir, false)
+}
+
+fn parse_inner(
+    text: &str,
+    source: &Path,
+    base_dir: &Path,
+    check_files: bool,
+) -> Result<Workflow, Diagnostics> {
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
     let mut sink = diag::Sink::new(source);
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -72,7 +88,7 @@ pub fn parse_str(text: &str, source: &Path, base_dir: &Path) -> Result<Workflow,
         return Err(sink.into_diagnostics());
     };
     let parsed = parse::workflow(&root, source, &mut sink);
-    let wf = validate::resolve(parsed, source, &base_dir, &mut sink);
+    let wf = validate::resolve(parsed, source, &base_dir, &mut sink, check_files);
     if sink.has_errors() {
         Err(sink.into_diagnostics())
     } else {

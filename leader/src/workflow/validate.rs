@@ -23,7 +23,13 @@ struct Edge {
 }
 
 /// Resolves references and checks what needs the whole workflow.
-pub(crate) fn resolve(parsed: Parsed, source: &Path, base_dir: &Path, sink: &mut Sink) -> Workflow {
+pub(crate) fn resolve(
+    parsed: Parsed,
+    source: &Path,
+    base_dir: &Path,
+    sink: &mut Sink,
+    check_files: bool,
+) -> Workflow {
     let Parsed {
         name,
         defaults,
@@ -35,6 +41,7 @@ pub(crate) fn resolve(parsed: Parsed, source: &Path, base_dir: &Path, sink: &mut
         index.entry(j.template.name.as_str()).or_insert(i);
     }
     let mut v = Validator {
+        check_files,
         sink,
         jobs: &jobs,
         index,
@@ -86,6 +93,9 @@ pub(crate) fn resolve(parsed: Parsed, source: &Path, base_dir: &Path, sink: &mut
 }
 
 struct Validator<'a, 's> {
+    /// Check that local input files exist (not for a stored workflow,
+    /// whose inputs were imported when it first ran).
+    check_files: bool,
     sink: &'s mut Sink,
     jobs: &'a [RawJob],
     /// Job index by name (the first, when a name is duplicated).
@@ -312,6 +322,9 @@ impl Validator<'_, '_> {
     /// the file is there.
     fn local_file(&mut self, path: &str, pos: Pos, job: &str) -> PathBuf {
         let abs = self.base_dir.join(path);
+        if !self.check_files {
+            return abs;
+        }
         let problem = self
             .file_checks
             .entry(abs.clone())

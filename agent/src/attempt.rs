@@ -1,0 +1,508 @@
+//! One attempt, start to finish: stage inputs, pull the image, run the
+//! command, store the outputs, write the result to the job store.
+//!
+//! While it runs, a heartbeat task keeps reporting the phase to the leader
+//! (a long poll, so a cancel arrives at once) and turns a kill order, a lost
+//! leader or SIGTERM into a kill of the job.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use toil_jobstore::{Condition, JobStore, Locator, layout};
+use toil_proto::v1::synchronize_response::Action;
+use toil_proto::v1::{
+    AgentPhase, Assignment, AttemptResult, Cause, CauseKind, ResourceUsage, SynchronizeRequest,
+};
+use tokio::sync::{Mutex, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{CacheInput, NodeCache};
+use crate::client::{ClientError, Leader};
+use crate::config::RunArgs;
+use crate::exec::{self, KillReason};
+use crate::images::{Engine, ImageCache};
+use crate::logstream::LogStreamer;
+use crate::outputs;
+
+/// What attempts share within one agent process.
+pub struct AgentCtx {
+    /// Settings.
+    pub args: RunArgs,
+    /// The leader.
+    pub leader: Leader,
+    /// The node cache.
+    pub cache: NodeCache,
+    /// Job stores by locator, opened once.
+    pub stores: Mutex<HashMap<String, JobStore>>,
+    /// The image cache, made when the first image is needed.
+    pub images: Mutex<Option<ImageCache>>,
+    /// Fires on SIGTERM.
+    pub terminate: CancellationToken,
+}
+
+fn cause(kind: CauseKind, code: i32, message: impl Into<String>) -> Cause {
+    Cause {
+        kind: kind as i32,
+        code,
+        message: message.into(),
+    }
+}
+
+fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: t.timestamp(),
+        nanos: t.timestamp_subsec_nanos() as i32,
+    }
+}
+
+impl AgentCtx {
+    async fn store(&self, locator: &str) -> Result<JobStore, String> {
+        let mut stores = self.stores.lock().await;
+        if let Some(s) = stores.get(locator) {
+            return Ok(s.clone());
+        }
+        let l = Locator::parse(locator).map_err(|e| e.to_string())?;
+        let s = JobStore::open(&l).await.map_err(|e| e.to_string())?;
+        stores.insert(locator.to_string(), s.clone());
+        Ok(s)
+    }
+
+    async fn image_cache(&self) -> Result<ImageCache, crate::images::ImageError> {
+        let mut slot = self.images.lock().await;
+        if let Some(c) = slot.as_ref() {
+            return Ok(c.clone());
+        }
+        let engine = Engine::from_env(self.args.container_engine.as_deref())?;
+        let dir = engine.cache_dir(&self.args.work_dir, |k| std::env::var_os(k));
+        let cache = ImageCache::new(engine, &dir)?;
+        *slot = Some(cache.clone());
+        Ok(cache)
+    }
+
+    /// Runs one attempt and returns its result (already written to the job
+    /// store when possible).
+    pub async fn run_attempt(self: &Arc<Self>, a: &Assignment) -> AttemptResult {
+        let n = layout::split_attempt_id(&a.attempt_id).map_or(0, |(_, n)| n);
+        let jobs_dir = self.args.work_dir.join("jobs");
+        let name = format!(
+            "{}.{n}-{}",
+            layout::job_key(&a.job_id),
+            &uuid::Uuid::new_v4().simple().to_string()[..8]
+        );
+        let work_dir = jobs_dir.join(&name);
+        let spool = jobs_dir.join(format!("{name}.log"));
+        if let Err(e) = std::fs::create_dir_all(&work_dir) {
+            return self
+                .conclude(
+                    a,
+                    n,
+                    cause(
+                        CauseKind::StagingFailed,
+                        0,
+                        format!(
+                            "cannot create the work directory {}: {e}",
+                            work_dir.display()
+                        ),
+                    ),
+                    Default::default(),
+                    None,
+                )
+                .await;
+        }
+        let echo = self.args.echo.then(|| format!("[{}] ", a.job_id));
+        let streamer =
+            match LogStreamer::start(&self.leader, &a.attempt_id, &a.attempt_token, &spool, echo) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no log spool; logs go straight to the leader");
+                    return self
+                        .conclude(
+                            a,
+                            n,
+                            cause(
+                                CauseKind::StagingFailed,
+                                0,
+                                format!("cannot create the log spool: {e}"),
+                            ),
+                            Default::default(),
+                            None,
+                        )
+                        .await;
+                }
+            };
+        let (phase_tx, phase_rx) = watch::channel(AgentPhase::Staging);
+        let (kill_tx, kill_rx) = watch::channel(None::<KillReason>);
+        let heartbeat = tokio::spawn(heartbeat(
+            self.clone(),
+            a.attempt_id.clone(),
+            a.attempt_token.clone(),
+            phase_rx,
+            kill_tx,
+        ));
+        let mut run = Run {
+            ctx: self,
+            a,
+            work_dir: &work_dir,
+            streamer: Some(streamer),
+            phase: phase_tx,
+            kill: kill_rx,
+            usage: ResourceUsage::default(),
+            started: None,
+        };
+        let (c, exit_code, outs) = run.body().await;
+        let started = run.started;
+        let chunks = match run.streamer.take() {
+            Some(s) => s.finish(Duration::from_secs(30)).await.chunks,
+            None => 0,
+        };
+        heartbeat.abort();
+        let usage = run.usage.clone();
+        if !self.args.keep_work_dir {
+            let _ = std::fs::remove_dir_all(&work_dir);
+        }
+        let mut result = AttemptResult {
+            cause: Some(c),
+            exit_code,
+            usage: Some(usage),
+            outputs: outs,
+            log_chunks: chunks,
+            started_at: started.map(timestamp),
+            ended_at: Some(timestamp(chrono::Utc::now())),
+        };
+        self.record(a, n, &mut result).await;
+        result
+    }
+
+    /// A result for an attempt that ended before it really began.
+    async fn conclude(
+        &self,
+        a: &Assignment,
+        n: u32,
+        c: Cause,
+        usage: ResourceUsage,
+        log_chunks: Option<u64>,
+    ) -> AttemptResult {
+        let mut result = AttemptResult {
+            cause: Some(c),
+            exit_code: -1,
+            usage: Some(usage),
+            outputs: Vec::new(),
+            log_chunks: log_chunks.unwrap_or(0),
+            started_at: None,
+            ended_at: Some(timestamp(chrono::Utc::now())),
+        };
+        self.record(a, n, &mut result).await;
+        result
+    }
+
+    /// Writes the result to the job store before reporting it, so a leader
+    /// that restarts finds it even if the report never arrives.
+    async fn record(&self, a: &Assignment, n: u32, result: &mut AttemptResult) {
+        let Ok(store) = self.store(&a.job_store).await else {
+            return;
+        };
+        let key = layout::result_key(&a.job_id, n);
+        let data = Bytes::from(result.encode_to_vec());
+        for i in 0..3 {
+            match store.put_bytes(&key, data.clone(), Condition::Always).await {
+                Ok(_) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, try_ = i + 1, "could not write the attempt result");
+                    tokio::time::sleep(Duration::from_millis(200 << i)).await;
+                }
+            }
+        }
+    }
+}
+
+/// The mutable state of one attempt in progress.
+struct Run<'a> {
+    ctx: &'a Arc<AgentCtx>,
+    a: &'a Assignment,
+    work_dir: &'a Path,
+    streamer: Option<LogStreamer>,
+    phase: watch::Sender<AgentPhase>,
+    kill: watch::Receiver<Option<KillReason>>,
+    usage: ResourceUsage,
+    started: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl Run<'_> {
+    async fn note(&self, line: &str) {
+        if let Some(s) = &self.streamer {
+            s.sink().note(line).await;
+        }
+    }
+
+    /// Stages, runs and uploads. Returns the cause, the exit code and the
+    /// outputs.
+    async fn body(&mut self) -> (Cause, i32, Vec<toil_proto::v1::OutputFiles>) {
+        let a = self.a;
+        let store = match self.ctx.store(&a.job_store).await {
+            Ok(s) => s,
+            Err(e) => {
+                return (
+                    cause(
+                        CauseKind::ConfigError,
+                        0,
+                        format!("cannot open the job store {}: {e}", a.job_store),
+                    ),
+                    -1,
+                    vec![],
+                );
+            }
+        };
+        // --- staging -------------------------------------------------------
+        let inputs: Result<Vec<CacheInput>, _> =
+            a.inputs.iter().map(CacheInput::try_from).collect();
+        let inputs = match inputs {
+            Ok(i) => i,
+            Err(e) => return (cause(CauseKind::ConfigError, 0, e.to_string()), -1, vec![]),
+        };
+        let disk = a.resources.as_ref().map_or(0, |r| r.disk_bytes);
+        let staged = match self
+            .ctx
+            .cache
+            .stage(&store, &inputs, self.work_dir, disk)
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                self.note(&format!("staging inputs failed: {e}")).await;
+                return (cause(e.cause_kind(), 0, e.to_string()), -1, vec![]);
+            }
+        };
+        staged.stats().add_to(&mut self.usage);
+        let input_paths: HashSet<String> = inputs.iter().map(|i| i.dest_path.clone()).collect();
+
+        let mut cmd = if a.image.is_empty() {
+            let Some((program, args)) = a.argv.split_first() else {
+                return (
+                    cause(CauseKind::ConfigError, 0, "the job has an empty command"),
+                    -1,
+                    vec![],
+                );
+            };
+            let mut c = Command::new(program);
+            c.args(args);
+            c
+        } else {
+            let images = match self.ctx.image_cache().await {
+                Ok(c) => c,
+                Err(e) => return (cause(e.cause_kind(), 0, e.cause_message()), -1, vec![]),
+            };
+            self.note(&format!("pulling image {}", a.image)).await;
+            let pulled = match images.pull(&a.image).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.note(&format!("image pull failed: {}", e.cause_message()))
+                        .await;
+                    return (cause(e.cause_kind(), 0, e.cause_message()), -1, vec![]);
+                }
+            };
+            let cc = images.exec_command(&pulled.path, self.work_dir, &a.argv);
+            let mut c = Command::new(&cc.program);
+            c.args(&cc.args);
+            c.envs(cc.env.iter().map(|(k, v)| (k, v)));
+            c
+        };
+        // The job gets the agent's environment minus the agent's secrets.
+        cmd.env_remove("TOIL_AGENT_TOKEN")
+            .env_remove("TOIL_AGENT_ID")
+            .envs(&a.env)
+            .env("TOIL_WORKDIR", &self.ctx.args.work_dir)
+            .current_dir(self.work_dir);
+
+        // --- running -------------------------------------------------------
+        let _ = self.phase.send(AgentPhase::Running);
+        self.started = Some(chrono::Utc::now());
+        let time_limit = a.time_limit.and_then(|d| Duration::try_from(d).ok());
+        let sink = match &self.streamer {
+            Some(s) => s.sink(),
+            None => {
+                return (
+                    cause(CauseKind::ConfigError, 0, "no log stream"),
+                    -1,
+                    vec![],
+                );
+            }
+        };
+        let ex = match exec::run(cmd, sink, time_limit, self.kill.clone()).await {
+            Ok(ex) => ex,
+            Err(e) => {
+                let msg = format!(
+                    "cannot run {:?}: {e}",
+                    a.argv.first().map(String::as_str).unwrap_or("")
+                );
+                self.note(&msg).await;
+                return (cause(CauseKind::ConfigError, 0, msg), -1, vec![]);
+            }
+        };
+        self.usage.peak_rss_bytes = ex.peak_rss;
+        self.usage.cpu_time = prost_types::Duration::try_from(ex.cpu_time).ok();
+        self.usage.wall_time = prost_types::Duration::try_from(ex.wall).ok();
+        let exit_code = ex.status.code().unwrap_or(-1);
+        use std::os::unix::process::ExitStatusExt;
+        let ended = match (&ex.killed, ex.status.code(), ex.status.signal()) {
+            (Some(KillReason::Deadline(t)), _, _) => Some(cause(
+                CauseKind::DeadlineExceeded,
+                0,
+                format!(
+                    "ran longer than its time limit of {}",
+                    humantime::format_duration(*t)
+                ),
+            )),
+            (Some(KillReason::Leader(r)), _, _) => Some(cause(CauseKind::Cancelled, 0, r.clone())),
+            (Some(KillReason::Agent(r)), _, _) => Some(cause(CauseKind::AgentLost, 0, r.clone())),
+            (None, Some(0), _) => None,
+            (None, Some(code), _) => Some(cause(
+                CauseKind::ExitCode,
+                code,
+                format!("the command exited with status {code}"),
+            )),
+            (None, None, Some(9)) => {
+                let asked = a.resources.as_ref().map_or(0, |r| r.memory_bytes);
+                Some(cause(
+                    CauseKind::OomKilled,
+                    137,
+                    format!(
+                        "killed by SIGKILL, most likely by the out-of-memory killer (the job asked for {} MiB and peaked at {} MiB)",
+                        asked >> 20,
+                        ex.peak_rss >> 20
+                    ),
+                ))
+            }
+            (None, None, sig) => {
+                let sig = sig.unwrap_or(0);
+                Some(cause(
+                    CauseKind::Signaled,
+                    sig,
+                    format!("killed by signal {sig}"),
+                ))
+            }
+        };
+        if let Some(c) = ended {
+            self.note(&format!("job ended: {}", c.message)).await;
+            return (c, exit_code, vec![]);
+        }
+
+        // --- uploading -----------------------------------------------------
+        let _ = self.phase.send(AgentPhase::Uploading);
+        match outputs::collect(
+            &store,
+            &self.ctx.cache,
+            self.work_dir,
+            &a.output_prefix,
+            &a.outputs,
+            &input_paths,
+        )
+        .await
+        {
+            Ok((outs, bytes)) => {
+                self.usage.bytes_uploaded = bytes;
+                drop(staged);
+                (cause(CauseKind::Succeeded, 0, ""), 0, outs)
+            }
+            Err(e @ outputs::OutputError::Missing { .. })
+            | Err(e @ outputs::OutputError::BadPattern { .. }) => {
+                self.note(&e.to_string()).await;
+                (cause(CauseKind::OutputMissing, 0, e.to_string()), 0, vec![])
+            }
+            Err(e) => {
+                self.note(&e.to_string()).await;
+                (cause(CauseKind::StagingFailed, 0, e.to_string()), 0, vec![])
+            }
+        }
+    }
+}
+
+/// Reports the attempt's phase until aborted; turns kill orders, a lost
+/// leader and SIGTERM into kills.
+async fn heartbeat(
+    ctx: Arc<AgentCtx>,
+    attempt_id: String,
+    token: String,
+    phase: watch::Receiver<AgentPhase>,
+    kill: watch::Sender<Option<KillReason>>,
+) {
+    let args = &ctx.args;
+    loop {
+        let req = SynchronizeRequest {
+            agent_id: args.agent_id.clone(),
+            agent_token: args.agent_token.clone(),
+            phase: *phase.borrow() as i32,
+            attempt_id: attempt_id.clone(),
+            attempt_token: token.clone(),
+            result: None,
+            capacity: None,
+            info: None,
+        };
+        let r = tokio::select! {
+            r = ctx.leader.sync(req) => r,
+            _ = ctx.terminate.cancelled() => {
+                let _ = kill.send(Some(KillReason::Agent(
+                    "the agent was stopped by SIGTERM (pod deleted, node drained, or leader shutting down)".into(),
+                )));
+                return;
+            }
+        };
+        match r {
+            Ok(resp) => {
+                if let Some(Action::Kill(k)) = resp.action {
+                    let _ = kill.send(Some(KillReason::Leader(if k.reason.is_empty() {
+                        "cancelled by the leader".into()
+                    } else {
+                        k.reason
+                    })));
+                    return;
+                }
+            }
+            Err(ClientError::LeaseExpired { .. }) => {
+                let _ = kill.send(Some(KillReason::Agent(format!(
+                    "lost contact with the leader at {}",
+                    ctx.leader.address()
+                ))));
+                ctx.terminate.cancel();
+                return;
+            }
+            Err(ClientError::Refused(s)) => {
+                let _ = kill.send(Some(KillReason::Leader(format!(
+                    "the leader no longer knows this attempt: {}",
+                    s.message()
+                ))));
+                return;
+            }
+        }
+    }
+}
+
+/// Removes leftovers of attempts whose agents died (work directories and
+/// spools older than a day), so a node's disk does not fill up over time.
+pub fn sweep_old_jobs(work_dir: &Path) {
+    let jobs = work_dir.join("jobs");
+    let Ok(entries) = std::fs::read_dir(&jobs) else {
+        return;
+    };
+    let day = Duration::from_secs(24 * 3600);
+    for e in entries.flatten() {
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if old {
+            let p: PathBuf = e.path();
+            let _ = if p.is_dir() {
+                std::fs::remove_dir_all(&p)
+            } else {
+                std::fs::remove_file(&p)
+            };
+        }
+    }
+}

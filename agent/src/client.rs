@@ -1,0 +1,149 @@
+//! Talking to the leader: `Synchronize` with retries inside the lease.
+//!
+//! The agent keeps track of the last time the leader answered. Calls that
+//! fail with a transport error are retried with back-off; once the leader
+//! has been silent for longer than the lease, the agent gives up (the
+//! caller kills its job and exits), so no orphan outlives its leader.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use toil_proto::v1::agent_service_client::AgentServiceClient;
+use toil_proto::v1::{SynchronizeRequest, SynchronizeResponse};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+
+/// Default lease until the leader announces one.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Why a call to the leader failed for good.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The leader has not answered for longer than the lease.
+    #[error("the leader at {address} has not answered for {silent:?} (lease {lease:?}); giving up")]
+    LeaseExpired {
+        /// The leader's address.
+        address: String,
+        /// How long it has been silent.
+        silent: Duration,
+        /// The lease.
+        lease: Duration,
+    },
+    /// The leader refused the call; retrying will not help.
+    #[error("the leader refused: {0}")]
+    Refused(Status),
+}
+
+/// A connection to the leader plus the lease bookkeeping.
+#[derive(Clone)]
+pub struct Leader {
+    address: String,
+    client: AgentServiceClient<Channel>,
+    state: Arc<Mutex<Contact>>,
+    fixed_lease: Option<Duration>,
+}
+
+struct Contact {
+    last_ok: Instant,
+    lease: Duration,
+}
+
+impl Leader {
+    /// Prepares a connection (connects on first use).
+    pub fn new(address: &str, fixed_lease: Option<Duration>) -> Result<Leader, String> {
+        let endpoint = Endpoint::from_shared(address.to_string())
+            .map_err(|e| format!("bad leader address {address:?}: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_while_idle(true);
+        Ok(Leader {
+            address: address.to_string(),
+            client: AgentServiceClient::new(endpoint.connect_lazy()),
+            state: Arc::new(Mutex::new(Contact {
+                last_ok: Instant::now(),
+                lease: fixed_lease.unwrap_or(DEFAULT_LEASE),
+            })),
+            fixed_lease,
+        })
+    }
+
+    /// The raw client, for the log stream.
+    pub fn client(&self) -> AgentServiceClient<Channel> {
+        self.client.clone()
+    }
+
+    /// The address.
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    fn contact(&self) -> std::sync::MutexGuard<'_, Contact> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a successful exchange, and the lease it announced.
+    pub fn heard(&self, next_report_within: Option<&prost_types::Duration>) {
+        let mut c = self.contact();
+        c.last_ok = Instant::now();
+        if self.fixed_lease.is_none()
+            && let Some(d) = next_report_within
+            && let Ok(d) = Duration::try_from(*d)
+            && !d.is_zero()
+        {
+            // The leader declares an agent lost after three missed reports.
+            c.lease = d * 3;
+        }
+    }
+
+    /// Time left before the lease runs out.
+    pub fn lease_left(&self) -> Option<Duration> {
+        let c = self.contact();
+        c.lease.checked_sub(c.last_ok.elapsed())
+    }
+
+    /// Sends a report, retrying transport failures until the lease runs out.
+    pub async fn sync(&self, req: SynchronizeRequest) -> Result<SynchronizeResponse, ClientError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut client = self.client.clone();
+            let mut request = tonic::Request::new(req.clone());
+            // Long enough for a held report plus slack.
+            request.set_timeout(Duration::from_secs(60));
+            match client.synchronize(request).await {
+                Ok(resp) => {
+                    let resp = resp.into_inner();
+                    self.heard(resp.next_report_within.as_ref());
+                    return Ok(resp);
+                }
+                Err(s) if retryable(&s) => {
+                    let Some(left) = self.lease_left() else {
+                        let c = self.contact();
+                        return Err(ClientError::LeaseExpired {
+                            address: self.address.clone(),
+                            silent: c.last_ok.elapsed(),
+                            lease: c.lease,
+                        });
+                    };
+                    tracing::debug!(error = %s, "leader unreachable; retrying");
+                    tokio::time::sleep(backoff.min(left)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+                Err(s) => return Err(ClientError::Refused(s)),
+            }
+        }
+    }
+}
+
+/// Transport trouble and a leader that is starting or stopping are worth
+/// retrying; refusals are not.
+pub fn retryable(s: &Status) -> bool {
+    matches!(
+        s.code(),
+        Code::Unavailable
+            | Code::Unknown
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Aborted
+    )
+}

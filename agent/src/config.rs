@@ -1,0 +1,90 @@
+//! The agent's settings: from flags, with environment fallbacks, because the
+//! leader (local processes) and the pod template (Kubernetes) configure the
+//! agent through its environment.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Arguments of `toil-agent run`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct RunArgs {
+    /// The leader's address, `http://HOST:PORT`.
+    #[arg(long, env = "TOIL_LEADER_ADDRESS")]
+    pub leader: String,
+    /// This agent's identity, issued by the leader.
+    #[arg(long, env = "TOIL_AGENT_ID")]
+    pub agent_id: String,
+    /// This agent's secret, issued by the leader.
+    #[arg(long, env = "TOIL_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: String,
+    /// Work directory: job directories and the node cache live under it. On
+    /// Kubernetes this is where TOIL_KUBERNETES_HOST_PATH is mounted, so
+    /// every pod on a node shares the cache.
+    #[arg(long, env = "TOIL_WORKDIR", default_value = "/var/lib/toil")]
+    pub work_dir: PathBuf,
+    /// CPU this slot offers, in millicores (for pod reuse).
+    #[arg(long, env = "TOIL_AGENT_MILLICORES", default_value_t = 1000)]
+    pub millicores: u32,
+    /// Memory this slot offers, in bytes.
+    #[arg(long, env = "TOIL_AGENT_MEMORY", default_value_t = 2 << 30)]
+    pub memory: u64,
+    /// Disk this slot offers, in bytes.
+    #[arg(long, env = "TOIL_AGENT_DISK", default_value_t = 2 << 30)]
+    pub disk: u64,
+    /// GPUs this slot offers.
+    #[arg(long, env = "TOIL_AGENT_GPUS", default_value_t = 0)]
+    pub gpus: u32,
+    /// The slot is on preemptible capacity.
+    #[arg(long, env = "TOIL_AGENT_PREEMPTIBLE", default_value_t = false)]
+    pub preemptible: bool,
+    /// Turn the shared node cache off: each job downloads its own inputs.
+    #[arg(
+        long = "disableCaching",
+        env = "TOIL_DISABLE_CACHING",
+        default_value_t = false
+    )]
+    pub disable_caching: bool,
+    /// Most bytes the node cache may hold (default: leave a margin of the
+    /// filesystem's free space).
+    #[arg(long = "cacheMaxSize", env = "TOIL_CACHE_MAX_SIZE")]
+    pub cache_max_size: Option<u64>,
+    /// `singularity` or `apptainer` (default: whichever is on PATH).
+    #[arg(long = "containerEngine", env = "TOIL_CONTAINER_ENGINE")]
+    pub container_engine: Option<String>,
+    /// Also write job output, prefixed with the job id, to this process's
+    /// stdout (so `kubectl logs POD` shows what ran there).
+    #[arg(long, env = "TOIL_AGENT_ECHO", default_value_t = true, action = clap::ArgAction::Set)]
+    pub echo: bool,
+    /// Keep attempt work directories after the attempt (for debugging).
+    #[arg(long, env = "TOIL_KEEP_WORKDIR", default_value_t = false)]
+    pub keep_work_dir: bool,
+    /// Give up on an unreachable leader after this long (default: the
+    /// lease the leader announces).
+    #[arg(long, env = "TOIL_AGENT_LEASE", value_parser = humantime::parse_duration)]
+    pub lease: Option<Duration>,
+    /// Kubernetes pod name (downward API), for the leader's records.
+    #[arg(long, env = "TOIL_POD_NAME", default_value = "")]
+    pub pod_name: String,
+    /// Kubernetes node name (downward API).
+    #[arg(long, env = "TOIL_NODE_NAME", default_value = "")]
+    pub node_name: String,
+}
+
+impl RunArgs {
+    /// Checks values that clap cannot, before anything connects.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(self.leader.starts_with("http://") || self.leader.starts_with("https://")) {
+            return Err(format!(
+                "--leader / TOIL_LEADER_ADDRESS must be http://HOST:PORT, got {:?}",
+                self.leader
+            ));
+        }
+        if self.agent_id.is_empty() || self.agent_token.is_empty() {
+            return Err(
+                "TOIL_AGENT_ID and TOIL_AGENT_TOKEN must be set (the leader sets them when it starts an agent)"
+                    .into(),
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,374 @@
+//! Streaming a job's output to the leader, in numbered chunks, without
+//! losing any.
+//!
+//! Every chunk is appended to a spool file first and kept until the leader
+//! acknowledges it. When the stream breaks (network trouble, a leader that
+//! restarts its server) the streamer reconnects and resends everything not
+//! yet acknowledged, reading it back from the spool when it is no longer in
+//! memory, so memory stays bounded however slow the leader is. The same
+//! bytes are also written, line by line and prefixed with the job id, to the
+//! agent's stdout, so `kubectl logs POD` shows what ran in the pod.
+
+use std::collections::VecDeque;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use toil_proto::v1::{LogChunk, LogStream, StreamLogsRequest};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::client::Leader;
+
+/// Unacknowledged chunks kept in memory beyond this are re-read from the
+/// spool when they must be resent.
+const MEMORY_LIMIT: usize = 8 << 20;
+
+/// Where job output goes: cheap to clone, one per output pipe.
+#[derive(Clone)]
+pub struct LogSink {
+    tx: mpsc::Sender<(LogStream, Bytes)>,
+}
+
+impl LogSink {
+    /// Queues bytes from `stream`. Waits when the streamer is far behind,
+    /// which slows the job's writes rather than growing memory.
+    pub async fn write(&self, stream: LogStream, data: Bytes) {
+        let _ = self.tx.send((stream, data)).await;
+    }
+
+    /// Queues a note from the agent itself (a line).
+    pub async fn note(&self, line: &str) {
+        let mut s = format!("[toil-agent] {line}");
+        if !s.ends_with('\n') {
+            s.push('\n');
+        }
+        self.write(LogStream::Agent, Bytes::from(s)).await;
+    }
+}
+
+/// The streamer task's handle.
+pub struct LogStreamer {
+    sink: LogSink,
+    done: oneshot::Receiver<Finished>,
+}
+
+/// How streaming ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Finished {
+    /// Chunks produced.
+    pub chunks: u64,
+    /// True if the leader acknowledged all of them.
+    pub all_acked: bool,
+}
+
+struct Entry {
+    seq: u64,
+    offset: u64,
+    len: u32,
+    chunk: Option<LogChunk>,
+}
+
+struct State {
+    attempt_id: String,
+    token: String,
+    spool: std::fs::File,
+    spool_len: u64,
+    unacked: VecDeque<Entry>,
+    in_memory: usize,
+    next_seq: u64,
+    acked: u64,
+    echo: Option<Echo>,
+}
+
+struct Echo {
+    prefix: String,
+    partial: [Vec<u8>; 4],
+}
+
+impl LogStreamer {
+    /// Starts streaming for one attempt, spooling to `spool`.
+    pub fn start(
+        leader: &Leader,
+        attempt_id: &str,
+        token: &str,
+        spool: &Path,
+        echo_prefix: Option<String>,
+    ) -> std::io::Result<LogStreamer> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .read(true)
+            .write(true)
+            .open(spool)?;
+        let (tx, rx) = mpsc::channel(256);
+        let (done_tx, done) = oneshot::channel();
+        let state = State {
+            attempt_id: attempt_id.to_string(),
+            token: token.to_string(),
+            spool: file,
+            spool_len: 0,
+            unacked: VecDeque::new(),
+            in_memory: 0,
+            next_seq: 0,
+            acked: 0,
+            echo: echo_prefix.map(|prefix| Echo {
+                prefix,
+                partial: Default::default(),
+            }),
+        };
+        let leader = leader.clone();
+        let path = spool.to_path_buf();
+        tokio::spawn(async move {
+            let finished = run(leader, state, rx, path).await;
+            let _ = done_tx.send(finished);
+        });
+        Ok(LogStreamer {
+            sink: LogSink { tx },
+            done,
+        })
+    }
+
+    /// A handle for writing output.
+    pub fn sink(&self) -> LogSink {
+        self.sink.clone()
+    }
+
+    /// Stops taking output and waits (at most `wait`) until the leader has
+    /// acknowledged everything.
+    pub async fn finish(self, wait: Duration) -> Finished {
+        let LogStreamer { sink, done } = self;
+        drop(sink);
+        match tokio::time::timeout(wait, done).await {
+            Ok(Ok(f)) => f,
+            _ => Finished {
+                chunks: 0,
+                all_acked: false,
+            },
+        }
+    }
+}
+
+async fn run(
+    leader: Leader,
+    mut st: State,
+    mut rx: mpsc::Receiver<(LogStream, Bytes)>,
+    spool_path: PathBuf,
+) -> Finished {
+    let mut out: Option<mpsc::Sender<StreamLogsRequest>> = None;
+    let mut acks: Option<tonic::Streaming<toil_proto::v1::StreamLogsResponse>> = None;
+    let mut closing = false;
+    let mut retry_at = Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    // Once closing, how long to keep trying to deliver.
+    let give_up = |since: Instant| since.elapsed() > Duration::from_secs(30);
+    let mut closed_at = None;
+    loop {
+        if closing && st.acked >= st.next_seq {
+            break;
+        }
+        if let Some(at) = closed_at
+            && give_up(at)
+        {
+            tracing::warn!(
+                unacked = st.next_seq - st.acked,
+                "could not deliver the whole log to the leader; the rest stays in {}",
+                spool_path.display()
+            );
+            break;
+        }
+        // (Re)connect when there is something to send.
+        if out.is_none() && st.acked < st.next_seq && Instant::now() >= retry_at {
+            match connect(&leader, &mut st).await {
+                Ok((tx, stream)) => {
+                    out = Some(tx);
+                    acks = Some(stream);
+                    backoff = Duration::from_millis(100);
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "log stream connect failed");
+                    retry_at = Instant::now() + backoff;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        }
+        let wait_retry = async {
+            if out.is_none() && st.acked < st.next_seq {
+                tokio::time::sleep_until(retry_at.into()).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
+        let next_ack = async {
+            match acks.as_mut() {
+                Some(s) => s.message().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            item = rx.recv(), if !closing => match item {
+                Some((stream, data)) => {
+                    let chunk = st.add(stream, data);
+                    if let (Some(chunk), Some(tx)) = (chunk, out.as_ref())
+                        && tx.send(st.request(chunk)).await.is_err()
+                    {
+                        out = None;
+                        acks = None;
+                    }
+                }
+                None => {
+                    closing = true;
+                    closed_at = Some(Instant::now());
+                    st.flush_echo();
+                }
+            },
+            ack = next_ack => match ack {
+                Ok(Some(a)) => st.ack(a.received_through),
+                Ok(None) | Err(_) => {
+                    out = None;
+                    acks = None;
+                    retry_at = Instant::now() + backoff;
+                }
+            },
+            _ = wait_retry => {}
+        }
+    }
+    let _ = std::fs::remove_file(&spool_path);
+    Finished {
+        chunks: st.next_seq,
+        all_acked: st.acked >= st.next_seq,
+    }
+}
+
+type Connected = (
+    mpsc::Sender<StreamLogsRequest>,
+    tonic::Streaming<toil_proto::v1::StreamLogsResponse>,
+);
+
+/// Opens a stream and resends every unacknowledged chunk.
+async fn connect(leader: &Leader, st: &mut State) -> Result<Connected, String> {
+    let (tx, rx) = mpsc::channel(256);
+    let mut client = leader.client();
+    let resp = client
+        .stream_logs(ReceiverStream::new(rx))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = resp.into_inner();
+    for i in 0..st.unacked.len() {
+        let chunk = st
+            .load(i)
+            .map_err(|e| format!("reading the log spool: {e}"))?;
+        tx.send(st.request(chunk))
+            .await
+            .map_err(|_| "log stream closed".to_string())?;
+    }
+    Ok((tx, stream))
+}
+
+impl State {
+    /// Numbers, spools and echoes new output; returns the chunk to send.
+    fn add(&mut self, stream: LogStream, data: Bytes) -> Option<LogChunk> {
+        if data.is_empty() {
+            return None;
+        }
+        self.echo(stream, &data);
+        let now = chrono::Utc::now();
+        let chunk = LogChunk {
+            seq: self.next_seq,
+            stream: stream as i32,
+            data: data.to_vec(),
+            time: Some(prost_types::Timestamp {
+                seconds: now.timestamp(),
+                nanos: now.timestamp_subsec_nanos() as i32,
+            }),
+        };
+        self.next_seq += 1;
+        let encoded = prost::Message::encode_to_vec(&chunk);
+        let offset = self.spool_len;
+        if let Err(e) = self
+            .spool
+            .seek(SeekFrom::End(0))
+            .and_then(|_| self.spool.write_all(&encoded))
+        {
+            tracing::warn!(error = %e, "could not write the log spool");
+        }
+        self.spool_len += encoded.len() as u64;
+        self.in_memory += chunk.data.len();
+        self.unacked.push_back(Entry {
+            seq: chunk.seq,
+            offset,
+            len: encoded.len() as u32,
+            chunk: Some(chunk.clone()),
+        });
+        // Past the memory limit, keep only the spool copy of older chunks.
+        let mut i = 0;
+        while self.in_memory > MEMORY_LIMIT && i + 1 < self.unacked.len() {
+            if let Some(c) = self.unacked[i].chunk.take() {
+                self.in_memory -= c.data.len();
+            }
+            i += 1;
+        }
+        Some(chunk)
+    }
+
+    fn load(&mut self, i: usize) -> std::io::Result<LogChunk> {
+        if let Some(c) = &self.unacked[i].chunk {
+            return Ok(c.clone());
+        }
+        let (offset, len) = (self.unacked[i].offset, self.unacked[i].len);
+        let mut buf = vec![0u8; len as usize];
+        self.spool.seek(SeekFrom::Start(offset))?;
+        self.spool.read_exact(&mut buf)?;
+        prost::Message::decode(&buf[..]).map_err(std::io::Error::other)
+    }
+
+    fn request(&self, chunk: LogChunk) -> StreamLogsRequest {
+        StreamLogsRequest {
+            attempt_id: self.attempt_id.clone(),
+            attempt_token: self.token.clone(),
+            chunk: Some(chunk),
+        }
+    }
+
+    fn ack(&mut self, through: u64) {
+        self.acked = self.acked.max(through);
+        while self.unacked.front().is_some_and(|e| e.seq < through) {
+            if let Some(e) = self.unacked.pop_front()
+                && let Some(c) = e.chunk
+            {
+                self.in_memory -= c.data.len();
+            }
+        }
+    }
+
+    fn echo(&mut self, stream: LogStream, data: &[u8]) {
+        let Some(echo) = self.echo.as_mut() else {
+            return;
+        };
+        let partial = &mut echo.partial[stream as usize % 4];
+        partial.extend_from_slice(data);
+        let mut out = std::io::stdout().lock();
+        while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
+            let line: Vec<u8> = partial.drain(..=pos).collect();
+            let _ = out.write_all(echo.prefix.as_bytes());
+            let _ = out.write_all(&line);
+        }
+    }
+
+    fn flush_echo(&mut self) {
+        let Some(echo) = self.echo.as_mut() else {
+            return;
+        };
+        let mut out = std::io::stdout().lock();
+        for partial in echo.partial.iter_mut() {
+            if !partial.is_empty() {
+                let _ = out.write_all(echo.prefix.as_bytes());
+                let _ = out.write_all(partial);
+                let _ = out.write_all(b"\n");
+                partial.clear();
+            }
+        }
+        let _ = out.flush();
+    }
+}

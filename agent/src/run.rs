@@ -1,0 +1,170 @@
+//! The agent's main loop: report idle, take an assignment, run it, report
+//! the result until the leader has recorded it, and either take the next
+//! job (pod reuse) or exit.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use toil_proto::v1::synchronize_response::Action;
+use toil_proto::v1::{
+    AgentInfo, AgentPhase, Assignment, AttemptResult, Resources, SynchronizeRequest,
+    SynchronizeResponse,
+};
+use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
+
+use crate::attempt::{AgentCtx, sweep_old_jobs};
+use crate::cache::{CacheConfig, NodeCache};
+use crate::client::{ClientError, Leader};
+use crate::config::RunArgs;
+
+/// How the agent ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// The leader said so.
+    Done(String),
+    /// SIGTERM.
+    Terminated,
+    /// The leader was unreachable past the lease, or refused us.
+    LeaderLost(String),
+}
+
+/// Runs the agent until the leader lets it go.
+pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<Exit> {
+    args.validate().map_err(anyhow::Error::msg)?;
+    let leader = Leader::new(&args.leader, args.lease).map_err(anyhow::Error::msg)?;
+    let cache = NodeCache::open(
+        &args.work_dir.join("cache"),
+        CacheConfig {
+            max_bytes: args.cache_max_size,
+            disabled: args.disable_caching,
+            ..CacheConfig::default()
+        },
+    )?;
+    sweep_old_jobs(&args.work_dir);
+    let ctx = Arc::new(AgentCtx {
+        args,
+        leader,
+        cache,
+        stores: Mutex::new(HashMap::new()),
+        images: Mutex::new(None),
+        terminate: terminate.clone(),
+    });
+    let mut report = idle(&ctx.args, true);
+    loop {
+        if terminate.is_cancelled() && report.phase == AgentPhase::Idle as i32 {
+            return Ok(Exit::Terminated);
+        }
+        let resp = tokio::select! {
+            r = ctx.leader.sync(report.clone()) => r,
+            _ = terminate.cancelled(), if report.phase == AgentPhase::Idle as i32 => {
+                return Ok(Exit::Terminated);
+            }
+        };
+        let resp = match resp {
+            Ok(r) => r,
+            Err(ClientError::LeaseExpired { .. }) => {
+                return Ok(Exit::LeaderLost(format!(
+                    "the leader at {} is unreachable",
+                    ctx.leader.address()
+                )));
+            }
+            Err(ClientError::Refused(s)) => {
+                if report.phase == AgentPhase::Done as i32 {
+                    // The leader no longer knows the attempt (a new leader,
+                    // or a duplicate report); the result is in the job store.
+                    tracing::warn!(error = %s.message(), "the leader refused the result report");
+                }
+                return Ok(Exit::LeaderLost(s.message().to_string()));
+            }
+        };
+        match next(&ctx, &mut report, resp, &terminate).await {
+            Some(exit) => return Ok(exit),
+            None => continue,
+        }
+    }
+}
+
+/// Acts on a response; `report` becomes the next report to send.
+async fn next(
+    ctx: &Arc<AgentCtx>,
+    report: &mut SynchronizeRequest,
+    resp: SynchronizeResponse,
+    terminate: &CancellationToken,
+) -> Option<Exit> {
+    if report.phase == AgentPhase::Done as i32 && !resp.result_recorded {
+        // Keep resending the result until the leader has it.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        return None;
+    }
+    match resp.action {
+        Some(Action::Assignment(a)) => {
+            let result = run_assignment(ctx, &a).await;
+            *report = done(&ctx.args, &a, result);
+            None
+        }
+        Some(Action::Exit(e)) => Some(if terminate.is_cancelled() {
+            Exit::Terminated
+        } else {
+            Exit::Done(e.reason)
+        }),
+        Some(Action::Continue(_)) | Some(Action::Kill(_)) | None => {
+            if terminate.is_cancelled() {
+                return Some(Exit::Terminated);
+            }
+            *report = idle(&ctx.args, false);
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            None
+        }
+    }
+}
+
+async fn run_assignment(ctx: &Arc<AgentCtx>, a: &Assignment) -> AttemptResult {
+    let span = tracing::info_span!("attempt", attempt = %a.attempt_id);
+    let _e = span.enter();
+    tracing::info!(job = %a.job_id, "starting");
+    drop(_e);
+    let r = ctx.run_attempt(a).await;
+    tracing::info!(attempt = %a.attempt_id, cause = ?r.cause.as_ref().map(|c| c.kind), "finished");
+    r
+}
+
+fn idle(args: &RunArgs, first: bool) -> SynchronizeRequest {
+    SynchronizeRequest {
+        agent_id: args.agent_id.clone(),
+        agent_token: args.agent_token.clone(),
+        phase: AgentPhase::Idle as i32,
+        attempt_id: String::new(),
+        attempt_token: String::new(),
+        result: None,
+        capacity: Some(Resources {
+            millicores: args.millicores,
+            memory_bytes: args.memory,
+            disk_bytes: args.disk,
+            gpus: args.gpus,
+            preemptible: args.preemptible,
+        }),
+        info: first.then(|| AgentInfo {
+            hostname: nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            pid: std::process::id(),
+            pod_name: args.pod_name.clone(),
+            node_name: args.node_name.clone(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+        }),
+    }
+}
+
+fn done(args: &RunArgs, a: &Assignment, result: AttemptResult) -> SynchronizeRequest {
+    SynchronizeRequest {
+        agent_id: args.agent_id.clone(),
+        agent_token: args.agent_token.clone(),
+        phase: AgentPhase::Done as i32,
+        attempt_id: a.attempt_id.clone(),
+        attempt_token: a.attempt_token.clone(),
+        result: Some(result),
+        capacity: None,
+        info: None,
+    }
+}

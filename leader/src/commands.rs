@@ -1,0 +1,339 @@
+//! `status`, `logs` and `clean`: looking at a workflow through its job
+//! store, and through its leader when one is running.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use anyhow::{Context, bail};
+use prost::Message;
+use toil_jobstore::state::Lease;
+use toil_jobstore::{JobStore, Locator, layout};
+use toil_proto::v1::workflow_service_client::WorkflowServiceClient;
+use toil_proto::v1::{
+    FollowLogsRequest, GetWorkflowRequest, ImportedInputs, Job, JobState, ListJobsRequest,
+    ResourceUsage, WorkflowState,
+};
+use tonic::transport::Channel;
+
+use crate::cli::{CleanArgs, LogsArgs, StatusArgs};
+use crate::core::{Core, JobIdx, RetryPolicy};
+use crate::driver::{job_proto, total_usage};
+use crate::run::{LeaderInfo, Meta, hostname};
+use crate::summary::describe;
+use crate::workflow::{self, ResolvedDefaults, units};
+
+async fn open(loc: &str) -> anyhow::Result<JobStore> {
+    let locator = Locator::parse(loc)?;
+    let store = JobStore::open(&locator).await?;
+    if !store.exists().await? {
+        bail!("there is no job store at {locator}");
+    }
+    Ok(store)
+}
+
+/// The running leader of a store, if its lease is live.
+async fn live_leader(store: &JobStore) -> anyhow::Result<Option<LeaderInfo>> {
+    let Some((lease, _)) = Lease::read(store).await? else {
+        return Ok(None);
+    };
+    if !lease.is_live(toil_jobstore::state::now_ms(), &hostname()) {
+        return Ok(None);
+    }
+    let Some(obj) = store.get_bytes(layout::LEADER_KEY).await? else {
+        return Ok(None);
+    };
+    Ok(serde_json::from_slice(&obj.data).ok())
+}
+
+type Client = WorkflowServiceClient<
+    tonic::service::interceptor::InterceptedService<
+        Channel,
+        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
+    >,
+>;
+
+async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
+    let channel = Channel::from_shared(info.address.clone())?
+        .connect()
+        .await
+        .with_context(|| format!("connecting to the leader at {}", info.address))?;
+    let header: tonic::metadata::MetadataValue<_> =
+        format!("Bearer {}", info.client_token).parse()?;
+    let f: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
+        Box::new(move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", header.clone());
+            Ok(req)
+        });
+    Ok(WorkflowServiceClient::with_interceptor(channel, f))
+}
+
+/// Rebuilds the workflow's state from the job store alone.
+async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta)> {
+    let meta: Meta = match store.get_bytes(layout::META_KEY).await? {
+        Some(o) => serde_json::from_slice(&o.data)?,
+        None => bail!("job store {} holds no workflow yet", store.locator()),
+    };
+    let text = store
+        .get_bytes(layout::SPEC_KEY)
+        .await?
+        .context("the stored workflow file is missing")?;
+    let wf = workflow::parse_stored(
+        &String::from_utf8_lossy(&text.data),
+        &meta.source,
+        &meta.base_dir,
+    )
+    .map_err(|d| anyhow::anyhow!("the stored workflow does not parse:\n{d}"))?;
+    let defaults = ResolvedDefaults {
+        millicores: 1000,
+        memory: 2 << 30,
+        disk: 2 << 30,
+        retries: 1,
+    };
+    let mut core = Core::new(&wf, defaults, RetryPolicy::default());
+    if let Some(obj) = store.get_bytes(layout::IMPORTS_KEY).await? {
+        let rec = ImportedInputs::decode(obj.data)?;
+        core.set_imports(
+            rec.inputs
+                .into_iter()
+                .filter_map(|i| Some((i.local_path.into(), i.file?)))
+                .collect(),
+        );
+    }
+    crate::persist::load(store, &mut core).await?;
+    Ok((core, meta))
+}
+
+/// `toil-leader status`.
+pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
+    let store = open(&args.job_store).await?;
+    let leader = live_leader(&store).await?;
+    let (name, state, jobs, usage, who) = match &leader {
+        Some(info) => {
+            let mut client = connect(info).await?;
+            let wf = client
+                .get_workflow(GetWorkflowRequest {})
+                .await?
+                .into_inner();
+            let mut jobs = Vec::new();
+            let mut token = String::new();
+            loop {
+                let page = client
+                    .list_jobs(ListJobsRequest {
+                        states: vec![],
+                        page_size: 5000,
+                        page_token: token,
+                    })
+                    .await?
+                    .into_inner();
+                jobs.extend(page.jobs);
+                if page.next_page_token.is_empty() {
+                    break;
+                }
+                token = page.next_page_token;
+            }
+            let state = WorkflowState::try_from(wf.state).unwrap_or(WorkflowState::Running);
+            let who = format!(
+                "leader pid {} on {} (epoch {}) at {}",
+                info.pid, info.host, info.epoch, info.address
+            );
+            (wf.name, state, jobs, wf.usage.unwrap_or_default(), who)
+        }
+        None => {
+            let (core, meta) = offline_core(&store).await?;
+            let jobs: Vec<Job> = (0..core.job_count() as JobIdx)
+                .map(|j| job_proto(&core, j))
+                .collect();
+            let who = if core.is_finished() {
+                "no leader running".to_string()
+            } else {
+                format!(
+                    "no leader running; resume with: toil-leader run {} --restart --jobStore {}",
+                    meta.source.display(),
+                    store.locator()
+                )
+            };
+            (
+                meta.name,
+                core.workflow_state(),
+                jobs,
+                total_usage(&core),
+                who,
+            )
+        }
+    };
+    print_status(&name, state, &jobs, &usage, &who, args.jobs);
+    Ok(0)
+}
+
+fn state_name(s: i32) -> &'static str {
+    match JobState::try_from(s).unwrap_or(JobState::Unspecified) {
+        JobState::Waiting => "waiting",
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Blocked => "blocked",
+        JobState::Cancelled => "cancelled",
+        JobState::Unspecified => "?",
+    }
+}
+
+fn print_status(
+    name: &str,
+    state: WorkflowState,
+    jobs: &[Job],
+    usage: &ResourceUsage,
+    who: &str,
+    all: bool,
+) {
+    let state = match state {
+        WorkflowState::Running => "running",
+        WorkflowState::Succeeded => "succeeded",
+        WorkflowState::Failed => "failed",
+        WorkflowState::Cancelled => "cancelled",
+        WorkflowState::Unspecified => "unknown",
+    };
+    println!("workflow {name}: {state} ({who})");
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for j in jobs {
+        *counts.entry(state_name(j.state)).or_default() += 1;
+    }
+    let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
+    println!("jobs: {} ({})", jobs.len(), counts.join(", "));
+    let attempts: usize = jobs.iter().map(|j| j.attempts.len()).sum();
+    let cpu = usage
+        .cpu_time
+        .as_ref()
+        .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
+    println!(
+        "attempts: {attempts} · cpu {cpu:.1} s · largest peak memory {} · cache {} hits, {} misses, {} downloaded, {} uploaded",
+        units::format_size(usage.peak_rss_bytes),
+        usage.cache_hits,
+        usage.cache_misses,
+        units::format_size(usage.bytes_downloaded),
+        units::format_size(usage.bytes_uploaded),
+    );
+    let shown: Vec<&Job> = jobs
+        .iter()
+        .filter(|j| {
+            all || j.state == JobState::Failed as i32 || j.state == JobState::Running as i32
+        })
+        .collect();
+    if shown.is_empty() {
+        return;
+    }
+    println!();
+    println!(
+        "{:<32} {:<10} {:>8}  LAST CAUSE",
+        "JOB", "STATE", "ATTEMPTS"
+    );
+    for j in shown {
+        let cause = j
+            .attempts
+            .last()
+            .and_then(|a| a.cause.as_ref())
+            .map(describe)
+            .unwrap_or_default();
+        let cause = if j.state == JobState::Blocked as i32 {
+            format!("waits for failed job {}", j.blocked_by)
+        } else {
+            cause
+        };
+        println!(
+            "{:<32} {:<10} {:>8}  {}",
+            j.job_id,
+            state_name(j.state),
+            j.attempts.len(),
+            cause
+        );
+    }
+}
+
+/// `toil-leader logs`.
+pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
+    let store = open(&args.job_store).await?;
+    if let Some(info) = live_leader(&store).await?
+        && let Some(job) = &args.job
+    {
+        let mut client = connect(&info).await?;
+        let mut stream = client
+            .follow_logs(FollowLogsRequest {
+                job_id: job.clone(),
+                attempt: args.attempt.unwrap_or(0),
+                offset: 0,
+                follow: args.follow,
+            })
+            .await?
+            .into_inner();
+        let mut out = std::io::stdout().lock();
+        while let Some(piece) = stream.message().await? {
+            out.write_all(&piece.data)?;
+            out.flush()?;
+        }
+        return Ok(0);
+    }
+    if args.follow {
+        eprintln!("(no leader is running, so there is nothing to follow; printing the stored log)");
+    }
+    // Offline: the persisted segments. Group keys by job and attempt.
+    let keys = store.list("logs/").await?;
+    let mut by_job: BTreeMap<String, BTreeMap<u32, ()>> = BTreeMap::new();
+    for k in &keys {
+        let mut parts = k.splitn(4, '/');
+        let (_, Some(job), Some(n)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u32>() else {
+            continue;
+        };
+        by_job
+            .entry(job.replace('~', "/"))
+            .or_default()
+            .insert(n, ());
+    }
+    let wanted: Vec<String> = match &args.job {
+        Some(j) => {
+            if !by_job.contains_key(j) {
+                bail!("no log stored for job {j:?} (it has not run, or wrote no output)");
+            }
+            vec![j.clone()]
+        }
+        None => by_job.keys().cloned().collect(),
+    };
+    let mut out = std::io::stdout().lock();
+    for job in wanted {
+        let attempts = &by_job[&job];
+        let n = match args.attempt {
+            Some(n) if attempts.contains_key(&n) => n,
+            Some(n) => bail!("job {job} has no stored log for attempt {n}"),
+            None => *attempts.keys().last().unwrap_or(&1),
+        };
+        if args.job.is_none() {
+            writeln!(out, "==> {job} (attempt {n}) <==")?;
+        }
+        for (_, data) in crate::logs::read_persisted(&store, &job, n, 0, u64::MAX).await? {
+            out.write_all(&data)?;
+        }
+    }
+    Ok(0)
+}
+
+/// `toil-leader clean`.
+pub async fn clean(args: CleanArgs) -> anyhow::Result<u8> {
+    let locator = Locator::parse(&args.job_store)?;
+    let store = JobStore::open(&locator).await?;
+    if !store.exists().await? {
+        println!("there is no job store at {locator}; nothing to delete");
+        return Ok(0);
+    }
+    if let Some(info) = live_leader(&store).await? {
+        bail!(
+            "job store {locator} is in use by a running leader (pid {} on {}); stop it first",
+            info.pid,
+            info.host
+        );
+    }
+    store.destroy().await?;
+    println!("deleted job store {locator}");
+    Ok(0)
+}

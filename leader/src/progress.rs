@@ -1,0 +1,117 @@
+//! The terminal while a workflow runs: job output as it arrives, and (on a
+//! terminal) one status line kept at the bottom.
+
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+use toil_proto::v1::JobState;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::driver::Progress;
+use crate::logs::EchoLine;
+
+/// Renders `p` as `12/40 done · 4 running · 20 queued · 4 waiting · 1 failed`.
+pub fn line(p: &Progress) -> String {
+    let c = &p.counts;
+    let done = c[JobState::Succeeded as usize];
+    let mut parts = vec![format!("{done}/{} done", p.total)];
+    for (state, label) in [
+        (JobState::Running, "running"),
+        (JobState::Queued, "queued"),
+        (JobState::Waiting, "waiting"),
+        (JobState::Failed, "failed"),
+        (JobState::Blocked, "blocked"),
+        (JobState::Cancelled, "cancelled"),
+    ] {
+        let n = c[state as usize];
+        if n > 0 {
+            parts.push(format!("{n} {label}"));
+        }
+    }
+    parts.join(" · ")
+}
+
+fn elapsed(t: Instant) -> String {
+    let s = t.elapsed().as_secs();
+    format!("{}:{:02}", s / 60, s % 60)
+}
+
+/// Runs the display until `stop` fires and the echo channel is drained.
+pub async fn run(
+    name: String,
+    mut progress: watch::Receiver<Progress>,
+    mut echo: mpsc::Receiver<EchoLine>,
+    stop: CancellationToken,
+) {
+    let tty = std::io::stderr().is_terminal();
+    let t0 = Instant::now();
+    let mut status_shown = false;
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let mut last_plain = Instant::now();
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tokio::select! {
+            l = echo.recv() => match l {
+                Some(l) => {
+                    clear(tty, &mut status_shown);
+                    print_line(&l);
+                }
+                None => break,
+            },
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+            }
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => break,
+        }
+        if tty && last_draw.elapsed() >= Duration::from_millis(100) {
+            let p = progress.borrow().clone();
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K[{}] {name}: {}", elapsed(t0), line(&p));
+            let _ = err.flush();
+            status_shown = true;
+            last_draw = Instant::now();
+        } else if !tty && last_plain.elapsed() >= Duration::from_secs(10) {
+            let p = progress.borrow().clone();
+            eprintln!("[{}] {name}: {}", elapsed(t0), line(&p));
+            last_plain = Instant::now();
+        }
+    }
+    while let Ok(l) = echo.try_recv() {
+        clear(tty, &mut status_shown);
+        print_line(&l);
+    }
+    clear(tty, &mut status_shown);
+}
+
+fn clear(tty: bool, shown: &mut bool) {
+    if tty && *shown {
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K");
+        let _ = err.flush();
+        *shown = false;
+    }
+}
+
+fn print_line(l: &EchoLine) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "[{}] {}", l.job_id, l.line);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_status_line_shows_only_what_is_there() {
+        let mut p = Progress::default();
+        p.counts[JobState::Succeeded as usize] = 3;
+        p.counts[JobState::Running as usize] = 2;
+        p.counts[JobState::Failed as usize] = 1;
+        p.total = 6;
+        assert_eq!(line(&p), "3/6 done · 2 running · 1 failed");
+    }
+}

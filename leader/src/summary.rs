@@ -1,0 +1,154 @@
+//! The closing report of a run: counts, and for each failed job its cause
+//! and the end of its log.
+
+use std::time::Duration;
+
+use toil_proto::v1::{Cause, CauseKind, JobState, WorkflowState};
+
+use crate::core::{Core, JobIdx};
+use crate::logs::LogHub;
+use crate::run::Meta;
+
+/// How many failed jobs are shown in full.
+const SHOWN: usize = 5;
+/// Bytes of log shown per failed job.
+const TAIL: usize = 2000;
+
+/// A cause in words: `exit code 3`, `out of memory: ...`.
+pub fn describe(c: &Cause) -> String {
+    let kind = CauseKind::try_from(c.kind).unwrap_or(CauseKind::Unspecified);
+    let label = match kind {
+        CauseKind::Succeeded => return "succeeded".into(),
+        CauseKind::ExitCode => format!("exit code {}", c.code),
+        CauseKind::OomKilled => "out of memory (OOM_KILLED)".into(),
+        CauseKind::Unschedulable => "unschedulable".into(),
+        CauseKind::ImagePull => "image pull failed".into(),
+        CauseKind::Evicted => "evicted".into(),
+        CauseKind::Preempted => "preempted".into(),
+        CauseKind::NodeLost => "node lost".into(),
+        CauseKind::AgentLost => "agent lost".into(),
+        CauseKind::DeadlineExceeded => "time limit exceeded".into(),
+        CauseKind::Cancelled => "cancelled".into(),
+        CauseKind::ConfigError => "configuration error".into(),
+        CauseKind::Signaled => format!("killed by signal {}", c.code),
+        CauseKind::OutputMissing => "declared output missing".into(),
+        CauseKind::StagingFailed => "staging failed".into(),
+        CauseKind::PodStartTimeout => "pod never started".into(),
+        CauseKind::Unspecified => "unknown".into(),
+    };
+    let generic = c.message.is_empty()
+        || (kind == CauseKind::ExitCode && c.message.starts_with("the command exited with status"));
+    if generic {
+        label
+    } else {
+        format!("{label}: {}", c.message)
+    }
+}
+
+fn seconds(d: Duration) -> String {
+    if d.as_secs() >= 120 {
+        humantime::format_duration(Duration::from_secs(d.as_secs())).to_string()
+    } else {
+        format!("{:.1} s", d.as_secs_f64())
+    }
+}
+
+/// Prints the report to stderr.
+pub async fn print(
+    core: &Core,
+    logs: &LogHub,
+    meta: &Meta,
+    state: WorkflowState,
+    elapsed: Duration,
+) {
+    let c = core.counts();
+    let total = core.job_count();
+    let word = match state {
+        WorkflowState::Succeeded => "succeeded",
+        WorkflowState::Failed => "FAILED",
+        WorkflowState::Cancelled => "was CANCELLED",
+        _ => "stopped",
+    };
+    let attempts: usize = (0..total as JobIdx).map(|j| core.attempts(j).len()).sum();
+    let mut parts = vec![format!("{} succeeded", c[JobState::Succeeded as usize])];
+    for (s, label) in [
+        (JobState::Failed, "failed"),
+        (JobState::Blocked, "blocked by a failure"),
+        (JobState::Cancelled, "cancelled"),
+    ] {
+        if c[s as usize] > 0 {
+            parts.push(format!("{} {label}", c[s as usize]));
+        }
+    }
+    eprintln!(
+        "workflow {} {word} in {}: {total} jobs ({}), {attempts} attempts",
+        meta.name,
+        seconds(elapsed),
+        parts.join(", ")
+    );
+    let failed: Vec<JobIdx> = (0..total as JobIdx)
+        .filter(|&j| core.state(j) == JobState::Failed)
+        .collect();
+    for &j in failed.iter().take(SHOWN) {
+        let id = core.job_id(j);
+        let attempts = core.attempts(j);
+        let Some(last) = attempts.last() else {
+            continue;
+        };
+        let cause = last.cause.as_ref().map(describe).unwrap_or_default();
+        let (used, allowed) = core.retries(j);
+        eprintln!(
+            "\njob {id} failed: {cause}\n  attempt {} ({} of {} retries used){}",
+            attempts.len(),
+            used,
+            allowed,
+            if last.placement.is_empty() {
+                String::new()
+            } else {
+                format!(", ran on {}", last.placement)
+            }
+        );
+        let tail = logs.tail(&id, attempts.len() as u32, TAIL).await;
+        let tail = tail.trim_end();
+        if !tail.is_empty() {
+            eprintln!("  end of its log:");
+            let lines: Vec<&str> = tail.lines().collect();
+            for l in &lines[lines.len().saturating_sub(20)..] {
+                eprintln!("  | {l}");
+            }
+        }
+    }
+    if failed.len() > SHOWN {
+        eprintln!(
+            "\n... and {} more failed jobs; see `toil-leader status` for all of them",
+            failed.len() - SHOWN
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn causes_read_well() {
+        let c = |kind: CauseKind, code, m: &str| Cause {
+            kind: kind as i32,
+            code,
+            message: m.into(),
+        };
+        assert_eq!(
+            describe(&c(
+                CauseKind::ExitCode,
+                3,
+                "the command exited with status 3"
+            )),
+            "exit code 3"
+        );
+        assert_eq!(
+            describe(&c(CauseKind::Unschedulable, 0, "0/3 nodes are available")),
+            "unschedulable: 0/3 nodes are available"
+        );
+        assert_eq!(describe(&c(CauseKind::Succeeded, 0, "")), "succeeded");
+    }
+}
