@@ -2,5 +2,6 @@
 //!
 //! - [`harness`]: finding binaries and the test virtualenv, scratch dirs.
 
+pub mod emulator;
 pub mod harness;
 pub mod moto;

@@ -1,0 +1,51 @@
+//! A Kubernetes API emulator for tests and benchmarks: a real HTTP(S)
+//! apiserver speaking k8s-openapi JSON, with RBAC, a Job controller, a
+//! scheduler over emulated nodes, and kubelets that run containers as local
+//! processes. No kube-apiserver can run on this machine, so code that passes
+//! here must also pass on a real cluster: the emulator reproduces the
+//! shapes real clusters produce (see `shared/testing.md`).
+//!
+//! A tour:
+//! - [`handle`]: [`Emulator`], the public API (start, kubeconfigs, faults,
+//!   counters, shutdown);
+//! - [`config`]: nodes, images, identities, timings;
+//! - [`server`]: HTTP(S), discovery, CRUD, watch, logs, kubectl tables,
+//!   the `/emulator/...` admin endpoints;
+//! - [`store`], [`selector`], [`patch`], [`crud`], [`validation`],
+//!   [`defaults`]: the apiserver's storage and semantics;
+//! - [`rbac`]: authorization from Role/ClusterRole bindings;
+//! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
+//!   and nodes;
+//! - [`faults`]: request faults and counters;
+//! - [`quantity`]: resource quantities.
+
+pub mod bootstrap;
+pub mod cluster;
+pub mod config;
+pub mod crud;
+pub mod defaults;
+pub mod disruption;
+pub mod error;
+pub mod faults;
+pub mod handle;
+pub mod jobs;
+pub mod kubeconfig;
+pub mod kubelet;
+pub mod patch;
+pub mod quantity;
+pub mod rbac;
+pub mod resources;
+pub mod scheduler;
+pub mod selector;
+pub mod server;
+pub mod store;
+pub mod validation;
+
+pub use cluster::StallRule;
+pub use config::{
+    EmulatorConfig, Identity, ImageConfig, MemoryEnforcement, NodeConfig, TaintConfig, Timing,
+};
+pub use error::{ApiError, EmulatorError};
+pub use faults::{RequestCounts, RequestFault};
+pub use handle::Emulator;
+pub use quantity::Quantity;
