@@ -161,7 +161,7 @@ impl AgentCtx {
             None => 0,
         };
         heartbeat.abort();
-        let usage = run.usage.clone();
+        let usage = run.usage;
         if !self.args.keep_work_dir {
             let _ = std::fs::remove_dir_all(&work_dir);
         }

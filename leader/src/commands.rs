@@ -45,12 +45,9 @@ async fn live_leader(store: &JobStore) -> anyhow::Result<Option<LeaderInfo>> {
     Ok(serde_json::from_slice(&obj.data).ok())
 }
 
-type Client = WorkflowServiceClient<
-    tonic::service::interceptor::InterceptedService<
-        Channel,
-        Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>,
-    >,
->;
+/// Adds the bearer token to every call.
+type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
+type Client = WorkflowServiceClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
 async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
     let channel = Channel::from_shared(info.address.clone())?
@@ -59,8 +56,7 @@ async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
         .with_context(|| format!("connecting to the leader at {}", info.address))?;
     let header: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", info.client_token).parse()?;
-    let f: Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send> =
-        Box::new(move |mut req: tonic::Request<()>| {
+    let f: Auth = Box::new(move |mut req: tonic::Request<()>| {
             req.metadata_mut().insert("authorization", header.clone());
             Ok(req)
         });

@@ -80,7 +80,8 @@ pub struct CacheInput {
     /// Expected lowercase hex SHA-256; empty to skip verification.
     pub sha256: String,
     /// The size, when known; `None` makes the downloader ask the job store
-    /// (one extra request, only on a miss).
+    /// (one extra request, only on a miss). It decides how much space a
+    /// download reserves, so it must not understate the file.
     pub size_bytes: Option<u64>,
     /// Destination relative to the work directory (`/` separators, no `..`).
     pub dest_path: String,
@@ -99,7 +100,9 @@ impl TryFrom<&StagedInput> for CacheInput {
         Ok(CacheInput {
             file_id: file.file_id.clone(),
             sha256: file.sha256.clone(),
-            size_bytes: Some(file.size_bytes),
+            // 0 may be an unset field: let the downloader ask the store
+            // rather than reserve no space for what may be a large file.
+            size_bytes: (file.size_bytes > 0).then_some(file.size_bytes),
             dest_path: s.dest_path.clone(),
             writable: s.writable,
         })

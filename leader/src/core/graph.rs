@@ -440,7 +440,7 @@ fn template_from_spec(
         (true, true) => return Err("give either argv or shell".into()),
         (false, false) => return Err("give argv or shell, not both".into()),
     };
-    let r = spec.resources.clone().unwrap_or_default();
+    let r = spec.resources.unwrap_or_default();
     let time_limit = match &spec.time_limit {
         Some(d) if d.seconds < 0 || d.nanos < 0 => return Err("time_limit is negative".into()),
         Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),

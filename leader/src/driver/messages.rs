@@ -32,7 +32,7 @@ pub enum Caller {
 /// A request to the driver.
 pub enum Msg {
     /// An agent's report.
-    Sync(SynchronizeRequest, oneshot::Sender<SyncReply>),
+    Sync(Box<SynchronizeRequest>, oneshot::Sender<SyncReply>),
     /// Add jobs.
     AddJobs {
         /// Who asks.
@@ -130,7 +130,7 @@ pub fn status(e: CoreError) -> Status {
 impl Driver {
     pub(crate) fn handle(&mut self, msg: Msg) {
         match msg {
-            Msg::Sync(req, reply) => self.on_sync(req, reply),
+            Msg::Sync(req, reply) => self.on_sync(*req, reply),
             Msg::AddJobs { caller, req, reply } => {
                 let _ = reply.send(self.add_jobs(caller, req));
             }

@@ -37,7 +37,7 @@ impl AgentService for AgentSvc {
     ) -> Result<Response<SynchronizeResponse>, Status> {
         let (tx, rx) = oneshot::channel();
         self.driver
-            .send(Msg::Sync(request.into_inner(), tx))
+            .send(Msg::Sync(Box::new(request.into_inner()), tx))
             .await
             .map_err(|_| leader_gone())?;
         rx.await.map_err(|_| leader_gone())?.map(Response::new)
