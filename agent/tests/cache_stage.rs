@@ -236,3 +236,39 @@ async fn free_space_mode_reservations_and_no_space_in(node: Node, f: StoredFile,
         .unwrap();
     assert_eq!(staged.stats().misses, 1);
 }
+
+/// A job that makes its read-only link writable and changes the size of
+/// the shared inode does not poison the cache: the next stage notices the
+/// size and downloads again.
+#[test]
+fn an_entry_changed_through_a_link_is_downloaded_again() {
+    let node = Node::new();
+    let f = node.put_random("files/in.txt", 50_000);
+    runtime().block_on(async move {
+        let store = JobStore::open(&Locator::File(node.store.clone()))
+            .await
+            .unwrap();
+        let cache = NodeCache::open(&node.cache, CacheConfig::default()).unwrap();
+        let staged = cache
+            .stage(&store, &[input(&f, "in.txt", false)], &node.work("bad"), 0)
+            .await
+            .unwrap();
+        drop(staged);
+        let link = node.work("bad").join("in.txt");
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&link, fs::Permissions::from_mode(0o644)).unwrap();
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&link)
+            .and_then(|mut h| std::io::Write::write_all(&mut h, b"junk"))
+            .unwrap();
+
+        let staged = cache
+            .stage(&store, &[input(&f, "in.txt", false)], &node.work("next"), 0)
+            .await
+            .unwrap();
+        assert_eq!(staged.stats().misses, 1);
+        assert_eq!(sha256_file(&node.work("next").join("in.txt")), f.sha256);
+        assert_eq!(sha256_file(&cache.entry_path(&f.id, &f.sha256)), f.sha256);
+    });
+}

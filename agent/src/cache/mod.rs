@@ -351,14 +351,15 @@ impl NodeCache {
                 entry.clone(),
                 input.file_id.clone(),
             );
+            let size = input.size_bytes;
             blocking(move || {
                 let path = layout.use_lock(&name);
                 let hold = FileLock::acquire(&path, Mode::Shared)
                     .map_err(|e| CacheError::io(&fid, format!("locking {}", path.display()), e))?;
-                let present = exists(&entry).map_err(|e| {
+                let state = check_entry(&entry, size).map_err(|e| {
                     CacheError::io(&fid, format!("checking {}", entry.display()), e)
                 })?;
-                Ok::<_, CacheError>((hold, present))
+                Ok::<_, CacheError>((hold, state == EntryState::Good))
             })
             .await??
         };
@@ -404,15 +405,25 @@ impl NodeCache {
         let fid = &input.file_id;
         let (dl, present) = {
             let (layout, name, fid) = (layout.clone(), name.to_string(), fid.clone());
+            let size = input.size_bytes;
             blocking(move || {
                 let path = layout.download_lock(&name);
                 // Blocks while another process downloads this entry.
                 let dl = FileLock::acquire(&path, Mode::Exclusive)
                     .map_err(|e| CacheError::io(&fid, format!("locking {}", path.display()), e))?;
                 let entry = layout.entry(&name);
-                let present = exists(&entry).map_err(|e| {
+                let state = check_entry(&entry, size).map_err(|e| {
                     CacheError::io(&fid, format!("checking {}", entry.display()), e)
                 })?;
+                if state == EntryState::Corrupt {
+                    // Only download-lock holders replace entries, so this
+                    // removes the bad file and nothing newer.
+                    tracing::warn!(file_id = %fid, entry = %entry.display(), "cache entry has the wrong size (modified by a job?); downloading again");
+                    fs::remove_file(&entry).map_err(|e| {
+                        CacheError::io(&fid, format!("removing {}", entry.display()), e)
+                    })?;
+                }
+                let present = state == EntryState::Good;
                 if !present {
                     // Whatever is in tmp for this entry was left by a
                     // downloader that died (we hold its lock now).
@@ -677,6 +688,27 @@ fn touch(entry: &Path) {
         .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(SystemTime::now())));
     if let Err(e) = r {
         tracing::debug!(entry = %entry.display(), error = %e, "could not record cache entry use");
+    }
+}
+
+/// What a lookup of an entry found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum EntryState {
+    /// There, with the expected size (when known).
+    Good,
+    /// Not there.
+    Absent,
+    /// There with the wrong size: a job changed it through its link (a job
+    /// running as the cache's owner can chmod the read-only inode).
+    Corrupt,
+}
+
+fn check_entry(entry: &Path, size: Option<u64>) -> io::Result<EntryState> {
+    match fs::metadata(entry) {
+        Ok(m) if size.is_some_and(|s| s != m.len()) => Ok(EntryState::Corrupt),
+        Ok(_) => Ok(EntryState::Good),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(EntryState::Absent),
+        Err(e) => Err(e),
     }
 }
 
