@@ -39,6 +39,7 @@ pub mod scheduler;
 pub mod selector;
 pub mod server;
 pub mod store;
+pub mod testkit;
 pub mod validation;
 
 pub use cluster::StallRule;
