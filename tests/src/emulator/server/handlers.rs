@@ -68,6 +68,13 @@ async fn handle_inner(
 ) -> Result<Response<Body>, ApiError> {
     let path = req.uri().path().to_string();
     let query = request::parse_query(req.uri().query());
+    tracing::debug!(
+        method = %req.method(),
+        uri = %req.uri(),
+        content_type = ?req.headers().get("content-type"),
+        accept = ?req.headers().get("accept"),
+        "request"
+    );
     let identity = bearer(&req).and_then(|t| cluster.identity_for_token(&t));
     if path.starts_with("/emulator/") {
         if identity != Some(Identity::Admin) {
@@ -296,6 +303,16 @@ async fn resource(
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
+    if matches!(rr.verb, "create" | "update")
+        && content_type.starts_with("application/vnd.kubernetes.protobuf")
+    {
+        let mut e = ApiError::bad_request(
+            "the emulator does not decode protobuf request bodies (application/vnd.kubernetes.protobuf); send application/json",
+        );
+        e.code = 415;
+        e.reason = "UnsupportedMediaType";
+        return Err(e);
+    }
     match rr.verb {
         "get" if rr.subresource == "log" => logs::serve(cluster, &rr, &query).await,
         "get" => {
