@@ -65,6 +65,7 @@ impl Fixture {
                 transfer: TransferOptions {
                     part_size: 5 << 20,
                     concurrency: 3,
+                    download_concurrency: 1,
                 },
                 retry: RetryOptions {
                     max_attempts: 6,
@@ -115,6 +116,14 @@ impl Fixture {
     /// Another handle on the same store, as a second process would have.
     async fn reopen(&self) -> JobStore {
         self.open(self.store.locator()).await
+    }
+
+    /// For S3: another handle on the store that downloads in ranges, three
+    /// at a time, instead of one stream.
+    async fn ranged_reader(&self) -> Option<JobStore> {
+        let mut o = self.s3.clone()?;
+        o.transfer.download_concurrency = 3;
+        Some(JobStore::open_with(self.store.locator(), o).await.unwrap())
     }
 
     /// A handle on a location that holds someone else's data (key
@@ -502,6 +511,18 @@ async fn files_round_trip_with_checksums(fx: &Fixture) {
             "{name} bytes"
         );
 
+        if let Some(r) = fx.ranged_reader().await {
+            let ranged = fx.path(&format!("{name}.ranged"));
+            assert_eq!(
+                r.get_file(&key, &ranged).await.unwrap(),
+                up,
+                "{name} ranged get"
+            );
+            assert_eq!(
+                std::fs::read(&ranged).unwrap(),
+                std::fs::read(&src).unwrap()
+            );
+        }
         let ok = s.get_file_verified(&key, &dest, &sha).await.unwrap();
         assert_eq!(ok.sha256, sha);
         let wrong = "0".repeat(64);

@@ -62,16 +62,25 @@ impl std::fmt::Debug for StaticCredentials {
     }
 }
 
-/// Streaming transfer settings. Peak memory of one `put_file` or `get_file`
-/// is about `part_size * concurrency`.
+/// Streaming transfer settings. Peak memory of one `put_file` is about
+/// `part_size * concurrency`; of one `get_file`, about 2 MiB when streamed
+/// and `part_size * (download_concurrency + 1)` when ranged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TransferOptions {
-    /// Files up to this size go in one `PutObject` / `GetObject`; larger
-    /// ones in parts of this size (raised when a file would need more than
-    /// S3's 10,000 parts). At least 5 MiB, S3's minimum part size.
+    /// Files up to this size go in one `PutObject`; larger ones in parts of
+    /// this size (raised when a file would need more than S3's 10,000
+    /// parts). At least 5 MiB, S3's minimum part size. Also the size of the
+    /// ranges of a ranged download.
     pub part_size: u64,
-    /// Parts uploaded or downloaded at the same time.
+    /// Parts uploaded at the same time.
     pub concurrency: usize,
+    /// 1 (the default): a download is one streamed `GetObject`, resumed with
+    /// a ranged request from the last byte received if it breaks off; one
+    /// request per file and constant memory. More: ranges of `part_size`,
+    /// this many at a time, which is faster on AWS for big files but costs
+    /// a request per range, and is slow on servers that read the whole
+    /// object for every range (moto does).
+    pub download_concurrency: usize,
 }
 
 /// 8 MiB: with four parts in flight a transfer holds about 32 MiB.
@@ -86,6 +95,7 @@ impl Default for TransferOptions {
         TransferOptions {
             part_size: DEFAULT_PART_SIZE,
             concurrency: 4,
+            download_concurrency: 1,
         }
     }
 }
@@ -195,7 +205,7 @@ mod tests {
         assert!(p * MAX_PARTS >= big && p % (1 << 20) == 0, "{p}");
         let tiny = TransferOptions {
             part_size: 1,
-            concurrency: 1,
+            ..TransferOptions::default()
         };
         assert_eq!(tiny.part_size_for(100), MIN_PART_SIZE);
     }
