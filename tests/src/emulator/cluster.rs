@@ -104,6 +104,9 @@ pub struct Cluster {
     pub kubelet: KubeletState,
     /// Pods matching any of these never finish mounting volumes.
     pub stall_rules: Mutex<Vec<StallRule>>,
+    /// Aggregation key of each recorded event -> the Event's name, so
+    /// repeats find their Event without scanning them all.
+    event_index: Mutex<HashMap<String, String>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -144,6 +147,7 @@ impl Cluster {
             http_port: OnceLock::new(),
             kubelet,
             stall_rules: Mutex::new(Vec::new()),
+            event_index: Mutex::new(HashMap::new()),
         }
     }
 
@@ -208,18 +212,14 @@ impl Cluster {
     where
         T: DeserializeOwned + serde::Serialize,
     {
-        let mut out = None;
-        self.mutate(r, ns, name, |v| {
+        let stored = self.mutate(r, ns, name, |v| {
             let Some(mut t) = typed::<T>(v) else { return };
             f(&mut t);
             if let Ok(nv) = serde_json::to_value(&t) {
                 *v = nv;
             }
-        })
-        .map(|v| {
-            out = typed::<T>(&v);
-        });
-        out
+        })?;
+        typed::<T>(&stored)
     }
 
     /// Removes an object at once (no grace period, no propagation).
@@ -281,12 +281,14 @@ impl Cluster {
         let uid = involved_ref["uid"].clone();
         let now = now_str();
         let mut store = self.store();
-        let existing = store.list(events, Some(&ns)).into_iter().find(|e| {
-            e["involvedObject"]["uid"] == uid
-                && e["reason"] == json!(reason)
-                && e["message"] == json!(message)
-                && e["source"]["component"] == json!(component)
-        });
+        let key = format!(
+            "{}\u{0}{reason}\u{0}{component}\u{0}{message}",
+            uid.as_str().unwrap_or_default()
+        );
+        let mut index = lock(&self.event_index);
+        let existing = index
+            .get(&key)
+            .and_then(|name| store.get(events, &ns, name));
         let result = match existing {
             Some(e) => {
                 let mut next = (*e).clone();
@@ -326,9 +328,11 @@ impl Cluster {
                     "reportingComponent": component,
                     "reportingInstance": host.unwrap_or(""),
                 });
+                index.insert(key, name);
                 store.insert(events, ev).map(|_| ())
             }
         };
+        drop(index);
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot record event");
         }

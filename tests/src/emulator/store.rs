@@ -98,11 +98,31 @@ fn set_rv(obj: &mut Value, rv: u64) {
 
 /// Two objects equal apart from their resourceVersion.
 fn same_content(a: &Value, b: &Value) -> bool {
-    let mut a = a.clone();
-    let mut b = b.clone();
-    set_rv(&mut a, 0);
-    set_rv(&mut b, 0);
-    a == b
+    let (Value::Object(a), Value::Object(b)) = (a, b) else {
+        return a == b;
+    };
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().all(|(k, av)| {
+        let Some(bv) = b.get(k) else { return false };
+        if k != "metadata" {
+            return av == bv;
+        }
+        match (av, bv) {
+            (Value::Object(am), Value::Object(bm)) => {
+                let strip = |m: &serde_json::Map<String, Value>| {
+                    m.iter().filter(|(k, _)| *k != "resourceVersion").count()
+                };
+                strip(am) == strip(bm)
+                    && am
+                        .iter()
+                        .filter(|(k, _)| *k != "resourceVersion")
+                        .all(|(k, v)| bm.get(k) == Some(v))
+            }
+            _ => av == bv,
+        }
+    })
 }
 
 impl Store {

@@ -2,7 +2,7 @@
 //! (authenticate, count, inject faults, authorize, dispatch).
 //!
 //! - [`request`]: URL and query parsing into Kubernetes request attributes.
-//! - [`handlers`]: get/list/create/update/patch/delete.
+//! - [`handlers`]: get, list, create, update, patch, delete.
 //! - [`watch`]: watch streams with bookmarks and 410s.
 //! - [`logs`]: `pods/log`, including `follow`.
 //! - [`table`]: the server-side `Table` rendering kubectl asks for.

@@ -299,10 +299,13 @@ fn event_cells(e: &Value) -> Vec<Value> {
     ]
 }
 
+/// Computes one row's cells from an object.
+type CellFn = fn(&Value) -> Vec<Value>;
+
 /// Renders objects as a Table. `include` is the `includeObject` parameter:
 /// `None`, `Object` or `PartialObjectMetadata`.
 pub fn table(r: &ResourceType, objs: &[Arc<Value>], include: &str) -> Value {
-    let (columns, cells): (Vec<Value>, fn(&Value) -> Vec<Value>) = match r.plural {
+    let (columns, cells): (Vec<Value>, CellFn) = match r.plural {
         "pods" => (
             vec![
                 col("Name", "string", 0),
