@@ -100,6 +100,31 @@ fn credentials_file_and_s3_endpoint_variable_are_honoured() {
 }
 
 #[test]
+fn web_identity_is_used_as_on_eks() {
+    // EKS (IRSA) mounts a token and sets these; the chain exchanges the token
+    // for credentials with STS AssumeRoleWithWebIdentity (moto's STS here).
+    let moto = Moto::shared();
+    let home = harness::scratch("webid-home-");
+    let token = home.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ0b2lsIn0.c2ln").unwrap();
+    let env = [
+        kv("HOME", home.path().to_string_lossy()),
+        kv("AWS_ENDPOINT_URL", moto.endpoint()),
+        kv("AWS_REGION", REGION),
+        kv("AWS_EC2_METADATA_DISABLED", "true"),
+        kv("AWS_WEB_IDENTITY_TOKEN_FILE", token.to_string_lossy()),
+        kv("AWS_ROLE_ARN", "arn:aws:iam::123456789012:role/toil-leader"),
+        kv("AWS_ROLE_SESSION_NAME", "toil-test"),
+    ];
+    round_trip_through_tool(&env, home.path(), "webid");
+    let log = std::fs::read_to_string(moto.log_path()).unwrap();
+    assert!(
+        log.contains("\"POST / HTTP/1.1\" 200"),
+        "no STS call in the moto log"
+    );
+}
+
+#[test]
 fn endpoint_from_the_profile_config_is_honoured() {
     let moto = Moto::shared();
     let home = harness::scratch("aws-home-");
