@@ -220,12 +220,12 @@ fn host_path_pod(name: &str, node: &str, script: &str) -> Pod {
         "spec": {
             "restartPolicy": "Never",
             "nodeSelector": {"kubernetes.io/hostname": node},
-            "volumes": [{"name": "cache", "hostPath": {"path": "/var/lib/toil-emu-test"}},
+            "volumes": [{"name": "cache", "hostPath": {"path": "/tmp/toil-emu-hostpath-test"}},
                         {"name": "scratch", "emptyDir": {}}],
             "containers": [{
                 "name": "main", "image": IMAGE, "command": ["sh", "-c", script],
                 "workingDir": "/scratch-here",
-                "volumeMounts": [{"name": "cache", "mountPath": "/var/lib/toil-emu-test"},
+                "volumeMounts": [{"name": "cache", "mountPath": "/tmp/toil-emu-hostpath-test"},
                                  {"name": "scratch", "mountPath": "/scratch-here"}],
             }],
         },
@@ -240,7 +240,7 @@ async fn host_path_is_shared_on_a_node_and_not_across_nodes() {
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let pods: Api<Pod> = Api::namespaced(client, "default");
-    let writer = "echo cached > /var/lib/toil-emu-test/entry; pwd; echo private > ./mine";
+    let writer = "echo cached > /tmp/toil-emu-hostpath-test/entry; pwd; echo private > ./mine";
     pods.create(&PostParams::default(), &host_path_pod("w", "a", writer))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -253,7 +253,7 @@ async fn host_path_is_shared_on_a_node_and_not_across_nodes() {
             .unwrap_or_default(),
         "/scratch-here\n"
     );
-    let reader = "cat /var/lib/toil-emu-test/entry 2>&1 || echo missing; cat ./mine 2>/dev/null || echo fresh";
+    let reader = "cat /tmp/toil-emu-hostpath-test/entry 2>&1 || echo missing; cat ./mine 2>/dev/null || echo fresh";
     pods.create(&PostParams::default(), &host_path_pod("same", "a", reader))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -281,17 +281,17 @@ async fn host_path_is_shared_on_a_node_and_not_across_nodes() {
     );
     assert!(other.ends_with("fresh\n"), "emptyDir is per pod: {other}");
     assert!(
-        emu.host_path("a", "/var/lib/toil-emu-test")
+        emu.host_path("a", "/tmp/toil-emu-hostpath-test")
             .join("entry")
             .exists()
     );
     assert!(
-        !emu.host_path("b", "/var/lib/toil-emu-test")
+        !emu.host_path("b", "/tmp/toil-emu-hostpath-test")
             .join("entry")
             .exists()
     );
     // The host itself was not touched (the mount lived in the pod's namespace).
-    assert!(!std::path::Path::new("/var/lib/toil-emu-test/entry").exists());
+    assert!(!std::path::Path::new("/tmp/toil-emu-hostpath-test/entry").exists());
     emu.shutdown();
 }
 
