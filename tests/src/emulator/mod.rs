@@ -17,7 +17,30 @@
 //! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
 //!   and nodes;
 //! - [`faults`]: request faults and counters;
-//! - [`quantity`]: resource quantities.
+//! - [`quantity`]: resource quantities;
+//! - [`testkit`]: waits and object builders for tests.
+//!
+//! Typical use in a test (the emulator runs on its own thread and runtime;
+//! dropping the handle kills every pod process):
+//!
+//! ```no_run
+//! use toil_tests::emulator::{Emulator, EmulatorConfig, Identity, NodeConfig, RequestFault};
+//! # async fn demo() -> anyhow::Result<()> {
+//! let cfg = EmulatorConfig::default()
+//!     .with_nodes(vec![NodeConfig::new("n1").cpu("4").memory("8Gi"), "spot-1:cpu=8,preemptible".parse().map_err(anyhow::Error::msg)?])
+//!     .with_image("toil-appliance:dev", Some("target/debug".into()))
+//!     .with_rbac_file("deploy/rbac.yaml".into())
+//!     .with_namespace("toil");
+//! let emu = Emulator::start(cfg)?;
+//! let leader = Identity::service_account("toil", "toil-leader");
+//! let kubeconfig = emu.kubeconfig_for(&leader)?; // for a leader process (KUBECONFIG=...)
+//! let client = emu.client(&leader).await?; // or a kube-rs client in the test
+//! emu.fail_requests(RequestFault::too_many_requests(3).verb("create").resource("jobs"));
+//! let creates = emu.request_counts().get("create", "jobs");
+//! # let _ = (kubeconfig, client, creates);
+//! emu.shutdown();
+//! # Ok(()) }
+//! ```
 
 pub mod bootstrap;
 pub mod cluster;
