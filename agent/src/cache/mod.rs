@@ -343,7 +343,8 @@ impl NodeCache {
         let entry = layout.entry(&name);
 
         // 1. Hold the entry: from here until the attempt ends, eviction
-        //    cannot remove it.
+        //    cannot remove it. On a hit, link it in the same trip to the
+        //    blocking pool (a hit is then one thread hand-off).
         let (hold, present) = {
             let (layout, name, entry, fid) = (
                 layout.clone(),
@@ -351,7 +352,7 @@ impl NodeCache {
                 entry.clone(),
                 input.file_id.clone(),
             );
-            let size = input.size_bytes;
+            let (size, dest, writable) = (input.size_bytes, dest.to_path_buf(), input.writable);
             blocking(move || {
                 let path = layout.use_lock(&name);
                 let hold = FileLock::acquire(&path, Mode::Shared)
@@ -359,35 +360,28 @@ impl NodeCache {
                 let state = check_entry(&entry, size).map_err(|e| {
                     CacheError::io(&fid, format!("checking {}", entry.display()), e)
                 })?;
+                if state == EntryState::Good {
+                    link_in(&fid, &entry, &dest, writable)?;
+                }
                 Ok::<_, CacheError>((hold, state == EntryState::Good))
             })
             .await??
         };
+        if present {
+            return Ok((Some(hold), Outcome::Hit));
+        }
 
-        // 2. If it is not there, download it (or wait for whoever is).
-        let outcome = if present {
-            Outcome::Hit
-        } else {
-            self.fill(store, input, &name, dest, own_reservation)
-                .await?
-        };
+        // 2. Download it (or wait for whoever is downloading it).
+        let outcome = self
+            .fill(store, input, &name, dest, own_reservation)
+            .await?;
 
         // 3. Link (or copy) it into the work directory.
         if let Outcome::Private(_) = outcome {
             return Ok((None, outcome));
         }
         let (fid, dest, writable) = (input.file_id.clone(), dest.to_path_buf(), input.writable);
-        blocking(move || {
-            touch(&entry);
-            place(&entry, &dest, writable).map_err(|e| {
-                CacheError::io(
-                    &fid,
-                    format!("placing {} at {}", entry.display(), dest.display()),
-                    e,
-                )
-            })
-        })
-        .await??;
+        blocking(move || link_in(&fid, &entry, &dest, writable)).await??;
         Ok((Some(hold), outcome))
     }
 
@@ -651,6 +645,18 @@ async fn private_download(
     })
     .await??;
     Ok(t.size)
+}
+
+/// Records the use of `entry` and places it at `dest`.
+fn link_in(file_id: &str, entry: &Path, dest: &Path, writable: bool) -> Result<(), CacheError> {
+    touch(entry);
+    place(entry, dest, writable).map_err(|e| {
+        CacheError::io(
+            file_id,
+            format!("placing {} at {}", entry.display(), dest.display()),
+            e,
+        )
+    })
 }
 
 /// Puts `entry` at `dest`: a hard link (read-only, shared with the cache),
