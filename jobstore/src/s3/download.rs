@@ -20,7 +20,7 @@ use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
-use super::errors::Failure;
+use super::errors::{self, Failure};
 use super::{S3Backend, SHA256_METADATA, blocking, drain};
 use crate::error::{Error, Result};
 use crate::store::Transfer;
@@ -144,7 +144,7 @@ async fn download_stream(b: &S3Backend, key: &str, mut sink: Sink, head: Head) -
                     }
                 }
                 Some(Err(e)) => {
-                    break Some(aws_sdk_s3::error::DisplayErrorContext(&e).to_string());
+                    break Some(errors::chain(&e));
                 }
             }
         };

@@ -2,7 +2,7 @@
 //! messages that say what to change for the problems retrying cannot fix.
 
 use aws_credential_types::provider::error::CredentialsError;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
 use crate::error::Error;
@@ -54,7 +54,7 @@ impl Failure {
             SdkError::TimeoutError(_) | SdkError::DispatchFailure(_)
         ) || matches!(&err, SdkError::ResponseError(_));
         let credentials = credentials_error(&err);
-        let detail = DisplayErrorContext(&err).to_string();
+        let detail = chain(&err);
         Failure {
             status,
             code,
@@ -118,12 +118,27 @@ impl Failure {
     }
 }
 
+/// The messages of an error and its sources, joined with ": " (a message
+/// that merely repeats the previous one is left out).
+pub(crate) fn chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        let msg = e.to_string();
+        if !msg.is_empty() && out.last().is_none_or(|prev| !prev.ends_with(&msg)) {
+            out.push(msg);
+        }
+        cur = e.source();
+    }
+    out.join(": ")
+}
+
 /// A credential-loading failure anywhere in the error's source chain.
 fn credentials_error(err: &(dyn std::error::Error + 'static)) -> Option<String> {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
         if let Some(ce) = e.downcast_ref::<CredentialsError>() {
-            return Some(DisplayErrorContext(ce).to_string());
+            return Some(chain(ce));
         }
         cur = e.source();
     }
@@ -159,13 +174,19 @@ pub(crate) fn to_error(f: Failure, op: &str, t: Target<'_>) -> Error {
         Some(k) => format!("{op} of {k} in bucket {bucket}"),
         None => format!("{op} on bucket {bucket}"),
     };
+    // "HTTP 403 AccessDenied: Access Denied", leaving out what S3 did not say.
     let s3_says = || {
-        format!(
-            "{} {}: {}",
-            f.status.map(|s| s.to_string()).unwrap_or_default(),
-            f.code.as_deref().unwrap_or("?"),
-            f.message.as_deref().unwrap_or("(no message)")
-        )
+        let status = f.status.map(|s| format!("HTTP {s}"));
+        let head = [status.as_deref(), f.code.as_deref()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+        match f.message.as_deref() {
+            None => head,
+            Some(m) if head.is_empty() => m.to_string(),
+            Some(m) => format!("{head}: {m}"),
+        }
     };
     if f.status == Some(412) {
         return Error::PreconditionFailed {

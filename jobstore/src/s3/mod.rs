@@ -439,7 +439,7 @@ async fn drain(
     limit: usize,
 ) -> std::result::Result<(), String> {
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(|e| aws_sdk_s3::error::DisplayErrorContext(&e).to_string())?;
+        let chunk = chunk.map_err(|e| errors::chain(&e))?;
         if buf.len() + chunk.len() > limit {
             return Err(format!(
                 "the server sent more than the {limit} bytes asked for"
