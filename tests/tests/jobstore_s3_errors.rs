@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::Value;
-use toil_jobstore::s3::{FaultConfig, NO_CREDENTIALS, RetryOptions, S3Options, StaticCredentials};
+use toil_jobstore::s3::{
+    FaultConfig, NO_CREDENTIALS, RetryOptions, S3Options, StaticCredentials, TransferOptions,
+};
 use toil_jobstore::{Condition, Error, JobStore, Locator};
 use toil_tests::harness;
 use toil_tests::moto::{Moto, REGION, unique_name};
@@ -353,7 +355,7 @@ async fn transient_errors_are_retried_then_reported() {
     // Two failures per request: three attempts get through.
     let opts = S3Options {
         retry: retry.clone(),
-        faults: Some(FaultConfig { fail_first_n: 2 }),
+        faults: Some(FaultConfig::fail_first(2)),
         ..moto.s3_options()
     };
     let stats = opts.stats.clone();
@@ -368,7 +370,7 @@ async fn transient_errors_are_retried_then_reported() {
     // Five failures per request: three attempts are not enough.
     let opts = S3Options {
         retry,
-        faults: Some(FaultConfig { fail_first_n: 5 }),
+        faults: Some(FaultConfig::fail_first(5)),
         ..moto.s3_options()
     };
     let stats = opts.stats.clone();
@@ -388,6 +390,63 @@ async fn transient_errors_are_retried_then_reported() {
         (6, 6),
         "3 attempts each, no more"
     );
+    healthy.destroy().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_failed_multipart_upload_is_aborted() {
+    let moto = Moto::shared();
+    let locator = Locator::Aws {
+        region: REGION.into(),
+        name: unique_name("abort"),
+    };
+    let base = S3Options {
+        transfer: TransferOptions {
+            part_size: 5 << 20,
+            concurrency: 2,
+            download_concurrency: 1,
+        },
+        retry: RetryOptions {
+            max_attempts: 3,
+            initial_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(10),
+        },
+        ..moto.s3_options()
+    };
+    let healthy = JobStore::open_with(&locator, base.clone()).await.unwrap();
+    assert!(healthy.initialize().await.unwrap());
+    // The second part of every upload always fails.
+    let broken = JobStore::open_with(
+        &locator,
+        S3Options {
+            faults: Some(FaultConfig {
+                fail_first_n: 100,
+                only_uri_containing: Some("partNumber=2&".into()),
+            }),
+            ..base
+        },
+    )
+    .await
+    .unwrap();
+    let dir = harness::scratch("abort-");
+    let src = dir.path().join("src.bin");
+    std::fs::write(&src, vec![42u8; (12 << 20) + 5]).unwrap();
+
+    let e = broken.put_file("files/x", &src).await.unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert_eq!(healthy.size("files/x").await.unwrap(), None, "no object");
+    let uploads = moto
+        .s3_client()
+        .await
+        .list_multipart_uploads()
+        .bucket(locator.bucket().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "aborted: {uploads:?}");
+
+    let t = healthy.put_file("files/x", &src).await.unwrap();
+    assert_eq!(t.size, (12 << 20) + 5);
     healthy.destroy().await.unwrap();
 }
 

@@ -72,7 +72,7 @@ impl Fixture {
                     initial_backoff: Duration::from_millis(2),
                     max_backoff: Duration::from_millis(50),
                 },
-                faults: (kind == Kind::S3Faults).then_some(FaultConfig { fail_first_n: 3 }),
+                faults: (kind == Kind::S3Faults).then_some(FaultConfig::fail_first(3)),
                 stats: stats.clone(),
                 ..Moto::shared().s3_options()
             }),
@@ -212,6 +212,7 @@ suite!(
     if_absent_race_has_one_winner,
     if_match_race_has_one_winner,
     listing_is_sorted_and_prefixed,
+    listing_and_deleting_many_keys,
     deleting,
     files_round_trip_with_checksums,
     missing_keys,
@@ -457,6 +458,39 @@ async fn listing_is_sorted_and_prefixed(fx: &Fixture) {
     assert_eq!(s.list("a/b/").await.unwrap(), ["a/b/c"]);
     assert!(s.list("nothing/").await.unwrap().is_empty());
     assert!(s.list("c").await.unwrap().is_empty());
+}
+
+async fn listing_and_deleting_many_keys(fx: &Fixture) {
+    // More than one S3 listing page and one DeleteObjects batch (1000 each).
+    use futures::StreamExt;
+    let n = 1050usize;
+    let keys: Vec<String> = (0..n).map(|i| format!("many/{i:05}")).collect();
+    let writes = futures::stream::iter(keys.clone())
+        .map(|k| async move {
+            let data = Bytes::from(k.clone());
+            fx.store.put_bytes(&k, data, Condition::Always).await
+        })
+        .buffer_unordered(32)
+        .collect::<Vec<_>>()
+        .await;
+    assert!(writes.iter().all(Result::is_ok));
+    fx.store
+        .put_bytes("other", b("x"), Condition::Always)
+        .await
+        .unwrap();
+    assert_eq!(fx.store.list("many/").await.unwrap(), keys);
+    assert_eq!(fx.store.list("").await.unwrap().len(), n + 1);
+    assert_eq!(fx.store.delete_prefix("many/").await.unwrap(), n as u64);
+    assert_eq!(fx.store.list("").await.unwrap(), ["other"]);
+    // Destroying a store that holds objects deletes them first.
+    for k in &keys[..20] {
+        fx.store
+            .put_bytes(k, b("again"), Condition::Always)
+            .await
+            .unwrap();
+    }
+    fx.store.destroy().await.unwrap();
+    assert!(!fx.store.exists().await.unwrap());
 }
 
 async fn deleting(fx: &Fixture) {

@@ -223,6 +223,11 @@ struct FaultState {
 
 impl FaultState {
     fn next(&self, req: &HttpRequest) -> Option<Fault> {
+        if let Some(only) = &self.config.only_uri_containing
+            && !req.uri().contains(only.as_str())
+        {
+            return None;
+        }
         let id = format!("{} {}", req.method(), req.uri());
         let mut attempts = self.attempts.lock().unwrap_or_else(|e| e.into_inner());
         let failed = attempts.get(&id).copied().unwrap_or(0);

@@ -164,10 +164,24 @@ impl RetryOptions {
 /// Set it with [`S3Options::faults`] or, for child processes, with the
 /// environment variable `TOIL_JOBSTORE_FAIL_FIRST_N=N` read once when the
 /// store is opened. Keep `fail_first_n` below [`RetryOptions::max_attempts`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct FaultConfig {
     /// Attempts of each request that fail before one succeeds.
     pub fail_first_n: u32,
+    /// Only requests whose URI contains this string fail (for example
+    /// `"partNumber=2"` to break one part of a multipart upload); `None`:
+    /// every request.
+    pub only_uri_containing: Option<String>,
+}
+
+impl FaultConfig {
+    /// Every request fails its first `n` attempts.
+    pub fn fail_first(n: u32) -> Self {
+        FaultConfig {
+            fail_first_n: n,
+            only_uri_containing: None,
+        }
+    }
 }
 
 impl S3Options {
@@ -182,7 +196,7 @@ impl S3Options {
                 ),
             })?;
             if n > 0 {
-                opts.faults = Some(FaultConfig { fail_first_n: n });
+                opts.faults = Some(FaultConfig::fail_first(n));
                 opts.retry.max_attempts = opts.retry.max_attempts.max(n + 2);
             }
         }
