@@ -483,8 +483,20 @@ async fn heartbeat(
 
 /// Removes leftovers of attempts whose agents died (work directories and
 /// spools older than a day), so a node's disk does not fill up over time.
+/// Runs at most once an hour per node: a marker file's age says when the
+/// last sweep was, so the common case costs one `stat`.
 pub fn sweep_old_jobs(work_dir: &Path) {
     let jobs = work_dir.join("jobs");
+    let marker = work_dir.join(".jobs-swept");
+    let recent = std::fs::metadata(&marker)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age < Duration::from_secs(3600));
+    if recent {
+        return;
+    }
+    let _ = std::fs::write(&marker, b"");
     let Ok(entries) = std::fs::read_dir(&jobs) else {
         return;
     };

@@ -10,7 +10,7 @@
 //! state/leader.json               address and client token of the live leader
 //! files/inputs/SHA256             imported local inputs, by content
 //! files/JOB/N/PATH                outputs of attempt N of job JOB
-//! results/JOB/N.pb                an attempt's result (toil.v1.AttemptResult)
+//! results/JOB.N                   an attempt's result (toil.v1.AttemptResult)
 //! logs/JOB/N/OFFSET               an attempt's log, in segments by byte offset
 //! ```
 //!
@@ -53,9 +53,11 @@ pub fn input_key(sha256: &str) -> String {
     format!("files/inputs/{sha256}")
 }
 
-/// Key of an attempt's result record.
+/// Key of an attempt's result record. Flat (no directory per job): on a
+/// file store every directory costs an inode, and this is written for every
+/// attempt.
 pub fn result_key(job_id: &str, attempt: u32) -> String {
-    format!("results/{}/{attempt}.pb", job_key(job_id))
+    format!("results/{}.{attempt}", job_key(job_id))
 }
 
 /// Prefix of an attempt's log segments.
@@ -81,7 +83,7 @@ mod tests {
     fn keys_keep_nested_job_ids_apart() {
         assert_eq!(output_prefix("a/1", 1), "files/a~1/1/");
         assert_ne!(result_key("a/1", 1), result_key("a", 1));
-        assert_eq!(result_key("count[3]", 2), "results/count[3]/2.pb");
+        assert_eq!(result_key("count[3]", 2), "results/count[3].2");
         let k = log_segment_key("a", 1, 4096);
         assert_eq!(k, "logs/a/1/0000000000004096");
         assert_eq!(log_segment_offset(&k), Some(4096));
