@@ -38,6 +38,7 @@ pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<
         CacheConfig {
             max_bytes: args.cache_max_size,
             disabled: args.disable_caching,
+            sweep_interval: std::time::Duration::from_secs(60),
             ..CacheConfig::default()
         },
     )?;

@@ -102,6 +102,8 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
         disabled: args.disable_caching,
         min_free_bytes: args.cache_min_free,
         debug_publish_delay: args.debug_publish_delay_ms.map(Duration::from_millis),
+        // A debugging command: always clean up after dead processes.
+        sweep_interval: Duration::ZERO,
     };
     let t0 = Instant::now();
     let result = async {

@@ -70,6 +70,12 @@ pub struct CacheConfig {
     /// entry's download lock with the complete temporary file on disk,
     /// before publishing it. `None` in production.
     pub debug_publish_delay: Option<Duration>,
+    /// How often `open` sweeps debris left by dead processes. Sweeping
+    /// lists the cache's `tmp/` and `locks/` directories, which grow with
+    /// the cache, so an agent that starts per job should not do it every
+    /// time; a marker file's age tells when the last sweep was. Zero: at
+    /// every open.
+    pub sweep_interval: Duration,
 }
 
 /// One input to stage: the parts of a `toil.v1.StagedInput` the cache uses.
@@ -200,6 +206,24 @@ enum Outcome {
     Private(u64),
 }
 
+/// True when the last sweep (the age of `root/.swept`) is older than
+/// `interval`; marks the sweep as done now.
+fn sweep_due(root: &Path, interval: Duration) -> bool {
+    let marker = root.join(".swept");
+    if !interval.is_zero() {
+        let recent = fs::metadata(&marker)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < interval);
+        if recent {
+            return false;
+        }
+    }
+    let _ = fs::write(&marker, b"");
+    true
+}
+
 // === impl NodeCache ===
 
 impl NodeCache {
@@ -216,11 +240,14 @@ impl NodeCache {
                     CacheError::io("", format!("creating cache directory {}", d.display()), e)
                 })?;
             }
-            space::sweep_tmp(&layout)
-                .map_err(|e| CacheError::io("", format!("sweeping {}", layout.tmp.display()), e))?;
-            space::sweep_locks(&layout).map_err(|e| {
-                CacheError::io("", format!("sweeping {}", layout.locks.display()), e)
-            })?;
+            if sweep_due(&layout.root, cfg.sweep_interval) {
+                space::sweep_tmp(&layout).map_err(|e| {
+                    CacheError::io("", format!("sweeping {}", layout.tmp.display()), e)
+                })?;
+                space::sweep_locks(&layout).map_err(|e| {
+                    CacheError::io("", format!("sweeping {}", layout.locks.display()), e)
+                })?;
+            }
         }
         Ok(NodeCache {
             inner: Arc::new(Inner { layout, cfg }),
