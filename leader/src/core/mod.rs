@@ -139,6 +139,8 @@ pub struct Attempt {
     pub launched_ms: i64,
     /// End time, ms since the Unix epoch (0 while running).
     pub ended_ms: i64,
+    /// When the command started, by the agent's clock (0 if unknown).
+    pub started_ms: i64,
     /// Where it runs.
     pub placement: String,
     /// Why it ended (`None` while running).

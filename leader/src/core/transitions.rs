@@ -79,6 +79,7 @@ impl Core {
             memory,
             launched_ms: now_ms,
             ended_ms: 0,
+            started_ms: 0,
             placement: placement.to_string(),
             cause: None,
             usage: None,
@@ -159,6 +160,10 @@ impl Core {
                 .ok_or_else(|| CoreError::WrongState("no attempt".into()))?;
             a.cause = Some(cause.clone());
             a.ended_ms = now_ms;
+            a.started_ms = result
+                .started_at
+                .as_ref()
+                .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
             a.usage = result.usage.take().map(Box::new);
             if kind == CauseKind::Succeeded {
                 a.staged.clone()

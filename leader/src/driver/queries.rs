@@ -48,6 +48,7 @@ pub fn job_proto(core: &Core, j: JobIdx) -> Job {
                 placement: a.placement.clone(),
                 usage: a.usage.as_deref().cloned(),
                 memory_bytes: a.memory,
+                started_at: timestamp(a.started_ms),
             })
             .collect(),
         retries_used: used,
