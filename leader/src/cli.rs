@@ -354,7 +354,7 @@ impl RunArgs {
             infra_retries: self.infra_retry_count,
             agent_lease: self.agent_lease,
             leader_lease: Duration::from_secs(30),
-            journal_interval: Duration::from_millis(100),
+            journal_interval: Duration::from_millis(10),
             listen: self.listen,
             advertise: self.advertise,
             reuse_agents: self.reuse_agents,

@@ -57,9 +57,9 @@ async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
     let header: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", info.client_token).parse()?;
     let f: Auth = Box::new(move |mut req: tonic::Request<()>| {
-            req.metadata_mut().insert("authorization", header.clone());
-            Ok(req)
-        });
+        req.metadata_mut().insert("authorization", header.clone());
+        Ok(req)
+    });
     Ok(WorkflowServiceClient::with_interceptor(channel, f))
 }
 

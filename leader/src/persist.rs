@@ -1,7 +1,10 @@
 //! Writing the core's journal to the job store, and reading it back.
 //!
-//! The persister batches entries (group commit every `interval`), appends
-//! each batch as one journal record, folds records into a snapshot now and
+//! The persister batches entries (group commit: a batch is written at once
+//! when the last write is at least `interval` old, otherwise when it is),
+//! appends each batch as one journal record, reports how many entries are
+//! durable (the driver starts an agent only once its launch is durable, so
+//! attempt numbers are never reused by a later leader), folds records into a snapshot now and
 //! then, and renews the leader lease. An append that finds its sequence
 //! number taken means another leader has claimed the store: this leader is
 //! fenced and must stop.
@@ -61,6 +64,8 @@ pub struct Persister {
     last_snapshot: Option<u64>,
     interval: Duration,
     lease_every: Duration,
+    /// Entries received through `run` and durably written, for the driver.
+    durable: tokio::sync::watch::Sender<u64>,
 }
 
 impl Persister {
@@ -72,6 +77,7 @@ impl Persister {
         since_snapshot: Vec<Bytes>,
         last_snapshot: Option<u64>,
         interval: Duration,
+        durable: tokio::sync::watch::Sender<u64>,
     ) -> Persister {
         let lease_every = lease.as_ref().map_or(Duration::from_secs(10), |l| {
             Duration::from_millis(l.record().ttl_ms / 3)
@@ -84,6 +90,7 @@ impl Persister {
             last_snapshot,
             interval,
             lease_every,
+            durable,
         }
     }
 
@@ -100,6 +107,7 @@ impl Persister {
         let mut lease_tick = tokio::time::interval(self.lease_every);
         lease_tick.tick().await;
         let mut deadline: Option<tokio::time::Instant> = None;
+        let mut last_write = tokio::time::Instant::now() - self.interval;
         loop {
             let sleep = async {
                 match deadline {
@@ -111,19 +119,24 @@ impl Persister {
                 msg = rx.recv() => match msg {
                     Some(PersistMsg::Entries(e)) => {
                         pending.extend(e);
-                        if deadline.is_none() {
-                            deadline = Some(tokio::time::Instant::now() + self.interval);
+                        let due = last_write + self.interval;
+                        if tokio::time::Instant::now() >= due {
+                            deadline = None;
+                            last_write = tokio::time::Instant::now();
+                            self.write_counted(std::mem::take(&mut pending)).await?;
+                        } else if deadline.is_none() {
+                            deadline = Some(due);
                         }
                     }
                     Some(PersistMsg::Flush(reply)) => {
-                        let r = self.write(std::mem::take(&mut pending)).await;
+                        let r = self.write_counted(std::mem::take(&mut pending)).await;
                         deadline = None;
                         let failed = r.as_ref().err().map(|e| e.to_string());
                         let _ = reply.send(match &failed { Some(m) => Err(m.clone()), None => Ok(()) });
                         r?;
                     }
                     None => {
-                        self.write(std::mem::take(&mut pending)).await?;
+                        self.write_counted(std::mem::take(&mut pending)).await?;
                         if let Some(lease) = self.lease.take()
                             && let Err(e) = lease.release().await
                         {
@@ -134,7 +147,8 @@ impl Persister {
                 },
                 _ = sleep => {
                     deadline = None;
-                    self.write(std::mem::take(&mut pending)).await?;
+                    last_write = tokio::time::Instant::now();
+                    self.write_counted(std::mem::take(&mut pending)).await?;
                 }
                 _ = lease_tick.tick() => self.renew().await?,
             }
@@ -165,6 +179,16 @@ impl Persister {
                 Ok(())
             }
         }
+    }
+
+    /// Writes a batch received through `run` and reports it durable.
+    async fn write_counted(&mut self, entries: Vec<JournalEntry>) -> Result<(), PersistError> {
+        let n = entries.len() as u64;
+        self.write(entries).await?;
+        if n > 0 {
+            self.durable.send_modify(|d| *d += n);
+        }
+        Ok(())
     }
 
     async fn write(&mut self, entries: Vec<JournalEntry>) -> Result<(), PersistError> {

@@ -143,11 +143,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
             return Err(fail(
                 exit::CONFLICT,
                 format!(
-                    "job store {} is in use by a running leader (pid {} on {}, epoch {}{}).\nWait for it to finish or stop it first; if that leader is gone, its lease expires in {left} s and --restart will then take over.",
+                    "job store {} is in use by a running leader (pid {} on {}{}).\nWait for it to finish or stop it first; if that leader is gone, its lease expires in {left} s and --restart will then take over.",
                     cfg.locator,
                     rec.holder.pid,
                     rec.holder.host,
-                    rec.holder.epoch,
                     if rec.holder.address.is_empty() {
                         String::new()
                     } else {
@@ -196,6 +195,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     // Claim the next epoch: from here on an older leader is fenced.
     let epoch = core.epoch() + 1;
     core.claim(epoch, &host, std::process::id());
+    let (durable_tx, durable_rx) = watch::channel(0u64);
     let mut persister = Persister::new(
         store.clone(),
         loaded.journal,
@@ -203,6 +203,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         loaded.since_snapshot,
         loaded.last_snapshot,
         cfg.journal_interval,
+        durable_tx,
     );
     persister
         .append_now(core.drain_journal())
@@ -338,6 +339,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         logs.clone(),
         events,
         progress_tx,
+        durable_rx,
     );
     let outcome = driver.run(driver_rx, batch_ev_rx, stop.clone()).await;
 

@@ -339,6 +339,11 @@ impl Core {
         }
     }
 
+    /// How many journal entries are waiting to be drained.
+    pub fn journal_len(&self) -> usize {
+        self.journal.len()
+    }
+
     /// Takes the journal entries recorded since the last call.
     pub fn drain_journal(&mut self) -> Vec<toil_proto::v1::JournalEntry> {
         std::mem::take(&mut self.journal)

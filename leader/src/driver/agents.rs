@@ -17,6 +17,14 @@ use super::Driver;
 use super::messages::{self, SyncReply};
 use crate::core::Request;
 
+/// What to answer an idle agent.
+pub(crate) enum Next {
+    /// Answer now.
+    Reply(SyncReply),
+    /// Hand it this attempt once the attempt's launch is durable.
+    Defer(String),
+}
+
 /// A fresh random secret (128 bits, hex).
 pub fn new_token() -> String {
     let bytes: [u8; 16] = rand::random();
@@ -151,8 +159,12 @@ impl Driver {
             let _ = h.send(Ok(messages::keep_going(self.cfg.lease)));
         }
         let phase = AgentPhase::try_from(req.phase).unwrap_or(AgentPhase::Unspecified);
+        let agent_id = req.agent_id.clone();
         let answer = match phase {
-            AgentPhase::Idle => self.on_idle(&req.agent_id),
+            AgentPhase::Idle => match self.on_idle(&agent_id) {
+                Next::Reply(r) => r,
+                Next::Defer(attempt_id) => return self.defer(agent_id, attempt_id, false, reply),
+            },
             AgentPhase::Staging | AgentPhase::Running | AgentPhase::Uploading => {
                 match self.check_attempt(&req) {
                     Err(s) => Err(s),
@@ -173,7 +185,16 @@ impl Driver {
                     }
                 }
             }
-            AgentPhase::Done => self.on_done(req),
+            AgentPhase::Done => match self.on_done(req) {
+                Ok(Next::Reply(r)) => r.map(|mut r| {
+                    r.result_recorded = true;
+                    r
+                }),
+                Ok(Next::Defer(attempt_id)) => {
+                    return self.defer(agent_id, attempt_id, true, reply);
+                }
+                Err(s) => Err(s),
+            },
             AgentPhase::Unspecified => Err(Status::invalid_argument(
                 "phase is missing: send IDLE, STAGING, RUNNING, UPLOADING or DONE",
             )),
@@ -201,14 +222,35 @@ impl Driver {
         Ok(())
     }
 
-    fn on_idle(&mut self, agent_id: &str) -> SyncReply {
+    /// Answers a reused agent with its next attempt once that attempt's
+    /// launch is durable in the journal.
+    fn defer(
+        &mut self,
+        agent_id: String,
+        attempt_id: String,
+        recorded: bool,
+        reply: oneshot::Sender<SyncReply>,
+    ) {
+        let pos = self.launch_position();
+        self.pending.push_back((
+            pos,
+            super::Pending::Assign {
+                agent_id,
+                attempt_id,
+                recorded,
+                reply,
+            },
+        ));
+    }
+
+    fn on_idle(&mut self, agent_id: &str) -> Next {
         let bound = self
             .agents
             .get(agent_id)
             .and_then(|a| a.attempt.clone().map(|id| (id, a.assigned)));
         if let Some((attempt_id, assigned)) = bound {
             if !assigned {
-                return self.assign(agent_id, &attempt_id);
+                return Next::Reply(self.assign(agent_id, &attempt_id));
             }
             // The agent forgot its attempt (it restarted): that attempt is lost.
             self.end_attempt(
@@ -245,15 +287,15 @@ impl Driver {
                 if let Some(a) = self.agents.get_mut(agent_id) {
                     a.attempt = Some(attempt_id.clone());
                 }
-                return self.assign(agent_id, &attempt_id);
+                return Next::Defer(attempt_id);
             }
         }
         self.agents.remove(agent_id);
-        Ok(messages::exit("no more work for this agent"))
+        Next::Reply(Ok(messages::exit("no more work for this agent")))
     }
 
     /// Delivers the assignment of `attempt_id` to `agent_id`.
-    fn assign(&mut self, agent_id: &str, attempt_id: &str) -> SyncReply {
+    pub(crate) fn assign(&mut self, agent_id: &str, attempt_id: &str) -> SyncReply {
         let Some(entry) = self.attempts.get(attempt_id) else {
             return Ok(messages::exit("the attempt was cancelled"));
         };
@@ -308,7 +350,7 @@ impl Driver {
         })
     }
 
-    fn on_done(&mut self, mut req: SynchronizeRequest) -> SyncReply {
+    fn on_done(&mut self, mut req: SynchronizeRequest) -> Result<Next, Status> {
         let Some(entry) = self.attempts.get(&req.attempt_id) else {
             // Already recorded (a resent report) or superseded: either way
             // the agent can forget it.
@@ -321,9 +363,7 @@ impl Driver {
                     req.attempt_id
                 )));
             }
-            let mut r = self.on_idle_after_done(&req.agent_id)?;
-            r.result_recorded = true;
-            return Ok(r);
+            return Ok(self.on_idle_after_done(&req.agent_id));
         };
         if !same_secret(&entry.token, &req.attempt_token) {
             return Err(Status::permission_denied("wrong attempt token"));
@@ -337,16 +377,14 @@ impl Driver {
         let chunks = result.log_chunks;
         let attempt_id = req.attempt_id.clone();
         self.end_attempt(&attempt_id, result, Some(chunks));
-        let mut r = self.on_idle_after_done(&req.agent_id)?;
-        r.result_recorded = true;
-        Ok(r)
+        Ok(self.on_idle_after_done(&req.agent_id))
     }
 
-    fn on_idle_after_done(&mut self, agent_id: &str) -> SyncReply {
+    fn on_idle_after_done(&mut self, agent_id: &str) -> Next {
         if self.agents.contains_key(agent_id) {
             self.on_idle(agent_id)
         } else {
-            Ok(messages::exit("no more work for this agent"))
+            Next::Reply(Ok(messages::exit("no more work for this agent")))
         }
     }
 

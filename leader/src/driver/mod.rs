@@ -12,7 +12,7 @@ mod messages;
 mod queries;
 pub use queries::{job_proto, total_usage};
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -89,6 +89,23 @@ pub(crate) struct AgentEntry {
     kill: Option<String>,
 }
 
+/// Something that waits until the journal entry launching its attempt is
+/// durable: an agent is never started (or handed an attempt) before then, so
+/// a later leader replaying the journal always knows every attempt number
+/// that was used.
+pub(crate) enum Pending {
+    /// Start a new agent.
+    Launch(AgentLaunch),
+    /// Hand a waiting (reused) agent its next attempt.
+    Assign {
+        agent_id: String,
+        attempt_id: String,
+        /// The report being answered was a DONE that is now recorded.
+        recorded: bool,
+        reply: oneshot::Sender<messages::SyncReply>,
+    },
+}
+
 pub(crate) struct AttemptEntry {
     job: JobIdx,
     n: u32,
@@ -112,6 +129,12 @@ pub struct Driver {
     progress: watch::Sender<Progress>,
     next_agent: u64,
     draining: bool,
+    /// Journal entries handed to the persister so far.
+    journal_total: u64,
+    /// Journal entries the persister has made durable.
+    durable: watch::Receiver<u64>,
+    /// Launches and assignments waiting for their journal entry.
+    pending: VecDeque<(u64, Pending)>,
 }
 
 impl Driver {
@@ -126,6 +149,7 @@ impl Driver {
         logs: Arc<LogHub>,
         events: Arc<EventHub>,
         progress: watch::Sender<Progress>,
+        durable: watch::Receiver<u64>,
     ) -> Driver {
         Driver {
             core,
@@ -141,6 +165,9 @@ impl Driver {
             progress,
             next_agent: 0,
             draining: false,
+            journal_total: 0,
+            durable,
+            pending: VecDeque::new(),
         }
     }
 
@@ -168,6 +195,7 @@ impl Driver {
                     }
                 },
                 Some(ev) = batch_rx.recv() => self.on_batch(ev),
+                Ok(()) = self.durable.changed() => self.release_durable(),
                 _ = sweep.tick() => self.sweep(),
                 _ = stop.cancelled() => {
                     stopped = Some("interrupted".into());
@@ -358,22 +386,61 @@ impl Driver {
                 job_id,
                 request,
             };
-            if let Err(e) = self.batch.try_send(BatchCmd::Launch(launch)) {
-                // The batch system's queue is full or gone: give the slot
-                // back and let the sweep retry later.
-                tracing::warn!(error = %e, "batch system busy; will retry launch");
-                if let tokio::sync::mpsc::error::TrySendError::Full(BatchCmd::Launch(l))
-                | tokio::sync::mpsc::error::TrySendError::Closed(BatchCmd::Launch(l)) = e
-                {
-                    self.agent_gone(
-                        &l.agent_id,
-                        None,
-                        "the batch system could not take the launch".into(),
-                    );
+            let pos = self.launch_position();
+            self.pending.push_back((pos, Pending::Launch(launch)));
+        }
+        Some(attempt_id)
+    }
+
+    /// The journal position the latest launch entry will have once sent.
+    pub(crate) fn launch_position(&self) -> u64 {
+        self.journal_total + self.core.journal_len() as u64
+    }
+
+    /// Starts agents and answers reused agents whose launch entries are now
+    /// durable.
+    fn release_durable(&mut self) {
+        let durable = *self.durable.borrow_and_update();
+        while self.pending.front().is_some_and(|(pos, _)| *pos <= durable) {
+            let Some((_, p)) = self.pending.pop_front() else {
+                break;
+            };
+            match p {
+                Pending::Launch(l) => {
+                    if !self.attempts.contains_key(&l.attempt_id) {
+                        continue;
+                    }
+                    if let Err(e) = self.batch.try_send(BatchCmd::Launch(l)) {
+                        tracing::warn!(error = %e, "the batch system cannot take a launch");
+                        if let tokio::sync::mpsc::error::TrySendError::Full(BatchCmd::Launch(l))
+                        | tokio::sync::mpsc::error::TrySendError::Closed(BatchCmd::Launch(l)) = e
+                        {
+                            self.agent_gone(
+                                &l.agent_id,
+                                None,
+                                "the batch system could not take the launch".into(),
+                            );
+                        }
+                    }
+                }
+                Pending::Assign {
+                    agent_id,
+                    attempt_id,
+                    recorded,
+                    reply,
+                } => {
+                    let mut answer = if self.attempts.contains_key(&attempt_id) {
+                        self.assign(&agent_id, &attempt_id)
+                    } else {
+                        Ok(messages::exit("the attempt was cancelled"))
+                    };
+                    if let Ok(r) = answer.as_mut() {
+                        r.result_recorded = recorded;
+                    }
+                    let _ = reply.send(answer);
                 }
             }
         }
-        Some(attempt_id)
     }
 
     /// Ends an attempt with `result` and frees what it held.

@@ -1,0 +1,294 @@
+//! Crashes and concurrency: kill -9 of the leader then `--restart`, a second
+//! leader on a live job store, and a leader fenced by a newer one.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use toil_tests::local::{Sandbox, wait_for};
+
+const T: Duration = Duration::from_secs(120);
+
+/// A chain a -> b -> c; b waits for a gate file. Each job appends its name
+/// to RUNLOG when it completes, so the log shows what ran to completion.
+fn chain(sb: &Sandbox) -> (std::path::PathBuf, std::path::PathBuf) {
+    let runlog = sb.path().join("runlog");
+    let gate = sb.path().join("gate");
+    sb.write(
+        "chain.yaml",
+        &format!(
+            r#"
+defaults: {{cores: 0.1, memory: 32Mi}}
+jobs:
+  a:
+    command: "echo A > a.txt && echo a >> {log}"
+    outputs: {{a: a.txt}}
+  b:
+    inputs: [{{from: a.a}}]
+    command: |
+      echo b-start >> {log}
+      while [ ! -e {gate} ]; do sleep 0.05; done
+      cat a.txt > b.txt && echo B >> b.txt && echo b >> {log}
+    outputs: {{b: b.txt}}
+  c:
+    inputs: [{{from: b.b}}]
+    command: "cat b.txt > c.txt && echo C >> c.txt && echo c >> {log}"
+    outputs: {{c: c.txt}}
+outputs:
+  final: c.c
+"#,
+            log = runlog.display(),
+            gate = gate.display()
+        ),
+    );
+    (runlog, gate)
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn count(log: &[String], what: &str) -> usize {
+    log.iter().filter(|l| *l == what).count()
+}
+
+/// Kills the leader with SIGKILL once job b is running.
+fn start_and_kill_during_b(sb: &Sandbox, runlog: &Path) {
+    let leader = sb.spawn(
+        sb.leader(&[
+            "run",
+            "chain.yaml",
+            "--clean",
+            "never",
+            "--agentLease",
+            "2s",
+        ]),
+        "leader",
+    );
+    wait_for(T, "job b to start", || {
+        lines(runlog).iter().any(|l| l == "b-start").then_some(())
+    });
+    leader.signal(Signal::SIGKILL);
+    let r = leader.wait(T);
+    assert_eq!(r.status.code(), None, "killed by a signal");
+}
+
+fn restart(sb: &Sandbox) -> toil_tests::local::Finished {
+    sb.run(&["run", "chain.yaml", "--restart", "--agentLease", "2s"], T)
+}
+
+#[test]
+fn kill_9_mid_job_then_restart_reruns_only_the_unfinished_job() {
+    let sb = Sandbox::new("kill9a");
+    let (runlog, gate) = chain(&sb);
+    start_and_kill_during_b(&sb, &runlog);
+    // b's orphaned agent cannot reach the dead leader: after its lease it
+    // kills b and exits, so that attempt never completes.
+    std::thread::sleep(Duration::from_secs(4));
+    std::fs::write(&gate, "").expect("gate");
+    let r = restart(&sb);
+    r.expect_code(0);
+    assert!(
+        r.stderr.contains("restarting workflow chain"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("1 of 3 jobs already finished"),
+        "{}",
+        r.stderr
+    );
+    let log = lines(&runlog);
+    assert_eq!(count(&log, "a"), 1, "a must not run again: {log:?}");
+    assert_eq!(count(&log, "b"), 1, "{log:?}");
+    assert_eq!(count(&log, "c"), 1, "{log:?}");
+    let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).expect("export");
+    assert_eq!(out, "A\nB\nC\n");
+}
+
+#[test]
+fn kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered_not_rerun() {
+    let sb = Sandbox::new("kill9b");
+    let (runlog, gate) = chain(&sb);
+    start_and_kill_during_b(&sb, &runlog);
+    // b finishes while there is no leader: its agent stores the result in
+    // the job store before trying (and failing) to report it.
+    std::fs::write(&gate, "").expect("gate");
+    let result = sb.job_store().join("results/b.1");
+    wait_for(T, "b's result record", || result.exists().then_some(()));
+    let r = restart(&sb);
+    r.expect_code(0);
+    assert!(
+        r.stderr.contains("recovered the results of 1 attempt"),
+        "{}",
+        r.stderr
+    );
+    let log = lines(&runlog);
+    assert_eq!(count(&log, "b-start"), 1, "b must not run again: {log:?}");
+    assert_eq!(
+        (count(&log, "a"), count(&log, "b"), count(&log, "c")),
+        (1, 1, 1)
+    );
+    let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).expect("export");
+    assert_eq!(out, "A\nB\nC\n");
+}
+
+#[test]
+fn kill_9_at_many_points_never_loses_or_repeats_finished_work() {
+    // A fan-out of quick jobs; the leader is killed at several moments and
+    // restarted until the workflow finishes. Every instance must complete
+    // exactly once in total, and the gathered output must be whole.
+    let sb = Sandbox::new("kill9many");
+    let runlog = sb.path().join("runlog");
+    sb.write(
+        "fan.yaml",
+        &format!(
+            r#"
+defaults: {{cores: 0.2, memory: 32Mi}}
+jobs:
+  part:
+    scatter: {{i: {{range: 30}}}}
+    command: "sleep 0.4; echo {{{{i}}}} > p{{{{i}}}}.txt; echo part{{{{i}}}} >> {log}"
+    outputs: {{p: "p{{{{i}}}}.txt"}}
+  sum:
+    inputs: [{{from: part.p}}]
+    command: "cat p*.txt | sort -n | tr '\n' ' ' > sum.txt"
+    outputs: {{s: sum.txt}}
+outputs:
+  sum: sum.s
+"#,
+            log = runlog.display()
+        ),
+    );
+    let mut kills = 0;
+    for (i, delay) in [600u64, 900, 1200].iter().enumerate() {
+        let mut args = vec!["run", "fan.yaml", "--clean", "never", "--maxCores", "1"];
+        if i > 0 {
+            args.push("--restart");
+        }
+        let leader = sb.spawn(sb.leader(&args), "leader");
+        std::thread::sleep(Duration::from_millis(*delay));
+        leader.signal(Signal::SIGKILL);
+        let r = leader.wait(T);
+        if r.status.code().is_none() {
+            kills += 1;
+        }
+        // Let orphaned agents give up before the next leader starts.
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(kills >= 2, "the leader should have been killed mid-run");
+    let r = sb.run(&["run", "fan.yaml", "--restart"], T);
+    r.expect_code(0);
+    let log = lines(&runlog);
+    for i in 0..30 {
+        let n = count(&log, &format!("part{i}"));
+        // An instance killed together with its leader may have completed
+        // its command without its agent recording the result: it may then
+        // run once more, but never zero times.
+        assert!(n >= 1, "part{i} never completed: {log:?}");
+        assert!(n <= 2, "part{i} ran {n} times: {log:?}");
+    }
+    let sum = std::fs::read_to_string(sb.output_dir().join("sum/sum.txt")).expect("export");
+    let expected: Vec<String> = (0..30).map(|i| i.to_string()).collect();
+    assert_eq!(sum.split_whitespace().collect::<Vec<_>>(), expected);
+}
+
+#[test]
+fn a_second_leader_on_a_live_job_store_is_refused() {
+    let sb = Sandbox::new("second");
+    let (runlog, gate) = chain(&sb);
+    let first = sb.spawn(sb.leader(&["run", "chain.yaml"]), "first");
+    wait_for(T, "job b to start", || {
+        lines(&runlog).iter().any(|l| l == "b-start").then_some(())
+    });
+    let again = sb.run(&["run", "chain.yaml"], T);
+    again.expect_code(2);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    assert!(again.stderr.contains("--restart"), "{}", again.stderr);
+    let restart = sb.run(&["run", "chain.yaml", "--restart"], T);
+    restart.expect_code(3);
+    let msg = &restart.stderr;
+    assert!(msg.contains("in use by a running leader"), "{msg}");
+    assert!(msg.contains(&format!("pid {}", first.pid())), "{msg}");
+    let clean = sb.run(&["clean", &sb.job_store().to_string_lossy()], T);
+    assert_ne!(clean.code(), 0, "clean must refuse while a leader runs");
+    assert!(
+        clean.stderr.contains("in use by a running leader"),
+        "{}",
+        clean.stderr
+    );
+    std::fs::write(&gate, "").expect("gate");
+    first.wait(T).expect_code(0);
+    assert_eq!(count(&lines(&runlog), "b"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_fenced_by_a_newer_one_stops_without_writing() {
+    use bytes::Bytes;
+    use prost::Message;
+    use toil_jobstore::state::Journal;
+    use toil_jobstore::{JobStore, Locator};
+    use toil_proto::v1::{JournalEntry, JournalRecord, LeaderClaim, journal_entry::Kind};
+
+    let sb = Sandbox::new("fenced");
+    let (runlog, gate) = chain(&sb);
+    let leader = sb.spawn(sb.leader(&["run", "chain.yaml", "--clean", "never"]), "old");
+    let runlog2 = runlog.clone();
+    tokio::task::spawn_blocking(move || {
+        wait_for(T, "job b to start", || {
+            lines(&runlog2).iter().any(|l| l == "b-start").then_some(())
+        })
+    })
+    .await
+    .expect("wait");
+    // Another leader claims the store (as one would after this leader's
+    // lease had lapsed, say behind a network partition).
+    let store = JobStore::open(&Locator::File(sb.job_store()))
+        .await
+        .expect("open");
+    let claim = JournalRecord {
+        entries: vec![JournalEntry {
+            time: None,
+            kind: Some(Kind::Claim(LeaderClaim {
+                epoch: 99,
+                host: "elsewhere".into(),
+                pid: 4242,
+            })),
+        }],
+    };
+    loop {
+        let (mut journal, _) = Journal::load(&store).await.expect("load");
+        match journal.append(Bytes::from(claim.encode_to_vec())).await {
+            Ok(_) => break,
+            Err(e) if e.is_precondition_failed() => continue,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let records_before = store.list("state/journal/").await.expect("list").len();
+    // When b ends, the old leader's next journal write hits the claim.
+    std::fs::write(&gate, "").expect("gate");
+    let r = tokio::task::spawn_blocking(move || leader.wait(T))
+        .await
+        .expect("wait");
+    r.expect_code(3);
+    assert!(
+        r.stderr
+            .contains("another leader (epoch 99, pid 4242 on elsewhere) has taken over"),
+        "{}",
+        r.stderr
+    );
+    let records_after = store.list("state/journal/").await.expect("list").len();
+    assert_eq!(
+        records_after, records_before,
+        "a fenced leader writes no more state"
+    );
+    assert_eq!(
+        count(&lines(&runlog), "c"),
+        0,
+        "c must not be launched by a fenced leader"
+    );
+}
