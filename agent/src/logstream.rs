@@ -345,7 +345,9 @@ impl State {
         }
         let (Some((offset, len)), Some(spool)) = (self.unacked[i].spilled, self.spool.as_mut())
         else {
-            return Err(std::io::Error::other("a spilled log chunk is missing from the spool"));
+            return Err(std::io::Error::other(
+                "a spilled log chunk is missing from the spool",
+            ));
         };
         let mut buf = vec![0u8; len as usize];
         spool.seek(SeekFrom::Start(offset))?;

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use tonic::transport::Channel;
 use toil_proto::v1::workflow_service_client::WorkflowServiceClient;
+use tonic::transport::Channel;
 
 use crate::harness;
 
@@ -106,7 +106,9 @@ impl Sandbox {
         cmd.stdin(Stdio::null())
             .stdout(open(&out))
             .stderr(open(&err));
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
         Running {
             child: Some(child),
             stdout: out,
@@ -235,7 +237,10 @@ pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < timeout, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

@@ -28,7 +28,10 @@ fn the_hello_example_runs_shows_output_live_and_exports_its_report() {
     // The report gathers every scatter instance and is exported.
     let report = std::fs::read_to_string(sb.output_dir().join("report/report.txt"))
         .expect("exported report");
-    assert!(report.starts_with("words containing each vowel:"), "{report}");
+    assert!(
+        report.starts_with("words containing each vowel:"),
+        "{report}"
+    );
     assert_eq!(report.lines().count(), 6, "{report}");
     for line in report.lines().skip(1) {
         assert!(r.stdout.contains(&format!("[report] {line}")), "{line}");
@@ -63,17 +66,33 @@ jobs:
             mark = mark.display()
         ),
     );
-    let r = sb.run(&["run", "wf.yaml", "--retryCount", "1", "--clean", "never"], T);
+    let r = sb.run(
+        &["run", "wf.yaml", "--retryCount", "1", "--clean", "never"],
+        T,
+    );
     r.expect_code(1);
     assert!(r.stdout.contains("[flaky] first try fails"), "{}", r.stdout);
-    assert!(r.stdout.contains("[flaky] second try works"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("[flaky] second try works"),
+        "{}",
+        r.stdout
+    );
     assert!(!r.stdout.contains("never runs"), "{}", r.stdout);
     let e = &r.stderr;
-    assert!(e.contains("1 succeeded, 1 failed, 1 blocked by a failure"), "{e}");
+    assert!(
+        e.contains("1 succeeded, 1 failed, 1 blocked by a failure"),
+        "{e}"
+    );
     assert!(e.contains("job broken failed: exit code 7"), "{e}");
     assert!(e.contains("attempt 2 (1 of 1 retries used)"), "{e}");
-    assert!(e.contains("| about to fail") && e.contains("| on stderr"), "{e}");
-    assert!(e.contains("--restart"), "the summary says how to resume: {e}");
+    assert!(
+        e.contains("| about to fail") && e.contains("| on stderr"),
+        "{e}"
+    );
+    assert!(
+        e.contains("--restart"),
+        "the summary says how to resume: {e}"
+    );
 
     let js = sb.job_store();
     let status = sb.run(&["status", &js.to_string_lossy(), "--jobs"], T);
@@ -93,7 +112,10 @@ jobs:
     assert_eq!(line("after_broken")[1..3], ["blocked", "0"]);
     assert!(s.contains("waits for failed job broken"), "{s}");
 
-    let logs = sb.run(&["logs", &js.to_string_lossy(), "broken", "--attempt", "1"], T);
+    let logs = sb.run(
+        &["logs", &js.to_string_lossy(), "broken", "--attempt", "1"],
+        T,
+    );
     logs.expect_code(0);
     assert!(logs.stdout.contains("about to fail") && logs.stdout.contains("on stderr"));
 }
@@ -133,8 +155,16 @@ outputs:
     let r = sb.run(&["run", "wf.yaml"], T);
     r.expect_code(0);
     assert!(r.stdout.contains("[edit] changed"), "{}", r.stdout);
-    assert!(r.stdout.contains("[read] original"), "writable copy leaked:\n{}", r.stdout);
-    assert!(r.stdout.contains("[read] inputs are read-only"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("[read] original"),
+        "writable copy leaked:\n{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("[read] inputs are read-only"),
+        "{}",
+        r.stdout
+    );
     let both = std::fs::read_to_string(sb.output_dir().join("both/both.txt")).expect("export");
     assert_eq!(both, "x\ny\n");
 }
@@ -145,7 +175,9 @@ fn cache_totals(status: &str) -> (u32, u32) {
         .find(|l| l.starts_with("attempts:"))
         .unwrap_or_else(|| panic!("no attempts line in {status}"));
     let num_before = |word: &str| -> u32 {
-        let i = line.find(word).unwrap_or_else(|| panic!("{word} in {line}"));
+        let i = line
+            .find(word)
+            .unwrap_or_else(|| panic!("{word} in {line}"));
         line[..i]
             .split_whitespace()
             .last()
