@@ -9,7 +9,6 @@ use std::time::Duration;
 use toil_proto::v1::agent_service_server::AgentServiceServer;
 use toil_proto::v1::workflow_service_server::WorkflowServiceServer;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 
 pub use agent_svc::AgentSvc;
@@ -46,7 +45,12 @@ pub async fn serve(
             router
         }
     };
+    // Small request/response messages on a fresh connection meet Nagle's
+    // algorithm and delayed ACKs (40 ms stalls) unless accepted sockets
+    // disable it; the builder's tcp_nodelay applies only to listeners tonic
+    // binds itself.
+    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
     router
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stop.cancelled())
+        .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await
 }

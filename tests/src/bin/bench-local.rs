@@ -1,0 +1,332 @@
+//! Benchmark of the local batch system: N trivial jobs through the real
+//! leader and agents.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/bench-local                 # N = 10,000 and a 200-job chain
+//! target/release/bench-local --jobs 100000   # leader memory with 100,000 jobs
+//! ```
+//!
+//! It prints:
+//! - throughput: jobs per second over the whole run (leader start to exit);
+//! - the leader's peak RSS (VmHWM, sampled every 100 ms) and CPU time;
+//! - dispatch latency: from the leader deciding to launch an attempt (its
+//!   journal entry) to the command starting (the agent's report), p50/p99;
+//! - ready-to-running latency in a chain, where each job becomes ready when
+//!   the leader records its predecessor's end: p50/p99;
+//! - job-store writes per job (journal records, results, logs, snapshots).
+//!
+//! Timings come from the job store's journal of the run itself (kept with
+//! `--clean never`), so they are the system's own records. Nothing is
+//! asserted: the figures are for reading, on a machine that may be busy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use prost::Message;
+use toil_proto::v1::{JournalRecord, journal_entry::Kind};
+
+#[derive(Parser)]
+#[command(about = "Benchmark N trivial jobs through the local batch system")]
+struct Args {
+    /// Trivial jobs in the throughput run.
+    #[arg(long, default_value_t = 10_000)]
+    jobs: u64,
+    /// Jobs in the chain run (0 to skip).
+    #[arg(long, default_value_t = 200)]
+    chain: u64,
+    /// Cores each trivial job asks for (the leader never oversubscribes, so
+    /// this sets how many run at once: all cores / this).
+    #[arg(long, default_value = "0.05")]
+    cores_per_job: String,
+    /// Directory holding toil-leader and toil-agent (default: next to this
+    /// program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Keep the scratch directory.
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Run {
+    wall: Duration,
+    peak_rss_kb: u64,
+    cpu: Duration,
+    store: PathBuf,
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i]
+}
+
+/// Runs the leader on `workflow` and samples its memory and CPU.
+fn run_leader(bins: &Path, dir: &Path, workflow: &Path) -> anyhow::Result<Run> {
+    let store = dir.join(format!(
+        "{}.jobstore",
+        workflow.file_stem().unwrap_or_default().to_string_lossy()
+    ));
+    let t0 = Instant::now();
+    let mut child = Command::new(bins.join("toil-leader"))
+        .arg("run")
+        .arg(workflow)
+        .args(["--clean", "never", "--realTimeLogging=false"])
+        .arg("--jobStore")
+        .arg(&store)
+        .arg("--workDir")
+        .arg(dir.join("work"))
+        .arg("--agentBinary")
+        .arg(bins.join("toil-agent"))
+        .current_dir(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting toil-leader")?;
+    let pid = child.id();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as u64;
+    let (mut peak, mut cpu_ticks) = (0u64, 0u64);
+    let status = loop {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+            && let Some(kb) = s
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse::<u64>().ok())
+        {
+            peak = peak.max(kb);
+        }
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+            // Fields after the command name: utime is field 14, stime 15.
+            let rest = s.rsplit(')').next().unwrap_or("");
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            if f.len() > 13 {
+                let u: u64 = f[11].parse().unwrap_or(0);
+                let st: u64 = f[12].parse().unwrap_or(0);
+                cpu_ticks = cpu_ticks.max(u + st);
+            }
+        }
+        if let Some(s) = child.try_wait()? {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let wall = t0.elapsed();
+    if !status.success() {
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            use std::io::Read;
+            let _ = e.read_to_string(&mut err);
+        }
+        bail!("the leader failed ({status}):\n{err}");
+    }
+    Ok(Run {
+        wall,
+        peak_rss_kb: peak,
+        cpu: Duration::from_millis(cpu_ticks * 1000 / ticks),
+        store,
+    })
+}
+
+fn ts_ms(t: &Option<prost_types::Timestamp>) -> Option<f64> {
+    t.as_ref()
+        .map(|t| t.seconds as f64 * 1000.0 + f64::from(t.nanos) / 1e6)
+}
+
+/// Every journal entry of a run, from its snapshot and records.
+fn journal(store: &Path) -> anyhow::Result<(Vec<toil_proto::v1::JournalEntry>, u64, u64)> {
+    let mut entries = Vec::new();
+    let mut max_seq = 0u64;
+    let mut snapshots = 0u64;
+    let mut files: Vec<(u64, PathBuf)> = Vec::new();
+    let snap_dir = store.join("state/snapshot");
+    let mut latest_snapshot: Option<(u64, PathBuf)> = None;
+    if let Ok(rd) = std::fs::read_dir(&snap_dir) {
+        for e in rd.flatten() {
+            if let Ok(seq) = e.file_name().to_string_lossy().parse::<u64>() {
+                snapshots += 1;
+                if latest_snapshot.as_ref().is_none_or(|(s, _)| seq > *s) {
+                    latest_snapshot = Some((seq, e.path()));
+                }
+            }
+        }
+    }
+    let base = latest_snapshot.as_ref().map_or(0, |(s, _)| *s);
+    for e in std::fs::read_dir(store.join("state/journal"))?.flatten() {
+        if let Ok(seq) = e.file_name().to_string_lossy().parse::<u64>() {
+            max_seq = max_seq.max(seq);
+            if seq > base {
+                files.push((seq, e.path()));
+            }
+        }
+    }
+    max_seq = max_seq.max(base);
+    files.sort();
+    let mut datas = Vec::new();
+    if let Some((_, p)) = latest_snapshot {
+        datas.push(std::fs::read(p)?);
+    }
+    for (_, p) in files {
+        datas.push(std::fs::read(p)?);
+    }
+    for d in datas {
+        entries.extend(JournalRecord::decode(&d[..])?.entries);
+    }
+    Ok((entries, max_seq, snapshots))
+}
+
+fn count_files(dir: &Path) -> u64 {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                count_files(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// Dispatch latencies (launch entry → command start), in ms.
+fn dispatch(entries: &[toil_proto::v1::JournalEntry]) -> Vec<f64> {
+    let mut launched = std::collections::HashMap::new();
+    let mut out = Vec::new();
+    for e in entries {
+        match &e.kind {
+            Some(Kind::Launch(l)) => {
+                if let Some(t) = ts_ms(&e.time) {
+                    launched.insert((l.job_id.clone(), l.attempt), t);
+                }
+            }
+            Some(Kind::End(end)) => {
+                let started = end.result.as_ref().and_then(|r| ts_ms(&r.started_at));
+                if let (Some(s), Some(l)) = (started, launched.get(&(end.job_id.clone(), end.attempt))) {
+                    out.push(s - l);
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bins = match args.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("no directory for this program")?,
+    };
+    for b in ["toil-leader", "toil-agent"] {
+        if !bins.join(b).exists() {
+            bail!("{} not found: build with `cargo build --release --bins` (or pass --bin-dir)", bins.join(b).display());
+        }
+    }
+    let dir = tempfile::Builder::new().prefix("bench-local").tempdir()?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "local batch system benchmark ({} build, {cores} cores, binaries in {})",
+        if bins.ends_with("release") { "release" } else { "debug" },
+        bins.display()
+    );
+
+    // --- throughput ------------------------------------------------------
+    let wf = dir.path().join("trivial.yaml");
+    std::fs::write(
+        &wf,
+        format!(
+            "name: trivial\ndefaults: {{cores: {}, memory: 16Mi, disk: 1Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [\"true\"]\n",
+            args.cores_per_job, args.jobs
+        ),
+    )?;
+    let r = run_leader(&bins, dir.path(), &wf)?;
+    let n = args.jobs as f64;
+    let (entries, journal_records, snapshots) = journal(&r.store)?;
+    let mut d = dispatch(&entries);
+    let results = count_files(&r.store.join("results"));
+    let logs = count_files(&r.store.join("logs"));
+    println!(
+        "{} trivial jobs ({} cores each): {:.1} s, {:.0} jobs/s",
+        args.jobs,
+        args.cores_per_job,
+        r.wall.as_secs_f64(),
+        n / r.wall.as_secs_f64()
+    );
+    println!(
+        "  leader: peak RSS {:.1} MB, CPU {:.2} s ({:.3} ms per job)",
+        r.peak_rss_kb as f64 / 1024.0,
+        r.cpu.as_secs_f64(),
+        r.cpu.as_secs_f64() * 1000.0 / n
+    );
+    println!(
+        "  dispatch (launch decision -> command start): p50 {:.1} ms, p99 {:.1} ms",
+        percentile(&mut d, 0.5),
+        percentile(&mut d, 0.99)
+    );
+    println!(
+        "  job-store writes: {:.3} per job ({journal_records} journal records, {snapshots} snapshots, {results} results, {logs} log segments)",
+        (journal_records + snapshots + results + logs) as f64 / n
+    );
+
+    // --- chain -----------------------------------------------------------
+    if args.chain > 1 {
+        let wf = dir.path().join("chain.yaml");
+        let mut text = String::from("name: chain\ndefaults: {cores: 0.1, memory: 16Mi, disk: 1Mi}\njobs:\n");
+        for i in 0..args.chain {
+            text.push_str(&format!("  c{i}:\n    command: [\"true\"]\n"));
+            if i > 0 {
+                text.push_str(&format!("    after: [c{}]\n", i - 1));
+            }
+        }
+        std::fs::write(&wf, text)?;
+        let r = run_leader(&bins, dir.path(), &wf)?;
+        let (entries, _, _) = journal(&r.store)?;
+        // Ready = when the leader recorded the predecessor's end.
+        let mut ended = std::collections::HashMap::new();
+        let mut started = std::collections::HashMap::new();
+        for e in &entries {
+            if let Some(Kind::End(end)) = &e.kind {
+                if let Some(t) = ts_ms(&e.time) {
+                    ended.insert(end.job_id.clone(), t);
+                }
+                if let Some(s) = end.result.as_ref().and_then(|r| ts_ms(&r.started_at)) {
+                    started.insert(end.job_id.clone(), s);
+                }
+            }
+        }
+        let mut lat: Vec<f64> = (1..args.chain)
+            .filter_map(|i| {
+                let ready = ended.get(&format!("c{}", i - 1))?;
+                let run = started.get(&format!("c{i}"))?;
+                Some(run - ready)
+            })
+            .collect();
+        println!(
+            "chain of {} jobs: {:.1} s; ready -> running p50 {:.1} ms, p99 {:.1} ms",
+            args.chain,
+            r.wall.as_secs_f64(),
+            percentile(&mut lat, 0.5),
+            percentile(&mut lat, 0.99)
+        );
+    }
+    println!("baseline: Toil 9.6's single-machine batch system runs about 3.3 trivial jobs/s on this kind of machine (shared/testing.md)");
+    if args.keep {
+        let kept = dir.keep();
+        println!("scratch kept in {}", kept.display());
+    }
+    Ok(())
+}
