@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The whole test suite, exactly as CI runs it (.ci/run calls this script).
+#
+# On a fresh machine it first installs what the tests need besides the Rust
+# toolchain (a Python venv with moto and grpcio-tools, and `buf`, both inside
+# the repository), then checks formatting and lints, builds every binary
+# once, and runs every test against real processes and servers: the leader
+# and agents, moto (S3), the Kubernetes API emulator, Python gRPC clients.
+#
+# Usage: scripts/test.sh [extra arguments for `cargo test`]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "test tools"
+./scripts/setup-test-env.sh
+
+step "formatting"
+cargo fmt --all -- --check
+
+step "proto lint (buf)"
+.tools/node_modules/.bin/buf lint
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# One build of every binary; the end-to-end tests run these (they find them
+# next to the test executables) and never rebuild.
+step "build"
+cargo build --workspace --bins
+
+step "tests"
+cargo test --workspace "$@"
