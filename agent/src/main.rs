@@ -37,50 +37,12 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let r = match cli.command {
-        Command::Run(args) => return run(*args).await,
+        Command::Run(args) => return ExitCode::from(toil_agent::run::main(*args).await),
         Command::Stage(args) => stage_cmd::run(args).await,
         Command::PullImage(args) => stage_cmd::run_pull(args).await,
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("toil-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `toil-agent run`: exits 0 when the leader lets it go, 143 after SIGTERM,
-/// 2 when the leader is lost, 64 on bad configuration.
-async fn run(args: toil_agent::config::RunArgs) -> ExitCode {
-    if let Err(e) = args.validate() {
-        eprintln!("toil-agent: {e}");
-        return ExitCode::from(64);
-    }
-    let terminate = tokio_util::sync::CancellationToken::new();
-    let t = terminate.clone();
-    tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
-        }
-        t.cancel();
-    });
-    match toil_agent::run::run(args, terminate).await {
-        Ok(toil_agent::run::Exit::Done(reason)) => {
-            tracing::debug!(%reason, "exiting");
-            ExitCode::SUCCESS
-        }
-        Ok(toil_agent::run::Exit::Terminated) => ExitCode::from(143),
-        Ok(toil_agent::run::Exit::LeaderLost(why)) => {
-            eprintln!("toil-agent: {why}; exiting");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("toil-agent: {e:#}");
             ExitCode::FAILURE

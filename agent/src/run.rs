@@ -169,3 +169,42 @@ fn done(args: &RunArgs, a: &Assignment, result: AttemptResult) -> SynchronizeReq
         info: None,
     }
 }
+
+/// Runs the agent as a command: installs SIGTERM/SIGINT handling and maps
+/// the outcome to an exit code: 0 when the leader lets it go, 143 after
+/// SIGTERM, 2 when the leader is lost, 64 on bad configuration, 1 on other
+/// errors.
+pub async fn main(args: RunArgs) -> u8 {
+    if let Err(e) = args.validate() {
+        eprintln!("toil-agent: {e}");
+        return 64;
+    }
+    let terminate = CancellationToken::new();
+    let t = terminate.clone();
+    tokio::spawn(async move {
+        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        else {
+            return;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        t.cancel();
+    });
+    match run(args, terminate).await {
+        Ok(Exit::Done(reason)) => {
+            tracing::debug!(%reason, "exiting");
+            0
+        }
+        Ok(Exit::Terminated) => 143,
+        Ok(Exit::LeaderLost(why)) => {
+            eprintln!("toil-agent: {why}; exiting");
+            2
+        }
+        Err(e) => {
+            eprintln!("toil-agent: {e:#}");
+            1
+        }
+    }
+}
