@@ -252,3 +252,81 @@ fn bad_workflow_files_are_refused_with_positions_before_anything_runs() {
     r.expect_code(2);
     assert!(r.stderr.contains("no job store"), "{}", r.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_and_reflection_are_served_so_generic_tools_work() {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+    let sb = Sandbox::new("reflect");
+    let gate = gated(&sb);
+    let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
+    let info = tokio::task::block_in_place(|| sb.leader_info(T));
+
+    let channel = tonic::transport::Channel::from_shared(info.address.clone())
+        .expect("address")
+        .connect()
+        .await
+        .expect("connect");
+    let mut health = HealthClient::new(channel.clone());
+    for service in ["toil.v1.AgentService", "toil.v1.WorkflowService"] {
+        let r = health
+            .check(HealthCheckRequest {
+                service: service.into(),
+            })
+            .await
+            .expect("health")
+            .into_inner();
+        assert_eq!(r.status, ServingStatus::Serving as i32, "{service}");
+    }
+
+    let mut reflect = ServerReflectionClient::new(channel);
+    let ask = |m: MessageRequest| ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(m),
+    };
+    let mut answers = reflect
+        .server_reflection_info(tokio_stream::iter(vec![
+            ask(MessageRequest::ListServices(String::new())),
+            ask(MessageRequest::FileContainingSymbol(
+                "toil.v1.WorkflowService".into(),
+            )),
+        ]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let first = answers.message().await.expect("answer").expect("some");
+    let Some(MessageResponse::ListServicesResponse(list)) = first.message_response else {
+        panic!("expected a service list, got {first:?}");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    for s in ["toil.v1.AgentService", "toil.v1.WorkflowService", "grpc.health.v1.Health"] {
+        assert!(names.iter().any(|n| n == s), "{s} not listed: {names:?}");
+    }
+    let second = answers.message().await.expect("answer").expect("some");
+    let Some(MessageResponse::FileDescriptorResponse(files)) = second.message_response else {
+        panic!("expected descriptors, got {second:?}");
+    };
+    let fds: Vec<prost_types::FileDescriptorProto> = files
+        .file_descriptor_proto
+        .iter()
+        .map(|b| prost::Message::decode(&b[..]).expect("descriptor"))
+        .collect();
+    assert!(
+        fds.iter().any(|f| f.name() == "toil/v1/workflow.proto"
+            && f.service.iter().any(|s| s.name() == "WorkflowService")),
+        "{:?}",
+        fds.iter().map(|f| f.name()).collect::<Vec<_>>()
+    );
+
+    std::fs::write(&gate, "").expect("gate");
+    let r = tokio::task::spawn_blocking(move || leader.wait(T))
+        .await
+        .expect("join");
+    r.expect_code(0);
+}

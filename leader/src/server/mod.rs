@@ -26,10 +26,12 @@ pub async fn serve(
     health
         .set_serving::<WorkflowServiceServer<WorkflowSvc>>()
         .await;
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(toil_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1();
+    // Both reflection versions: grpcurl before 1.9 only speaks v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(toil_proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
     let mut builder = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
@@ -38,9 +40,9 @@ pub async fn serve(
         .add_service(health_svc)
         .add_service(AgentServiceServer::new(agents))
         .add_service(WorkflowServiceServer::new(workflow));
-    let router = match reflection {
-        Ok(r) => router.add_service(r),
-        Err(e) => {
+    let router = match (reflection().build_v1(), reflection().build_v1alpha()) {
+        (Ok(v1), Ok(v1alpha)) => router.add_service(v1).add_service(v1alpha),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::warn!(error = %e, "gRPC reflection unavailable");
             router
         }
