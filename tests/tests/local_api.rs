@@ -255,13 +255,13 @@ fn bad_workflow_files_are_refused_with_positions_before_anything_runs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn health_and_reflection_are_served_so_generic_tools_work() {
+    use tonic_health::pb::HealthCheckRequest;
     use tonic_health::pb::health_check_response::ServingStatus;
     use tonic_health::pb::health_client::HealthClient;
-    use tonic_health::pb::HealthCheckRequest;
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let sb = Sandbox::new("reflect");
     let gate = gated(&sb);
@@ -305,7 +305,11 @@ async fn health_and_reflection_are_served_so_generic_tools_work() {
         panic!("expected a service list, got {first:?}");
     };
     let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for s in ["toil.v1.AgentService", "toil.v1.WorkflowService", "grpc.health.v1.Health"] {
+    for s in [
+        "toil.v1.AgentService",
+        "toil.v1.WorkflowService",
+        "grpc.health.v1.Health",
+    ] {
         assert!(names.iter().any(|n| n == s), "{s} not listed: {names:?}");
     }
     let second = answers.message().await.expect("answer").expect("some");

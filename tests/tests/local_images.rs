@@ -43,13 +43,18 @@ jobs:
     r.expect_code(1);
     for n in 1..=3 {
         assert!(
-            r.stdout.contains(&format!("[boxed[{}]] running {n}", n - 1)),
+            r.stdout
+                .contains(&format!("[boxed[{}]] running {n}", n - 1)),
             "{}",
             r.stdout
         );
     }
     // The agent notes the pull in the job's log.
-    assert!(r.stdout.contains("pulling image docker://ubuntu:24.04"), "{}", r.stdout);
+    assert!(
+        r.stdout.contains("pulling image docker://ubuntu:24.04"),
+        "{}",
+        r.stdout
+    );
     let e = &r.stderr;
     assert!(e.contains("job broken failed: image pull failed"), "{e}");
     assert!(e.contains("FATAL"), "the engine's message is shown: {e}");
