@@ -178,8 +178,8 @@ impl Cluster {
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.leader.log")))
             .unwrap_or_else(|e| panic!("{e}"));
         let mut cmd = self.leader(name, extra);
-        cmd.stdout(Stdio::null())
-            .stderr(log.try_clone().unwrap_or_else(|e| panic!("{e}")));
+        cmd.stdout(log.try_clone().unwrap_or_else(|e| panic!("{e}")))
+            .stderr(log);
         cmd.spawn().unwrap_or_else(|e| panic!("toil-leader: {e}"))
     }
 
@@ -208,24 +208,17 @@ impl Cluster {
     /// The Kubernetes Jobs matching `selector`, by name.
     pub async fn kube_jobs(&self, selector: &str) -> Vec<String> {
         let api: Api<KubeJob> = Api::namespaced(self.admin().await, NS);
-        api.list(&ListParams::default().labels(selector))
+        list(&api, selector)
             .await
-            .map(|l| {
-                l.items
-                    .into_iter()
-                    .filter_map(|j| j.metadata.name)
-                    .collect()
-            })
-            .unwrap_or_else(|e| panic!("{e}"))
+            .into_iter()
+            .filter_map(|j| j.metadata.name)
+            .collect()
     }
 
     /// The pods matching `selector`.
     pub async fn pods(&self, selector: &str) -> Vec<Pod> {
         let api: Api<Pod> = Api::namespaced(self.admin().await, NS);
-        api.list(&ListParams::default().labels(selector))
-            .await
-            .map(|l| l.items)
-            .unwrap_or_else(|e| panic!("{e}"))
+        list(&api, selector).await
     }
 
     /// Waits until the pod of job `job` runs; returns (pod, node).
@@ -261,10 +254,55 @@ impl Cluster {
             if jobs.is_empty() && pods.is_empty() {
                 return;
             }
+            if tokio::time::Instant::now() >= deadline {
+                let pods: Vec<String> = pods
+                    .iter()
+                    .map(|p| {
+                        format!(
+                            "{} ({:?}, node {:?}, deleting {})",
+                            p.metadata.name.clone().unwrap_or_default(),
+                            p.status.as_ref().and_then(|s| s.phase.clone()),
+                            p.spec.as_ref().and_then(|s| s.node_name.clone()),
+                            p.metadata.deletion_timestamp.is_some()
+                        )
+                    })
+                    .collect();
+                let api: Api<Pod> = Api::namespaced(self.admin().await, NS);
+                let mut logs = String::new();
+                for p in self.pods(SELECTOR).await {
+                    let name = p.metadata.name.unwrap_or_default();
+                    let log = api
+                        .logs(&name, &Default::default())
+                        .await
+                        .unwrap_or_default();
+                    logs.push_str(&format!("\n--- {name}:\n{log}"));
+                }
+                panic!("left behind after {limit:?}: Jobs {jobs:?}, pods {pods:?}{logs}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until no Job is left and every pod left is being deleted (its
+    /// agent may take the pod's grace period to stop when its leader is
+    /// gone).
+    pub async fn wait_jobs_gone(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let jobs = self.kube_jobs(SELECTOR).await;
+            let live = self
+                .pods(SELECTOR)
+                .await
+                .into_iter()
+                .filter(|p| p.metadata.deletion_timestamp.is_none())
+                .filter_map(|p| p.metadata.name)
+                .collect::<Vec<_>>();
+            if jobs.is_empty() && live.is_empty() {
+                return;
+            }
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "left behind after {limit:?}: Jobs {jobs:?}, {} pod(s)",
-                pods.len()
+                "left behind after {limit:?}: Jobs {jobs:?}, pods not being deleted {live:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -307,6 +345,23 @@ impl Cluster {
             .into_inner()
             .jobs
     }
+}
+
+/// Lists objects, riding out the faults a test injects (they hit every
+/// client, the test's own included).
+async fn list<K>(api: &Api<K>, selector: &str) -> Vec<K>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut last = String::new();
+    for _ in 0..50 {
+        match api.list(&ListParams::default().labels(selector)).await {
+            Ok(l) => return l.items,
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("listing {selector}: {last}");
 }
 
 /// The line of `status` output about job `job`.

@@ -39,6 +39,9 @@ const TICK: Duration = Duration::from_secs(1);
 const LOG_TAIL: i64 = 10;
 /// How long shutdown waits for creations in flight before deleting.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+/// How long a verdict waits for its pod to stop: the pod's grace period
+/// and some.
+const VERDICT_WAIT: Duration = Duration::from_secs(45);
 /// Watch errors are shown at most this often.
 const WATCH_WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -93,6 +96,9 @@ struct Tracked {
     /// The Job was looked at for its deadline; pod events that came
     /// meanwhile wait here.
     deadline_check: DeadlineCheck,
+    /// A diagnosis made while the agent still ran (preempted, evicted,
+    /// past its deadline), delivered when the pod stops, and since when.
+    verdict: Option<(Instant, Cause)>,
 }
 
 #[derive(Default)]
@@ -123,6 +129,7 @@ enum Next {
     CheckDeadline(Option<(Box<Pod>, bool)>),
     Gone(String),
     ExplainLog(String),
+    Verdict(Cause),
 }
 
 /// What a spawned call came back with.
@@ -240,6 +247,27 @@ pub async fn run(
     }
 }
 
+/// The cause a diagnosis gives, with where it happened.
+fn verdict(t: &Tracked, d: Diagnosis) -> Cause {
+    let mut message = d.message;
+    if d.kind == CauseKind::ImagePull
+        && let Some(first) = &t.pull_error
+    {
+        message = format!("ErrImagePull: {first}; then {message}");
+    }
+    cause(d.kind, d.code, format!("{message} ({})", t.whereabouts()))
+}
+
+/// True while the agent's container runs.
+fn container_running(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.container_statuses.as_ref())
+        .and_then(|cs| cs.first())
+        .and_then(|c| c.state.as_ref())
+        .is_some_and(|s| s.running.is_some())
+}
+
 fn cause(kind: CauseKind, code: i32, message: String) -> Cause {
     Cause {
         kind: kind as i32,
@@ -282,6 +310,7 @@ impl Batch {
                 pull_error: None,
                 explaining: false,
                 deadline_check: DeadlineCheck::NotYet,
+                verdict: None,
             },
         );
         self.queue.push_back((l.agent_id, job));
@@ -411,20 +440,9 @@ impl Batch {
         let Some(t) = self.tracked.get(agent_id) else {
             return;
         };
-        let mut message = d.message;
-        if d.kind == CauseKind::ImagePull
-            && let Some(first) = &t.pull_error
-        {
-            message = format!("ErrImagePull: {first}; then {message}");
-        }
-        message = format!("{message} ({})", t.whereabouts());
-        self.report(
-            agent_id,
-            Some(cause(d.kind, d.code, message)),
-            String::new(),
-            d.stuck,
-        )
-        .await;
+        let stuck = d.stuck;
+        let c = verdict(t, d);
+        self.report(agent_id, Some(c), String::new(), stuck).await;
     }
 
     async fn place(&mut self, agent_id: &str, node: &str) {
@@ -503,13 +521,17 @@ impl Batch {
             _ => None,
         };
         let forbidden = matches!(inner, Some(kube::Error::Api(s)) if s.code == 403);
+        let what = match inner {
+            Some(k) => api::short(k),
+            None => e.to_string(),
+        };
         if forbidden {
             tracing::error!(
-                "the pod watch is refused: {e}; the leader's identity needs `list` and `watch` on `pods` in namespace {:?} (apply deploy/rbac.yaml); retrying",
+                "the pod watch is refused: {what}; the leader's identity needs `list` and `watch` on `pods` in namespace {:?} (apply deploy/rbac.yaml); retrying",
                 self.shared.ns
             );
         } else {
-            tracing::warn!("the pod watch failed, retrying with back-off: {e}");
+            tracing::warn!("the pod watch failed, retrying with back-off: {what}");
         }
     }
 
@@ -525,6 +547,7 @@ impl Batch {
             Next::CheckDeadline(stashed) => self.check_deadline(&agent_id, stashed),
             Next::Gone(detail) => self.report(&agent_id, None, detail, false).await,
             Next::ExplainLog(what) => self.explain_with_log(&agent_id, what),
+            Next::Verdict(c) => self.report(&agent_id, Some(c), String::new(), false).await,
         }
     }
 
@@ -543,6 +566,15 @@ impl Batch {
         }
         if t.pod.is_none() {
             t.pod = Some(pod.name_any());
+        }
+        // A verdict reached while the agent still ran is delivered once it
+        // has stopped, so its own last report and log arrive first.
+        let agent_running = !deleted && container_running(&pod);
+        if let Some((_, c)) = &t.verdict {
+            if agent_running {
+                return Next::Nothing;
+            }
+            return Next::Verdict(c.clone());
         }
         let deadline_unchecked =
             t.deadline.is_some() && matches!(t.deadline_check, DeadlineCheck::NotYet);
@@ -570,6 +602,16 @@ impl Batch {
                 t.unschedulable = None;
                 t.starting_since = None;
                 Next::Place(node)
+            }
+            PodState::Doomed(d)
+                if agent_running
+                    && matches!(
+                        d.kind,
+                        CauseKind::Preempted | CauseKind::Evicted | CauseKind::DeadlineExceeded
+                    ) =>
+            {
+                t.verdict = Some((now, verdict(t, d)));
+                Next::Nothing
             }
             PodState::Doomed(d) => return Next::Diagnose(d),
             PodState::Terminating if deadline_unchecked => return Next::CheckDeadline(None),
@@ -794,9 +836,11 @@ impl Batch {
                         humantime::format_duration(slack),
                         t.whereabouts()
                     );
-                    let c = cause(CauseKind::DeadlineExceeded, 0, m);
-                    self.report(&agent_id, Some(c), String::new(), false).await;
-                } else if let Some((pod, deleted)) = stashed {
+                    // Delivered when the pod stops (the stashed event may
+                    // say it already has).
+                    t.verdict = Some((Instant::now(), cause(CauseKind::DeadlineExceeded, 0, m)));
+                }
+                if let Some((pod, deleted)) = stashed {
                     Box::pin(self.on_pod(*pod, deleted)).await;
                 }
             }
@@ -815,7 +859,14 @@ impl Batch {
         let cfg = &self.shared.cfg;
         let mut unschedulable = Vec::new();
         let mut not_started = Vec::new();
+        let mut overdue = Vec::new();
         for (id, t) in &self.tracked {
+            if let Some((since, c)) = &t.verdict {
+                if now.duration_since(*since) >= VERDICT_WAIT {
+                    overdue.push((id.clone(), c.clone()));
+                }
+                continue;
+            }
             if t.explaining || t.creation != Creation::Created {
                 continue;
             }
@@ -863,6 +914,9 @@ impl Batch {
                 true,
             )
             .await;
+        }
+        for (id, c) in overdue {
+            self.report(&id, Some(c), String::new(), false).await;
         }
         for (id, object, what) in not_started {
             self.explain_start_timeout(&id, object, what);
