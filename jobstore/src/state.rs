@@ -156,6 +156,18 @@ impl Journal {
         self.store
             .put_bytes(&snapshot_key(seq), data, Condition::Always)
             .await?;
+        self.prune_before(seq).await
+    }
+
+    /// Like [`Journal::snapshot`], streaming the snapshot from a local file
+    /// (a large workflow's snapshot is never held in memory).
+    pub async fn snapshot_file(&self, seq: u64, path: &std::path::Path) -> Result<()> {
+        self.store.put_file(&snapshot_key(seq), path).await?;
+        self.prune_before(seq).await
+    }
+
+    /// Deletes records and snapshots older than the snapshot before `seq`.
+    async fn prune_before(&self, seq: u64) -> Result<()> {
         let snaps: Vec<u64> = self
             .store
             .list(SNAPSHOT_PREFIX)

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use toil_jobstore::Locator;
 
 use crate::batch::Capacity;
+use crate::batch::kubernetes::KubernetesConfig;
 use crate::batch::local::LocalConfig;
 use crate::config::{self, Batch, Clean, RunConfig};
 use crate::run::{Failure, exit};
@@ -51,6 +52,27 @@ pub enum Command {
     Logs(LogsArgs),
     /// Delete a job store and everything in it.
     Clean(CleanArgs),
+    /// Delete the Kubernetes Jobs (and pods) a leader left behind, by label.
+    CleanupJobs(CleanupJobsArgs),
+    /// Run the embedded agent (what `toil-agent` does); used by the local
+    /// batch system when no separate toil-agent executable is installed.
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+/// `toil-leader agent`.
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// What the agent does.
+    #[command(subcommand)]
+    pub command: AgentCommand,
+}
+
+/// The embedded agent's subcommands.
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Take jobs from the leader and run them.
+    Run(Box<toil_agent::config::RunArgs>),
 }
 
 /// Where agents run.
@@ -197,6 +219,189 @@ pub struct RunArgs {
     /// Default: whichever is on PATH.
     #[arg(long = "containerEngine", env = "TOIL_CONTAINER_ENGINE")]
     pub container_engine: Option<String>,
+
+    /// The kubeconfig context to use. Default: the current context, or the
+    /// pod's service account when the leader runs in the cluster.
+    #[arg(
+        long = "kubernetesContext",
+        env = "TOIL_KUBERNETES_CONTEXT",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_context: Option<String>,
+
+    /// The namespace for the workflow's Jobs. Default: the context's
+    /// namespace (the pod's own in the cluster).
+    #[arg(
+        long = "kubernetesNamespace",
+        env = "TOIL_KUBERNETES_NAMESPACE",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_namespace: Option<String>,
+
+    /// The appliance image every job's pod runs (it holds toil-agent; jobs
+    /// with their own image run inside it through Singularity/Apptainer).
+    #[arg(
+        long = "kubernetesImage",
+        env = "TOIL_APPLIANCE_SELF",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_image: Option<String>,
+
+    /// Who runs the workflow: labels and names its Jobs, for
+    /// `cleanup-jobs --owner`. Default: your user name.
+    #[arg(
+        long = "kubernetesOwner",
+        env = "TOIL_KUBERNETES_OWNER",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_owner: Option<String>,
+
+    /// A directory on each node, mounted at the work directory (--workDir,
+    /// default /var/lib/toil) so the pods of a node share the input cache.
+    /// Default: each pod gets its own emptyDir.
+    #[arg(
+        long = "kubernetesHostPath",
+        env = "TOIL_KUBERNETES_HOST_PATH",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_host_path: Option<String>,
+
+    /// A secret holding an AWS `credentials` file, mounted at /root/.aws in
+    /// every pod (for an aws: job store).
+    #[arg(
+        long = "awsSecretName",
+        env = "TOIL_AWS_SECRET_NAME",
+        help_heading = "Kubernetes"
+    )]
+    pub aws_secret_name: Option<String>,
+
+    /// The service account job pods run as (no API token is mounted: agents
+    /// never call the API). Default: the namespace's `default`.
+    #[arg(
+        long = "kubernetesServiceAccount",
+        env = "TOIL_KUBERNETES_SERVICE_ACCOUNT",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_service_account: Option<String>,
+
+    /// A pod on a node whose container has not started after this long
+    /// (a volume that never mounts, an image pull that never ends), or a
+    /// Job that made no pod, fails the attempt as POD_START_TIMEOUT.
+    #[arg(long = "kubernetesPodTimeout", default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Kubernetes")]
+    pub kubernetes_pod_timeout: Duration,
+
+    /// A pod the scheduler cannot place for this long, while no other pod
+    /// of the workflow gets placed either, fails its job as UNSCHEDULABLE
+    /// with the scheduler's message.
+    #[arg(long = "kubernetesPendingTimeout", default_value = "15m", value_parser = humantime::parse_duration, help_heading = "Kubernetes")]
+    pub kubernetes_pending_timeout: Duration,
+
+    /// Run job containers privileged (some Singularity set-ups need it).
+    #[arg(long = "kubernetesPrivileged", help_heading = "Kubernetes")]
+    pub kubernetes_privileged: bool,
+
+    /// Run job containers with the AppArmor profile `unconfined` (lets
+    /// Singularity mount inside pods on AppArmor hosts; Toil's #4331).
+    #[arg(long = "kubernetesAppArmorUnconfined", help_heading = "Kubernetes")]
+    pub kubernetes_apparmor_unconfined: bool,
+
+    /// The extended resource that counts GPUs on the nodes.
+    #[arg(
+        long = "kubernetesGpuResource",
+        default_value = "nvidia.com/gpu",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_gpu_resource: String,
+
+    /// The node label (KEY=VALUE) of spot/preemptible nodes: preemptible
+    /// jobs prefer them, the others never run there.
+    #[arg(
+        long = "kubernetesSpotLabel",
+        default_value = "cloud.google.com/gke-spot=true",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_spot_label: String,
+
+    /// The taint (KEY=VALUE:EFFECT) of spot nodes that preemptible jobs
+    /// tolerate. Default: the spot label with effect NoSchedule.
+    #[arg(long = "kubernetesSpotToleration", help_heading = "Kubernetes")]
+    pub kubernetes_spot_toleration: Option<String>,
+
+    /// For a file: job store: CLAIM[:PATH] mounts the ReadWriteMany
+    /// PersistentVolumeClaim CLAIM at PATH (default: the job store's
+    /// directory) in every pod, so agents see the store the leader sees.
+    #[arg(
+        long = "kubernetesJobStoreClaim",
+        env = "TOIL_KUBERNETES_JOBSTORE_CLAIM",
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_job_store_claim: Option<String>,
+
+    /// Most Jobs created per second.
+    #[arg(
+        long = "kubernetesMaxCreatesPerSecond",
+        default_value_t = 20.0,
+        help_heading = "Kubernetes"
+    )]
+    pub kubernetes_max_creates: f64,
+
+    /// How long a finished Job stays (ttlSecondsAfterFinished), so
+    /// `kubectl logs` works for a while; the leader deletes its remaining
+    /// Jobs when it stops.
+    #[arg(long = "kubernetesJobTtl", default_value = "10m", value_parser = humantime::parse_duration, help_heading = "Kubernetes")]
+    pub kubernetes_job_ttl: Duration,
+
+    /// Added to a job's time_limit for its Job's activeDeadlineSeconds
+    /// (start-up, staging and upload count too). Not used with
+    /// --reuseAgents, where a pod runs several jobs.
+    #[arg(long = "kubernetesDeadlineSlack", default_value = "5m", value_parser = humantime::parse_duration, help_heading = "Kubernetes")]
+    pub kubernetes_deadline_slack: Duration,
+
+    /// The leader pod's IP (set from the downward API in
+    /// deploy/leader-job.yaml): agents dial http://IP:PORT when
+    /// --leaderAddress is not given.
+    #[arg(
+        long = "leaderPodIP",
+        env = "TOIL_LEADER_POD_IP",
+        help_heading = "Kubernetes"
+    )]
+    pub leader_pod_ip: Option<String>,
+}
+
+/// `toil-leader cleanup-jobs`.
+#[derive(Debug, Args)]
+pub struct CleanupJobsArgs {
+    /// Whose Jobs: the TOIL_KUBERNETES_OWNER the leader ran with. Default:
+    /// your user name.
+    #[arg(long, env = "TOIL_KUBERNETES_OWNER")]
+    pub owner: Option<String>,
+    /// Only this workflow's Jobs (its id, the `toil.io/workflow` label,
+    /// printed when the leader starts).
+    #[arg(long)]
+    pub workflow: Option<String>,
+    /// The kubeconfig context. Default: the current one.
+    #[arg(long = "kubernetesContext", env = "TOIL_KUBERNETES_CONTEXT")]
+    pub context: Option<String>,
+    /// The namespace. Default: the context's.
+    #[arg(long = "kubernetesNamespace", env = "TOIL_KUBERNETES_NAMESPACE")]
+    pub namespace: Option<String>,
+}
+
+impl CleanupJobsArgs {
+    /// Runs `cleanup-jobs`.
+    pub async fn run(self) -> anyhow::Result<u8> {
+        let owner = self
+            .owner
+            .filter(|o| !o.trim().is_empty())
+            .unwrap_or_else(crate::batch::kubernetes::names::default_owner);
+        crate::batch::kubernetes::cleanup::cleanup_jobs(
+            &owner,
+            self.workflow.as_deref(),
+            self.context.as_deref(),
+            self.namespace.as_deref(),
+        )
+        .await
+    }
 }
 
 /// `toil-leader status`.
@@ -274,11 +479,12 @@ impl RunArgs {
             Some(v) => Some(size("--maxDisk", v)?),
             None => None,
         };
-        if self.batch_system == BatchSystem::Kubernetes {
-            return Err(bad(
-                "--batchSystem kubernetes is not available in this build yet; use --batchSystem local",
-            ));
-        }
+        let kubernetes = self.batch_system == BatchSystem::Kubernetes;
+        let mut k8s = if kubernetes {
+            Some(self.kubernetes_config(&locator)?)
+        } else {
+            None
+        };
         let workflow = if self.restart {
             None
         } else {
@@ -294,7 +500,11 @@ impl RunArgs {
                 disk: max_disk,
                 gpus: 0,
             };
-            workflow::check_fits(&wf, &defaults, &[machine]).map_err(|d| bad(d.to_string()))?;
+            // On Kubernetes the nodes are the machines; they are listed
+            // when the leader connects, before anything runs.
+            if !kubernetes {
+                workflow::check_fits(&wf, &defaults, &[machine]).map_err(|d| bad(d.to_string()))?;
+            }
             Some(wf)
         };
         let stem = self
@@ -305,14 +515,6 @@ impl RunArgs {
         let output_dir = self
             .output_dir
             .unwrap_or_else(|| cwd.join(format!("{stem}-output")));
-        let work_dir = self.work_dir.unwrap_or_else(config::default_work_dir);
-        std::fs::create_dir_all(&work_dir).map_err(|e| {
-            bad(format!(
-                "cannot create the work directory {}: {e}; set --workDir or TOIL_WORKDIR",
-                work_dir.display()
-            ))
-        })?;
-        let agent_bin = config::find_agent(self.agent_binary).map_err(bad)?;
         let mut env = Vec::new();
         if self.disable_caching {
             env.push(("TOIL_DISABLE_CACHING".into(), "true".into()));
@@ -339,18 +541,54 @@ impl RunArgs {
             humantime::format_duration(self.agent_lease).to_string(),
         ));
         let agent_log = if self.log_debug { "debug" } else { "warn" };
+        let (batch, capacity) = match k8s.take() {
+            Some(mut k) => {
+                k.env.extend(env);
+                k.agent_log = agent_log.into();
+                // The nodes' total is applied on connecting; these are the
+                // user's own limits, if any.
+                let capacity = Capacity {
+                    millicores: self.max_cores.as_ref().map_or(u64::MAX, |_| max_mc),
+                    memory: self.max_memory.as_ref().map_or(u64::MAX, |_| max_mem),
+                    disk: max_disk,
+                    gpus: u32::MAX,
+                    max_jobs: None,
+                };
+                (Batch::Kubernetes(Box::new(k)), capacity)
+            }
+            None => {
+                let work_dir = self.work_dir.unwrap_or_else(config::default_work_dir);
+                std::fs::create_dir_all(&work_dir).map_err(|e| {
+                    bad(format!(
+                        "cannot create the work directory {}: {e}; set --workDir or TOIL_WORKDIR",
+                        work_dir.display()
+                    ))
+                })?;
+                let (agent_bin, agent_args) = config::find_agent(self.agent_binary).map_err(bad)?;
+                let local = Batch::Local(LocalConfig {
+                    agent_bin,
+                    agent_args,
+                    leader_address: String::new(),
+                    work_dir,
+                    env,
+                    agent_log: agent_log.into(),
+                });
+                let capacity = Capacity {
+                    millicores: max_mc,
+                    memory: max_mem,
+                    disk: max_disk,
+                    gpus: 0,
+                    max_jobs: None,
+                };
+                (local, capacity)
+            }
+        };
         Ok(RunConfig {
             workflow,
             locator,
             restart: self.restart,
             defaults,
-            capacity: Capacity {
-                millicores: max_mc,
-                memory: max_mem,
-                disk: max_disk,
-                gpus: 0,
-                max_jobs: None,
-            },
+            capacity,
             infra_retries: self.infra_retry_count,
             agent_lease: self.agent_lease,
             leader_lease: Duration::from_secs(30),
@@ -361,24 +599,137 @@ impl RunArgs {
             real_time_logging: self.real_time_logging,
             output_dir,
             clean: self.clean,
-            batch: Batch::Local(LocalConfig {
-                agent_bin,
-                leader_address: String::new(),
-                work_dir,
-                env,
-                agent_log: agent_log.into(),
-            }),
+            batch,
+        })
+    }
+
+    /// The Kubernetes settings, checked (the agents' environment and log
+    /// filter are added by the caller).
+    fn kubernetes_config(&self, locator: &Locator) -> anyhow::Result<KubernetesConfig> {
+        use crate::batch::kubernetes::settings::{self, AWS_PASSTHROUGH};
+        let image = match &self.kubernetes_image {
+            Some(i) if !i.trim().is_empty() => i.trim().to_string(),
+            _ => {
+                return Err(bad(
+                    "--batchSystem kubernetes needs the appliance image that holds toil-agent: set TOIL_APPLIANCE_SELF (or --kubernetesImage), for example registry.example.org/toil-appliance:0.1.0 built from deploy/Dockerfile",
+                ));
+            }
+        };
+        let job_store_claim = match (locator, &self.kubernetes_job_store_claim) {
+            (Locator::File(path), Some(c)) => Some(settings::parse_claim(c, path).map_err(bad)?),
+            (Locator::File(path), None) => {
+                return Err(bad(format!(
+                    "job store {locator} is a directory on this machine, which pods cannot see. On Kubernetes use an aws: job store (with TOIL_AWS_SECRET_NAME), or keep the job store on a ReadWriteMany volume and pass --kubernetesJobStoreClaim CLAIM (mounted at {} in every pod)",
+                    path.display()
+                )));
+            }
+            (Locator::Aws { .. }, Some(_)) => {
+                return Err(bad(
+                    "--kubernetesJobStoreClaim is for file: job stores; an aws: job store needs no volume",
+                ));
+            }
+            (Locator::Aws { .. }, None) => None,
+        };
+        let spot_label =
+            settings::parse_label("--kubernetesSpotLabel", &self.kubernetes_spot_label)
+                .map_err(bad)?;
+        let spot_toleration = match &self.kubernetes_spot_toleration {
+            Some(t) => settings::parse_toleration("--kubernetesSpotToleration", t).map_err(bad)?,
+            None => settings::Toleration {
+                key: spot_label.0.clone(),
+                value: spot_label.1.clone(),
+                effect: "NoSchedule".into(),
+            },
+        };
+        let creates = self.kubernetes_max_creates;
+        if !(creates.is_finite() && creates > 0.0) {
+            return Err(bad(format!(
+                "--kubernetesMaxCreatesPerSecond {creates}: give a number above 0, for example 20"
+            )));
+        }
+        for (flag, d) in [
+            ("--kubernetesPodTimeout", self.kubernetes_pod_timeout),
+            (
+                "--kubernetesPendingTimeout",
+                self.kubernetes_pending_timeout,
+            ),
+            ("--kubernetesJobTtl", self.kubernetes_job_ttl),
+        ] {
+            if d.is_zero() {
+                return Err(bad(format!("{flag} must be more than 0 (for example 5m)")));
+            }
+        }
+        let work_dir = self
+            .work_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/var/lib/toil"));
+        if !work_dir.is_absolute() {
+            return Err(bad(format!(
+                "--workDir / TOIL_WORKDIR {} must be an absolute path inside the pods (default /var/lib/toil)",
+                work_dir.display()
+            )));
+        }
+        if let Some(p) = &self.kubernetes_host_path
+            && !p.starts_with('/')
+        {
+            return Err(bad(format!(
+                "TOIL_KUBERNETES_HOST_PATH {p:?} must be an absolute path on the nodes, such as /data/scratch"
+            )));
+        }
+        if self.leader_pod_ip.is_some()
+            && self.advertise.is_none()
+            && self.listen.ip().is_loopback()
+        {
+            return Err(bad(format!(
+                "TOIL_LEADER_POD_IP is set, so agents dial the leader's pod IP, but --leaderBind {} only listens on loopback; bind 0.0.0.0:PORT (as deploy/leader-job.yaml does)",
+                self.listen
+            )));
+        }
+        let env = AWS_PASSTHROUGH
+            .iter()
+            .filter_map(|var| std::env::var(var).ok().map(|v| ((*var).to_string(), v)))
+            .collect();
+        Ok(KubernetesConfig {
+            context: self.kubernetes_context.clone(),
+            namespace: self.kubernetes_namespace.clone(),
+            image,
+            owner: self
+                .kubernetes_owner
+                .clone()
+                .filter(|o| !o.trim().is_empty())
+                .unwrap_or_else(crate::batch::kubernetes::names::default_owner),
+            host_path: self.kubernetes_host_path.clone(),
+            work_dir: work_dir.to_string_lossy().into_owned(),
+            aws_secret: self.aws_secret_name.clone().filter(|s| !s.is_empty()),
+            service_account: self.kubernetes_service_account.clone(),
+            pod_timeout: self.kubernetes_pod_timeout,
+            pending_timeout: self.kubernetes_pending_timeout,
+            privileged: self.kubernetes_privileged,
+            apparmor_unconfined: self.kubernetes_apparmor_unconfined,
+            gpu_resource: self.kubernetes_gpu_resource.clone(),
+            spot_label,
+            spot_toleration,
+            job_store_claim,
+            max_creates_per_second: creates,
+            job_ttl: self.kubernetes_job_ttl,
+            deadline_slack: self.kubernetes_deadline_slack,
+            reuse_agents: self.reuse_agents,
+            env,
+            agent_log: String::new(),
+            leader_pod_ip: self.leader_pod_ip.clone(),
         })
     }
 
     /// The log filter for the leader's own messages.
     pub fn log_filter(&self) -> &'static str {
+        // kube's client logs every non-2xx answer as an error, retried or
+        // not; the Kubernetes batch system reports what matters itself.
         if self.log_debug {
             "debug,h2=info,hyper=info,tower=info"
         } else if self.log_info {
-            "info"
+            "info,kube_client=off"
         } else {
-            "warn"
+            "warn,kube_client=off"
         }
     }
 }

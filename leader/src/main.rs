@@ -10,6 +10,9 @@ use toil_leader::run::Failure;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Agent(a) = cli.command {
+        return run_agent(a);
+    }
     let filter = match &cli.command {
         Command::Run(args) => args.log_filter(),
         _ => "warn",
@@ -38,6 +41,8 @@ fn main() -> ExitCode {
             Command::Status(a) => toil_leader::commands::status(a).await,
             Command::Logs(a) => toil_leader::commands::logs(a).await,
             Command::Clean(a) => toil_leader::commands::clean(a).await,
+            Command::CleanupJobs(a) => a.run().await,
+            Command::Agent(_) => Ok(0),
         }
     });
     match result {
@@ -52,5 +57,25 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+    }
+}
+
+/// The embedded agent, on the single-threaded runtime the agent uses.
+fn run_agent(a: toil_leader::cli::AgentArgs) -> ExitCode {
+    let toil_leader::cli::AgentCommand::Run(args) = a.command;
+    let filter = std::env::var("TOIL_AGENT_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => ExitCode::from(rt.block_on(toil_agent::run::main(*args))),
+        Err(e) => {
+            eprintln!("toil-leader agent: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        }
     }
 }

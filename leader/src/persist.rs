@@ -13,15 +13,21 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use prost::Message;
-use toil_jobstore::state::{Journal, Lease, snapshot_key};
+use toil_jobstore::state::{Journal, Lease};
 use toil_jobstore::{Error as StoreError, JobStore};
 use toil_proto::v1::{JournalEntry, JournalRecord, journal_entry::Kind};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::core::Core;
 
-/// Fold records into a snapshot after this many.
-const SNAPSHOT_RECORDS: usize = 1000;
+/// Fold records into a snapshot once the records since the last one add up
+/// to the snapshot's own size (at least this much): snapshots then grow
+/// geometrically, so their total size stays proportional to the state and a
+/// restart reads at most about twice the state.
+const SNAPSHOT_MIN_BYTES: u64 = 4 << 20;
+/// ...or once there are this many records since the last one, so loading
+/// never needs an unbounded number of reads.
+const SNAPSHOT_MAX_RECORDS: u64 = 20_000;
 
 /// Why the persister stopped.
 #[derive(Debug, thiserror::Error)]
@@ -59,9 +65,18 @@ pub struct Persister {
     store: JobStore,
     journal: Journal,
     lease: Option<Lease>,
-    /// Records written since the last snapshot, for folding.
-    since_snapshot: Vec<Bytes>,
-    last_snapshot: Option<u64>,
+    /// The next snapshot's content: the last snapshot followed by every
+    /// record written since, appended as they are written. Kept on local
+    /// disk, not in memory.
+    next_snapshot: tempfile::NamedTempFile,
+    /// Bytes of the last snapshot.
+    snapshot_bytes: u64,
+    /// Records and bytes written since the last snapshot.
+    since_records: u64,
+    since_bytes: u64,
+    /// Snapshot thresholds (see SNAPSHOT_MIN_BYTES, SNAPSHOT_MAX_RECORDS).
+    snapshot_min_bytes: u64,
+    snapshot_max_records: u64,
     interval: Duration,
     lease_every: Duration,
     /// Entries received through `run` and durably written, for the driver.
@@ -74,8 +89,7 @@ impl Persister {
         store: JobStore,
         journal: Journal,
         lease: Option<Lease>,
-        since_snapshot: Vec<Bytes>,
-        last_snapshot: Option<u64>,
+        base: SnapshotBase,
         interval: Duration,
         durable: tokio::sync::watch::Sender<u64>,
     ) -> Persister {
@@ -86,12 +100,23 @@ impl Persister {
             store,
             journal,
             lease,
-            since_snapshot,
-            last_snapshot,
+            next_snapshot: base.file,
+            snapshot_bytes: base.snapshot_bytes,
+            since_records: base.since_records,
+            since_bytes: base.since_bytes,
+            snapshot_min_bytes: SNAPSHOT_MIN_BYTES,
+            snapshot_max_records: SNAPSHOT_MAX_RECORDS,
             interval,
             lease_every,
             durable,
         }
+    }
+
+    /// Changes when snapshots are taken (tests use tiny values).
+    pub fn snapshot_thresholds(mut self, min_bytes: u64, max_records: u64) -> Persister {
+        self.snapshot_min_bytes = min_bytes;
+        self.snapshot_max_records = max_records;
+        self
     }
 
     /// Appends one batch right away (used for the claim at start-up, so a
@@ -202,8 +227,18 @@ impl Persister {
             Err(e) if e.is_precondition_failed() => return Err(self.who_fenced(seq).await),
             Err(e) => return Err(e.into()),
         }
-        self.since_snapshot.push(data);
-        if self.since_snapshot.len() >= SNAPSHOT_RECORDS {
+        {
+            use std::io::Write;
+            let f = self.next_snapshot.as_file_mut();
+            f.write_all(&data).map_err(|e| {
+                PersistError::Store(StoreError::io("writing the local snapshot file", e))
+            })?;
+        }
+        self.since_records += 1;
+        self.since_bytes += data.len() as u64;
+        if self.since_bytes >= self.snapshot_bytes.max(self.snapshot_min_bytes)
+            || self.since_records >= self.snapshot_max_records
+        {
             self.snapshot(seq).await?;
         }
         Ok(())
@@ -236,27 +271,49 @@ impl Persister {
         }
     }
 
-    /// Folds the previous snapshot and the records since into a snapshot at
-    /// `seq`. Byte concatenation works because repeated protobuf fields
-    /// concatenate.
+    /// Stores the local snapshot file (the previous snapshot plus the
+    /// records since) as the snapshot at `seq`. Byte concatenation is a
+    /// valid record because repeated protobuf fields concatenate.
     async fn snapshot(&mut self, seq: u64) -> Result<(), PersistError> {
-        let mut data = Vec::new();
-        if let Some(prev) = self.last_snapshot {
-            match self.store.get_bytes(&snapshot_key(prev)).await? {
-                Some(obj) => data.extend_from_slice(&obj.data),
-                None => {
-                    return Err(PersistError::Corrupt(format!(
-                        "snapshot {prev} disappeared"
-                    )));
-                }
-            }
+        {
+            use std::io::Write;
+            self.next_snapshot.as_file_mut().flush().map_err(|e| {
+                PersistError::Store(StoreError::io("flushing the local snapshot file", e))
+            })?;
         }
-        for r in self.since_snapshot.drain(..) {
-            data.extend_from_slice(&r);
-        }
-        self.journal.snapshot(seq, Bytes::from(data)).await?;
-        self.last_snapshot = Some(seq);
+        self.journal
+            .snapshot_file(seq, self.next_snapshot.path())
+            .await?;
+        self.snapshot_bytes += self.since_bytes;
+        self.since_bytes = 0;
+        self.since_records = 0;
         Ok(())
+    }
+}
+
+/// Where the persister's next snapshot starts from.
+pub struct SnapshotBase {
+    /// A local file holding the last snapshot and the records since.
+    pub file: tempfile::NamedTempFile,
+    /// Bytes of the last snapshot.
+    pub snapshot_bytes: u64,
+    /// Records since it.
+    pub since_records: u64,
+    /// Bytes of those records.
+    pub since_bytes: u64,
+}
+
+impl SnapshotBase {
+    /// An empty base (a new workflow).
+    pub fn empty() -> Result<SnapshotBase, PersistError> {
+        Ok(SnapshotBase {
+            file: tempfile::NamedTempFile::new().map_err(|e| {
+                PersistError::Store(StoreError::io("creating a local snapshot file", e))
+            })?,
+            snapshot_bytes: 0,
+            since_records: 0,
+            since_bytes: 0,
+        })
     }
 }
 
@@ -292,16 +349,15 @@ pub fn for_each_entry(
 pub struct LoadedState {
     /// The journal, positioned after its last record.
     pub journal: Journal,
-    /// Records after the latest snapshot.
-    pub since_snapshot: Vec<Bytes>,
-    /// The latest snapshot's sequence number.
-    pub last_snapshot: Option<u64>,
+    /// The snapshot and records, for the next snapshot.
+    pub base: SnapshotBase,
     /// Number of entries applied.
     pub entries: u64,
 }
 
 /// Rebuilds `core` from the store's snapshot and journal.
 pub async fn load(store: &JobStore, core: &mut Core) -> Result<LoadedState, PersistError> {
+    use std::io::Write;
     let (journal, loaded) = Journal::load(store).await?;
     let now = std::time::Instant::now();
     let mut entries = 0u64;
@@ -309,23 +365,23 @@ pub async fn load(store: &JobStore, core: &mut Core) -> Result<LoadedState, Pers
         entries += 1;
         core.replay(e, now).map_err(|e| e.to_string())
     };
-    let last_snapshot = match &loaded.snapshot {
-        Some((seq, data)) => {
-            for_each_entry(data, &mut apply)?;
-            Some(*seq)
-        }
-        None => None,
-    };
-    let mut since_snapshot = Vec::with_capacity(loaded.records.len());
+    let mut base = SnapshotBase::empty()?;
+    let io = |e| PersistError::Store(StoreError::io("writing the local snapshot file", e));
+    if let Some((_, data)) = &loaded.snapshot {
+        for_each_entry(data, &mut apply)?;
+        base.file.as_file_mut().write_all(data).map_err(io)?;
+        base.snapshot_bytes = data.len() as u64;
+    }
     for (_, data) in loaded.records {
         for_each_entry(&data, &mut apply)?;
-        since_snapshot.push(data);
+        base.file.as_file_mut().write_all(&data).map_err(io)?;
+        base.since_records += 1;
+        base.since_bytes += data.len() as u64;
     }
     core.finish_replay();
     Ok(LoadedState {
         journal,
-        since_snapshot,
-        last_snapshot,
+        base,
         entries,
     })
 }
@@ -333,7 +389,124 @@ pub async fn load(store: &JobStore, core: &mut Core) -> Result<LoadedState, Pers
 #[cfg(test)]
 mod tests {
     use super::*;
-    use toil_proto::v1::{CancelEntry, LeaderClaim};
+    use toil_proto::v1::{AttemptResult, CancelEntry, Cause, CauseKind, JobState, LeaderClaim};
+
+    use crate::core::{JobDefaults, RetryPolicy};
+    use crate::workflow::spec::{
+        Command, Defaults, JobTemplate, Pos, Scatter, ScatterValues, Workflow,
+    };
+
+    fn scatter_workflow(n: u64) -> Workflow {
+        Workflow {
+            name: "s".into(),
+            source: "s.yaml".into(),
+            base_dir: "/".into(),
+            defaults: Defaults::default(),
+            jobs: vec![JobTemplate {
+                name: "t".into(),
+                pos: Pos::default(),
+                command: Command::Shell("true".into()),
+                env: Default::default(),
+                image: None,
+                millicores: None,
+                memory: None,
+                disk: None,
+                gpus: 0,
+                preemptible: false,
+                time_limit: None,
+                retries: Some(1),
+                after: vec![],
+                inputs: vec![],
+                outputs: vec![],
+                scatter: Some(Scatter {
+                    var: "i".into(),
+                    values: ScatterValues::Range(n),
+                }),
+                resources_pos: Pos::default(),
+            }],
+            outputs: vec![],
+        }
+    }
+
+    fn defaults() -> JobDefaults {
+        JobDefaults {
+            millicores: 100,
+            memory: 1 << 20,
+            disk: 1 << 20,
+            retries: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_snapshots_and_pruning() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let store = JobStore::open(&toil_jobstore::Locator::File(dir.path().join("js")))
+            .await
+            .expect("open");
+        store.initialize().await.expect("init");
+        let wf = scatter_workflow(300);
+        let mut core = Core::new(&wf, defaults(), RetryPolicy::default());
+        let (journal, _) = Journal::load(&store).await.expect("load");
+        let (tx, _rx) = tokio::sync::watch::channel(0);
+        let mut p = Persister::new(
+            store.clone(),
+            journal,
+            None,
+            SnapshotBase::empty().expect("base"),
+            Duration::ZERO,
+            tx,
+        )
+        .snapshot_thresholds(2_000, 25);
+        core.claim(1, "h", 1);
+        p.write_counted(core.drain_journal()).await.expect("claim");
+        // Launch and end every job, one record per job; every third fails
+        // once (so it has two attempts).
+        let t = std::time::Instant::now();
+        for round in 0..2 {
+            while let Some(j) = core.take_ready(64, |_, _| true) {
+                let n = core.launch(j, "here", 1, None).expect("launch");
+                let kind = if round == 0 && j % 3 == 0 {
+                    CauseKind::ExitCode
+                } else {
+                    CauseKind::Succeeded
+                };
+                let result = AttemptResult {
+                    cause: Some(Cause {
+                        kind: kind as i32,
+                        code: 0,
+                        message: String::new(),
+                    }),
+                    ..Default::default()
+                };
+                core.finish(j, n, result, 2, t).expect("finish");
+                p.write_counted(core.drain_journal()).await.expect("write");
+            }
+            core.tick(t + Duration::from_secs(10));
+        }
+        assert!(core.is_finished());
+        let snapshots = store.list("state/snapshot/").await.expect("list");
+        assert!(!snapshots.is_empty(), "snapshots were taken");
+        assert!(
+            snapshots.len() <= 2,
+            "old snapshots are pruned: {snapshots:?}"
+        );
+        let records = store.list("state/journal/").await.expect("list").len();
+        assert!(
+            records < 300,
+            "records folded into snapshots are pruned: {records}"
+        );
+
+        let mut again = Core::new(&wf, defaults(), RetryPolicy::default());
+        let loaded = load(&store, &mut again).await.expect("reload");
+        assert!(loaded.entries > 600, "{}", loaded.entries);
+        assert_eq!(again.counts(), core.counts());
+        assert_eq!(again.counts()[JobState::Succeeded as usize], 300);
+        for j in 0..300 {
+            assert_eq!(again.attempts(j).len(), core.attempts(j).len(), "job {j}");
+            assert_eq!(&*again.attempts(j)[0].placement, "here");
+        }
+        assert_eq!(again.epoch(), 1);
+    }
 
     fn entry(kind: Kind) -> JournalEntry {
         JournalEntry {

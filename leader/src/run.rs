@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use prost::Message;
-use toil_jobstore::state::{AcquireError, Lease, LeaseHolder};
+use toil_jobstore::state::{AcquireError, Lease, LeaseHolder, LeaseRecord};
 use toil_jobstore::{Condition, JobStore, layout};
 use toil_proto::v1::{
     AttemptResult, Cause, CauseKind, FileRef, ImportedInput, ImportedInputs, JobState,
@@ -111,56 +111,42 @@ pub(crate) fn hostname() -> String {
 /// Runs a workflow to the end. Returns the exit code.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     let t0 = Instant::now();
+    // On Kubernetes: connect and check the cluster (access, the job store's
+    // volume, node sizes) before the job store is touched.
+    let cluster = match &cfg.batch {
+        crate::config::Batch::Kubernetes(k) => Some(connect_cluster(k, &cfg).await?),
+        crate::config::Batch::Local(_) => None,
+    };
     let store = JobStore::open(&cfg.locator)
         .await
-        .with_context(|| format!("opening job store {}", cfg.locator))?;
-    let (wf, meta, fresh) = if cfg.restart {
-        restore_workflow(&store).await?
+        .with_context(|| format!("opening job store {}", cfg.locator))
+        .map_err(front_door)?;
+    // The lease refuses to share the store with a live leader. A first run
+    // takes it as soon as it has created the store, before storing the
+    // workflow (see `create_store`).
+    let host = hostname();
+    let (wf, meta, fresh, lease) = if cfg.restart {
+        let (wf, meta, fresh) = restore_workflow(&store).await.map_err(front_door)?;
+        let lease = take_lease(&store, &cfg, &host).await.map_err(front_door)?;
+        (wf, meta, fresh, lease)
     } else {
         let wf = cfg.workflow.clone().context("no workflow")?;
-        let meta = create_store(&store, &cfg, &wf).await?;
-        (wf, meta, true)
+        let (meta, lease) = create_store(&store, &cfg, &wf, &host)
+            .await
+            .map_err(front_door)?;
+        (wf, meta, true, lease)
     };
 
-    // The lease: refuse to share the store with a live leader.
-    let host = hostname();
-    let lease = match Lease::acquire(
-        &store,
-        LeaseHolder {
-            host: host.clone(),
-            pid: std::process::id(),
-            epoch: 0,
-            address: String::new(),
-        },
-        cfg.leader_lease,
-        &host,
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(AcquireError::Held(rec)) => {
-            let left = rec.remaining_ms(toil_jobstore::state::now_ms()) / 1000;
-            return Err(fail(
-                exit::CONFLICT,
-                format!(
-                    "job store {} is in use by a running leader (pid {} on {}{}).\nWait for it to finish or stop it first; if that leader is gone, its lease expires in {left} s and --restart will then take over.",
-                    cfg.locator,
-                    rec.holder.pid,
-                    rec.holder.host,
-                    if rec.holder.address.is_empty() {
-                        String::new()
-                    } else {
-                        format!(", serving {}", rec.holder.address)
-                    }
-                ),
-            ));
-        }
-        Err(AcquireError::Store(e)) => return Err(e).context("taking the leader lease"),
+    let capacity = match &cluster {
+        Some(c) => c.capacity(&cfg.capacity),
+        None => cfg.capacity.clone(),
     };
-
     let policy = RetryPolicy {
         infra_retries: cfg.infra_retries,
-        oom_memory_cap: cfg.capacity.memory,
+        oom_memory_cap: cluster
+            .as_ref()
+            .and_then(|c| c.largest_memory())
+            .unwrap_or(cfg.capacity.memory),
         ..RetryPolicy::default()
     };
     let mut core = Core::new(&wf, cfg.defaults, policy);
@@ -174,8 +160,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         let (journal, _) = toil_jobstore::state::Journal::load(&store).await?;
         persist::LoadedState {
             journal,
-            since_snapshot: Vec::new(),
-            last_snapshot: None,
+            base: persist::SnapshotBase::empty()?,
             entries: 0,
         }
     } else {
@@ -200,8 +185,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         store.clone(),
         loaded.journal,
         Some(lease),
-        loaded.since_snapshot,
-        loaded.last_snapshot,
+        loaded.base,
         cfg.journal_interval,
         durable_tx,
     );
@@ -220,6 +204,21 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         })?;
     if !fresh {
         settle_interrupted(&store, &mut core).await;
+        // A previous leader's Jobs would keep running next to ours.
+        if let Some(c) = &cluster {
+            match c.delete_other_epochs(&meta.workflow_id, epoch).await {
+                Ok(0) => {}
+                Ok(n) => eprintln!("deleted {n} Kubernetes Job(s) left by the previous leader"),
+                Err(e) => {
+                    return Err(fail(
+                        exit::FAILED,
+                        format!(
+                            "could not delete the previous leader's Jobs, which would run next to this leader's: {e}"
+                        ),
+                    ));
+                }
+            }
+        }
     }
 
     // Serve.
@@ -227,9 +226,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let local = listener.local_addr()?;
-    let address = match &cfg.advertise {
-        Some(a) => a.clone(),
-        None => format!("http://{local}"),
+    let pod_ip = match &cfg.batch {
+        crate::config::Batch::Kubernetes(k) => k.leader_pod_ip.clone(),
+        crate::config::Batch::Local(_) => None,
+    };
+    let address = match (&cfg.advertise, pod_ip) {
+        (Some(a), _) => a.clone(),
+        (None, Some(ip)) => format!("http://{ip}:{}", local.port()),
+        (None, None) => format!("http://{local}"),
     };
     let tokens = Arc::new(TokenTable::new(crate::driver::new_token()));
     let info = LeaderInfo {
@@ -285,6 +289,28 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
             };
             tokio::spawn(batch::local::run(local, batch_rx, batch_ev_tx))
         }
+        crate::config::Batch::Kubernetes(_) => {
+            let Some(cluster) = cluster else {
+                bail!("the Kubernetes connection was lost before the batch system started");
+            };
+            let id = batch::kubernetes::Identity {
+                workflow_id: meta.workflow_id.clone(),
+                epoch,
+                leader_address: address.clone(),
+            };
+            eprintln!(
+                "kubernetes: {} · workflow id {} (Jobs labelled toil.io/workflow={})",
+                cluster.describe(),
+                meta.workflow_id,
+                meta.workflow_id
+            );
+            if url_is_loopback(&address) && !cluster.server_is_loopback() {
+                eprintln!(
+                    "warning: agents will dial the leader at {address}, which pods on a real cluster cannot reach; set --leaderAddress to an address they can (or run the leader in the cluster, see docs/kubernetes.md)"
+                );
+            }
+            tokio::spawn(batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx))
+        }
     };
     let server_stop = CancellationToken::new();
     let server = tokio::spawn(crate::server::serve(
@@ -330,7 +356,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
             reuse_agents: cfg.reuse_agents,
             job_store: cfg.locator.to_string(),
             workflow_address: address.clone(),
-            capacity: cfg.capacity.clone(),
+            capacity,
             window: 64,
         },
         tokens,
@@ -413,6 +439,37 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+/// Connects to the cluster and checks the workflow's jobs against its
+/// nodes: a job larger than every node is refused before anything runs.
+async fn connect_cluster(
+    k: &batch::kubernetes::KubernetesConfig,
+    cfg: &RunConfig,
+) -> anyhow::Result<batch::kubernetes::Cluster> {
+    let cluster = batch::kubernetes::Cluster::connect(k.clone())
+        .await
+        .map_err(|e| fail(exit::BAD_INPUT, e))?;
+    if let (Some(wf), Some(machines)) = (&cfg.workflow, cluster.machines()) {
+        workflow::check_fits(wf, &cfg.defaults, &machines)
+            .map_err(|d| fail(exit::BAD_INPUT, d.to_string()))?;
+    }
+    Ok(cluster)
+}
+
+/// True if `url` (`http://HOST:PORT`) names a loopback host.
+fn url_is_loopback(url: &str) -> bool {
+    let host = url
+        .split("://")
+        .nth(1)
+        .unwrap_or(url)
+        .split(['/', ':'])
+        .next()
+        .unwrap_or("");
+    host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn finished(core: &Core) -> u64 {
     let c = core.counts();
     c[JobState::Succeeded as usize]
@@ -442,44 +499,122 @@ fn spawn_signal_handler(stop: CancellationToken, reason: Arc<Mutex<Option<(u8, S
     });
 }
 
-/// Creates the job store for a first run and stores the workflow in it.
-async fn create_store(store: &JobStore, cfg: &RunConfig, wf: &Workflow) -> anyhow::Result<Meta> {
-    let existing = if store.exists().await? {
-        store
-            .get_bytes(layout::META_KEY)
-            .await?
-            .and_then(|o| serde_json::from_slice::<Meta>(&o.data).ok())
-    } else {
-        None
+/// A job-store error at start-up that retrying cannot fix (no credentials,
+/// access denied, a bucket of another account, the wrong region): nothing
+/// has run, so it ends the run like a bad option (exit 2), with the store's
+/// message alone, which names the fix.
+fn front_door(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast_ref::<toil_jobstore::Error>() {
+        Some(toil_jobstore::Error::Permanent { message }) => fail(exit::BAD_INPUT, message.clone()),
+        _ => e,
+    }
+}
+
+/// Takes the leader lease, or refuses (exit 3) while a live leader holds it.
+async fn take_lease(store: &JobStore, cfg: &RunConfig, host: &str) -> anyhow::Result<Lease> {
+    let holder = LeaseHolder {
+        host: host.to_string(),
+        pid: std::process::id(),
+        epoch: 0,
+        address: String::new(),
     };
-    if store.exists().await? {
-        let what = existing
-            .map(|m| {
-                format!(
-                    " (it holds workflow {} from {})",
-                    m.name,
-                    m.source.display()
-                )
-            })
-            .unwrap_or_default();
-        return Err(fail(
-            exit::BAD_INPUT,
+    match Lease::acquire(store, holder, cfg.leader_lease, host).await {
+        Ok(l) => Ok(l),
+        Err(AcquireError::Held(rec)) => Err(in_use(cfg, &rec, "")),
+        Err(AcquireError::Store(e)) => Err(e).context("taking the leader lease"),
+    }
+}
+
+/// Exit 3: the store is in use by the leader holding `rec`.
+fn in_use(cfg: &RunConfig, rec: &LeaseRecord, what: &str) -> anyhow::Error {
+    let left = rec.remaining_ms(toil_jobstore::state::now_ms()) / 1000;
+    fail(
+        exit::CONFLICT,
+        format!(
+            "job store {}{what} is in use by a running leader (pid {} on {}{}).\nWait for it to finish or stop it first; if that leader is gone, its lease expires in {left} s and --restart will then take over.",
+            cfg.locator,
+            rec.holder.pid,
+            rec.holder.host,
+            if rec.holder.address.is_empty() {
+                String::new()
+            } else {
+                format!(", serving {}", rec.holder.address)
+            }
+        ),
+    )
+}
+
+/// How long a first run waits, on finding a store with no workflow and no
+/// leader in it, for the lease of a leader creating it at this moment.
+const CREATING_GRACE: Duration = Duration::from_secs(2);
+
+/// Why a first run cannot use a store that exists: a live leader holds it
+/// (exit 3, as when two leaders start at once), or no leader runs and it
+/// holds a workflow to resume or nothing (exit 2).
+async fn existing_store(store: &JobStore, cfg: &RunConfig) -> anyhow::Error {
+    let deadline = Instant::now() + CREATING_GRACE;
+    let meta = loop {
+        let lease = match Lease::read(store).await {
+            Ok(l) => l,
+            Err(e) => return e.into(),
+        };
+        if let Some((rec, _)) = lease
+            && rec.is_live(toil_jobstore::state::now_ms(), &hostname())
+        {
+            return in_use(cfg, &rec, " already exists and");
+        }
+        let meta = match store.get_bytes(layout::META_KEY).await {
+            Ok(m) => m.and_then(|o| serde_json::from_slice::<Meta>(&o.data).ok()),
+            Err(e) => return e.into(),
+        };
+        // A store's creator takes the lease before storing the workflow:
+        // with a workflow and no live lease, no leader runs; with neither,
+        // one may be between creating the store and taking the lease.
+        if meta.is_some() || Instant::now() >= deadline {
+            break meta;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let what = meta
+        .map(|m| {
             format!(
-                "job store {}{what} already exists.\nUse --restart to resume that workflow, or delete it with `toil-leader clean {}` to start over.",
-                cfg.locator, cfg.locator
-            ),
-        ));
+                " (it holds workflow {} from {})",
+                m.name,
+                m.source.display()
+            )
+        })
+        .unwrap_or_default();
+    fail(
+        exit::BAD_INPUT,
+        format!(
+            "job store {}{what} already exists.\nUse --restart to resume that workflow, or delete it with `toil-leader clean {}` to start over.",
+            cfg.locator, cfg.locator
+        ),
+    )
+}
+
+/// Creates the job store for a first run, takes the leader lease, and
+/// stores the workflow in it.
+async fn create_store(
+    store: &JobStore,
+    cfg: &RunConfig,
+    wf: &Workflow,
+    host: &str,
+) -> anyhow::Result<(Meta, Lease)> {
+    if store.exists().await? {
+        return Err(existing_store(store, cfg).await);
     }
     let created = store.initialize().await?;
     if !created {
         return Err(fail(
             exit::CONFLICT,
             format!(
-                "job store {} was created by someone else just now",
+                "job store {} was created by another leader at the same moment; that leader runs the workflow and this one stops",
                 cfg.locator
             ),
         ));
     }
+    let lease = take_lease(store, cfg, host).await?;
     let text =
         std::fs::read(&wf.source).with_context(|| format!("reading {}", wf.source.display()))?;
     store
@@ -499,7 +634,7 @@ async fn create_store(store: &JobStore, cfg: &RunConfig, wf: &Workflow) -> anyho
             Condition::IfAbsent,
         )
         .await?;
-    Ok(meta)
+    Ok((meta, lease))
 }
 
 /// Reads the stored workflow for `--restart`.

@@ -23,8 +23,11 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// How to start local agents.
 #[derive(Clone, Debug)]
 pub struct LocalConfig {
-    /// The agent binary.
+    /// The agent program.
     pub agent_bin: PathBuf,
+    /// Arguments before the agent's own: `run`, or `agent run` for the
+    /// leader's embedded agent.
+    pub agent_args: Vec<String>,
     /// Address agents use to reach the leader.
     pub leader_address: String,
     /// Work directory shared by the agents (cache, job directories).
@@ -121,7 +124,7 @@ fn spawn(
     exited: mpsc::UnboundedSender<String>,
 ) -> Result<i32, String> {
     let mut cmd = Command::new(&cfg.agent_bin);
-    cmd.arg("run")
+    cmd.args(&cfg.agent_args)
         .env("TOIL_LEADER_ADDRESS", &cfg.leader_address)
         .env("TOIL_AGENT_ID", &l.agent_id)
         .env("TOIL_AGENT_TOKEN", &l.agent_token)

@@ -5,6 +5,7 @@
 //! A batch system runs as its own task and talks to the driver only through
 //! channels, so a slow cluster API never stalls scheduling.
 
+pub mod kubernetes;
 pub mod local;
 
 use toil_proto::v1::Cause;
@@ -24,6 +25,8 @@ pub struct AgentLaunch {
     pub job_id: String,
     /// What the slot must offer.
     pub request: Request,
+    /// The job's time limit, if it has one (a Kubernetes Job's deadline).
+    pub time_limit: Option<std::time::Duration>,
 }
 
 /// A request to the batch system.

@@ -5,12 +5,12 @@ use std::time::Instant;
 
 use toil_proto::v1::journal_entry::Kind;
 use toil_proto::v1::{
-    AttemptEndEntry, AttemptLaunchEntry, AttemptPlaceEntry, AttemptResult, CancelEntry, Cause,
-    CauseKind, JobState, JournalEntry, LeaderClaim,
+    AttemptEndEntry, AttemptLaunchEntry, AttemptResult, CancelEntry, Cause, CauseKind, JobState,
+    JournalEntry, LeaderClaim,
 };
 
 use super::retry::{Class, classify};
-use super::{Attempt, Core, CoreError, CoreEvent, Job, JobIdx, TmplIdx};
+use super::{Attempt, Core, CoreError, CoreEvent, Job, JobIdx, TmplIdx, Usage};
 
 /// What ending an attempt led to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -75,14 +75,17 @@ impl Core {
         }
         let memory = memory.unwrap_or_else(|| self.request(j).memory);
         let job = &mut self.jobs[j as usize];
+        // Exactly one more: a Vec's first push would reserve four, and most
+        // jobs have one attempt.
+        job.attempts.reserve_exact(1);
         job.attempts.push(Attempt {
             memory,
             launched_ms: now_ms,
             ended_ms: 0,
             started_ms: 0,
-            placement: placement.to_string(),
+            placement: placement.into(),
             cause: None,
-            usage: None,
+            usage: Usage::default(),
             staged: Vec::new(),
         });
         let n = job.attempts.len() as u32;
@@ -106,16 +109,12 @@ impl Core {
         let Some(a) = self.jobs[j as usize].attempts.get_mut(n as usize - 1) else {
             return;
         };
-        if a.placement == placement {
+        if &*a.placement == placement {
             return;
         }
-        a.placement = placement.to_string();
-        let job_id = self.job_id(j);
-        self.record(Kind::Place(AttemptPlaceEntry {
-            job_id,
-            attempt: n,
-            placement: placement.to_string(),
-        }));
+        // Not journaled on its own: it travels in the attempt's end entry,
+        // which saves an entry per job.
+        a.placement = placement.into();
     }
 
     /// True if `n` is the job's current, still running attempt.
@@ -164,7 +163,9 @@ impl Core {
                 .started_at
                 .as_ref()
                 .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
-            a.usage = result.usage.take().map(Box::new);
+            if let Some(u) = result.usage.as_ref() {
+                a.usage = Usage::from(u);
+            }
             if kind == CauseKind::Succeeded {
                 a.staged.clone()
             } else {
@@ -173,16 +174,18 @@ impl Core {
         };
         let outputs = std::mem::take(&mut result.outputs);
         result.cause = Some(cause.clone());
-        result.usage = self.jobs[j as usize]
+        result.outputs = outputs.clone();
+        let placement = self.jobs[j as usize]
             .attempts
             .last()
-            .and_then(|a| a.usage.as_deref().cloned());
-        result.outputs = outputs.clone();
+            .map(|a| a.placement.to_string())
+            .unwrap_or_default();
         self.record(Kind::End(AttemptEndEntry {
             job_id,
             attempt: n,
             result: Some(result),
             added: staged.clone(),
+            placement,
         }));
         // Staged jobs are kept only in the journal from here on.
         if let Some(a) = self.jobs[j as usize].attempts.last_mut() {
@@ -442,6 +445,9 @@ impl Core {
                 let j = find(self, &e.job_id)?;
                 if let Some(a) = self.jobs[j as usize].attempts.last_mut() {
                     a.staged = e.added;
+                    if !e.placement.is_empty() {
+                        a.placement = e.placement.into();
+                    }
                 }
                 self.finish(j, e.attempt, e.result.unwrap_or_default(), at_ms, now)
                     .map(|_| ())

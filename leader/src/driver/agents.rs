@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use toil_jobstore::layout;
 use toil_proto::v1::{
-    AgentPhase, Assignment, Resources, SynchronizeRequest, SynchronizeResponse,
+    AgentPhase, Assignment, CauseKind, Resources, SynchronizeRequest, SynchronizeResponse,
     synchronize_response::Action,
 };
 use tokio::sync::oneshot;
@@ -23,6 +23,24 @@ pub(crate) enum Next {
     Reply(SyncReply),
     /// Hand it this attempt once the attempt's launch is durable.
     Defer(String),
+}
+
+/// How long an AGENT_LOST report waits for the batch system's diagnosis
+/// (a pod's deletion and the watch event that explains it arrive together;
+/// this only bounds a batch system that never says).
+pub const DIAGNOSIS_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// True for results whose real cause the platform may know better than
+/// the agent: AGENT_LOST (the agent was stopped from outside), and a job
+/// killed by SIGKILL directly or through its shell (exit 137), which is how
+/// a container's memory limit ends a process.
+fn platform_may_know(result: &toil_proto::v1::AttemptResult) -> bool {
+    let Some(c) = &result.cause else {
+        return false;
+    };
+    c.kind == CauseKind::AgentLost as i32
+        || (c.kind == CauseKind::ExitCode as i32 && c.code == 137)
+        || (c.kind == CauseKind::Signaled as i32 && c.code == 9)
 }
 
 /// A fresh random secret (128 bits, hex).
@@ -278,7 +296,9 @@ impl Driver {
                     && req.memory <= cap.memory
                     && req.disk <= cap.disk
                     && req.gpus <= cap.gpus
-                    && (cap.preemptible || !req.preemptible)
+                    // A slot that may be preempted only takes jobs that
+                    // may be; any slot takes those.
+                    && (!cap.preemptible || req.preemptible)
                     && usage.fits(req, limit)
             });
             if let Some(j) = picked
@@ -374,6 +394,17 @@ impl Driver {
             ));
         }
         let result = req.result.take().unwrap_or_default();
+        if platform_may_know(&result) {
+            // Stopped from outside (SIGTERM), or killed the way the kernel
+            // kills at a memory limit: the batch system usually knows why
+            // (preempted, evicted, deadline, OOMKilled). Hold the result
+            // until it reports the agent gone, and give this agent no more
+            // work.
+            if let Some(a) = self.agents.get_mut(&req.agent_id) {
+                a.deferred = Some((result, Instant::now() + DIAGNOSIS_WAIT));
+            }
+            return Ok(Next::Reply(Ok(messages::exit("the agent was stopped"))));
+        }
         let chunks = result.log_chunks;
         let attempt_id = req.attempt_id.clone();
         self.end_attempt(&attempt_id, result, Some(chunks));

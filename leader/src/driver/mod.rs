@@ -87,6 +87,10 @@ pub(crate) struct AgentEntry {
     held_until: Instant,
     /// A kill to deliver at the next report.
     kill: Option<String>,
+    /// The agent reported its attempt AGENT_LOST (it was stopped from
+    /// outside): the result waits here until the batch system says why the
+    /// agent went (preempted, evicted, deadline...), or until the time.
+    deferred: Option<(AttemptResult, Instant)>,
 }
 
 /// Something that waits until the journal entry launching its attempt is
@@ -268,7 +272,7 @@ impl Driver {
                     attempt_id: layout::attempt_id(&self.core.job_id(job), attempt),
                     placement: self.core.attempts(job)[attempt as usize - 1]
                         .placement
-                        .clone(),
+                        .to_string(),
                 })
             }
             CoreEvent::AttemptEnded {
@@ -377,14 +381,20 @@ impl Driver {
                     held: None,
                     held_until: Instant::now(),
                     kill: None,
+                    deferred: None,
                 },
             );
+            let time_limit = self
+                .attempts
+                .get(&attempt_id)
+                .and_then(|a| a.spec.time_limit);
             let launch = AgentLaunch {
                 agent_id,
                 agent_token,
                 attempt_id: attempt_id.clone(),
                 job_id,
                 request,
+                time_limit,
             };
             let pos = self.launch_position();
             self.pending.push_back((pos, Pending::Launch(launch)));
@@ -500,20 +510,30 @@ impl Driver {
             let _ = h.send(Ok(messages::exit("the agent is gone")));
         }
         if let Some(aid) = agent.attempt {
-            let cause = cause.unwrap_or(Cause {
-                kind: CauseKind::AgentLost as i32,
-                code: 0,
-                message: detail,
-            });
-            self.end_attempt(
-                &aid,
-                AttemptResult {
-                    cause: Some(cause),
-                    exit_code: -1,
-                    ..Default::default()
-                },
-                None,
-            );
+            // The agent's own report (usage, log chunks) with the
+            // platform's diagnosis as the cause, when both are known.
+            let (mut result, chunks) = match agent.deferred.take() {
+                Some((r, _)) => {
+                    let chunks = r.log_chunks;
+                    (r, Some(chunks))
+                }
+                None => (
+                    AttemptResult {
+                        cause: Some(Cause {
+                            kind: CauseKind::AgentLost as i32,
+                            code: 0,
+                            message: detail,
+                        }),
+                        exit_code: -1,
+                        ..Default::default()
+                    },
+                    None,
+                ),
+            };
+            if let Some(c) = cause {
+                result.cause = Some(c);
+            }
+            self.end_attempt(&aid, result, chunks);
         }
     }
 
@@ -523,12 +543,19 @@ impl Driver {
         let now = Instant::now();
         self.core.tick(now);
         let mut lost = Vec::new();
+        let mut waited = Vec::new();
         for (id, agent) in self.agents.iter_mut() {
             if agent.held.is_some() && now >= agent.held_until {
                 if let Some(h) = agent.held.take() {
                     let _ = h.send(Ok(messages::keep_going(self.cfg.lease)));
                 }
                 agent.last_report = now;
+            }
+            if let Some((_, until)) = &agent.deferred {
+                if now >= *until {
+                    waited.push(id.clone());
+                }
+                continue;
             }
             if agent.connected
                 && agent.held.is_none()
@@ -537,6 +564,9 @@ impl Driver {
             {
                 lost.push(id.clone());
             }
+        }
+        for id in waited {
+            self.agent_gone(&id, None, String::new());
         }
         for id in lost {
             let secs = self.cfg.lease.as_secs();

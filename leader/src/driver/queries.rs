@@ -45,8 +45,8 @@ pub fn job_proto(core: &Core, j: JobIdx) -> Job {
                 cause: a.cause.clone(),
                 launched_at: timestamp(a.launched_ms),
                 ended_at: timestamp(a.ended_ms),
-                placement: a.placement.clone(),
-                usage: a.usage.as_deref().cloned(),
+                placement: a.placement.to_string(),
+                usage: a.usage.to_proto(),
                 memory_bytes: a.memory,
                 started_at: timestamp(a.started_ms),
             })
@@ -61,19 +61,16 @@ pub fn job_proto(core: &Core, j: JobIdx) -> Job {
     }
 }
 
-/// Usage summed over every ended attempt.
+/// Usage summed over every ended attempt (the largest peak RSS, summed CPU
+/// time and cache figures).
 pub fn total_usage(core: &Core) -> ResourceUsage {
     let mut t = ResourceUsage::default();
     let mut cpu_ns: u128 = 0;
     for j in 0..core.job_count() as JobIdx {
         for a in core.attempts(j) {
-            let Some(u) = a.usage.as_deref() else {
-                continue;
-            };
-            t.peak_rss_bytes = t.peak_rss_bytes.max(u.peak_rss_bytes);
-            if let Some(c) = &u.cpu_time {
-                cpu_ns += c.seconds.max(0) as u128 * 1_000_000_000 + c.nanos.max(0) as u128;
-            }
+            let u = &a.usage;
+            t.peak_rss_bytes = t.peak_rss_bytes.max(u.peak_rss);
+            cpu_ns += u128::from(u.cpu_ns);
             t.cache_hits += u.cache_hits;
             t.cache_misses += u.cache_misses;
             t.bytes_downloaded += u.bytes_downloaded;
