@@ -49,9 +49,10 @@ async fn sigterm_deletes_the_workflows_jobs() {
     let out = c.output_of("long");
     assert_eq!(status.code(), Some(130), "{out}");
     assert!(out.contains("terminated (SIGTERM)"), "{out}");
-    // The Jobs are gone at once (background propagation takes the pods).
+    // The Jobs are gone at once, and background propagation is deleting
+    // their pods.
     assert!(c.kube_jobs(SELECTOR).await.is_empty(), "{out}");
-    c.wait_all_gone(Duration::from_secs(40)).await;
+    c.wait_jobs_gone(Duration::from_secs(10)).await;
 }
 
 #[tokio::test]

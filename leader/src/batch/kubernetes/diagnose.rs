@@ -160,20 +160,20 @@ pub fn observe(pod: &Pod, asked_memory: u64) -> PodState {
 
     let cs = agent_status(pod);
     let state = cs.and_then(|c| c.state.clone()).unwrap_or_default();
-    if let Some(t) = &state.terminated {
-        if t.reason.as_deref() == Some("OOMKilled") {
-            let limit = memory_limit(pod).unwrap_or_else(|| "(none)".into());
-            return PodState::Doomed(Diagnosis {
-                kind: CauseKind::OomKilled,
-                code: 137,
-                message: format!(
-                    "the pod's container was OOMKilled (exit code {}) at its memory limit of {limit}; the job asked for {} of memory",
-                    t.exit_code,
-                    format_size(asked_memory)
-                ),
-                stuck: false,
-            });
-        }
+    if let Some(t) = &state.terminated
+        && t.reason.as_deref() == Some("OOMKilled")
+    {
+        let limit = memory_limit(pod).unwrap_or_else(|| "(none)".into());
+        return PodState::Doomed(Diagnosis {
+            kind: CauseKind::OomKilled,
+            code: 137,
+            message: format!(
+                "the pod's container was OOMKilled (exit code {}) at its memory limit of {limit}; the job asked for {} of memory",
+                t.exit_code,
+                format_size(asked_memory)
+            ),
+            stuck: false,
+        });
     }
     if let Some(w) = &state.waiting {
         let reason = w.reason.clone().unwrap_or_default();

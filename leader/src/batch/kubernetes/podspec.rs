@@ -37,7 +37,7 @@ const GRACE_SECONDS: i64 = 30;
 /// divides it (`64Mi`, `2Gi`, `1500`).
 pub fn bytes_quantity(bytes: u64) -> Quantity {
     for (unit, shift) in [("Ti", 40), ("Gi", 30), ("Mi", 20), ("Ki", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return Quantity(format!("{}{unit}", bytes >> shift));
         }
     }
@@ -46,7 +46,7 @@ pub fn bytes_quantity(bytes: u64) -> Quantity {
 
 /// Millicores as a CPU quantity (`2`, `500m`).
 pub fn cpu_quantity(millicores: u32) -> Quantity {
-    if millicores % 1000 == 0 {
+    if millicores.is_multiple_of(1000) {
         Quantity((millicores / 1000).to_string())
     } else {
         Quantity(format!("{millicores}m"))

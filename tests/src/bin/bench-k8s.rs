@@ -1,0 +1,311 @@
+//! Benchmark of the Kubernetes batch system on the API emulator: N trivial
+//! jobs through the real leader, its agents in emulated pods.
+//!
+//! ```text
+//! cargo build --release --bins
+//! target/release/bench-k8s                      # N = 1,000, with and without pod reuse
+//! target/release/bench-k8s --jobs 5000 --nodes 4
+//! ```
+//!
+//! For each run (one Job per job, then `--reuseAgents`) it prints:
+//! - API requests per job by verb and resource, from the emulator's own
+//!   counters, leaving out the one shared pod watch (its re-watches are
+//!   shown apart); the target is at most 3 per job whatever N is;
+//! - throughput: jobs per second from leader start to exit;
+//! - the leader's CPU seconds per 1,000 jobs (utime + stime from `wait4`)
+//!   and its peak RSS.
+//!
+//! The leader runs as the `toil-leader` service account under
+//! deploy/rbac.yaml, with its `file:` job store on a ReadWriteMany claim,
+//! as in the tests. Nothing is asserted: the figures are for reading, on a
+//! machine that may be busy (the emulator's pods run on this machine too).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
+use kube::api::{Api, PostParams};
+use serde_json::json;
+use toil_tests::emulator::{Emulator, EmulatorConfig, Identity, NodeConfig, RequestCounts};
+
+const IMAGE: &str = "toil-appliance:bench";
+const NS: &str = "toil";
+
+#[derive(Parser)]
+#[command(
+    about = "Benchmark N trivial jobs through the Kubernetes batch system on the API emulator",
+    long_about = "Benchmark N trivial jobs through the Kubernetes batch system on the API emulator.\n\n\
+Runs the real toil-leader (as the toil-leader service account under deploy/rbac.yaml) against \
+an emulated cluster whose pods run toil-agent from --bin-dir, once with one Job per job and once \
+with --reuseAgents, and prints API requests per job by verb (the shared pod watch apart), jobs/s, \
+and the leader's CPU seconds per 1,000 jobs. Nothing is asserted."
+)]
+struct Args {
+    /// Trivial jobs per run.
+    #[arg(long, default_value_t = 1000)]
+    jobs: u64,
+    /// Emulated nodes.
+    #[arg(long, default_value_t = 2)]
+    nodes: u32,
+    /// CPUs per node; with 0.1 core per job, 10 pods per CPU run at once
+    /// (at most 110 per node).
+    #[arg(long, default_value_t = 4)]
+    node_cpus: u32,
+    /// The leader's --kubernetesMaxCreatesPerSecond.
+    #[arg(long, default_value_t = 100.0)]
+    creates_per_second: f64,
+    /// Directory holding toil-leader and toil-agent (default: next to this
+    /// program).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Keep the scratch directory (job stores, leader logs).
+    #[arg(long)]
+    keep: bool,
+}
+
+struct Run {
+    wall: Duration,
+    cpu: Duration,
+    peak_rss_kb: u64,
+    counts: RequestCounts,
+}
+
+/// A ReadWriteMany claim over `dir` (an NFS export on a real cluster).
+async fn make_claim(emu: &Emulator, dir: &Path) -> anyhow::Result<()> {
+    let client = emu.client(&Identity::Admin).await?;
+    let pv: PersistentVolume = serde_json::from_value(json!({
+        "metadata": {"name": "bench-pv"},
+        "spec": {"capacity": {"storage": "100Gi"}, "accessModes": ["ReadWriteMany"],
+            "nfs": {"server": "nfs.example.org", "path": dir}}
+    }))?;
+    Api::<PersistentVolume>::all(client.clone())
+        .create(&PostParams::default(), &pv)
+        .await?;
+    let pvc: PersistentVolumeClaim = serde_json::from_value(json!({
+        "metadata": {"name": "bench"},
+        "spec": {"accessModes": ["ReadWriteMany"], "volumeName": "bench-pv",
+            "resources": {"requests": {"storage": "100Gi"}}}
+    }))?;
+    Api::<PersistentVolumeClaim>::namespaced(client, NS)
+        .create(&PostParams::default(), &pvc)
+        .await?;
+    Ok(())
+}
+
+fn peak_rss_kb(pid: i32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+/// Runs the leader to the end; CPU time from `wait4`'s rusage.
+fn run_leader(
+    args: &Args,
+    bins: &Path,
+    emu: &Emulator,
+    kubeconfig: &Path,
+    dir: &Path,
+    name: &str,
+    extra: &[&str],
+) -> anyhow::Result<Run> {
+    emu.reset_request_counts();
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let t0 = Instant::now();
+    let child = Command::new(bins.join("toil-leader"))
+        .arg("run")
+        .arg(dir.join("trivial.yaml"))
+        .args(["--batchSystem", "kubernetes", "--clean", "never"])
+        .arg("--realTimeLogging=false")
+        .arg("--jobStore")
+        .arg(dir.join(format!("{name}.jobstore")))
+        .arg("--kubernetesJobStoreClaim")
+        .arg(format!("bench:{}", dir.display()))
+        .arg("--kubernetesMaxCreatesPerSecond")
+        .arg(args.creates_per_second.to_string())
+        .args(extra)
+        .current_dir(dir)
+        .env("KUBECONFIG", kubeconfig)
+        .env("TOIL_APPLIANCE_SELF", IMAGE)
+        .env("TOIL_KUBERNETES_OWNER", "bench")
+        .env_remove("TOIL_KUBERNETES_HOST_PATH")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting toil-leader")?;
+    let pid = child.id() as i32;
+    let mut peak = 0;
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        peak = peak.max(peak_rss_kb(pid).unwrap_or(0));
+        // SAFETY: `pid` is our own child, not yet reaped (std's Child is
+        // never waited on); status and usage are valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        if r < 0 {
+            bail!("wait4: {}", std::io::Error::last_os_error());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let wall = t0.elapsed();
+    let counts = emu.request_counts();
+    if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
+        let out = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
+        let tail: Vec<&str> = out.lines().rev().take(30).collect();
+        bail!(
+            "the leader failed (wait status {status}); the end of its output:\n{}",
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
+    Ok(Run {
+        wall,
+        cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
+        peak_rss_kb: peak,
+        counts,
+    })
+}
+
+fn report(what: &str, n: u64, r: &Run) {
+    let nf = n as f64;
+    println!(
+        "\n{what}: {n} jobs in {:.1} s = {:.1} jobs/s",
+        r.wall.as_secs_f64(),
+        nf / r.wall.as_secs_f64()
+    );
+    println!(
+        "  leader: {:.2} CPU s ({:.2} CPU s per 1,000 jobs), peak RSS {:.1} MB",
+        r.cpu.as_secs_f64(),
+        r.cpu.as_secs_f64() * 1000.0 / nf,
+        r.peak_rss_kb as f64 / 1024.0
+    );
+    println!("  API requests besides the pod watch:");
+    let mut total = 0u64;
+    for (verb, by_res) in &r.counts.by_verb {
+        if verb == "watch" {
+            continue;
+        }
+        for (res, c) in by_res {
+            total += c;
+            println!(
+                "    {verb:<17} {res:<24} {c:>7}  {:>7.3} per job",
+                *c as f64 / nf
+            );
+        }
+    }
+    println!(
+        "    {:<42} {total:>7}  {:>7.3} per job",
+        "all",
+        total as f64 / nf
+    );
+    println!(
+        "  the shared pod watch: {} watch request(s) (the watcher re-watches every few minutes and after errors)",
+        r.counts.verb_total("watch")
+    );
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let bins = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(Path::to_path_buf)
+            .context("no directory for this program")?,
+    };
+    for b in ["toil-leader", "toil-agent"] {
+        if !bins.join(b).exists() {
+            bail!(
+                "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
+                bins.join(b).display()
+            );
+        }
+    }
+    let rbac = toil_tests::harness::repo_root().join("deploy/rbac.yaml");
+    let nodes = (1..=args.nodes)
+        .map(|i| {
+            format!("node-{i}:cpu={},memory=256Gi,pods=110", args.node_cpus)
+                .parse::<NodeConfig>()
+                .map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cfg = EmulatorConfig::default()
+        .with_nodes(nodes)
+        .with_image(IMAGE, Some(bins.clone()))
+        .with_rbac_file(rbac)
+        .with_namespace(NS);
+    let emu = Emulator::start(cfg)?;
+    let kubeconfig = emu.kubeconfig_for(&Identity::service_account(NS, "toil-leader"))?;
+    let dir = tempfile::Builder::new().prefix("bench-k8s").tempdir()?;
+    make_claim(&emu, dir.path()).await?;
+    std::fs::write(
+        dir.path().join("trivial.yaml"),
+        format!(
+            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [\"true\"]\n",
+            args.jobs
+        ),
+    )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    println!(
+        "Kubernetes batch system on the API emulator: {} jobs, {} node(s) x {} CPUs, {} creates/s allowed ({} build, {cores} cores on this machine)",
+        args.jobs,
+        args.nodes,
+        args.node_cpus,
+        args.creates_per_second,
+        if bins.ends_with("release") {
+            "release"
+        } else {
+            "debug"
+        },
+    );
+
+    let plain = run_leader(
+        &args,
+        &bins,
+        &emu,
+        &kubeconfig,
+        dir.path(),
+        "one-job-per-pod",
+        &[],
+    )?;
+    report("one Job per job", args.jobs, &plain);
+    let reuse = run_leader(
+        &args,
+        &bins,
+        &emu,
+        &kubeconfig,
+        dir.path(),
+        "reuse",
+        &["--reuseAgents"],
+    )?;
+    report("pod reuse (--reuseAgents)", args.jobs, &reuse);
+    println!(
+        "\npod reuse: {:.1}x the throughput, {} Jobs created instead of {}",
+        plain.wall.as_secs_f64() / reuse.wall.as_secs_f64(),
+        reuse.counts.get("create", "jobs"),
+        plain.counts.get("create", "jobs")
+    );
+    println!(
+        "baseline: Toil lists every job about once a second (so its requests per job grow with the run's length); Toil 9.6's single-machine batch system runs about 3.3 trivial jobs/s here (shared/testing.md)"
+    );
+    if args.keep {
+        let kept = dir.keep();
+        println!("scratch kept in {}", kept.display());
+    }
+    emu.shutdown();
+    Ok(())
+}
