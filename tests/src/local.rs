@@ -82,10 +82,10 @@ impl Sandbox {
             .env_remove("RUST_LOG")
             .args(args);
         if args.first() == Some(&"run") {
-            if !args.iter().any(|a| *a == "--jobStore") {
+            if !args.contains(&"--jobStore") {
                 cmd.arg("--jobStore").arg(self.job_store());
             }
-            if !args.iter().any(|a| *a == "--outputDir") {
+            if !args.contains(&"--outputDir") {
                 cmd.arg("--outputDir").arg(self.output_dir());
             }
         }
@@ -271,4 +271,198 @@ pub async fn client(address: &str, token: &str) -> Client {
         .parse()
         .unwrap_or_else(|e| panic!("bad token: {e}"));
     WorkflowServiceClient::with_interceptor(channel, Bearer(value))
+}
+
+// === S3 job stores and memory measurement ===
+
+impl Sandbox {
+    /// Like [`Sandbox::leader_info`] for an `aws:REGION:NAME` job store on
+    /// `moto`: waits for the leader to publish `state/leader.json` in the
+    /// bucket `NAME--toil`.
+    pub fn leader_info_aws(
+        &self,
+        moto: &crate::moto::Moto,
+        name: &str,
+        timeout: Duration,
+    ) -> LeaderInfo {
+        let bucket = format!("{name}{}", toil_jobstore::locator::BUCKET_SUFFIX);
+        wait_for(timeout, "the leader to publish state/leader.json", || {
+            moto.get_object(&bucket, "state/leader.json")
+                .ok()
+                .flatten()
+                .and_then(|d| serde_json::from_slice(&d).ok())
+        })
+    }
+}
+
+impl Running {
+    /// Like [`Running::wait`], also returning the largest peak resident set
+    /// size, in KiB, of this process and of every process it waited for
+    /// (for a leader: its agents and, through them, their jobs), as the
+    /// kernel reports it to `wait4(2)` at exit. See [`wait_with_max_rss`].
+    pub fn wait_with_max_rss(mut self, timeout: Duration) -> (Finished, u64) {
+        let Some(child) = self.child.take() else {
+            panic!("process already waited for");
+        };
+        match wait_with_max_rss(child, timeout) {
+            Ok((status, max_rss_kb)) => (
+                Finished {
+                    status,
+                    stdout: self.stdout_now(),
+                    stderr: self.stderr_now(),
+                },
+                max_rss_kb,
+            ),
+            Err(child) => {
+                // Dropping `self` kills it.
+                self.child = Some(child);
+                panic!(
+                    "process did not exit within {timeout:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    self.stdout_now(),
+                    self.stderr_now()
+                );
+            }
+        }
+    }
+}
+
+/// Waits up to `timeout` for `child` to exit, reaping it with `wait4(2)`,
+/// and returns its exit status and `ru_maxrss` in KiB: the largest peak RSS
+/// of the child and of every descendant it reaped, as the kernel records
+/// them at exit. Gives the child back if it is still running at `timeout`.
+pub fn wait_with_max_rss(child: Child, timeout: Duration) -> Result<(ExitStatus, u64), Child> {
+    use std::os::unix::process::ExitStatusExt;
+    let start = Instant::now();
+    let pid = child.id() as libc::pid_t;
+    loop {
+        let mut status = 0;
+        // SAFETY: an all-zero rusage is a valid value to be overwritten.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: valid pointers to locals; `pid` is our own child, never
+        // reaped through std (we own `child` and do not wait on it).
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            return Ok((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64));
+        }
+        if r < 0 || start.elapsed() > timeout {
+            return Err(child);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Peak resident set sizes (`VmHWM`) of a process and of its direct
+/// children (a leader and its local agents), sampled from `/proc` by a
+/// thread until [`PeakSampler::stop`].
+///
+/// `VmHWM` is the kernel's own high-water mark, so a sample taken any time
+/// after a peak sees it; only growth in a process's last sampling interval
+/// before it exits can be missed. [`Running::wait_with_max_rss`] gives the
+/// kernel's own record at exit of the largest of them, to check against.
+pub struct PeakSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Peaks>,
+}
+
+/// What a [`PeakSampler`] saw.
+#[derive(Clone, Debug, Default)]
+pub struct Peaks {
+    /// The root process's `VmHWM`, in KiB.
+    pub root_kb: u64,
+    /// Each child's last `VmHWM`, in KiB, by pid, with its command name.
+    pub children: std::collections::BTreeMap<u32, (String, u64)>,
+    /// Sampling rounds done.
+    pub rounds: u64,
+}
+
+impl Peaks {
+    /// The largest `VmHWM` among children named `comm` (0 if none seen).
+    pub fn max_child_kb(&self, comm: &str) -> u64 {
+        self.children
+            .values()
+            .filter(|(c, _)| c == comm)
+            .map(|(_, kb)| *kb)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// How many children named `comm` were seen.
+    pub fn count(&self, comm: &str) -> usize {
+        self.children.values().filter(|(c, _)| c == comm).count()
+    }
+}
+
+impl PeakSampler {
+    /// Starts sampling `root` and its children every `every`.
+    pub fn start(root: u32, every: Duration) -> PeakSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut peaks = Peaks::default();
+            loop {
+                // Read the flag first so one last round follows a stop.
+                let last = flag.load(std::sync::atomic::Ordering::Relaxed);
+                if let Some(kb) = vm_hwm_kb(root) {
+                    peaks.root_kb = peaks.root_kb.max(kb);
+                }
+                for (pid, comm) in children_of(root) {
+                    if let Some(kb) = vm_hwm_kb(pid) {
+                        let e = peaks.children.entry(pid).or_insert((comm, 0));
+                        e.1 = e.1.max(kb);
+                    }
+                }
+                peaks.rounds += 1;
+                if last {
+                    return peaks;
+                }
+                std::thread::sleep(every);
+            }
+        });
+        PeakSampler { stop, thread }
+    }
+
+    /// Stops sampling and returns what was seen.
+    pub fn stop(self) -> Peaks {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
+/// `VmHWM` of `pid` in KiB (`None` once it has exited).
+pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// Live children of `parent` with their command names, from `/proc/*/stat`
+/// (`/proc/PID/task/*/children` is not available on every kernel).
+fn children_of(parent: u32) -> Vec<(u32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push((pid, comm.to_string()));
+        }
+    }
+    out
 }

@@ -3,6 +3,8 @@
 //! without spending the user's retries), and agents that lose their leader
 //! kill their job and exit.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use nix::sys::signal::Signal;

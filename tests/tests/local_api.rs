@@ -2,6 +2,8 @@
 //! FollowLogs, token checks on both services, and bad workflow files
 //! refused before anything runs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use toil_proto::v1::agent_service_client::AgentServiceClient;

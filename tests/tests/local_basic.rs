@@ -1,6 +1,8 @@
 //! Whole workflows through the local batch system, with the real leader and
 //! agent binaries: success, retries, failures, files between jobs, caching.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use toil_tests::harness;

@@ -2,6 +2,8 @@
 //! workflow (adds a job, watches events, follows logs) and one inside a
 //! running job (adds children and a follow-on).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

@@ -4,6 +4,8 @@
 //! ends the attempt as IMAGE_PULL with the engine's own words, and is not
 //! retried.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::time::Duration;
 
 use toil_tests::harness;

@@ -1,6 +1,8 @@
 //! Crashes and concurrency: kill -9 of the leader then `--restart`, a second
 //! leader on a live job store, and a leader fenced by a newer one.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::Path;
 use std::time::Duration;
 
@@ -206,7 +208,7 @@ fn a_second_leader_on_a_live_job_store_is_refused() {
         lines(&runlog).iter().any(|l| l == "b-start").then_some(())
     });
     let again = sb.run(&["run", "chain.yaml"], T);
-    again.expect_code(2);
+    again.expect_code(3);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);
     assert!(again.stderr.contains("--restart"), "{}", again.stderr);
     let restart = sb.run(&["run", "chain.yaml", "--restart"], T);

@@ -20,7 +20,7 @@ use crate::core::Request;
 /// What to answer an idle agent.
 pub(crate) enum Next {
     /// Answer now.
-    Reply(SyncReply),
+    Reply(Box<SyncReply>),
     /// Hand it this attempt once the attempt's launch is durable.
     Defer(String),
 }
@@ -180,7 +180,7 @@ impl Driver {
         let agent_id = req.agent_id.clone();
         let answer = match phase {
             AgentPhase::Idle => match self.on_idle(&agent_id) {
-                Next::Reply(r) => r,
+                Next::Reply(r) => *r,
                 Next::Defer(attempt_id) => return self.defer(agent_id, attempt_id, false, reply),
             },
             AgentPhase::Staging | AgentPhase::Running | AgentPhase::Uploading => {
@@ -204,7 +204,7 @@ impl Driver {
                 }
             }
             AgentPhase::Done => match self.on_done(req) {
-                Ok(Next::Reply(r)) => r.map(|mut r| {
+                Ok(Next::Reply(r)) => (*r).map(|mut r| {
                     r.result_recorded = true;
                     r
                 }),
@@ -268,7 +268,7 @@ impl Driver {
             .and_then(|a| a.attempt.clone().map(|id| (id, a.assigned)));
         if let Some((attempt_id, assigned)) = bound {
             if !assigned {
-                return Next::Reply(self.assign(agent_id, &attempt_id));
+                return Next::Reply(Box::new(self.assign(agent_id, &attempt_id)));
             }
             // The agent forgot its attempt (it restarted): that attempt is lost.
             self.end_attempt(
@@ -311,7 +311,7 @@ impl Driver {
             }
         }
         self.agents.remove(agent_id);
-        Next::Reply(Ok(messages::exit("no more work for this agent")))
+        Next::Reply(Box::new(Ok(messages::exit("no more work for this agent"))))
     }
 
     /// Delivers the assignment of `attempt_id` to `agent_id`.
@@ -403,7 +403,9 @@ impl Driver {
             if let Some(a) = self.agents.get_mut(&req.agent_id) {
                 a.deferred = Some((result, Instant::now() + DIAGNOSIS_WAIT));
             }
-            return Ok(Next::Reply(Ok(messages::exit("the agent was stopped"))));
+            return Ok(Next::Reply(Box::new(Ok(messages::exit(
+                "the agent was stopped",
+            )))));
         }
         let chunks = result.log_chunks;
         let attempt_id = req.attempt_id.clone();
@@ -415,7 +417,7 @@ impl Driver {
         if self.agents.contains_key(agent_id) {
             self.on_idle(agent_id)
         } else {
-            Next::Reply(Ok(messages::exit("no more work for this agent")))
+            Next::Reply(Box::new(Ok(messages::exit("no more work for this agent"))))
         }
     }
 
