@@ -182,7 +182,8 @@ pub async fn main(args: RunArgs) -> u8 {
     let terminate = CancellationToken::new();
     let t = terminate.clone();
     tokio::spawn(async move {
-        let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         else {
             return;
         };

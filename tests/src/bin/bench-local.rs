@@ -212,7 +212,9 @@ fn dispatch(entries: &[toil_proto::v1::JournalEntry]) -> Vec<f64> {
             }
             Some(Kind::End(end)) => {
                 let started = end.result.as_ref().and_then(|r| ts_ms(&r.started_at));
-                if let (Some(s), Some(l)) = (started, launched.get(&(end.job_id.clone(), end.attempt))) {
+                if let (Some(s), Some(l)) =
+                    (started, launched.get(&(end.job_id.clone(), end.attempt)))
+                {
                     out.push(s - l);
                 }
             }
@@ -233,14 +235,21 @@ fn main() -> anyhow::Result<()> {
     };
     for b in ["toil-leader", "toil-agent"] {
         if !bins.join(b).exists() {
-            bail!("{} not found: build with `cargo build --release --bins` (or pass --bin-dir)", bins.join(b).display());
+            bail!(
+                "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
+                bins.join(b).display()
+            );
         }
     }
     let dir = tempfile::Builder::new().prefix("bench-local").tempdir()?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "local batch system benchmark ({} build, {cores} cores, binaries in {})",
-        if bins.ends_with("release") { "release" } else { "debug" },
+        if bins.ends_with("release") {
+            "release"
+        } else {
+            "debug"
+        },
         bins.display()
     );
 
@@ -285,7 +294,8 @@ fn main() -> anyhow::Result<()> {
     // --- chain -----------------------------------------------------------
     if args.chain > 1 {
         let wf = dir.path().join("chain.yaml");
-        let mut text = String::from("name: chain\ndefaults: {cores: 0.1, memory: 16Mi, disk: 1Mi}\njobs:\n");
+        let mut text =
+            String::from("name: chain\ndefaults: {cores: 0.1, memory: 16Mi, disk: 1Mi}\njobs:\n");
         for i in 0..args.chain {
             text.push_str(&format!("  c{i}:\n    command: [\"true\"]\n"));
             if i > 0 {
@@ -323,7 +333,9 @@ fn main() -> anyhow::Result<()> {
             percentile(&mut lat, 0.99)
         );
     }
-    println!("baseline: Toil 9.6's single-machine batch system runs about 3.3 trivial jobs/s on this kind of machine (shared/testing.md)");
+    println!(
+        "baseline: Toil 9.6's single-machine batch system runs about 3.3 trivial jobs/s on this kind of machine (shared/testing.md)"
+    );
     if args.keep {
         let kept = dir.keep();
         println!("scratch kept in {}", kept.display());
