@@ -71,22 +71,38 @@ fn pod_ready(p: &Value) -> bool {
 struct Controller {
     cluster: Arc<Cluster>,
     memory: HashMap<String, Memory>,
+    /// Pods by the uid of their controlling owner, built once per pass (a
+    /// pass looks at each Job once, so the index cannot go stale for it);
+    /// without it every Job's pass listed every pod.
+    by_owner: Option<HashMap<String, Vec<Arc<Value>>>>,
 }
 
 impl Controller {
-    fn owned_pods(&self, ns: &str, uid: &str) -> Vec<Arc<Value>> {
-        self.cluster
-            .store()
-            .list(resources::core("pods"), Some(ns))
-            .into_iter()
-            .filter(|p| {
-                p.pointer("/metadata/ownerReferences")
+    fn owned_pods(&mut self, ns: &str, uid: &str) -> Vec<Arc<Value>> {
+        let index = self.by_owner.get_or_insert_with(|| {
+            let mut m: HashMap<String, Vec<Arc<Value>>> = HashMap::new();
+            for p in self.cluster.store().list(resources::core("pods"), None) {
+                let owner = p
+                    .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
-                    .is_some_and(|refs| {
+                    .and_then(|refs| {
                         refs.iter()
-                            .any(|o| o["uid"] == json!(uid) && o["controller"] == json!(true))
-                    })
-            })
+                            .find(|o| o["controller"] == json!(true))
+                            .and_then(|o| o["uid"].as_str())
+                            .map(String::from)
+                    });
+                if let Some(o) = owner {
+                    m.entry(o).or_default().push(p);
+                }
+            }
+            m
+        });
+        index
+            .get(uid)
+            .into_iter()
+            .flatten()
+            .filter(|p| key_of(p).0 == ns)
+            .cloned()
             .collect()
     }
 
@@ -159,6 +175,12 @@ impl Controller {
         let uid = job.metadata.uid.clone().unwrap_or_default();
         let spec = job.spec.clone().unwrap_or_default();
         let mut status = job.status.clone().unwrap_or_default();
+        let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
+        if finished && job.metadata.deletion_timestamp.is_none() {
+            // Finished Jobs only wait for their TTL: no need for their pods.
+            self.check_ttl(&job, &status);
+            return;
+        }
         let pods = self.owned_pods(ns, &uid);
 
         if job.metadata.deletion_timestamp.is_some() {
@@ -167,11 +189,6 @@ impl Controller {
                 self.cluster.remove(jobs, ns, name);
                 self.memory.remove(&uid);
             }
-            return;
-        }
-        let finished = has_condition(&status, "Complete") || has_condition(&status, "Failed");
-        if finished {
-            self.check_ttl(&job, &status);
             return;
         }
 
@@ -391,6 +408,7 @@ pub async fn run(cluster: Arc<Cluster>) {
     let mut ctl = Controller {
         cluster: cluster.clone(),
         memory: HashMap::new(),
+        by_owner: None,
     };
     let mut changed = cluster.subscribe();
     let mut cursor = 0u64;
@@ -447,9 +465,11 @@ pub async fn run(cluster: Arc<Cluster>) {
             keys.dedup();
             (keys, current)
         };
+        ctl.by_owner = None;
         for (ns, name) in keys {
             ctl.reconcile(&ns, &name);
         }
+        ctl.by_owner = None;
         // Forget Jobs that are gone.
         if full {
             let live: HashSet<String> = cluster

@@ -7,11 +7,57 @@
 
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
+use kube::api::{DeleteParams, ListParams};
 
 use super::api::{self, ApiError, RetryPolicy, Target};
 use super::names;
+
+/// A deletecollection answer read for names only: the API server returns
+/// every deleted object in full, and thousands of Jobs decoded whole (kube
+/// goes through a JSON tree) would be the leader's largest allocation.
+#[derive(serde::Deserialize, Default)]
+struct Names {
+    #[serde(default)]
+    items: Vec<Named>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct Named {
+    #[serde(default)]
+    metadata: NameOnly,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct NameOnly {
+    #[serde(default)]
+    name: String,
+}
+
+/// Deletes the objects of kind `K` matching `selector` in `namespace`;
+/// returns their names.
+async fn delete_collection<K>(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+    dp: &DeleteParams,
+    target: Target,
+    what: &str,
+) -> Result<Vec<String>, ApiError>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let request = kube::core::Request::new(K::url_path(&(), Some(namespace)));
+    let lp = ListParams::default().labels(selector);
+    let names: Names = api::call(&RetryPolicy::default(), &target, what, || async {
+        let req = request
+            .delete_collection(dp, &lp)
+            .map_err(kube::Error::BuildRequest)?;
+        client.request::<Names>(req).await
+    })
+    .await?;
+    Ok(names.items.into_iter().map(|i| i.metadata.name).collect())
+}
 
 /// Deletes the Jobs matching `selector` (and so their pods); returns the
 /// names of those deleted.
@@ -20,19 +66,15 @@ pub async fn delete_jobs(
     namespace: &str,
     selector: &str,
 ) -> Result<Vec<String>, ApiError> {
-    let jobs: Api<Job> = Api::namespaced(client.clone(), namespace);
-    let lp = ListParams::default().labels(selector);
-    let dp = DeleteParams::background();
-    let target = Target::new("deletecollection", "jobs", "batch", namespace);
-    let what = format!("deleting the Jobs labelled {selector}");
-    let r = api::call(&RetryPolicy::default(), &target, &what, || {
-        jobs.delete_collection(&dp, &lp)
-    })
-    .await?;
-    // Left: the deleted objects; Right: a bare Status (nothing listed).
-    Ok(r.left()
-        .map(|list| list.items.iter().map(|j| j.name_any()).collect())
-        .unwrap_or_default())
+    delete_collection::<Job>(
+        client,
+        namespace,
+        selector,
+        &DeleteParams::background(),
+        Target::new("deletecollection", "jobs", "batch", namespace),
+        &format!("deleting the Jobs labelled {selector}"),
+    )
+    .await
 }
 
 /// Deletes pods matching `selector` whose Job is already gone (pods
@@ -43,16 +85,16 @@ pub async fn delete_pods(
     namespace: &str,
     selector: &str,
 ) -> Result<usize, ApiError> {
-    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let lp = ListParams::default().labels(selector);
-    let dp = DeleteParams::default();
-    let target = Target::new("deletecollection", "pods", "", namespace);
-    let what = format!("deleting the pods labelled {selector}");
-    let r = api::call(&RetryPolicy::default(), &target, &what, || {
-        pods.delete_collection(&dp, &lp)
-    })
-    .await?;
-    Ok(r.left().map_or(0, |list| list.items.len()))
+    delete_collection::<Pod>(
+        client,
+        namespace,
+        selector,
+        &DeleteParams::default(),
+        Target::new("deletecollection", "pods", "", namespace),
+        &format!("deleting the pods labelled {selector}"),
+    )
+    .await
+    .map(|names| names.len())
 }
 
 /// `toil-leader cleanup-jobs`: removes an owner's Jobs (one workflow's,
