@@ -1,7 +1,8 @@
 //! Pods taken away by the cluster: kubelet eviction, scheduler preemption
-//! and node loss are diagnosed as EVICTED, PREEMPTED and NODE_LOST, and
-//! retried from the infrastructure budget: with `--retryCount 0` the jobs
-//! still succeed, and their user retries stay unspent.
+//! and node loss are diagnosed as EVICTED, PREEMPTED and NODE_LOST, and an
+//! agent that dies without a word as AGENT_LOST with the end of its log;
+//! all are retried from the infrastructure budget: with `--retryCount 0`
+//! the jobs still succeed, and their user retries stay unspent.
 
 mod k8s_support;
 
@@ -30,10 +31,10 @@ defaults:
   cores: 1
   memory: 256Mi
   disk: 100Mi
-jobs:{}{}{}
+jobs:{}{}{}{}
   gate:
     cores: 0.1
-    after: [evicted, preempted, lost]
+    after: [evicted, preempted, lost, crashed]
     command: |
       while [ ! -e {} ]; do sleep 0.1; done
       echo released
@@ -41,14 +42,15 @@ jobs:{}{}{}
         sleeper("evicted"),
         sleeper("preempted"),
         sleeper("lost"),
+        sleeper("crashed"),
         release.display()
     )
 }
 
 #[tokio::test]
-async fn evicted_preempted_and_lost_pods_are_retried_without_spending_user_retries() {
+async fn evicted_preempted_lost_and_crashed_pods_are_retried_without_spending_user_retries() {
     // One core per node and per job: each first attempt on its own node.
-    let nodes = (1..=4)
+    let nodes = (1..=5)
         .map(|i| {
             format!("node-{i}:cpu=1,memory=4Gi")
                 .parse::<NodeConfig>()
@@ -64,6 +66,7 @@ async fn evicted_preempted_and_lost_pods_are_retried_without_spending_user_retri
     let (evicted, _) = c.running_pod("evicted", t).await;
     let (preempted, _) = c.running_pod("preempted", t).await;
     let (_, lost_node) = c.running_pod("lost", t).await;
+    let (crashed, _) = c.running_pod("crashed", t).await;
     c.emu
         .evict_pod(NS, &evicted, "memory")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -72,6 +75,10 @@ async fn evicted_preempted_and_lost_pods_are_retried_without_spending_user_retri
         .unwrap_or_else(|e| panic!("{e}"));
     c.emu
         .lose_node(&lost_node)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The agent's container dies on its own (exit 1), with its job.
+    c.emu
+        .kill_container(NS, &crashed, None, 1)
         .unwrap_or_else(|e| panic!("{e}"));
 
     // Every job but the gate succeeds on its second attempt; the gate then
@@ -90,6 +97,11 @@ async fn evicted_preempted_and_lost_pods_are_retried_without_spending_user_retri
             "preempting to accommodate a higher priority pod",
         ),
         ("lost", CauseKind::NodeLost, "is unresponsive"),
+        (
+            "crashed",
+            CauseKind::AgentLost,
+            "failed (exit code 1, Error)",
+        ),
     ] {
         let job = jobs
             .iter()
