@@ -506,6 +506,14 @@ impl Batch {
     }
 
     fn on_watch_error(&mut self, e: &watcher::Error) {
+        if let watcher::Error::WatchError(s) = e
+            && s.code == 410
+        {
+            // The history the watch could resume from is gone: the watcher
+            // relists, and pods that vanished meanwhile show at InitDone.
+            tracing::debug!("the pod watch expired (410 Gone); relisting");
+            return;
+        }
         let now = Instant::now();
         if self
             .last_watch_warning
