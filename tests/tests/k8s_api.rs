@@ -90,10 +90,18 @@ async fn a_missing_rbac_rule_is_named_and_not_retried() {
         shipped.contains(full),
         "deploy/rbac.yaml changed; update this test"
     );
-    let reduced = shipped.replace(
-        full,
-        r#"verbs: ["get", "list", "delete", "deletecollection"]"#,
+    // ... and without `list` on nodes: the leader says so and carries on.
+    let nodes = "resources: [\"nodes\"]\n    verbs: [\"list\"]";
+    assert!(
+        shipped.contains(nodes),
+        "deploy/rbac.yaml changed; update this test"
     );
+    let reduced = shipped
+        .replace(
+            full,
+            r#"verbs: ["get", "list", "delete", "deletecollection"]"#,
+        )
+        .replace(nodes, "resources: [\"nodes\"]\n    verbs: [\"get\"]");
     let tmp = scratch("k8s-rbac-");
     let rbac = tmp.path().join("rbac.yaml");
     std::fs::write(&rbac, reduced).unwrap_or_else(|e| panic!("{e}"));
@@ -104,6 +112,16 @@ async fn a_missing_rbac_rule_is_named_and_not_retried() {
 
     let (code, out) = c.run("fan", &[], LIMIT).await;
     assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(
+            "warning: cannot list the cluster's nodes, so jobs are not checked against node sizes"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("may not `list` `nodes` (apiGroup \"\" (core)): apply deploy/rbac.yaml, or add this verb to the ClusterRole"),
+        "{out}"
+    );
     let status = c.status("fan").await;
     let line = status_line(&status, "part[0]");
     assert!(
