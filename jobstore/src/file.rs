@@ -62,6 +62,11 @@ impl FileBackend {
                 .next()
                 .is_some();
             if has_entries {
+                // Another process may have made it a job store since the
+                // check above (two leaders starting at once): then it is one.
+                if marker.exists() {
+                    return Ok(false);
+                }
                 return Err(Error::Permanent {
                     message: format!(
                         "{} exists and is not a job store (it has files but no {MARKER}); choose an empty or new directory for --jobStore",

@@ -25,6 +25,11 @@ impl S3Backend {
             .await
             .map_err(|e| self.sdk_err(e, "s3:ListBucket", None))?;
         if listing.key_count().unwrap_or(0) > 0 || !listing.contents().is_empty() {
+            // Another process may have made it a job store since the check
+            // above (two leaders starting at once): then it is one.
+            if self.marker_exists().await? {
+                return Ok(false);
+            }
             return Err(Error::Permanent {
                 message: format!(
                     "S3 bucket {} exists and is not a job store (it has objects but no {MARKER}); choose another job store name than in {}",
@@ -127,9 +132,69 @@ impl S3Backend {
         }
     }
 
+    /// True if the bucket exists and holds the marker. Also the front
+    /// door's check of the locator and the credentials, so it asks in a way
+    /// that makes S3 say what is wrong:
+    /// - `HeadBucket` first, for the bucket's region: a store opened with
+    ///   the wrong region is refused with the right locator instead of being
+    ///   used (AWS answers a wrong-region request with a redirect; servers
+    ///   with one endpoint for every region, like moto, answer it normally,
+    ///   but both send `x-amz-bucket-region`);
+    /// - then `GetObject` of the marker, not `HeadObject`: an error answer to
+    ///   a HEAD has no body, so a 403 would not say whether the key id is
+    ///   unknown, the secret wrong, or the access denied.
     pub(crate) async fn exists(&self) -> Result<bool> {
-        // A missing bucket and a bucket without the marker both answer 404.
-        self.marker_exists().await
+        match self.client.head_bucket().bucket(&self.bucket).send().await {
+            Ok(out) => {
+                if let Some(actual) = out.bucket_region()
+                    && actual != self.region
+                {
+                    return Err(Error::Permanent {
+                        message: errors::wrong_region_message(
+                            &self.locator,
+                            &self.bucket,
+                            &self.region,
+                            &self.name,
+                            Some(actual),
+                        ),
+                    });
+                }
+            }
+            Err(e) => {
+                let f = Failure::from_sdk(e);
+                if f.is_not_found() {
+                    return Ok(false);
+                }
+                // A 403 says nothing more here; the GET below tells which
+                // 403 it is. Anything else (a redirect to the bucket's
+                // region, say) is answered now.
+                if f.status != Some(403) {
+                    return Err(self.err(f, "s3:ListBucket", None));
+                }
+            }
+        }
+        match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(MARKER)
+            .send()
+            .await
+        {
+            Ok(out) => {
+                // A few hundred bytes, read so the connection can be reused.
+                let _ = out.body.collect().await;
+                Ok(true)
+            }
+            Err(e) => {
+                let f = Failure::from_sdk(e);
+                if f.is_not_found() {
+                    Ok(false)
+                } else {
+                    Err(self.err(f, "s3:GetObject", Some(MARKER)))
+                }
+            }
+        }
     }
 
     pub(crate) async fn destroy(&self) -> Result<()> {
