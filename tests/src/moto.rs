@@ -304,3 +304,225 @@ fn spawn_tied(cmd: Command) -> std::io::Result<Child> {
         .recv()
         .map_err(|_| std::io::Error::other("the moto spawner thread is gone"))?
 }
+
+/// One request from moto's log: `"METHOD /PATH?QUERY HTTP/1.1" STATUS`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoggedRequest {
+    /// `GET`, `HEAD`, `PUT`, `POST`, `DELETE`.
+    pub method: String,
+    /// The bucket (the first path segment; path-style addressing).
+    pub bucket: String,
+    /// The object key, percent-decoded; empty for bucket requests.
+    pub key: String,
+    /// The query string, without `?`.
+    pub query: String,
+    /// The HTTP status moto answered.
+    pub status: u16,
+    /// When moto logged it, just after answering (local time, whole
+    /// seconds).
+    pub logged_at: Option<chrono::NaiveDateTime>,
+}
+
+impl LoggedRequest {
+    /// True for requests that change something (PUT, POST, DELETE).
+    pub fn is_write(&self) -> bool {
+        matches!(self.method.as_str(), "PUT" | "POST" | "DELETE")
+    }
+}
+
+impl Moto {
+    /// Every S3 request moto has logged so far, in order (its own
+    /// `/moto-api/` calls left out). Moto logs each request once, after
+    /// answering it, whichever process sent it: this is how tests and
+    /// benchmarks count the requests of a leader and its agents together.
+    ///
+    /// Moto writes a line just after answering, so a request answered a
+    /// moment ago may not be in the log yet: this first sends a request of
+    /// its own and waits until moto has logged it.
+    pub fn requests(&self) -> anyhow::Result<Vec<LoggedRequest>> {
+        let fence = format!("moto-log-fence-{}", uuid::Uuid::new_v4().simple());
+        self.request("HEAD", &format!("/{fence}"))?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&self.log)
+                .with_context(|| format!("reading {}", self.log.display()))?;
+            if log.contains(&fence) {
+                return Ok(log
+                    .lines()
+                    .filter_map(parse_log_line)
+                    .filter(|r| !r.bucket.starts_with("moto-log-fence-"))
+                    .collect());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "moto did not log a request within 10 s ({})",
+                    self.log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Reads an object with the fixed test keys; `None` if there is no
+    /// such key. Blocking (it runs its own small runtime): call it from
+    /// synchronous tests, not from async code.
+    pub fn get_object(&self, bucket: &str, key: &str) -> anyhow::Result<Option<Vec<u8>>> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async {
+            let client = self.s3_client().await;
+            match client.get_object().bucket(bucket).key(key).send().await {
+                Ok(out) => Ok(Some(out.body.collect().await?.into_bytes().to_vec())),
+                Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+                Err(e) => bail!(
+                    "GET {bucket}/{key}: {}",
+                    aws_sdk_s3::error::DisplayErrorContext(e)
+                ),
+            }
+        })
+    }
+
+    /// Creates an IAM user without any policy and returns its access key
+    /// (with boto3 from the test venv). Only meaningful on a server started
+    /// with `INITIAL_NO_AUTH_ACTION_COUNT`, which then refuses that user
+    /// everything.
+    pub fn iam_user_without_permissions(&self) -> anyhow::Result<StaticCredentials> {
+        let script = r#"
+import boto3, json, sys, uuid
+iam = boto3.client("iam", endpoint_url=sys.argv[1], region_name="us-east-1",
+                   aws_access_key_id="testing", aws_secret_access_key="testing")
+name = "nobody-" + uuid.uuid4().hex[:8]
+iam.create_user(UserName=name)
+k = iam.create_access_key(UserName=name)["AccessKey"]
+print(json.dumps({"id": k["AccessKeyId"], "secret": k["SecretAccessKey"]}))
+"#;
+        let out = Command::new(harness::venv_bin("python"))
+            .args(["-c", script, &self.endpoint])
+            .output()
+            .context("running python from the test venv")?;
+        if !out.status.success() {
+            bail!(
+                "creating an IAM user failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let v: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("reading the IAM user's key")?;
+        let field = |k: &str| {
+            v[k].as_str()
+                .map(str::to_string)
+                .with_context(|| format!("no {k} in {v}"))
+        };
+        Ok(StaticCredentials {
+            access_key_id: field("id")?,
+            secret_access_key: field("secret")?,
+        })
+    }
+}
+
+/// Parses one line of moto's (werkzeug's) request log, which may carry
+/// terminal colour codes.
+fn parse_log_line(line: &str) -> Option<LoggedRequest> {
+    let mut clean = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // ESC [ ... m
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            clean.push(c);
+        }
+    }
+    let start = clean.find('"')? + 1;
+    let end = start + clean[start..].find('"')?;
+    let mut parts = clean[start..end].split_whitespace();
+    let method = parts.next()?.to_string();
+    let target = parts.next()?;
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let status = clean[end + 1..].split_whitespace().next()?.parse().ok()?;
+    let logged_at = clean
+        .split_once('[')
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .and_then(|(t, _)| chrono::NaiveDateTime::parse_from_str(t, "%d/%b/%Y %H:%M:%S").ok());
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    let path = path.strip_prefix('/')?;
+    if path.starts_with("moto-api") {
+        return None;
+    }
+    let (bucket, key) = path.split_once('/').unwrap_or((path, ""));
+    Some(LoggedRequest {
+        method,
+        bucket: bucket.to_string(),
+        key: percent_decode(key),
+        query: query.to_string(),
+        status,
+        logged_at,
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_lines_are_parsed_with_or_without_colours() {
+        let plain = r#"127.0.0.1 - - [28/Nov/2026 10:46:41] "PUT /a--toil/results/count%5B1%5D.1 HTTP/1.1" 200 -"#;
+        let r = parse_log_line(plain).expect("parsed");
+        assert_eq!(
+            (
+                r.method.as_str(),
+                r.bucket.as_str(),
+                r.key.as_str(),
+                r.status
+            ),
+            ("PUT", "a--toil", "results/count[1].1", 200)
+        );
+        assert_eq!(
+            r.logged_at.map(|t| t.to_string()).as_deref(),
+            Some("2026-11-28 10:46:41")
+        );
+        let coloured = "127.0.0.1 - - [28/Nov/2026 10:46:41] \"\u{1b}[33mHEAD /a--toil/.toil-jobstore HTTP/1.1\u{1b}[0m\" 404 -";
+        let r = parse_log_line(coloured).expect("parsed");
+        assert_eq!(
+            (r.method.as_str(), r.key.as_str(), r.status),
+            ("HEAD", ".toil-jobstore", 404)
+        );
+        let list =
+            r#"127.0.0.1 - - [x] "GET /a--toil/?list-type=2&prefix=state/journal/ HTTP/1.1" 200 -"#;
+        let r = parse_log_line(list).expect("parsed");
+        assert_eq!(
+            (r.key.as_str(), r.query.as_str()),
+            ("", "list-type=2&prefix=state/journal/")
+        );
+        assert!(parse_log_line(r#"x "GET /moto-api/data.json HTTP/1.1" 200 -"#).is_none());
+        assert!(parse_log_line("Traceback (most recent call last):").is_none());
+    }
+}
