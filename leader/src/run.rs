@@ -40,7 +40,8 @@ pub mod exit {
     pub const OK: u8 = 0;
     /// The workflow ran and at least one job failed.
     pub const FAILED: u8 = 1;
-    /// The workflow file or the options are wrong; nothing ran.
+    /// The workflow file or the options are wrong, or the job store cannot
+    /// be used (credentials, access, its region); nothing ran.
     pub const BAD_INPUT: u8 = 2;
     /// The job store is in use by another leader, or this leader was fenced.
     pub const CONFLICT: u8 = 3;
