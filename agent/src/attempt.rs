@@ -156,8 +156,15 @@ impl AgentCtx {
         };
         let (c, exit_code, outs) = run.body().await;
         let started = run.started;
+        // Deliver the rest of the log; when the agent is being stopped
+        // (SIGTERM: the pod is going away) wait only briefly.
+        let wait = if self.terminate.is_cancelled() {
+            Duration::from_secs(3)
+        } else {
+            Duration::from_secs(30)
+        };
         let chunks = match run.streamer.take() {
-            Some(s) => s.finish(Duration::from_secs(30)).await.chunks,
+            Some(s) => s.finish(wait).await.chunks,
             None => 0,
         };
         heartbeat.abort();

@@ -93,8 +93,11 @@ async fn next(
     resp: SynchronizeResponse,
     terminate: &CancellationToken,
 ) -> Option<Exit> {
-    if report.phase == AgentPhase::Done as i32 && !resp.result_recorded {
-        // Keep resending the result until the leader has it.
+    let exiting = matches!(resp.action, Some(Action::Exit(_)));
+    if report.phase == AgentPhase::Done as i32 && !resp.result_recorded && !exiting {
+        // Keep resending the result until the leader has it. (An Exit is
+        // obeyed anyway: the result is in the job store, where a leader
+        // that restarts finds it.)
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         return None;
     }

@@ -79,13 +79,26 @@ async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta)> {
         &meta.base_dir,
     )
     .map_err(|d| anyhow::anyhow!("the stored workflow does not parse:\n{d}"))?;
-    let defaults = ResolvedDefaults {
-        millicores: 1000,
-        memory: 2 << 30,
-        disk: 2 << 30,
-        retries: 1,
+    // Replay with the settings the journal was written with.
+    let (defaults, policy) = match meta.settings {
+        Some(st) => (
+            st.defaults(),
+            RetryPolicy {
+                infra_retries: st.infra_retries,
+                ..RetryPolicy::default()
+            },
+        ),
+        None => (
+            ResolvedDefaults {
+                millicores: 1000,
+                memory: 2 << 30,
+                disk: 2 << 30,
+                retries: 1,
+            },
+            RetryPolicy::default(),
+        ),
     };
-    let mut core = Core::new(&wf, defaults, RetryPolicy::default());
+    let mut core = Core::new(&wf, defaults, policy);
     if let Some(obj) = store.get_bytes(layout::IMPORTS_KEY).await? {
         let rec = ImportedInputs::decode(obj.data)?;
         core.set_imports(

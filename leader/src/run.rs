@@ -62,6 +62,39 @@ pub struct Meta {
     pub base_dir: PathBuf,
     /// When the workflow first started (ms since the Unix epoch).
     pub created_ms: i64,
+    /// The settings the journal's decisions were made with. Replaying the
+    /// journal must make the same decisions (a job that failed with no
+    /// retries left must not come back as queued), so a restart and an
+    /// offline `status` use these, not the current command line.
+    #[serde(default)]
+    pub settings: Option<RunSettings>,
+}
+
+/// Settings that decide how the journal replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunSettings {
+    /// Default CPU in millicores.
+    pub millicores: u32,
+    /// Default memory in bytes.
+    pub memory: u64,
+    /// Default disk in bytes.
+    pub disk: u64,
+    /// `--retryCount`.
+    pub retries: u32,
+    /// `--infraRetryCount`.
+    pub infra_retries: u32,
+}
+
+impl RunSettings {
+    /// The job defaults part.
+    pub fn defaults(&self) -> crate::workflow::ResolvedDefaults {
+        crate::workflow::ResolvedDefaults {
+            millicores: self.millicores,
+            memory: self.memory,
+            disk: self.disk,
+            retries: self.retries,
+        }
+    }
 }
 
 /// What `state/leader.json` tells clients.
@@ -142,15 +175,29 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         Some(c) => c.capacity(&cfg.capacity),
         None => cfg.capacity.clone(),
     };
+    // A resumed workflow keeps the settings its journal was written with.
+    let (defaults, infra_retries) = match meta.settings {
+        Some(st) if !fresh => {
+            let wanted = (cfg.defaults, cfg.infra_retries);
+            if wanted != (st.defaults(), st.infra_retries) {
+                eprintln!(
+                    "note: resuming with the workflow's original job defaults and retry counts (--retryCount {}, --infraRetryCount {}); the command line's differ",
+                    st.retries, st.infra_retries
+                );
+            }
+            (st.defaults(), st.infra_retries)
+        }
+        _ => (cfg.defaults, cfg.infra_retries),
+    };
     let policy = RetryPolicy {
-        infra_retries: cfg.infra_retries,
+        infra_retries,
         oom_memory_cap: cluster
             .as_ref()
             .and_then(|c| c.largest_memory())
             .unwrap_or(cfg.capacity.memory),
         ..RetryPolicy::default()
     };
-    let mut core = Core::new(&wf, cfg.defaults, policy);
+    let mut core = Core::new(&wf, defaults, policy);
     let imports = if fresh {
         import_inputs(&store, &wf).await?
     } else {
@@ -205,6 +252,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         })?;
     if !fresh {
         settle_interrupted(&store, &mut core).await;
+        let retried = core.retry_failed();
+        if retried > 0 {
+            eprintln!("retrying {retried} failed job(s) with a new set of retries");
+        }
         // A previous leader's Jobs would keep running next to ours.
         if let Some(c) = &cluster {
             match c.delete_other_epochs(&meta.workflow_id, epoch).await {
@@ -627,6 +678,13 @@ async fn create_store(
         source: std::path::absolute(&wf.source).unwrap_or_else(|_| wf.source.clone()),
         base_dir: wf.base_dir.clone(),
         created_ms: toil_jobstore::state::now_ms(),
+        settings: Some(RunSettings {
+            millicores: cfg.defaults.millicores,
+            memory: cfg.defaults.memory,
+            disk: cfg.defaults.disk,
+            retries: cfg.defaults.retries,
+            infra_retries: cfg.infra_retries,
+        }),
     };
     store
         .put_bytes(

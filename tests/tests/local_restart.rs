@@ -294,3 +294,54 @@ async fn a_leader_fenced_by_a_newer_one_stops_without_writing() {
         "c must not be launched by a fenced leader"
     );
 }
+
+#[test]
+fn after_fixing_a_failure_restart_runs_the_failed_job_again_and_finishes() {
+    let sb = Sandbox::new("fixrestart");
+    let fix = sb.path().join("fixed");
+    sb.write(
+        "fix.yaml",
+        &format!(
+            r#"
+defaults: {{cores: 0.1, memory: 32Mi}}
+jobs:
+  a:
+    command: "test -e {fix} || {{ echo not fixed yet; exit 5; }}; echo fixed"
+  b:
+    after: [a]
+    command: "echo b runs"
+"#,
+            fix = fix.display()
+        ),
+    );
+    let r = sb.run(&["run", "fix.yaml", "--retryCount", "0"], T);
+    r.expect_code(1);
+    // Offline status replays the journal with the run's own settings: the
+    // failure stays a failure.
+    let status = sb.run(&["status", &sb.job_store().to_string_lossy(), "--jobs"], T);
+    assert!(
+        status.stdout.contains("workflow fix: failed"),
+        "{}",
+        status.stdout
+    );
+    let a = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("a "))
+        .unwrap_or_default()
+        .to_string();
+    assert!(a.contains("failed") && a.contains("exit code 5"), "{a}");
+    std::fs::write(&fix, "").expect("fix");
+    let r = sb.run(&["run", "fix.yaml", "--restart"], T);
+    r.expect_code(0);
+    assert!(
+        r.stderr.contains("retrying 1 failed job(s)"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stdout.contains("[a] fixed") && r.stdout.contains("[b] b runs"),
+        "{}",
+        r.stdout
+    );
+}

@@ -476,3 +476,39 @@ fn a_large_scatter_is_cheap_to_build() {
     assert_eq!(c.templates[0].dependents, vec![1]);
     assert_eq!(c.lookup("s[99999]"), Some(99_999));
 }
+
+#[test]
+fn retry_failed_requeues_failures_and_unblocks_their_dependents_but_not_cancellations() {
+    let mut c = core(vec![
+        job("a", &[]),
+        job("b", &["a"]),
+        job("x", &[]),
+        job("y", &["x"]),
+    ]);
+    let t0 = Instant::now();
+    let (a, n) = launch_next(&mut c).expect("a");
+    c.finish(a, n, result(CauseKind::ExitCode), 0, t0)
+        .expect("finish");
+    let x = c.lookup("x").expect("x");
+    c.cancel_job(x, "user").expect("cancel");
+    assert_eq!(c.state(1), JobState::Blocked);
+    assert_eq!(c.state(3), JobState::Blocked);
+    assert!(c.is_finished());
+    c.drain_journal();
+
+    assert_eq!(c.retry_failed(), 1);
+    assert_eq!(c.state(a), JobState::Queued);
+    assert_eq!(c.retries(a).0, 0, "a fresh budget");
+    assert_eq!(c.state(1), JobState::Waiting, "b waits for a again");
+    assert_eq!(
+        c.state(3),
+        JobState::Blocked,
+        "y stays blocked by the cancellation"
+    );
+    let journal = c.drain_journal();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(run_all(&mut c), ["a", "b"]);
+    assert_eq!(c.attempts(a).len(), 2);
+    assert!(c.is_finished());
+    assert_eq!(c.retry_failed(), 0, "nothing failed any more");
+}

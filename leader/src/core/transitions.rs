@@ -6,7 +6,7 @@ use std::time::Instant;
 use toil_proto::v1::journal_entry::Kind;
 use toil_proto::v1::{
     AttemptEndEntry, AttemptLaunchEntry, AttemptResult, CancelEntry, Cause, CauseKind, JobState,
-    JournalEntry, LeaderClaim,
+    JournalEntry, LeaderClaim, RetryFailedEntry,
 };
 
 use super::retry::{Class, classify};
@@ -402,6 +402,54 @@ impl Core {
         kill
     }
 
+    /// Gives every failed job a new set of retries: it is queued again, and
+    /// the jobs its failure blocked wait for it again. Returns how many jobs
+    /// were requeued. A restarted leader does this so that fixing the cause
+    /// of a failure and running `--restart` finishes the workflow.
+    pub fn retry_failed(&mut self) -> usize {
+        let failed: Vec<JobIdx> = (0..self.jobs.len() as JobIdx)
+            .filter(|&j| self.jobs[j as usize].state == JobState::Failed)
+            .collect();
+        if failed.is_empty() {
+            return 0;
+        }
+        self.record(Kind::RetryFailed(RetryFailedEntry {}));
+        for t in &mut self.templates {
+            t.doomed = false;
+        }
+        for &j in &failed {
+            let job = &mut self.jobs[j as usize];
+            job.retries_used = 0;
+            job.infra_used = 0;
+            job.cancel_requested = false;
+            self.set_state(j, JobState::Queued);
+            self.push_ready(j);
+        }
+        for j in 0..self.jobs.len() as JobIdx {
+            if self.jobs[j as usize].state == JobState::Blocked {
+                self.jobs[j as usize].blocked_by = None;
+                let next = if self.jobs[j as usize].deps_left == 0 {
+                    JobState::Queued
+                } else {
+                    JobState::Waiting
+                };
+                self.set_state(j, next);
+                if next == JobState::Queued {
+                    self.push_ready(j);
+                }
+            }
+        }
+        // What a cancellation blocked stays blocked.
+        let cancelled: Vec<JobIdx> = (0..self.jobs.len() as JobIdx)
+            .filter(|&j| self.jobs[j as usize].state == JobState::Cancelled)
+            .collect();
+        for j in cancelled {
+            self.doom(j, j);
+        }
+        self.ended_announced = false;
+        failed.len()
+    }
+
     /// Applies one journal entry while rebuilding state after a restart.
     pub fn replay(&mut self, entry: JournalEntry, now: Instant) -> Result<(), CoreError> {
         self.replaying = true;
@@ -451,6 +499,10 @@ impl Core {
                 }
                 self.finish(j, e.attempt, e.result.unwrap_or_default(), at_ms, now)
                     .map(|_| ())
+            }
+            Some(Kind::RetryFailed(_)) => {
+                self.retry_failed();
+                Ok(())
             }
             Some(Kind::Cancel(c)) => {
                 if c.job_id.is_empty() {

@@ -29,7 +29,7 @@ use crate::events::EventHub;
 use crate::logs::LogHub;
 use crate::persist::PersistMsg;
 pub use agents::{Grant, TokenTable, new_token};
-pub use messages::{Caller, Msg};
+pub use messages::{Caller, Msg, exit as exit_response};
 
 /// Settings of the driver.
 #[derive(Clone, Debug)]

@@ -25,6 +25,10 @@ pub struct AgentSvc {
     pub logs: Arc<LogHub>,
 }
 
+fn shutting_down() -> SynchronizeResponse {
+    crate::driver::exit_response("the leader is shutting down")
+}
+
 pub(crate) fn leader_gone() -> Status {
     Status::unavailable("the leader is shutting down")
 }
@@ -36,11 +40,22 @@ impl AgentService for AgentSvc {
         request: Request<SynchronizeRequest>,
     ) -> Result<Response<SynchronizeResponse>, Status> {
         let (tx, rx) = oneshot::channel();
-        self.driver
+        // Once the driver has stopped (the workflow is over or the leader is
+        // shutting down), agents are told to exit rather than left retrying
+        // until their lease runs out. An agent's result is already in the
+        // job store, so nothing is lost by not recording it here.
+        if self
+            .driver
             .send(Msg::Sync(Box::new(request.into_inner()), tx))
             .await
-            .map_err(|_| leader_gone())?;
-        rx.await.map_err(|_| leader_gone())?.map(Response::new)
+            .is_err()
+        {
+            return Ok(Response::new(shutting_down()));
+        }
+        match rx.await {
+            Ok(r) => r.map(Response::new),
+            Err(_) => Ok(Response::new(shutting_down())),
+        }
     }
 
     type StreamLogsStream = ReceiverStream<Result<StreamLogsResponse, Status>>;
