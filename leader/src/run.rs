@@ -212,18 +212,11 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
             entries: 0,
         }
     } else {
-        let l = persist::load(&store, &mut core)
+        persist::load(&store, &mut core)
             .await
-            .map_err(|e| fail(exit::CONFLICT, e.to_string()))?;
-        eprintln!(
-            "restarting workflow {} from {} journal entries: {} of {} jobs already finished",
-            meta.name,
-            l.entries,
-            finished(&core),
-            core.job_count()
-        );
-        l
+            .map_err(|e| fail(exit::CONFLICT, e.to_string()))?
     };
+    let replayed = loaded.entries;
 
     // Claim the next epoch: from here on an older leader is fenced.
     let epoch = core.epoch() + 1;
@@ -253,9 +246,17 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     if !fresh {
         settle_interrupted(&store, &mut core).await;
         let retried = core.retry_failed();
-        if retried > 0 {
-            eprintln!("retrying {retried} failed job(s) with a new set of retries");
-        }
+        eprintln!(
+            "restarting workflow {} from {replayed} journal entries: {} of {} jobs already finished{}",
+            meta.name,
+            finished(&core),
+            core.job_count(),
+            if retried > 0 {
+                format!("; retrying {retried} failed job(s) with a new set of retries")
+            } else {
+                String::new()
+            }
+        );
         // A previous leader's Jobs would keep running next to ours.
         if let Some(c) = &cluster {
             match c.delete_other_epochs(&meta.workflow_id, epoch).await {
