@@ -5,13 +5,12 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use anyhow::{Context, bail};
-use prost::Message;
 use toil_jobstore::state::Lease;
 use toil_jobstore::{JobStore, Locator, layout};
 use toil_proto::v1::workflow_service_client::WorkflowServiceClient;
 use toil_proto::v1::{
-    FollowLogsRequest, GetWorkflowRequest, ImportedInputs, Job, JobState, ListJobsRequest,
-    ResourceUsage, WorkflowState,
+    FollowLogsRequest, GetWorkflowRequest, Job, JobState, ListJobsRequest, ResourceUsage,
+    WorkflowState,
 };
 use tonic::transport::Channel;
 
@@ -20,7 +19,7 @@ use crate::core::{Core, JobIdx, RetryPolicy};
 use crate::driver::{job_proto, total_usage};
 use crate::run::{LeaderInfo, Meta, hostname};
 use crate::summary::describe;
-use crate::workflow::{self, ResolvedDefaults, units};
+use crate::workflow::{ResolvedDefaults, units};
 
 async fn open(loc: &str) -> anyhow::Result<JobStore> {
     let locator = Locator::parse(loc)?;
@@ -65,20 +64,8 @@ async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
 
 /// Rebuilds the workflow's state from the job store alone.
 async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta)> {
-    let meta: Meta = match store.get_bytes(layout::META_KEY).await? {
-        Some(o) => serde_json::from_slice(&o.data)?,
-        None => bail!("job store {} holds no workflow yet", store.locator()),
-    };
-    let text = store
-        .get_bytes(layout::SPEC_KEY)
-        .await?
-        .context("the stored workflow file is missing")?;
-    let wf = workflow::parse_stored(
-        &String::from_utf8_lossy(&text.data),
-        &meta.source,
-        &meta.base_dir,
-    )
-    .map_err(|d| anyhow::anyhow!("the stored workflow does not parse:\n{d}"))?;
+    // The same reading of the stored workflow a restart does.
+    let (wf, meta, _) = crate::run::restore_workflow(store).await?;
     // Replay with the settings the journal was written with.
     let (defaults, policy) = match meta.settings {
         Some(st) => (
@@ -99,15 +86,7 @@ async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta)> {
         ),
     };
     let mut core = Core::new(&wf, defaults, policy);
-    if let Some(obj) = store.get_bytes(layout::IMPORTS_KEY).await? {
-        let rec = ImportedInputs::decode(obj.data)?;
-        core.set_imports(
-            rec.inputs
-                .into_iter()
-                .filter_map(|i| Some((i.local_path.into(), i.file?)))
-                .collect(),
-        );
-    }
+    core.set_imports(crate::run::load_imports(store).await?);
     crate::persist::load(store, &mut core).await?;
     Ok((core, meta))
 }

@@ -698,7 +698,7 @@ async fn create_store(
 }
 
 /// Reads the stored workflow for `--restart`.
-async fn restore_workflow(store: &JobStore) -> anyhow::Result<(Workflow, Meta, bool)> {
+pub(crate) async fn restore_workflow(store: &JobStore) -> anyhow::Result<(Workflow, Meta, bool)> {
     if !store.exists().await? {
         return Err(fail(
             exit::BAD_INPUT,
@@ -811,7 +811,7 @@ async fn hash_file(p: &Path) -> anyhow::Result<String> {
     .await?
 }
 
-async fn load_imports(store: &JobStore) -> anyhow::Result<HashMap<PathBuf, FileRef>> {
+pub(crate) async fn load_imports(store: &JobStore) -> anyhow::Result<HashMap<PathBuf, FileRef>> {
     let Some(obj) = store.get_bytes(layout::IMPORTS_KEY).await? else {
         return Ok(HashMap::new());
     };
