@@ -466,3 +466,54 @@ fn children_of(parent: u32) -> Vec<(u32, String)> {
     }
     out
 }
+
+/// The crash-test workflow `chain.yaml`: a -> b -> c passing files along,
+/// where b waits for a gate file. Each job appends its name to a run log
+/// when it completes (b also logs `b-start`), so the log shows what ran to
+/// completion, and how often. Returns the run log's and the gate's paths.
+pub fn chain_workflow(sb: &Sandbox) -> (PathBuf, PathBuf) {
+    let runlog = sb.path().join("runlog");
+    let gate = sb.path().join("gate");
+    sb.write(
+        "chain.yaml",
+        &format!(
+            r#"
+defaults: {{cores: 0.1, memory: 32Mi}}
+jobs:
+  a:
+    command: "echo A > a.txt && echo a >> {log}"
+    outputs: {{a: a.txt}}
+  b:
+    inputs: [{{from: a.a}}]
+    command: |
+      echo b-start >> {log}
+      while [ ! -e {gate} ]; do sleep 0.05; done
+      cat a.txt > b.txt && echo B >> b.txt && echo b >> {log}
+    outputs: {{b: b.txt}}
+  c:
+    inputs: [{{from: b.b}}]
+    command: "cat b.txt > c.txt && echo C >> c.txt && echo c >> {log}"
+    outputs: {{c: c.txt}}
+outputs:
+  final: c.c
+"#,
+            log = runlog.display(),
+            gate = gate.display()
+        ),
+    );
+    (runlog, gate)
+}
+
+/// The lines of a run log (empty if it does not exist yet).
+pub fn log_lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// How many lines of `log` are exactly `what`.
+pub fn count_lines(log: &[String], what: &str) -> usize {
+    log.iter().filter(|l| *l == what).count()
+}

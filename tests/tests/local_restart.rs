@@ -7,56 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use toil_tests::local::{Sandbox, wait_for};
+use toil_tests::local::{Sandbox, chain_workflow, count_lines, log_lines, wait_for};
 
 const T: Duration = Duration::from_secs(120);
-
-/// A chain a -> b -> c; b waits for a gate file. Each job appends its name
-/// to RUNLOG when it completes, so the log shows what ran to completion.
-fn chain(sb: &Sandbox) -> (std::path::PathBuf, std::path::PathBuf) {
-    let runlog = sb.path().join("runlog");
-    let gate = sb.path().join("gate");
-    sb.write(
-        "chain.yaml",
-        &format!(
-            r#"
-defaults: {{cores: 0.1, memory: 32Mi}}
-jobs:
-  a:
-    command: "echo A > a.txt && echo a >> {log}"
-    outputs: {{a: a.txt}}
-  b:
-    inputs: [{{from: a.a}}]
-    command: |
-      echo b-start >> {log}
-      while [ ! -e {gate} ]; do sleep 0.05; done
-      cat a.txt > b.txt && echo B >> b.txt && echo b >> {log}
-    outputs: {{b: b.txt}}
-  c:
-    inputs: [{{from: b.b}}]
-    command: "cat b.txt > c.txt && echo C >> c.txt && echo c >> {log}"
-    outputs: {{c: c.txt}}
-outputs:
-  final: c.c
-"#,
-            log = runlog.display(),
-            gate = gate.display()
-        ),
-    );
-    (runlog, gate)
-}
-
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn count(log: &[String], what: &str) -> usize {
-    log.iter().filter(|l| *l == what).count()
-}
 
 /// Kills the leader with SIGKILL once job b is running.
 fn start_and_kill_during_b(sb: &Sandbox, runlog: &Path) {
@@ -72,7 +25,10 @@ fn start_and_kill_during_b(sb: &Sandbox, runlog: &Path) {
         "leader",
     );
     wait_for(T, "job b to start", || {
-        lines(runlog).iter().any(|l| l == "b-start").then_some(())
+        log_lines(runlog)
+            .iter()
+            .any(|l| l == "b-start")
+            .then_some(())
     });
     leader.signal(Signal::SIGKILL);
     let r = leader.wait(T);
@@ -86,7 +42,7 @@ fn restart(sb: &Sandbox) -> toil_tests::local::Finished {
 #[test]
 fn kill_9_mid_job_then_restart_reruns_only_the_unfinished_job() {
     let sb = Sandbox::new("kill9a");
-    let (runlog, gate) = chain(&sb);
+    let (runlog, gate) = chain_workflow(&sb);
     start_and_kill_during_b(&sb, &runlog);
     // b's orphaned agent cannot reach the dead leader: after its lease it
     // kills b and exits, so that attempt never completes.
@@ -104,10 +60,10 @@ fn kill_9_mid_job_then_restart_reruns_only_the_unfinished_job() {
         "{}",
         r.stderr
     );
-    let log = lines(&runlog);
-    assert_eq!(count(&log, "a"), 1, "a must not run again: {log:?}");
-    assert_eq!(count(&log, "b"), 1, "{log:?}");
-    assert_eq!(count(&log, "c"), 1, "{log:?}");
+    let log = log_lines(&runlog);
+    assert_eq!(count_lines(&log, "a"), 1, "a must not run again: {log:?}");
+    assert_eq!(count_lines(&log, "b"), 1, "{log:?}");
+    assert_eq!(count_lines(&log, "c"), 1, "{log:?}");
     let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).expect("export");
     assert_eq!(out, "A\nB\nC\n");
 }
@@ -115,7 +71,7 @@ fn kill_9_mid_job_then_restart_reruns_only_the_unfinished_job() {
 #[test]
 fn kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered_not_rerun() {
     let sb = Sandbox::new("kill9b");
-    let (runlog, gate) = chain(&sb);
+    let (runlog, gate) = chain_workflow(&sb);
     start_and_kill_during_b(&sb, &runlog);
     // b finishes while there is no leader: its agent stores the result in
     // the job store before trying (and failing) to report it.
@@ -129,10 +85,18 @@ fn kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered_not_rerun() {
         "{}",
         r.stderr
     );
-    let log = lines(&runlog);
-    assert_eq!(count(&log, "b-start"), 1, "b must not run again: {log:?}");
+    let log = log_lines(&runlog);
     assert_eq!(
-        (count(&log, "a"), count(&log, "b"), count(&log, "c")),
+        count_lines(&log, "b-start"),
+        1,
+        "b must not run again: {log:?}"
+    );
+    assert_eq!(
+        (
+            count_lines(&log, "a"),
+            count_lines(&log, "b"),
+            count_lines(&log, "c")
+        ),
         (1, 1, 1)
     );
     let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).expect("export");
@@ -185,9 +149,9 @@ outputs:
     assert!(kills >= 2, "the leader should have been killed mid-run");
     let r = sb.run(&["run", "fan.yaml", "--restart"], T);
     r.expect_code(0);
-    let log = lines(&runlog);
+    let log = log_lines(&runlog);
     for i in 0..30 {
-        let n = count(&log, &format!("part{i}"));
+        let n = count_lines(&log, &format!("part{i}"));
         // An instance killed together with its leader may have completed
         // its command without its agent recording the result: it may then
         // run once more, but never zero times.
@@ -202,10 +166,13 @@ outputs:
 #[test]
 fn a_second_leader_on_a_live_job_store_is_refused() {
     let sb = Sandbox::new("second");
-    let (runlog, gate) = chain(&sb);
+    let (runlog, gate) = chain_workflow(&sb);
     let first = sb.spawn(sb.leader(&["run", "chain.yaml"]), "first");
     wait_for(T, "job b to start", || {
-        lines(&runlog).iter().any(|l| l == "b-start").then_some(())
+        log_lines(&runlog)
+            .iter()
+            .any(|l| l == "b-start")
+            .then_some(())
     });
     let again = sb.run(&["run", "chain.yaml"], T);
     again.expect_code(3);
@@ -225,7 +192,7 @@ fn a_second_leader_on_a_live_job_store_is_refused() {
     );
     std::fs::write(&gate, "").expect("gate");
     first.wait(T).expect_code(0);
-    assert_eq!(count(&lines(&runlog), "b"), 1);
+    assert_eq!(count_lines(&log_lines(&runlog), "b"), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -237,12 +204,15 @@ async fn a_leader_fenced_by_a_newer_one_stops_without_writing() {
     use toil_proto::v1::{JournalEntry, JournalRecord, LeaderClaim, journal_entry::Kind};
 
     let sb = Sandbox::new("fenced");
-    let (runlog, gate) = chain(&sb);
+    let (runlog, gate) = chain_workflow(&sb);
     let leader = sb.spawn(sb.leader(&["run", "chain.yaml", "--clean", "never"]), "old");
     let runlog2 = runlog.clone();
     tokio::task::spawn_blocking(move || {
         wait_for(T, "job b to start", || {
-            lines(&runlog2).iter().any(|l| l == "b-start").then_some(())
+            log_lines(&runlog2)
+                .iter()
+                .any(|l| l == "b-start")
+                .then_some(())
         })
     })
     .await
@@ -289,7 +259,7 @@ async fn a_leader_fenced_by_a_newer_one_stops_without_writing() {
         "a fenced leader writes no more state"
     );
     assert_eq!(
-        count(&lines(&runlog), "c"),
+        count_lines(&log_lines(&runlog), "c"),
         0,
         "c must not be launched by a fenced leader"
     );

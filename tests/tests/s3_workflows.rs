@@ -28,7 +28,9 @@ use prost::Message;
 use sha2::{Digest, Sha256};
 use toil_jobstore::{JobStore, Locator, layout};
 use toil_proto::v1::AttemptResult;
-use toil_tests::local::{Finished, PeakSampler, Sandbox, wait_for};
+use toil_tests::local::{
+    Finished, PeakSampler, Sandbox, chain_workflow, count_lines, log_lines, wait_for,
+};
 use toil_tests::moto::{Moto, REGION, unique_name};
 
 const T: Duration = Duration::from_secs(180);
@@ -79,18 +81,6 @@ fn bucket_exists(moto: &Moto, name: &str) -> bool {
             .await
             .is_ok()
     })
-}
-
-fn lines(p: &Path) -> Vec<String> {
-    std::fs::read_to_string(p)
-        .unwrap_or_default()
-        .lines()
-        .map(str::to_string)
-        .collect()
-}
-
-fn count(log: &[String], what: &str) -> usize {
-    log.iter().filter(|l| *l == what).count()
 }
 
 // === a whole workflow ===
@@ -280,41 +270,6 @@ outputs:
 
 // === kill -9 and --restart ===
 
-/// A chain a -> b -> c where b waits for a gate file; each job appends its
-/// name to the run log when it completes.
-fn chain(sb: &Sandbox) -> (PathBuf, PathBuf) {
-    let runlog = sb.path().join("runlog");
-    let gate = sb.path().join("gate");
-    sb.write(
-        "chain.yaml",
-        &format!(
-            r#"
-defaults: {{cores: 0.1, memory: 32Mi}}
-jobs:
-  a:
-    command: "echo A > a.txt && echo a >> {log}"
-    outputs: {{a: a.txt}}
-  b:
-    inputs: [{{from: a.a}}]
-    command: |
-      echo b-start >> {log}
-      while [ ! -e {gate} ]; do sleep 0.05; done
-      cat a.txt > b.txt && echo B >> b.txt && echo b >> {log}
-    outputs: {{b: b.txt}}
-  c:
-    inputs: [{{from: b.b}}]
-    command: "cat b.txt > c.txt && echo C >> c.txt && echo c >> {log}"
-    outputs: {{c: c.txt}}
-outputs:
-  final: c.c
-"#,
-            log = runlog.display(),
-            gate = gate.display()
-        ),
-    );
-    (runlog, gate)
-}
-
 fn kill_leader_during_b(sb: &Sandbox, moto: &Moto, loc: &str, runlog: &Path) {
     let leader = sb.spawn(
         leader(
@@ -334,7 +289,10 @@ fn kill_leader_during_b(sb: &Sandbox, moto: &Moto, loc: &str, runlog: &Path) {
         "leader",
     );
     wait_for(T, "job b to start", || {
-        lines(runlog).iter().any(|l| l == "b-start").then_some(())
+        log_lines(runlog)
+            .iter()
+            .any(|l| l == "b-start")
+            .then_some(())
     });
     leader.signal(Signal::SIGKILL);
     assert_eq!(leader.wait(T).status.code(), None, "killed by a signal");
@@ -362,7 +320,7 @@ fn kill_9_mid_job_then_restart_on_s3_reruns_only_the_unfinished_job() {
     let sb = Sandbox::new("s3kill9a");
     let name = unique_name("kill");
     let loc = aws(REGION, &name);
-    let (runlog, gate) = chain(&sb);
+    let (runlog, gate) = chain_workflow(&sb);
     kill_leader_during_b(&sb, moto, &loc, &runlog);
     // b's agent loses its leader: after its lease it kills b and exits.
     std::thread::sleep(Duration::from_secs(4));
@@ -374,10 +332,18 @@ fn kill_9_mid_job_then_restart_on_s3_reruns_only_the_unfinished_job() {
         "{}",
         r.stderr
     );
-    let log = lines(&runlog);
-    assert_eq!(count(&log, "a"), 1, "a must not run again: {log:?}");
-    assert_eq!(count(&log, "b-start"), 2, "b's first attempt died: {log:?}");
-    assert_eq!((count(&log, "b"), count(&log, "c")), (1, 1), "{log:?}");
+    let log = log_lines(&runlog);
+    assert_eq!(count_lines(&log, "a"), 1, "a must not run again: {log:?}");
+    assert_eq!(
+        count_lines(&log, "b-start"),
+        2,
+        "b's first attempt died: {log:?}"
+    );
+    assert_eq!(
+        (count_lines(&log, "b"), count_lines(&log, "c")),
+        (1, 1),
+        "{log:?}"
+    );
     let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).unwrap();
     assert_eq!(out, "A\nB\nC\n");
     // --clean onSuccess (the default) deleted the bucket.
@@ -390,7 +356,7 @@ fn kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered_from_s3() {
     let sb = Sandbox::new("s3kill9b");
     let name = unique_name("recover");
     let loc = aws(REGION, &name);
-    let (runlog, gate) = chain(&sb);
+    let (runlog, gate) = chain_workflow(&sb);
     kill_leader_during_b(&sb, moto, &loc, &runlog);
     // b finishes while there is no leader: its agent stores its outputs and
     // result in the bucket before failing to report.
@@ -407,10 +373,18 @@ fn kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered_from_s3() {
         "{}",
         r.stderr
     );
-    let log = lines(&runlog);
-    assert_eq!(count(&log, "b-start"), 1, "b must not run again: {log:?}");
+    let log = log_lines(&runlog);
     assert_eq!(
-        (count(&log, "a"), count(&log, "b"), count(&log, "c")),
+        count_lines(&log, "b-start"),
+        1,
+        "b must not run again: {log:?}"
+    );
+    assert_eq!(
+        (
+            count_lines(&log, "a"),
+            count_lines(&log, "b"),
+            count_lines(&log, "c")
+        ),
         (1, 1, 1),
         "{log:?}"
     );
@@ -498,10 +472,10 @@ fn two_leaders_starting_at_once_on_a_new_s3_store_exactly_one_proceeds() {
         let loc = aws(REGION, &name);
         let results = race(&sb, moto, &["run", "fan.yaml", "--jobStore", &loc], 2);
         one_proceeded(&results, &loc);
-        let log = lines(&runlog);
+        let log = log_lines(&runlog);
         for job in ["part0", "part1", "part2", "gather"] {
             assert_eq!(
-                count(&log, job),
+                count_lines(&log, job),
                 1,
                 "round {round}: {job} ran once: {log:?}"
             );
@@ -539,9 +513,9 @@ fn two_leaders_restarting_one_s3_store_at_once_exactly_one_proceeds() {
         "{}",
         winner.stderr
     );
-    let log = lines(&runlog);
+    let log = log_lines(&runlog);
     for job in ["part0", "part1", "part2", "gather"] {
-        assert_eq!(count(&log, job), 1, "{job} ran once in all: {log:?}");
+        assert_eq!(count_lines(&log, job), 1, "{job} ran once in all: {log:?}");
     }
 }
 
