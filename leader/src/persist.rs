@@ -16,7 +16,7 @@ use prost::Message;
 use toil_jobstore::state::{Journal, Lease};
 use toil_jobstore::{Error as StoreError, JobStore};
 use toil_proto::v1::{JournalEntry, JournalRecord, journal_entry::Kind};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::core::Core;
 
@@ -56,8 +56,6 @@ pub enum PersistError {
 pub enum PersistMsg {
     /// Entries to write with the next batch.
     Entries(Vec<JournalEntry>),
-    /// Write everything pending now and report.
-    Flush(oneshot::Sender<Result<(), String>>),
 }
 
 /// The persister's state.
@@ -152,13 +150,6 @@ impl Persister {
                         } else if deadline.is_none() {
                             deadline = Some(due);
                         }
-                    }
-                    Some(PersistMsg::Flush(reply)) => {
-                        let r = self.write_counted(std::mem::take(&mut pending)).await;
-                        deadline = None;
-                        let failed = r.as_ref().err().map(|e| e.to_string());
-                        let _ = reply.send(match &failed { Some(m) => Err(m.clone()), None => Ok(()) });
-                        r?;
                     }
                     None => {
                         self.write_counted(std::mem::take(&mut pending)).await?;

@@ -460,11 +460,6 @@ impl Core {
         self.delayed.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Number of jobs ready to launch now.
-    pub fn ready_len(&self) -> usize {
-        self.ready.len()
-    }
-
     /// Removes and returns the first ready job (looking at most `window`
     /// jobs deep) for which `fits` says yes.
     pub fn take_ready(

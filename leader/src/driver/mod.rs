@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use toil_jobstore::layout;
 use toil_proto::v1::{
-    AttemptResult, Cause, CauseKind, JobState, WorkflowState, workflow_event::Kind as EventKind,
+    AttemptResult, Cause, CauseKind, WorkflowState, workflow_event::Kind as EventKind,
 };
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
@@ -575,13 +575,5 @@ impl Driver {
             });
             self.agent_gone(&id, None, format!("the agent sent no report for {secs} s"));
         }
-    }
-
-    /// Jobs that have not finished, for the summary.
-    pub fn unfinished(&self) -> usize {
-        let c = self.core.counts();
-        (c[JobState::Waiting as usize]
-            + c[JobState::Queued as usize]
-            + c[JobState::Running as usize]) as usize
     }
 }
