@@ -45,14 +45,6 @@ pub struct AgentCtx {
     pub terminate: CancellationToken,
 }
 
-fn cause(kind: CauseKind, code: i32, message: impl Into<String>) -> Cause {
-    Cause {
-        kind: kind as i32,
-        code,
-        message: message.into(),
-    }
-}
-
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: t.timestamp(),
@@ -101,9 +93,8 @@ impl AgentCtx {
                 .conclude(
                     a,
                     n,
-                    cause(
+                    Cause::new(
                         CauseKind::StagingFailed,
-                        0,
                         format!(
                             "cannot create the work directory {}: {e}",
                             work_dir.display()
@@ -124,9 +115,8 @@ impl AgentCtx {
                         .conclude(
                             a,
                             n,
-                            cause(
+                            Cause::new(
                                 CauseKind::StagingFailed,
-                                0,
                                 format!("cannot create the log spool: {e}"),
                             ),
                             Default::default(),
@@ -254,9 +244,7 @@ impl Run<'_> {
             Ok(s) => s,
             Err(e) => {
                 return (
-                    cause(
-                        CauseKind::ConfigError,
-                        0,
+                    Cause::config_error(
                         format!("cannot open the job store {}: {e}", a.job_store),
                     ),
                     -1,
@@ -269,7 +257,7 @@ impl Run<'_> {
             a.inputs.iter().map(CacheInput::try_from).collect();
         let inputs = match inputs {
             Ok(i) => i,
-            Err(e) => return (cause(CauseKind::ConfigError, 0, e.to_string()), -1, vec![]),
+            Err(e) => return (Cause::config_error(e.to_string()), -1, vec![]),
         };
         let disk = a.resources.as_ref().map_or(0, |r| r.disk_bytes);
         let staged = match self
@@ -281,7 +269,7 @@ impl Run<'_> {
             Ok(s) => s,
             Err(e) => {
                 self.note(&format!("staging inputs failed: {e}")).await;
-                return (cause(e.cause_kind(), 0, e.to_string()), -1, vec![]);
+                return (Cause::new(e.cause_kind(), e.to_string()), -1, vec![]);
             }
         };
         staged.stats().add_to(&mut self.usage);
@@ -290,7 +278,7 @@ impl Run<'_> {
         let mut cmd = if a.image.is_empty() {
             let Some((program, args)) = a.argv.split_first() else {
                 return (
-                    cause(CauseKind::ConfigError, 0, "the job has an empty command"),
+                    Cause::config_error("the job has an empty command"),
                     -1,
                     vec![],
                 );
@@ -301,7 +289,7 @@ impl Run<'_> {
         } else {
             let images = match self.ctx.image_cache().await {
                 Ok(c) => c,
-                Err(e) => return (cause(e.cause_kind(), 0, e.cause_message()), -1, vec![]),
+                Err(e) => return (Cause::new(e.cause_kind(), e.cause_message()), -1, vec![]),
             };
             self.note(&format!("pulling image {}", a.image)).await;
             let pulled = match images.pull(&a.image).await {
@@ -309,7 +297,7 @@ impl Run<'_> {
                 Err(e) => {
                     self.note(&format!("image pull failed: {}", e.cause_message()))
                         .await;
-                    return (cause(e.cause_kind(), 0, e.cause_message()), -1, vec![]);
+                    return (Cause::new(e.cause_kind(), e.cause_message()), -1, vec![]);
                 }
             };
             let cc = images.exec_command(&pulled.path, self.work_dir, &a.argv);
@@ -333,7 +321,7 @@ impl Run<'_> {
             Some(s) => s.sink(),
             None => {
                 return (
-                    cause(CauseKind::ConfigError, 0, "no log stream"),
+                    Cause::config_error("no log stream"),
                     -1,
                     vec![],
                 );
@@ -347,7 +335,7 @@ impl Run<'_> {
                     a.argv.first().map(String::as_str).unwrap_or("")
                 );
                 self.note(&msg).await;
-                return (cause(CauseKind::ConfigError, 0, msg), -1, vec![]);
+                return (Cause::config_error(msg), -1, vec![]);
             }
         };
         self.usage.peak_rss_bytes = ex.peak_rss;
@@ -356,25 +344,20 @@ impl Run<'_> {
         let exit_code = ex.status.code().unwrap_or(-1);
         use std::os::unix::process::ExitStatusExt;
         let ended = match (&ex.killed, ex.status.code(), ex.status.signal()) {
-            (Some(KillReason::Deadline(t)), _, _) => Some(cause(
+            (Some(KillReason::Deadline(t)), _, _) => Some(Cause::new(
                 CauseKind::DeadlineExceeded,
-                0,
                 format!(
                     "ran longer than its time limit of {}",
                     humantime::format_duration(*t)
                 ),
             )),
-            (Some(KillReason::Leader(r)), _, _) => Some(cause(CauseKind::Cancelled, 0, r.clone())),
-            (Some(KillReason::Agent(r)), _, _) => Some(cause(CauseKind::AgentLost, 0, r.clone())),
+            (Some(KillReason::Leader(r)), _, _) => Some(Cause::cancelled(r.clone())),
+            (Some(KillReason::Agent(r)), _, _) => Some(Cause::agent_lost(r.clone())),
             (None, Some(0), _) => None,
-            (None, Some(code), _) => Some(cause(
-                CauseKind::ExitCode,
-                code,
-                format!("the command exited with status {code}"),
-            )),
+            (None, Some(code), _) => Some(Cause::exit_code(code)),
             (None, None, Some(9)) => {
                 let asked = a.resources.as_ref().map_or(0, |r| r.memory_bytes);
-                Some(cause(
+                Some(Cause::with_code(
                     CauseKind::OomKilled,
                     137,
                     format!(
@@ -384,14 +367,7 @@ impl Run<'_> {
                     ),
                 ))
             }
-            (None, None, sig) => {
-                let sig = sig.unwrap_or(0);
-                Some(cause(
-                    CauseKind::Signaled,
-                    sig,
-                    format!("killed by signal {sig}"),
-                ))
-            }
+            (None, None, sig) => Some(Cause::signaled(sig.unwrap_or(0))),
         };
         if let Some(c) = ended {
             self.note(&format!("job ended: {}", c.message)).await;
@@ -413,16 +389,16 @@ impl Run<'_> {
             Ok((outs, bytes)) => {
                 self.usage.bytes_uploaded = bytes;
                 drop(staged);
-                (cause(CauseKind::Succeeded, 0, ""), 0, outs)
+                (Cause::succeeded(), 0, outs)
             }
             Err(e @ outputs::OutputError::Missing { .. })
             | Err(e @ outputs::OutputError::BadPattern { .. }) => {
                 self.note(&e.to_string()).await;
-                (cause(CauseKind::OutputMissing, 0, e.to_string()), 0, vec![])
+                (Cause::new(CauseKind::OutputMissing, e.to_string()), 0, vec![])
             }
             Err(e) => {
                 self.note(&e.to_string()).await;
-                (cause(CauseKind::StagingFailed, 0, e.to_string()), 0, vec![])
+                (Cause::new(CauseKind::StagingFailed, e.to_string()), 0, vec![])
             }
         }
     }

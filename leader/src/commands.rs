@@ -18,7 +18,6 @@ use crate::cli::{CleanArgs, LogsArgs, StatusArgs};
 use crate::core::{Core, JobIdx, RetryPolicy};
 use crate::driver::{job_proto, total_usage};
 use crate::run::{LeaderInfo, Meta, hostname};
-use crate::summary::describe;
 use crate::workflow::{ResolvedDefaults, units};
 
 async fn open(loc: &str) -> anyhow::Result<JobStore> {
@@ -220,7 +219,7 @@ fn print_status(
             .attempts
             .last()
             .and_then(|a| a.cause.as_ref())
-            .map(describe)
+            .map(ToString::to_string)
             .unwrap_or_default();
         let cause = if j.state == JobState::Blocked as i32 {
             format!("waits for failed job {}", j.blocked_by)

@@ -462,11 +462,7 @@ mod tests {
                     CauseKind::Succeeded
                 };
                 let result = AttemptResult {
-                    cause: Some(Cause {
-                        kind: kind as i32,
-                        code: 0,
-                        message: String::new(),
-                    }),
+                    cause: Some(Cause::new(kind, "")),
                     ..Default::default()
                 };
                 core.finish(j, n, result, 2, t).expect("finish");
@@ -491,7 +487,7 @@ mod tests {
         let loaded = load(&store, &mut again).await.expect("reload");
         assert!(loaded.entries > 600, "{}", loaded.entries);
         assert_eq!(again.counts(), core.counts());
-        assert_eq!(again.counts()[JobState::Succeeded as usize], 300);
+        assert_eq!(again.counts()[JobState::Succeeded], 300);
         for j in 0..300 {
             assert_eq!(again.attempts(j).len(), core.attempts(j).len(), "job {j}");
             assert_eq!(&*again.attempts(j)[0].placement, "here");

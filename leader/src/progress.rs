@@ -14,7 +14,7 @@ use crate::logs::EchoLine;
 /// Renders `p` as `12/40 done · 4 running · 20 queued · 4 waiting · 1 failed`.
 pub fn line(p: &Progress) -> String {
     let c = &p.counts;
-    let done = c[JobState::Succeeded as usize];
+    let done = c[JobState::Succeeded];
     let mut parts = vec![format!("{done}/{} done", p.total)];
     for (state, label) in [
         (JobState::Running, "running"),
@@ -24,7 +24,7 @@ pub fn line(p: &Progress) -> String {
         (JobState::Blocked, "blocked"),
         (JobState::Cancelled, "cancelled"),
     ] {
-        let n = c[state as usize];
+        let n = c[state];
         if n > 0 {
             parts.push(format!("{n} {label}"));
         }
@@ -108,9 +108,9 @@ mod tests {
     #[test]
     fn the_status_line_shows_only_what_is_there() {
         let mut p = Progress::default();
-        p.counts[JobState::Succeeded as usize] = 3;
-        p.counts[JobState::Running as usize] = 2;
-        p.counts[JobState::Failed as usize] = 1;
+        p.counts[JobState::Succeeded] = 3;
+        p.counts[JobState::Running] = 2;
+        p.counts[JobState::Failed] = 1;
         p.total = 6;
         assert_eq!(line(&p), "3/6 done · 2 running · 1 failed");
     }

@@ -18,7 +18,7 @@ use prost::Message;
 use toil_jobstore::state::{AcquireError, Lease, LeaseHolder, LeaseRecord};
 use toil_jobstore::{Condition, JobStore, layout};
 use toil_proto::v1::{
-    AttemptResult, Cause, CauseKind, FileRef, ImportedInput, ImportedInputs, JobState,
+    AttemptResult, Cause, FileRef, ImportedInput, ImportedInputs, JobState,
     WorkflowState,
 };
 use tokio::sync::{mpsc, watch};
@@ -249,7 +249,7 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         eprintln!(
             "restarting workflow {} from {replayed} journal entries: {} of {} jobs already finished{}",
             meta.name,
-            finished(&core),
+            core.counts().finished(),
             core.job_count(),
             if retried > 0 {
                 format!("; retrying {retried} failed job(s) with a new set of retries")
@@ -521,14 +521,6 @@ fn url_is_loopback(url: &str) -> bool {
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn finished(core: &Core) -> u64 {
-    let c = core.counts();
-    c[JobState::Succeeded as usize]
-        + c[JobState::Failed as usize]
-        + c[JobState::Blocked as usize]
-        + c[JobState::Cancelled as usize]
 }
 
 fn spawn_signal_handler(stop: CancellationToken, reason: Arc<Mutex<Option<(u8, String)>>>) {
@@ -845,15 +837,9 @@ async fn settle_interrupted(store: &JobStore, core: &mut Core) {
                 recovered += 1;
                 r
             }
-            None => AttemptResult {
-                cause: Some(Cause {
-                    kind: CauseKind::AgentLost as i32,
-                    code: 0,
-                    message: "the previous leader stopped while this attempt ran".into(),
-                }),
-                exit_code: -1,
-                ..Default::default()
-            },
+            None => AttemptResult::ended(Cause::agent_lost(
+                "the previous leader stopped while this attempt ran",
+            )),
         };
         let _ = core.finish(j, n, result, now_ms, now);
     }

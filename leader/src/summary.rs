@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use toil_proto::v1::{Cause, CauseKind, JobState, WorkflowState};
+use toil_proto::v1::{JobState, WorkflowState};
 
 use crate::core::{Core, JobIdx};
 use crate::logs::LogHub;
@@ -13,37 +13,6 @@ use crate::run::Meta;
 const SHOWN: usize = 5;
 /// Bytes of log shown per failed job.
 const TAIL: usize = 2000;
-
-/// A cause in words: `exit code 3`, `out of memory: ...`.
-pub fn describe(c: &Cause) -> String {
-    let kind = CauseKind::try_from(c.kind).unwrap_or(CauseKind::Unspecified);
-    let label = match kind {
-        CauseKind::Succeeded => return "succeeded".into(),
-        CauseKind::ExitCode => format!("exit code {}", c.code),
-        CauseKind::OomKilled => "out of memory (OOM_KILLED)".into(),
-        CauseKind::Unschedulable => "unschedulable".into(),
-        CauseKind::ImagePull => "image pull failed".into(),
-        CauseKind::Evicted => "evicted".into(),
-        CauseKind::Preempted => "preempted".into(),
-        CauseKind::NodeLost => "node lost".into(),
-        CauseKind::AgentLost => "agent lost".into(),
-        CauseKind::DeadlineExceeded => "time limit exceeded".into(),
-        CauseKind::Cancelled => "cancelled".into(),
-        CauseKind::ConfigError => "configuration error".into(),
-        CauseKind::Signaled => format!("killed by signal {}", c.code),
-        CauseKind::OutputMissing => "declared output missing".into(),
-        CauseKind::StagingFailed => "staging failed".into(),
-        CauseKind::PodStartTimeout => "pod never started".into(),
-        CauseKind::Unspecified => "unknown".into(),
-    };
-    let generic = c.message.is_empty()
-        || (kind == CauseKind::ExitCode && c.message.starts_with("the command exited with status"));
-    if generic {
-        label
-    } else {
-        format!("{label}: {}", c.message)
-    }
-}
 
 fn seconds(d: Duration) -> String {
     if d.as_secs() >= 120 {
@@ -70,14 +39,14 @@ pub async fn print(
         _ => "stopped",
     };
     let attempts: usize = (0..total as JobIdx).map(|j| core.attempts(j).len()).sum();
-    let mut parts = vec![format!("{} succeeded", c[JobState::Succeeded as usize])];
+    let mut parts = vec![format!("{} succeeded", c[JobState::Succeeded])];
     for (s, label) in [
         (JobState::Failed, "failed"),
         (JobState::Blocked, "blocked by a failure"),
         (JobState::Cancelled, "cancelled"),
     ] {
-        if c[s as usize] > 0 {
-            parts.push(format!("{} {label}", c[s as usize]));
+        if c[s] > 0 {
+            parts.push(format!("{} {label}", c[s]));
         }
     }
     eprintln!(
@@ -95,7 +64,7 @@ pub async fn print(
         let Some(last) = attempts.last() else {
             continue;
         };
-        let cause = last.cause.as_ref().map(describe).unwrap_or_default();
+        let cause = last.cause.as_ref().map(ToString::to_string).unwrap_or_default();
         let (used, allowed) = core.retries(j);
         eprintln!(
             "\njob {id} failed: {cause}\n  attempt {} ({} of {} retries used){}",
@@ -123,32 +92,5 @@ pub async fn print(
             "\n... and {} more failed jobs; see `toil-leader status` for all of them",
             failed.len() - SHOWN
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn causes_read_well() {
-        let c = |kind: CauseKind, code, m: &str| Cause {
-            kind: kind as i32,
-            code,
-            message: m.into(),
-        };
-        assert_eq!(
-            describe(&c(
-                CauseKind::ExitCode,
-                3,
-                "the command exited with status 3"
-            )),
-            "exit code 3"
-        );
-        assert_eq!(
-            describe(&c(CauseKind::Unschedulable, 0, "0/3 nodes are available")),
-            "unschedulable: 0/3 nodes are available"
-        );
-        assert_eq!(describe(&c(CauseKind::Succeeded, 0, "")), "succeeded");
     }
 }

@@ -81,7 +81,7 @@ impl Core {
                 cancel_requested: false,
             });
         }
-        self.counts[JobState::Waiting as usize] += count as u64;
+        self.counts[JobState::Waiting] += count as u64;
         t
     }
 

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use toil_proto::StateCounts;
 use toil_proto::v1::{AddJobsRequest, Cause, FileRef, JobState, OutputFiles, ResourceUsage};
 
 use crate::workflow::spec::{JobTemplate, Workflow};
@@ -261,7 +262,7 @@ pub struct Core {
     pub(crate) by_name: HashMap<Box<str>, TmplIdx>,
     pub(crate) ready: VecDeque<JobIdx>,
     pub(crate) delayed: BinaryHeap<Reverse<(Instant, JobIdx)>>,
-    pub(crate) counts: [u64; 8],
+    pub(crate) counts: StateCounts,
     pub(crate) policy: RetryPolicy,
     pub(crate) defaults: JobDefaults,
     pub(crate) wf_defaults: crate::workflow::spec::Defaults,
@@ -285,7 +286,7 @@ impl Core {
             by_name: HashMap::new(),
             ready: VecDeque::new(),
             delayed: BinaryHeap::new(),
-            counts: [0; 8],
+            counts: StateCounts::default(),
             policy,
             defaults,
             wf_defaults: wf.defaults.clone(),
@@ -311,8 +312,8 @@ impl Core {
         self.jobs.len()
     }
 
-    /// Jobs in each state, indexed by the `JobState` value.
-    pub fn counts(&self) -> [u64; 8] {
+    /// Jobs in each state.
+    pub fn counts(&self) -> StateCounts {
         self.counts
     }
 
@@ -378,9 +379,7 @@ impl Core {
 
     /// True once every job has reached a final state.
     pub fn is_finished(&self) -> bool {
-        let c = &self.counts;
-        c[JobState::Waiting as usize] + c[JobState::Queued as usize] + c[JobState::Running as usize]
-            == 0
+        self.counts.unfinished() == 0
     }
 
     /// The workflow's state as a whole.
@@ -392,12 +391,7 @@ impl Core {
         if self.cancelled {
             return W::Cancelled;
         }
-        let c = &self.counts;
-        if c[JobState::Failed as usize]
-            + c[JobState::Blocked as usize]
-            + c[JobState::Cancelled as usize]
-            > 0
-        {
+        if self.counts.unsuccessful() > 0 {
             W::Failed
         } else {
             W::Succeeded

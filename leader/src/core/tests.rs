@@ -61,11 +61,8 @@ fn core(jobs: Vec<JobTemplate>) -> Core {
 }
 
 fn cause(kind: CauseKind) -> Cause {
-    Cause {
-        kind: kind as i32,
-        code: if kind == CauseKind::ExitCode { 1 } else { 0 },
-        message: String::new(),
-    }
+    let code = if kind == CauseKind::ExitCode { 1 } else { 0 };
+    Cause::with_code(kind, code, "")
 }
 
 fn result(kind: CauseKind) -> AttemptResult {
@@ -118,8 +115,8 @@ fn run_all(c: &mut Core) -> Vec<String> {
 #[test]
 fn a_chain_runs_in_order_and_succeeds() {
     let mut c = core(vec![job("a", &[]), job("b", &["a"]), job("c", &["b"])]);
-    assert_eq!(c.counts()[JobState::Queued as usize], 1);
-    assert_eq!(c.counts()[JobState::Waiting as usize], 2);
+    assert_eq!(c.counts()[JobState::Queued], 1);
+    assert_eq!(c.counts()[JobState::Waiting], 2);
     assert_eq!(run_all(&mut c), ["a", "b", "c"]);
     assert!(c.is_finished());
     assert_eq!(c.workflow_state(), WorkflowState::Succeeded);
@@ -472,7 +469,7 @@ fn a_large_scatter_is_cheap_to_build() {
     });
     let c = core(vec![s, job("g", &["s"])]);
     assert_eq!(c.job_count(), 100_001);
-    assert_eq!(c.counts()[JobState::Queued as usize], 100_000);
+    assert_eq!(c.counts()[JobState::Queued], 100_000);
     assert_eq!(c.templates[0].dependents, vec![1]);
     assert_eq!(c.lookup("s[99999]"), Some(99_999));
 }

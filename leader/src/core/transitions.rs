@@ -29,8 +29,8 @@ impl Core {
             return;
         }
         job.state = to;
-        self.counts[from as usize] -= 1;
-        self.counts[to as usize] += 1;
+        self.counts[from] -= 1;
+        self.counts[to] += 1;
         if !self.replaying {
             self.events
                 .push(CoreEvent::StateChanged { job: j, from, to });
@@ -140,11 +140,10 @@ impl Core {
                 attempt: n,
             });
         }
-        let mut cause = result.cause.clone().unwrap_or(Cause {
-            kind: CauseKind::ConfigError as i32,
-            code: 0,
-            message: "the agent reported no cause".into(),
-        });
+        let mut cause = result
+            .cause
+            .clone()
+            .unwrap_or_else(|| Cause::config_error("the agent reported no cause"));
         let mut kind = CauseKind::try_from(cause.kind).unwrap_or(CauseKind::Unspecified);
         if kind == CauseKind::Unspecified {
             kind = CauseKind::ConfigError;

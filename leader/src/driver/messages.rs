@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use toil_proto::v1::{
-    AddJobsRequest, AddJobsResponse, AttemptResult, Cause, CauseKind, Continue, Exit, JobState,
+    AddJobsRequest, AddJobsResponse, AttemptResult, Cause, Continue, Exit, JobState,
     Kill, Relation, SynchronizeRequest, SynchronizeResponse, synchronize_response::Action,
 };
 use tokio::sync::oneshot;
@@ -94,26 +94,14 @@ pub fn kill(reason: String, lease: Duration) -> SynchronizeResponse {
     }
 }
 
-fn ended(kind: CauseKind, message: &str) -> AttemptResult {
-    AttemptResult {
-        cause: Some(Cause {
-            kind: kind as i32,
-            code: 0,
-            message: message.to_string(),
-        }),
-        exit_code: -1,
-        ..Default::default()
-    }
-}
-
 /// An attempt whose agent is lost.
 pub fn lost(message: &str) -> AttemptResult {
-    ended(CauseKind::AgentLost, message)
+    AttemptResult::ended(Cause::agent_lost(message))
 }
 
 /// An attempt cancelled before it started.
 pub fn cancelled(message: &str) -> AttemptResult {
-    ended(CauseKind::Cancelled, message)
+    AttemptResult::ended(Cause::cancelled(message))
 }
 
 /// Maps core refusals to gRPC codes.

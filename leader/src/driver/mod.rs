@@ -17,9 +17,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use toil_jobstore::layout;
-use toil_proto::v1::{
-    AttemptResult, Cause, CauseKind, WorkflowState, workflow_event::Kind as EventKind,
-};
+use toil_proto::StateCounts;
+use toil_proto::v1::{AttemptResult, Cause, WorkflowState, workflow_event::Kind as EventKind};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -54,8 +53,8 @@ pub struct DriverConfig {
 /// Progress figures for the display.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Progress {
-    /// Jobs per state, indexed by `JobState`.
-    pub counts: [u64; 8],
+    /// Jobs per state.
+    pub counts: StateCounts,
     /// Total jobs.
     pub total: u64,
 }
@@ -249,7 +248,7 @@ impl Driver {
                 return false;
             }
             p.counts = counts;
-            p.total = counts.iter().sum();
+            p.total = counts.total();
             true
         });
     }
@@ -328,15 +327,7 @@ impl Driver {
         let spec = match self.core.launch_spec(j, n) {
             Ok(s) => s,
             Err(message) => {
-                let result = AttemptResult {
-                    cause: Some(Cause {
-                        kind: CauseKind::ConfigError as i32,
-                        code: 0,
-                        message,
-                    }),
-                    exit_code: -1,
-                    ..Default::default()
-                };
+                let result = AttemptResult::ended(Cause::config_error(message));
                 let _ = self.core.finish(j, n, result, now_ms, Instant::now());
                 return None;
             }
@@ -517,18 +508,7 @@ impl Driver {
                     let chunks = r.log_chunks;
                     (r, Some(chunks))
                 }
-                None => (
-                    AttemptResult {
-                        cause: Some(Cause {
-                            kind: CauseKind::AgentLost as i32,
-                            code: 0,
-                            message: detail,
-                        }),
-                        exit_code: -1,
-                        ..Default::default()
-                    },
-                    None,
-                ),
+                None => (AttemptResult::ended(Cause::agent_lost(detail)), None),
             };
             if let Some(c) = cause {
                 result.cause = Some(c);

@@ -107,9 +107,8 @@ impl WorkflowService for WorkflowSvc {
             state: state as i32,
             job_counts: counts
                 .iter()
-                .enumerate()
-                .filter(|(i, n)| *i > 0 && **n > 0)
-                .map(|(i, n)| (i as i32, *n))
+                .filter(|(_, n)| *n > 0)
+                .map(|(s, n)| (s as i32, n))
                 .collect(),
             started_at: Some(self.started_at),
             epoch,

@@ -29,7 +29,6 @@ use super::names::{self, Naming};
 use super::podspec::{self, CONTAINER};
 use super::{Cluster, Identity, KubernetesConfig};
 use crate::batch::{AgentLaunch, BatchCmd, BatchEvent};
-use crate::summary::describe;
 
 /// Most Job creations in flight at once.
 const MAX_IN_FLIGHT: usize = 32;
@@ -255,7 +254,7 @@ fn verdict(t: &Tracked, d: Diagnosis) -> Cause {
     {
         message = format!("ErrImagePull: {first}; then {message}");
     }
-    cause(d.kind, d.code, format!("{message} ({})", t.whereabouts()))
+    Cause::with_code(d.kind, d.code, format!("{message} ({})", t.whereabouts()))
 }
 
 /// True while the agent's container runs.
@@ -268,14 +267,6 @@ fn container_running(pod: &Pod) -> bool {
         .is_some_and(|s| s.running.is_some())
 }
 
-fn cause(kind: CauseKind, code: i32, message: String) -> Cause {
-    Cause {
-        kind: kind as i32,
-        code,
-        message,
-    }
-}
-
 impl Batch {
     // === launching ===
 
@@ -285,7 +276,7 @@ impl Batch {
                 .events
                 .send(BatchEvent::AgentGone {
                     agent_id: l.agent_id,
-                    cause: Some(cause(CauseKind::ConfigError, 0, why)),
+                    cause: Some(Cause::config_error(why)),
                     detail: String::new(),
                 })
                 .await;
@@ -419,7 +410,7 @@ impl Batch {
             return;
         };
         if let Some(c) = &c {
-            tracing::warn!(job = %t.job_id, agent = %agent_id, "{}", describe(c));
+            tracing::warn!(job = %t.job_id, agent = %agent_id, "{c}");
         } else {
             tracing::debug!(job = %t.job_id, agent = %agent_id, %detail, "agent gone");
         }
@@ -781,7 +772,7 @@ impl Batch {
             };
             Done::Report {
                 agent_id,
-                cause: Some(cause(CauseKind::PodStartTimeout, 0, message)),
+                cause: Some(Cause::new(CauseKind::PodStartTimeout, message)),
                 detail: String::new(),
                 delete: true,
             }
@@ -812,7 +803,7 @@ impl Batch {
                                 if *code == 403 && self.refused.is_none() {
                                     self.refused = Some(message.clone());
                                 }
-                                Some(cause(CauseKind::ConfigError, 0, message.clone()))
+                                Some(Cause::config_error(message.clone()))
                             }
                             ApiError::Unavailable { .. } => None,
                         };
@@ -846,7 +837,7 @@ impl Batch {
                     );
                     // Delivered when the pod stops (the stashed event may
                     // say it already has).
-                    t.verdict = Some((Instant::now(), cause(CauseKind::DeadlineExceeded, 0, m)));
+                    t.verdict = Some((Instant::now(), Cause::new(CauseKind::DeadlineExceeded, m)));
                 }
                 if let Some((pod, deleted)) = stashed {
                     Box::pin(self.on_pod(*pod, deleted)).await;
@@ -917,7 +908,7 @@ impl Batch {
             );
             self.report(
                 &id,
-                Some(cause(CauseKind::Unschedulable, 0, message)),
+                Some(Cause::new(CauseKind::Unschedulable, message)),
                 String::new(),
                 true,
             )
