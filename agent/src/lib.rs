@@ -9,6 +9,7 @@
 //! - [`cache`]: the node-wide input cache shared by every agent on a node;
 //! - [`images`]: Singularity/Apptainer images, one pull per image per node;
 //! - [`client`]: the lease-aware connection to the leader;
+//! - [`signals`]: SIGINT and SIGTERM as a clean stop (the leader's too);
 //! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging.
 pub mod attempt;
 pub mod cache;
@@ -19,4 +20,5 @@ pub mod images;
 pub mod logstream;
 pub mod outputs;
 pub mod run;
+pub mod signals;
 pub mod stage_cmd;

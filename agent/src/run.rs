@@ -185,16 +185,9 @@ pub async fn main(args: RunArgs) -> u8 {
     let terminate = CancellationToken::new();
     let t = terminate.clone();
     tokio::spawn(async move {
-        let Ok(mut term) =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        else {
-            return;
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        if crate::signals::stop_signal().await.is_ok() {
+            t.cancel();
         }
-        t.cancel();
     });
     match run(args, terminate).await {
         Ok(Exit::Done(reason)) => {

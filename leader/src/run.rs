@@ -525,14 +525,12 @@ fn url_is_loopback(url: &str) -> bool {
 
 fn spawn_signal_handler(stop: CancellationToken, reason: Arc<Mutex<Option<(u8, String)>>>) {
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => return,
-            };
         let what = tokio::select! {
-            _ = tokio::signal::ctrl_c() => "interrupted (SIGINT)",
-            _ = term.recv() => "terminated (SIGTERM)",
+            s = toil_agent::signals::stop_signal() => match s {
+                Ok(s) => s.describe(),
+                // No handlers: SIGINT and SIGTERM keep ending the process.
+                Err(_) => return,
+            },
             _ = stop.cancelled() => return,
         };
         let mut r = reason.lock().unwrap_or_else(|p| p.into_inner());
