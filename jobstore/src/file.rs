@@ -14,7 +14,7 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::store::{Condition, Object, Transfer, Version};
+use crate::types::{Condition, Object, Transfer, Version};
 
 /// Name of the marker file that identifies a directory as a job store; also
 /// what `destroy` checks before deleting anything.

@@ -26,7 +26,9 @@ pub mod locator;
 pub mod s3;
 pub mod state;
 mod store;
+mod types;
 
 pub use error::{Error, Result};
 pub use locator::Locator;
-pub use store::{Condition, JobStore, Object, Transfer, Version};
+pub use store::{JobStore, OpCounts};
+pub use types::{Condition, Object, Transfer, Version};

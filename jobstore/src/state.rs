@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::store::{Condition, JobStore, Version};
+use crate::{Condition, JobStore, Version};
 
 /// Prefix of journal records.
 pub const JOURNAL_PREFIX: &str = "state/journal/";

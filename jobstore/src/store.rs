@@ -1,5 +1,5 @@
-//! The job-store handle that dispatches to a backend, and the types its
-//! operations share.
+//! The job-store handle that dispatches to a backend, and counts what it
+//! was asked to do.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,42 +11,7 @@ use crate::error::{Error, Result};
 use crate::file::FileBackend;
 use crate::locator::Locator;
 use crate::s3::{S3Backend, S3Options};
-
-/// An opaque version of a small object, used for compare-and-swap writes.
-/// On S3 it is the ETag; on a file store, a hash of the content.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Version(pub String);
-
-/// When a [`JobStore::put_bytes`] may take effect.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Condition {
-    /// Unconditionally (create or replace).
-    Always,
-    /// Only if the key does not exist (S3 `If-None-Match: *`; an atomic
-    /// link on a file store). Otherwise [`Error::PreconditionFailed`].
-    IfAbsent,
-    /// Only if the key exists with this version (S3 `If-Match`). A missing
-    /// key or a different version gives [`Error::PreconditionFailed`].
-    IfMatch(Version),
-}
-
-/// A small object read whole.
-#[derive(Clone, Debug)]
-pub struct Object {
-    /// The content.
-    pub data: Bytes,
-    /// Its version, for a later [`Condition::IfMatch`].
-    pub version: Version,
-}
-
-/// What a streaming file transfer moved.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Transfer {
-    /// Bytes transferred.
-    pub size: u64,
-    /// Lowercase hex SHA-256 of the bytes, computed in the same pass.
-    pub sha256: String,
-}
+use crate::types::{Condition, Object, Transfer, Version};
 
 /// Counts of operations, by kind, since the store was opened. Benchmarks read
 /// these to report requests per job (S3 requests cost money).

@@ -8,7 +8,7 @@ use super::S3Backend;
 use super::errors::{self, Failure};
 use crate::error::{Error, Result};
 use crate::file::MARKER;
-use crate::store::Condition;
+use crate::types::Condition;
 
 impl S3Backend {
     pub(crate) async fn initialize(&self) -> Result<bool> {

@@ -23,7 +23,7 @@ use sha2::{Digest, Sha256};
 use super::errors::{self, Failure};
 use super::{S3Backend, SHA256_METADATA, blocking, drain};
 use crate::error::{Error, Result};
-use crate::store::Transfer;
+use crate::types::Transfer;
 
 /// What the first answer of a download said.
 struct Head {

@@ -42,7 +42,7 @@ use bytes::{Bytes, BytesMut};
 use crate::error::{Error, Result};
 use crate::file::MARKER;
 use crate::locator::Locator;
-use crate::store::{Condition, Object, Transfer, Version};
+use crate::types::{Condition, Object, Transfer, Version};
 
 pub use errors::NO_CREDENTIALS;
 pub use http::{RequestCounts, RequestStats};

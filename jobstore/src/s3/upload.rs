@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use super::errors::Failure;
 use super::{S3Backend, SHA256_METADATA, blocking};
 use crate::error::{Error, Result};
-use crate::store::Transfer;
+use crate::types::Transfer;
 
 pub(super) async fn put_file(b: &S3Backend, key: &str, src: &Path) -> Result<Transfer> {
     let path = src.to_path_buf();
