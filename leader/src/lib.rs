@@ -4,8 +4,9 @@
 //! A tour of the modules, from the command line inwards:
 //! - [`cli`], [`config`]: flags (Toil's names, `TOIL_*` fallbacks) checked
 //!   into a [`config::RunConfig`] before anything starts;
-//! - [`run`]: start-up (job store, lease, restore, epoch claim), the run,
-//!   and shutdown; [`commands`]: `status`, `logs`, `clean`;
+//! - [`run`]: start-up (job store, lease, restore, epoch claim), the tasks
+//!   of a run and their shutdown, the stored records and exit codes;
+//!   [`commands`]: `status`, `logs`, `clean`;
 //! - [`workflow`]: the workflow file, parsed and validated with positions;
 //! - [`core`]: the pure scheduler (graph, retries, dynamic jobs, journal);
 //! - [`driver`]: the one task that owns the core and talks to everything;

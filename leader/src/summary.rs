@@ -7,7 +7,6 @@ use toil_proto::v1::{JobState, WorkflowState};
 
 use crate::core::{Core, JobIdx};
 use crate::logs::LogHub;
-use crate::run::Meta;
 
 /// How many failed jobs are shown in full.
 const SHOWN: usize = 5;
@@ -26,7 +25,7 @@ fn seconds(d: Duration) -> String {
 pub async fn print(
     core: &Core,
     logs: &LogHub,
-    meta: &Meta,
+    name: &str,
     state: WorkflowState,
     elapsed: Duration,
 ) {
@@ -50,8 +49,7 @@ pub async fn print(
         }
     }
     eprintln!(
-        "workflow {} {word} in {}: {total} jobs ({}), {attempts} attempts",
-        meta.name,
+        "workflow {name} {word} in {}: {total} jobs ({}), {attempts} attempts",
         seconds(elapsed),
         parts.join(", ")
     );

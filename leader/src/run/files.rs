@@ -1,0 +1,144 @@
+//! Files between the user's machine and the job store: the workflow's
+//! local inputs imported at the first run, its outputs exported at the end.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use prost::Message;
+use toil_jobstore::{Condition, JobStore, layout};
+use toil_proto::v1::{FileRef, ImportedInput, ImportedInputs};
+
+use crate::core::{Core, JobIdx};
+use crate::workflow::{InputSource, Workflow};
+
+/// Imports every local input file of the workflow into the job store.
+pub(super) async fn import_inputs(
+    store: &JobStore,
+    wf: &Workflow,
+) -> anyhow::Result<HashMap<PathBuf, FileRef>> {
+    let mut paths: Vec<&Path> = wf
+        .jobs
+        .iter()
+        .flat_map(|j| j.inputs.iter())
+        .filter_map(|i| match &i.source {
+            InputSource::Local(p) => Some(p.as_path()),
+            InputSource::JobOutput { .. } => None,
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    let mut map = HashMap::new();
+    let mut record = ImportedInputs::default();
+    if !paths.is_empty() {
+        eprintln!("importing {} input file(s) into the job store", paths.len());
+    }
+    for p in paths {
+        // Hash first so the stored key is the content's: the same file used
+        // twice, or by two workflows, is stored once.
+        let sha = hash_file(p).await?;
+        let key = layout::input_key(&sha);
+        let t = store
+            .put_file(&key, p)
+            .await
+            .with_context(|| format!("importing {}", p.display()))?;
+        if t.sha256 != sha {
+            bail!(
+                "{} changed while it was being imported; try again",
+                p.display()
+            );
+        }
+        let file = FileRef {
+            file_id: key,
+            path: p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            size_bytes: t.size,
+            sha256: t.sha256,
+        };
+        record.inputs.push(ImportedInput {
+            local_path: p.to_string_lossy().into_owned(),
+            file: Some(file.clone()),
+        });
+        map.insert(p.to_path_buf(), file);
+    }
+    store
+        .put_bytes(
+            layout::IMPORTS_KEY,
+            Bytes::from(record.encode_to_vec()),
+            Condition::Always,
+        )
+        .await?;
+    Ok(map)
+}
+
+async fn hash_file(p: &Path) -> anyhow::Result<String> {
+    let p = p.to_path_buf();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        use sha2::Digest;
+        use std::io::Read;
+        let mut f =
+            std::fs::File::open(&p).with_context(|| format!("opening input {}", p.display()))?;
+        let mut h = sha2::Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+        }
+        Ok(hex::encode(h.finalize()))
+    })
+    .await?
+}
+
+/// The imported inputs recorded by the first run, by local path.
+pub(crate) async fn load_imports(store: &JobStore) -> anyhow::Result<HashMap<PathBuf, FileRef>> {
+    let Some(obj) = store.get_bytes(layout::IMPORTS_KEY).await? else {
+        return Ok(HashMap::new());
+    };
+    let rec = ImportedInputs::decode(obj.data).context("reading workflow/imports.pb")?;
+    Ok(rec
+        .inputs
+        .into_iter()
+        .filter_map(|i| Some((PathBuf::from(i.local_path), i.file?)))
+        .collect())
+}
+
+/// Copies the workflow's outputs to `dir/NAME/PATH`, verifying checksums.
+pub(super) async fn export_outputs(
+    store: &JobStore,
+    core: &Core,
+    wf: &Workflow,
+    dir: &Path,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    for out in &wf.outputs {
+        let producers: Vec<JobIdx> = (0..core.job_count() as JobIdx)
+            .filter(|&j| {
+                let id = core.job_id(j);
+                id == out.job || id.starts_with(&format!("{}[", out.job))
+            })
+            .collect();
+        for p in producers {
+            for files in core.outputs(p).iter().filter(|o| o.name == out.output) {
+                for f in &files.files {
+                    let dest = dir.join(&out.name).join(&f.path);
+                    if let Some(parent) = dest.parent() {
+                        std::fs::create_dir_all(parent)
+                            .with_context(|| format!("creating {}", parent.display()))?;
+                    }
+                    store
+                        .get_file_verified(&f.file_id, &dest, &f.sha256)
+                        .await
+                        .with_context(|| format!("exporting {}", f.path))?;
+                    n += 1;
+                }
+            }
+        }
+    }
+    Ok(n)
+}

@@ -1,0 +1,106 @@
+//! `toil-leader run`: from a workflow file to a finished workflow.
+//!
+//! A run goes through four stages, one module each:
+//! - [`startup`]: open the job store and take the lease (refusing if a live
+//!   leader holds it), then create or read the stored workflow;
+//! - `resume`: build the scheduler core, replay the journal on
+//!   `--restart`, claim the next epoch (which fences any older leader) and
+//!   settle what a previous leader left running;
+//! - `tasks`: only then serve and launch: the driver and the six tasks
+//!   around it, stopped in order at the end;
+//! - here: the exit code, exported outputs, the summary and the job
+//!   store's clean-up.
+//!
+//! [`records`] holds what the run stores for `status`, `logs` and later
+//! runs, and the exit codes.
+
+mod files;
+mod records;
+mod resume;
+mod startup;
+mod tasks;
+
+use std::time::Instant;
+
+use anyhow::Context;
+use toil_jobstore::JobStore;
+use toil_proto::v1::WorkflowState;
+
+use crate::config::{Batch, Clean, RunConfig};
+use crate::summary;
+pub(crate) use files::load_imports;
+pub use records::{Failure, LeaderInfo, Meta, RunSettings, exit};
+pub(crate) use startup::{hostname, restore_workflow};
+
+/// Runs a workflow to the end. Returns the exit code.
+pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
+    let t0 = Instant::now();
+    // On Kubernetes: connect and check the cluster (access, the job store's
+    // volume, node sizes) before the job store is touched.
+    let cluster = match &cfg.batch {
+        Batch::Kubernetes(k) => Some(startup::connect_cluster(k, &cfg).await?),
+        Batch::Local(_) => None,
+    };
+    let store = JobStore::open(&cfg.locator)
+        .await
+        .with_context(|| format!("opening job store {}", cfg.locator))
+        .map_err(startup::front_door)?;
+    let host = hostname();
+    let (opened, lease) = startup::open_workflow(&store, &cfg, &host).await?;
+    let prepared = resume::prepare(&store, &cfg, &opened, lease, cluster.as_ref(), &host).await?;
+    let running = tasks::start(&cfg, &store, &opened.meta, &host, cluster, prepared).await?;
+    let logs = running.logs.clone();
+    let stopped = running.run().await;
+
+    let meta = &opened.meta;
+    if let Some((code, message)) = stopped.reason {
+        if code == exit::INTERRUPTED {
+            eprintln!(
+                "{message}: stopped the running jobs. Resume with:\n  toil-leader run {} --restart --jobStore {}",
+                meta.source.display(),
+                cfg.locator
+            );
+        } else {
+            eprintln!("toil-leader: {message}");
+        }
+        return Ok(code);
+    }
+    if let Ok(Err(e)) = stopped.persisted {
+        eprintln!("toil-leader: {e}");
+        return Ok(exit::FAILED);
+    }
+    let state = stopped.outcome.state;
+    let core = stopped.outcome.core;
+    let mut code = match state {
+        WorkflowState::Succeeded => exit::OK,
+        _ => exit::FAILED,
+    };
+    if state == WorkflowState::Succeeded && !opened.wf.outputs.is_empty() {
+        match files::export_outputs(&store, &core, &opened.wf, &cfg.output_dir).await {
+            Ok(n) => eprintln!("exported {n} file(s) to {}", cfg.output_dir.display()),
+            Err(e) => {
+                eprintln!("toil-leader: exporting outputs failed: {e:#}");
+                code = exit::FAILED;
+            }
+        }
+    }
+    summary::print(&core, &logs, &meta.name, state, t0.elapsed()).await;
+    let clean = match cfg.clean {
+        Clean::Always => true,
+        Clean::Never => false,
+        Clean::OnSuccess => code == exit::OK,
+        Clean::OnError => code != exit::OK,
+    };
+    if clean {
+        if let Err(e) = store.destroy().await {
+            eprintln!("toil-leader: could not delete the job store: {e}");
+        }
+    } else if code != exit::OK {
+        eprintln!(
+            "the job store is kept; after fixing the problem, resume with:\n  toil-leader run {} --restart --jobStore {}",
+            meta.source.display(),
+            cfg.locator
+        );
+    }
+    Ok(code)
+}

@@ -1,0 +1,110 @@
+//! What a run keeps in the job store beside the journal (`meta.json`,
+//! `leader.json`), and the exit codes it ends with.
+//!
+//! `status`, `logs` and the summary read these too, which is why they live
+//! apart from the code that runs the workflow.
+
+use std::path::PathBuf;
+
+/// Exit codes of `toil-leader run`.
+pub mod exit {
+    /// Every job succeeded.
+    pub const OK: u8 = 0;
+    /// The workflow ran and at least one job failed.
+    pub const FAILED: u8 = 1;
+    /// The workflow file or the options are wrong, or the job store cannot
+    /// be used (credentials, access, its region); nothing ran.
+    pub const BAD_INPUT: u8 = 2;
+    /// The job store is in use by another leader, or this leader was fenced.
+    pub const CONFLICT: u8 = 3;
+    /// Interrupted (SIGINT/SIGTERM); resume with --restart.
+    pub const INTERRUPTED: u8 = 130;
+}
+
+/// Stored identity of a workflow (`workflow/meta.json`).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct Meta {
+    /// Unique id.
+    pub workflow_id: String,
+    /// Name from the file.
+    pub name: String,
+    /// The workflow file as given at the first run.
+    pub source: PathBuf,
+    /// The directory relative inputs were resolved against.
+    pub base_dir: PathBuf,
+    /// When the workflow first started (ms since the Unix epoch).
+    pub created_ms: i64,
+    /// The settings the journal's decisions were made with. Replaying the
+    /// journal must make the same decisions (a job that failed with no
+    /// retries left must not come back as queued), so a restart and an
+    /// offline `status` use these, not the current command line.
+    #[serde(default)]
+    pub settings: Option<RunSettings>,
+}
+
+/// Settings that decide how the journal replays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct RunSettings {
+    /// Default CPU in millicores.
+    pub millicores: u32,
+    /// Default memory in bytes.
+    pub memory: u64,
+    /// Default disk in bytes.
+    pub disk: u64,
+    /// `--retryCount`.
+    pub retries: u32,
+    /// `--infraRetryCount`.
+    pub infra_retries: u32,
+}
+
+impl RunSettings {
+    /// The job defaults part.
+    pub fn defaults(&self) -> crate::workflow::ResolvedDefaults {
+        crate::workflow::ResolvedDefaults {
+            millicores: self.millicores,
+            memory: self.memory,
+            disk: self.disk,
+            retries: self.retries,
+        }
+    }
+}
+
+/// What `state/leader.json` tells clients.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct LeaderInfo {
+    /// gRPC address of the live leader.
+    pub address: String,
+    /// Bearer token for WorkflowService.
+    pub client_token: String,
+    /// The leader's pid and host.
+    pub pid: u32,
+    /// Host name.
+    pub host: String,
+    /// The leader's epoch.
+    pub epoch: u64,
+}
+
+/// An error that maps to an exit code.
+#[derive(Debug)]
+pub struct Failure {
+    /// The exit code.
+    pub code: u8,
+    /// What to tell the user.
+    pub message: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// An error that ends the run with exit `code` and `message` alone.
+pub(crate) fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Failure {
+        code,
+        message: message.into(),
+    })
+}
