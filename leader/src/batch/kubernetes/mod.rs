@@ -10,7 +10,9 @@
 //! - [`nodes`]: node shapes for the fit check and the cluster's capacity;
 //! - [`diagnose`]: a pod's status read into a typed cause, in the cluster's
 //!   own words;
-//! - `task`: the batch task itself (creations, the watch, timeouts, kills);
+//! - `task`: the batch task itself: Job creation at a bounded rate
+//!   (`launch`), pod tracking and verdicts (`pods`), the watch and the
+//!   lookups that explain a failure (`watch`), timeouts and kills;
 //! - [`cleanup`]: deletion by label at shutdown, on restart and for
 //!   `toil-leader cleanup-jobs`.
 //!

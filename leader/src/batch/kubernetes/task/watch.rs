@@ -1,0 +1,259 @@
+//! The pod watch and the lookups that explain a failure: one watch on every
+//! pod of this leader, each event read by `Tracked::read` and acted on
+//! (a placement, a report, a lookup of the Job's deadline, the agent's log
+//! or the pod's events).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Event as KubeEvent, Pod};
+use kube::ResourceExt;
+use kube::api::{Api, ListParams, LogParams};
+use kube::runtime::watcher::{self, Event};
+use toil_proto::v1::{Cause, CauseKind};
+use tokio::time::Instant;
+
+use super::pods::{DeadlineCheck, Next};
+use super::{Batch, Done};
+use crate::batch::kubernetes::api::{self, Target};
+use crate::batch::kubernetes::names;
+use crate::batch::kubernetes::podspec::CONTAINER;
+
+/// Lines of an agent's log kept to explain its failure.
+const LOG_TAIL: i64 = 10;
+/// Watch errors are shown at most this often.
+const WATCH_WARN_EVERY: Duration = Duration::from_secs(10);
+
+impl Batch {
+    pub(super) async fn on_watch(&mut self, ev: Event<Pod>) {
+        match ev {
+            Event::Init => self.relist = Some(HashSet::new()),
+            Event::InitApply(p) => {
+                if let (Some(seen), Some(a)) = (self.relist.as_mut(), p.labels().get(names::AGENT))
+                {
+                    seen.insert(a.clone());
+                }
+                self.on_pod(p, false).await;
+            }
+            Event::InitDone => {
+                let Some(seen) = self.relist.take() else {
+                    return;
+                };
+                let vanished: Vec<(String, String)> = self
+                    .tracked
+                    .iter()
+                    .filter(|(id, t)| {
+                        t.pod.is_some() && !t.explaining && !seen.contains(&names::label_value(id))
+                    })
+                    .map(|(id, t)| (id.clone(), t.whereabouts()))
+                    .collect();
+                for (id, w) in vanished {
+                    self.report(
+                        &id,
+                        None,
+                        format!(
+                            "its {w} disappeared while the leader's pod watch was reconnecting"
+                        ),
+                        false,
+                    )
+                    .await;
+                }
+            }
+            Event::Apply(p) => self.on_pod(p, false).await,
+            Event::Delete(p) => self.on_pod(p, true).await,
+        }
+    }
+
+    pub(super) fn on_watch_error(&mut self, e: &watcher::Error) {
+        if let watcher::Error::WatchError(s) = e
+            && s.code == 410
+        {
+            // The history the watch could resume from is gone: the watcher
+            // relists, and pods that vanished meanwhile show at InitDone.
+            tracing::debug!("the pod watch expired (410 Gone); relisting");
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last_watch_warning
+            .is_some_and(|t| now.duration_since(t) < WATCH_WARN_EVERY)
+        {
+            return;
+        }
+        self.last_watch_warning = Some(now);
+        let inner = match e {
+            watcher::Error::InitialListFailed(k)
+            | watcher::Error::WatchStartFailed(k)
+            | watcher::Error::WatchFailed(k) => Some(k),
+            _ => None,
+        };
+        let forbidden = matches!(inner, Some(kube::Error::Api(s)) if s.code == 403);
+        let what = match inner {
+            Some(k) => api::short(k),
+            None => e.to_string(),
+        };
+        if forbidden {
+            tracing::error!(
+                "the pod watch is refused: {what}; the leader's identity needs `list` and `watch` on `pods` in namespace {:?} (apply deploy/rbac.yaml); retrying",
+                self.shared.ns
+            );
+        } else {
+            tracing::warn!("the pod watch failed, retrying with back-off: {what}");
+        }
+    }
+
+    /// Applies one pod event (`deleted`: the pod object is gone).
+    pub(super) async fn on_pod(&mut self, pod: Pod, deleted: bool) {
+        let Some(agent_id) = self.agent_of(&pod) else {
+            return;
+        };
+        let Some(t) = self.tracked.get_mut(&agent_id) else {
+            return;
+        };
+        match t.read(pod, deleted, Instant::now()) {
+            Next::Nothing => {}
+            Next::Place(node) => self.place(&agent_id, &node).await,
+            Next::Doomed { cause, stuck } => {
+                self.report(&agent_id, Some(cause), String::new(), stuck)
+                    .await
+            }
+            Next::CheckDeadline(stashed) => self.check_deadline(&agent_id, stashed),
+            Next::Gone(detail) => self.report(&agent_id, None, detail, false).await,
+            Next::ExplainLog(what) => self.explain_with_log(&agent_id, what),
+            Next::Verdict(c) => self.report(&agent_id, Some(c), String::new(), false).await,
+        }
+    }
+
+    fn agent_of(&self, pod: &Pod) -> Option<String> {
+        let label = pod.labels().get(names::AGENT)?;
+        if self.tracked.contains_key(label) {
+            return Some(label.clone());
+        }
+        // Label values are sanitized agent ids; agent ids are label-safe
+        // already, so this only matters for unusual ids.
+        self.tracked
+            .keys()
+            .find(|k| &names::label_value(k) == label)
+            .cloned()
+    }
+
+    // === lookups that explain a failure ===
+
+    /// Reads the Job's conditions: did it pass its activeDeadlineSeconds?
+    /// Pod events that arrive meanwhile are kept and applied afterwards.
+    pub(super) fn check_deadline(&mut self, agent_id: &str, stashed: Option<(Box<Pod>, bool)>) {
+        let Some(t) = self.tracked.get_mut(agent_id) else {
+            return;
+        };
+        t.deadline_check = DeadlineCheck::Running { stashed };
+        let s = self.shared.clone();
+        let name = t.job_name.clone();
+        let agent_id = agent_id.to_string();
+        self.tasks.spawn(async move {
+            let jobs = s.jobs();
+            let target = Target::new("get", "jobs", "batch", &s.ns);
+            let got = api::call(&s.policy, &target, &format!("reading Job {name}"), || {
+                jobs.get_opt(&name)
+            })
+            .await;
+            let message = got.ok().flatten().and_then(|j| {
+                j.status?.conditions?.into_iter().find_map(|c| {
+                    ((c.type_ == "Failed" || c.type_ == "FailureTarget")
+                        && c.reason.as_deref() == Some("DeadlineExceeded"))
+                    .then(|| c.message.unwrap_or_else(|| "DeadlineExceeded".into()))
+                })
+            });
+            Done::Deadline { agent_id, message }
+        });
+    }
+
+    /// Reports an agent that failed on its own, with the end of its log.
+    fn explain_with_log(&mut self, agent_id: &str, what: String) {
+        let Some(t) = self.tracked.get_mut(agent_id) else {
+            return;
+        };
+        t.explaining = true;
+        let s = self.shared.clone();
+        let pod = t.pod.clone().unwrap_or_default();
+        let agent_id = agent_id.to_string();
+        self.tasks.spawn(async move {
+            let pods: Api<Pod> = Api::namespaced(s.client.clone(), &s.ns);
+            let lp = LogParams {
+                container: Some(CONTAINER.into()),
+                tail_lines: Some(LOG_TAIL),
+                ..Default::default()
+            };
+            let target = Target::new("get", "pods/log", "", &s.ns);
+            let log = api::call(
+                &s.policy,
+                &target,
+                &format!("reading the log of {pod}"),
+                || pods.logs(&pod, &lp),
+            )
+            .await;
+            let detail = match log {
+                Ok(text) if !text.trim().is_empty() => {
+                    let lines: Vec<&str> = text.trim_end().lines().collect();
+                    format!("{what}; its last output: {}", lines.join(" | "))
+                }
+                Ok(_) => what,
+                Err(e) => format!("{what} (its log could not be read: {e})"),
+            };
+            Done::Report {
+                agent_id,
+                cause: None,
+                detail,
+                delete: false,
+            }
+        });
+    }
+
+    /// Fails an agent whose pod did not start, with the latest warning
+    /// event of `object` (the pod, or the Job when no pod appeared).
+    pub(super) fn explain_start_timeout(&mut self, agent_id: &str, object: String, what: String) {
+        let Some(t) = self.tracked.get_mut(agent_id) else {
+            return;
+        };
+        t.explaining = true;
+        let s = self.shared.clone();
+        let agent_id = agent_id.to_string();
+        self.tasks.spawn(async move {
+            let evs: Api<KubeEvent> = Api::namespaced(s.client.clone(), &s.ns);
+            let lp = ListParams::default().fields(&format!("involvedObject.name={object}"));
+            let target = Target::new("list", "events", "", &s.ns);
+            let got = api::call(
+                &s.policy,
+                &target,
+                &format!("reading the events of {object}"),
+                || evs.list(&lp),
+            )
+            .await;
+            let last = got.ok().and_then(|l| {
+                l.items
+                    .into_iter()
+                    .filter(|e| e.type_.as_deref() == Some("Warning"))
+                    .max_by_key(|e| {
+                        e.last_timestamp
+                            .as_ref()
+                            .map(|t| t.0.to_string())
+                            .or_else(|| e.event_time.as_ref().map(|t| t.0.to_string()))
+                            .unwrap_or_default()
+                    })
+            });
+            let message = match last {
+                Some(e) => format!(
+                    "{what}; the last warning: {}: {}",
+                    e.reason.unwrap_or_default(),
+                    e.message.unwrap_or_default()
+                ),
+                None => format!("{what}; the cluster gave no warning event"),
+            };
+            Done::Report {
+                agent_id,
+                cause: Some(Cause::new(CauseKind::PodStartTimeout, message)),
+                detail: String::new(),
+                delete: true,
+            }
+        });
+    }
+}
