@@ -3,7 +3,6 @@
 
 use std::collections::HashMap;
 use std::sync::RwLock;
-use std::time::Instant;
 
 use toil_jobstore::layout;
 use toil_proto::v1::{
@@ -138,7 +137,7 @@ impl Driver {
     /// Handles one `Synchronize` report. The reply is sent now, or later for
     /// a held (long-poll) report of a running attempt.
     pub(crate) fn on_sync(&mut self, req: SynchronizeRequest, reply: oneshot::Sender<SyncReply>) {
-        let now = Instant::now();
+        let now = super::now();
         let Some(agent) = self.agents.get_mut(&req.agent_id) else {
             let _ = reply.send(Err(Status::permission_denied(format!(
                 "unknown agent {:?}: it was not started by this leader (an agent of a previous leader must exit)",
@@ -401,7 +400,7 @@ impl Driver {
             // until it reports the agent gone, and give this agent no more
             // work.
             if let Some(a) = self.agents.get_mut(&req.agent_id) {
-                a.deferred = Some((result, Instant::now() + DIAGNOSIS_WAIT));
+                a.deferred = Some((result, super::now() + DIAGNOSIS_WAIT));
             }
             return Ok(Next::Reply(Box::new(Ok(messages::exit(
                 "the agent was stopped",

@@ -10,6 +10,8 @@
 mod agents;
 mod messages;
 mod queries;
+#[cfg(test)]
+mod tests;
 pub use queries::{job_proto, total_usage};
 
 use std::collections::{HashMap, VecDeque};
@@ -29,6 +31,12 @@ use crate::logs::LogHub;
 use crate::persist::PersistMsg;
 pub use agents::{Grant, TokenTable, new_token};
 pub use messages::{Caller, Msg, exit as exit_response};
+
+/// The driver's clock: tokio's, which is the system's except in tests that
+/// pause it to step through leases and back-offs.
+pub(crate) fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
 
 /// Settings of the driver.
 #[derive(Clone, Debug)]
@@ -230,6 +238,7 @@ impl Driver {
     async fn after_change(&mut self) {
         self.schedule();
         let entries = self.core.drain_journal();
+        self.journal_total += entries.len() as u64;
         if !entries.is_empty()
             && self
                 .persist
@@ -328,7 +337,7 @@ impl Driver {
             Ok(s) => s,
             Err(message) => {
                 let result = AttemptResult::ended(Cause::config_error(message));
-                let _ = self.core.finish(j, n, result, now_ms, Instant::now());
+                let _ = self.core.finish(j, n, result, now_ms, now());
                 return None;
             }
         };
@@ -366,11 +375,11 @@ impl Driver {
                     attempt: Some(attempt_id.clone()),
                     assigned: false,
                     connected: false,
-                    last_report: Instant::now(),
+                    last_report: now(),
                     capacity: request.clone(),
                     placement: String::new(),
                     held: None,
-                    held_until: Instant::now(),
+                    held_until: now(),
                     kill: None,
                     deferred: None,
                 },
@@ -462,7 +471,7 @@ impl Driver {
         let now_ms = toil_jobstore::state::now_ms();
         if let Err(e) = self
             .core
-            .finish(entry.job, entry.n, result, now_ms, Instant::now())
+            .finish(entry.job, entry.n, result, now_ms, now())
         {
             tracing::warn!(attempt = %attempt_id, error = %e, "attempt result not applied");
         }
@@ -520,7 +529,7 @@ impl Driver {
     /// Periodic work: answer expired held reports, declare silent agents
     /// lost, release jobs whose back-off has passed.
     fn sweep(&mut self) {
-        let now = Instant::now();
+        let now = now();
         self.core.tick(now);
         let mut lost = Vec::new();
         let mut waited = Vec::new();
