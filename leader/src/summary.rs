@@ -62,7 +62,11 @@ pub async fn print(
         let Some(last) = attempts.last() else {
             continue;
         };
-        let cause = last.cause.as_ref().map(ToString::to_string).unwrap_or_default();
+        let cause = last
+            .cause
+            .as_ref()
+            .map(ToString::to_string)
+            .unwrap_or_default();
         let (used, allowed) = core.retries(j);
         eprintln!(
             "\njob {id} failed: {cause}\n  attempt {} ({} of {} retries used){}",

@@ -117,7 +117,8 @@ impl fmt::Display for Cause {
         let label = kind.label(self.code);
         let repeats = self.message.is_empty()
             || kind == CauseKind::Succeeded
-            || (kind == CauseKind::ExitCode && self.message.starts_with("the command exited with status"))
+            || (kind == CauseKind::ExitCode
+                && self.message.starts_with("the command exited with status"))
             || (kind == CauseKind::Signaled && self.message == label);
         if repeats {
             f.write_str(&label)

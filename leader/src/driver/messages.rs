@@ -3,8 +3,8 @@
 use std::time::Duration;
 
 use toil_proto::v1::{
-    AddJobsRequest, AddJobsResponse, AttemptResult, Cause, Continue, Exit, JobState,
-    Kill, Relation, SynchronizeRequest, SynchronizeResponse, synchronize_response::Action,
+    AddJobsRequest, AddJobsResponse, AttemptResult, Cause, Continue, Exit, JobState, Kill,
+    Relation, SynchronizeRequest, SynchronizeResponse, synchronize_response::Action,
 };
 use tokio::sync::oneshot;
 use tonic::Status;

@@ -469,10 +469,7 @@ impl Driver {
             agent.kill = None;
         }
         let now_ms = toil_jobstore::state::now_ms();
-        if let Err(e) = self
-            .core
-            .finish(entry.job, entry.n, result, now_ms, now())
-        {
+        if let Err(e) = self.core.finish(entry.job, entry.n, result, now_ms, now()) {
             tracing::warn!(attempt = %attempt_id, error = %e, "attempt result not applied");
         }
     }

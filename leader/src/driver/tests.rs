@@ -259,7 +259,10 @@ async fn an_agent_starts_only_once_its_launch_is_durable() {
     h.make_durable().await;
     let first = h.launches();
     assert_eq!(first.len(), 1, "one job at a time");
-    assert_eq!((first[0].job_id.as_str(), first[0].attempt_id.as_str()), ("a", "a.1"));
+    assert_eq!(
+        (first[0].job_id.as_str(), first[0].attempt_id.as_str()),
+        ("a", "a.1")
+    );
 
     // The second job's launch is journalled after the first batch was made
     // durable; it too waits for its own entry.
@@ -300,7 +303,10 @@ async fn a_silent_agent_is_lost_killed_and_its_job_retried() {
     assert_eq!(causes[0], Some(CauseKind::AgentLost));
     // An infrastructure loss does not spend the job's own retry: a second
     // attempt follows, once its launch is durable.
-    assert!(matches!(state, JobState::Queued | JobState::Running), "{state:?}");
+    assert!(
+        matches!(state, JobState::Queued | JobState::Running),
+        "{state:?}"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     h.make_durable().await;
     let again = h.launches();
@@ -365,7 +371,10 @@ async fn a_reused_agent_gets_its_next_attempt_once_it_is_durable() {
     // Done with b: nothing left, so the agent is let go.
     let last = answer(h.report(done(&l, &b, Cause::succeeded())).await).await;
     assert_eq!(exit_reason(&last), Some("no more work for this agent"));
-    assert_eq!(h.driver.await.expect("ends").state, WorkflowState::Succeeded);
+    assert_eq!(
+        h.driver.await.expect("ends").state,
+        WorkflowState::Succeeded
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -375,8 +384,7 @@ async fn stopping_answers_held_reports_and_leaves_the_workflow_running() {
     let (l, a) = run_first(&mut h).await;
     // Hold a report open, then stop the driver while it is held.
     let (tx, mut held) = oneshot::channel();
-    h.tx
-        .send(Msg::Sync(Box::new(about(&l, &a, AgentPhase::Running)), tx))
+    h.tx.send(Msg::Sync(Box::new(about(&l, &a, AgentPhase::Running)), tx))
         .await
         .expect("driver runs");
     settle().await;

@@ -297,7 +297,9 @@ fn a_job_with_a_deadline_is_looked_up_before_its_failure_is_explained() {
     assert!(matches!(t.read(gone, true, Instant::now()), Next::Nothing));
     assert!(matches!(
         &t.deadline_check,
-        DeadlineCheck::Running { stashed: Some((_, true)) }
+        DeadlineCheck::Running {
+            stashed: Some((_, true))
+        }
     ));
     // The pod's own activeDeadlineSeconds says so in its status.
     let mut t = tracked(None);
