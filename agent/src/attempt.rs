@@ -20,6 +20,7 @@ use toil_proto::v1::{
 };
 use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::cache::{CacheInput, NodeCache};
 use crate::client::{ClientError, Leader};
@@ -127,13 +128,16 @@ impl AgentCtx {
             };
         let (phase_tx, phase_rx) = watch::channel(AgentPhase::Staging);
         let (kill_tx, kill_rx) = watch::channel(None::<KillReason>);
-        let heartbeat = tokio::spawn(heartbeat(
-            self.clone(),
-            a.attempt_id.clone(),
-            a.attempt_token.clone(),
-            phase_rx,
-            kill_tx,
-        ));
+        let heartbeat = tokio::spawn(
+            heartbeat(
+                self.clone(),
+                a.attempt_id.clone(),
+                a.attempt_token.clone(),
+                phase_rx,
+                kill_tx,
+            )
+            .in_current_span(),
+        );
         let mut run = Run {
             ctx: self,
             a,
@@ -244,9 +248,7 @@ impl Run<'_> {
             Ok(s) => s,
             Err(e) => {
                 return (
-                    Cause::config_error(
-                        format!("cannot open the job store {}: {e}", a.job_store),
-                    ),
+                    Cause::config_error(format!("cannot open the job store {}: {e}", a.job_store)),
                     -1,
                     vec![],
                 );
@@ -320,11 +322,7 @@ impl Run<'_> {
         let sink = match &self.streamer {
             Some(s) => s.sink(),
             None => {
-                return (
-                    Cause::config_error("no log stream"),
-                    -1,
-                    vec![],
-                );
+                return (Cause::config_error("no log stream"), -1, vec![]);
             }
         };
         let ex = match exec::run(cmd, sink, time_limit, self.kill.clone()).await {
@@ -394,11 +392,19 @@ impl Run<'_> {
             Err(e @ outputs::OutputError::Missing { .. })
             | Err(e @ outputs::OutputError::BadPattern { .. }) => {
                 self.note(&e.to_string()).await;
-                (Cause::new(CauseKind::OutputMissing, e.to_string()), 0, vec![])
+                (
+                    Cause::new(CauseKind::OutputMissing, e.to_string()),
+                    0,
+                    vec![],
+                )
             }
             Err(e) => {
                 self.note(&e.to_string()).await;
-                (Cause::new(CauseKind::StagingFailed, e.to_string()), 0, vec![])
+                (
+                    Cause::new(CauseKind::StagingFailed, e.to_string()),
+                    0,
+                    vec![],
+                )
             }
         }
     }

@@ -12,6 +12,7 @@ use toil_proto::v1::{
 };
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::attempt::{AgentCtx, sweep_old_jobs};
 use crate::cache::{CacheConfig, NodeCache};
@@ -123,14 +124,18 @@ async fn next(
     }
 }
 
+/// Runs one attempt inside its span, so every event of the attempt (and of
+/// the tasks it spawns) carries the attempt's id.
 async fn run_assignment(ctx: &Arc<AgentCtx>, a: &Assignment) -> AttemptResult {
-    let span = tracing::info_span!("attempt", attempt = %a.attempt_id);
-    let _e = span.enter();
-    tracing::info!(job = %a.job_id, "starting");
-    drop(_e);
-    let r = ctx.run_attempt(a).await;
-    tracing::info!(attempt = %a.attempt_id, cause = ?r.cause.as_ref().map(|c| c.kind), "finished");
-    r
+    let span = tracing::info_span!("attempt", attempt = %a.attempt_id, job = %a.job_id);
+    async {
+        tracing::info!("starting");
+        let r = ctx.run_attempt(a).await;
+        tracing::info!(cause = ?r.cause.as_ref().map(|c| c.kind()), "finished");
+        r
+    }
+    .instrument(span)
+    .await
 }
 
 fn idle(args: &RunArgs, first: bool) -> SynchronizeRequest {
