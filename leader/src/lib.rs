@@ -14,7 +14,9 @@
 //! - [`server`]: the gRPC services for agents and clients;
 //! - [`batch`]: where agents run (local processes; Kubernetes Jobs);
 //! - [`logs`], [`events`]: job output and workflow events for followers;
-//! - [`progress`], [`summary`]: what the terminal shows.
+//! - [`progress`], [`summary`]: what the terminal shows; [`terminal`]: log
+//!   lines and the status line on one stderr, and [`say!`] for messages
+//!   meant for the user.
 
 pub mod batch;
 pub mod cli;
@@ -29,4 +31,5 @@ pub mod progress;
 pub mod run;
 pub mod server;
 pub mod summary;
+pub mod terminal;
 pub mod workflow;

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use toil_leader::cli::{Cli, Command};
 use toil_leader::run::Failure;
+use toil_leader::{say, terminal};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -18,8 +19,11 @@ fn main() -> ExitCode {
         _ => "warn",
     };
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| filter.to_string());
+    // Messages for the user are always shown, whatever the log level.
+    let filter = format!("{filter},{}=info", terminal::USER);
     tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .event_format(terminal::UserFormat::new())
+        .with_writer(terminal::TerminalWriter(terminal::stderr()))
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +32,7 @@ fn main() -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("toil-leader: cannot start the async runtime: {e}");
+            say!("toil-leader: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -49,11 +53,11 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => match e.downcast_ref::<Failure>() {
             Some(f) => {
-                eprintln!("toil-leader: {}", f.message);
+                say!("toil-leader: {}", f.message);
                 ExitCode::from(f.code)
             }
             None => {
-                eprintln!("toil-leader: {e:#}");
+                say!("toil-leader: {e:#}");
                 ExitCode::FAILURE
             }
         },

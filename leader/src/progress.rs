@@ -1,5 +1,6 @@
 //! The terminal while a workflow runs: job output as it arrives, and (on a
-//! terminal) one status line kept at the bottom.
+//! terminal) one status line kept at the bottom, drawn through
+//! [`crate::terminal`] so that log lines never tear it.
 
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
@@ -45,18 +46,15 @@ pub async fn run(
     stop: CancellationToken,
 ) {
     let tty = std::io::stderr().is_terminal();
+    let term = crate::terminal::stderr();
     let t0 = Instant::now();
-    let mut status_shown = false;
     let mut last_draw = Instant::now() - Duration::from_secs(1);
     let mut last_plain = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     loop {
         tokio::select! {
             l = echo.recv() => match l {
-                Some(l) => {
-                    clear(tty, &mut status_shown);
-                    print_line(&l);
-                }
+                Some(l) => term.around(|| print_line(&l)),
                 None => break,
             },
             changed = progress.changed() => {
@@ -69,31 +67,18 @@ pub async fn run(
         }
         if tty && last_draw.elapsed() >= Duration::from_millis(100) {
             let p = progress.borrow().clone();
-            let mut err = std::io::stderr().lock();
-            let _ = write!(err, "\r\x1b[2K[{}] {name}: {}", elapsed(t0), line(&p));
-            let _ = err.flush();
-            status_shown = true;
+            term.draw_status(&format!("[{}] {name}: {}", elapsed(t0), line(&p)));
             last_draw = Instant::now();
         } else if !tty && last_plain.elapsed() >= Duration::from_secs(10) {
             let p = progress.borrow().clone();
-            eprintln!("[{}] {name}: {}", elapsed(t0), line(&p));
+            crate::say!("[{}] {name}: {}", elapsed(t0), line(&p));
             last_plain = Instant::now();
         }
     }
     while let Ok(l) = echo.try_recv() {
-        clear(tty, &mut status_shown);
-        print_line(&l);
+        term.around(|| print_line(&l));
     }
-    clear(tty, &mut status_shown);
-}
-
-fn clear(tty: bool, shown: &mut bool) {
-    if tty && *shown {
-        let mut err = std::io::stderr().lock();
-        let _ = write!(err, "\r\x1b[2K");
-        let _ = err.flush();
-        *shown = false;
-    }
+    term.clear_status();
 }
 
 fn print_line(l: &EchoLine) {

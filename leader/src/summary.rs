@@ -48,7 +48,7 @@ pub async fn print(
             parts.push(format!("{} {label}", c[s]));
         }
     }
-    eprintln!(
+    crate::say!(
         "workflow {name} {word} in {}: {total} jobs ({}), {attempts} attempts",
         seconds(elapsed),
         parts.join(", ")
@@ -68,7 +68,7 @@ pub async fn print(
             .map(ToString::to_string)
             .unwrap_or_default();
         let (used, allowed) = core.retries(j);
-        eprintln!(
+        crate::say!(
             "\njob {id} failed: {cause}\n  attempt {} ({} of {} retries used){}",
             attempts.len(),
             used,
@@ -82,15 +82,15 @@ pub async fn print(
         let tail = logs.tail(&id, attempts.len() as u32, TAIL).await;
         let tail = tail.trim_end();
         if !tail.is_empty() {
-            eprintln!("  end of its log:");
+            crate::say!("  end of its log:");
             let lines: Vec<&str> = tail.lines().collect();
             for l in &lines[lines.len().saturating_sub(20)..] {
-                eprintln!("  | {l}");
+                crate::say!("  | {l}");
             }
         }
     }
     if failed.len() > SHOWN {
-        eprintln!(
+        crate::say!(
             "\n... and {} more failed jobs; see `toil-leader status` for all of them",
             failed.len() - SHOWN
         );

@@ -32,7 +32,7 @@ pub(super) async fn import_inputs(
     let mut map = HashMap::new();
     let mut record = ImportedInputs::default();
     if !paths.is_empty() {
-        eprintln!("importing {} input file(s) into the job store", paths.len());
+        crate::say!("importing {} input file(s) into the job store", paths.len());
     }
     for p in paths {
         // Hash first so the stored key is the content's: the same file used

@@ -55,18 +55,18 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     let meta = &opened.meta;
     if let Some((code, message)) = stopped.reason {
         if code == exit::INTERRUPTED {
-            eprintln!(
+            crate::say!(
                 "{message}: stopped the running jobs. Resume with:\n  toil-leader run {} --restart --jobStore {}",
                 meta.source.display(),
                 cfg.locator
             );
         } else {
-            eprintln!("toil-leader: {message}");
+            crate::say!("toil-leader: {message}");
         }
         return Ok(code);
     }
     if let Ok(Err(e)) = stopped.persisted {
-        eprintln!("toil-leader: {e}");
+        crate::say!("toil-leader: {e}");
         return Ok(exit::FAILED);
     }
     let state = stopped.outcome.state;
@@ -77,9 +77,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     };
     if state == WorkflowState::Succeeded && !opened.wf.outputs.is_empty() {
         match files::export_outputs(&store, &core, &opened.wf, &cfg.output_dir).await {
-            Ok(n) => eprintln!("exported {n} file(s) to {}", cfg.output_dir.display()),
+            Ok(n) => crate::say!("exported {n} file(s) to {}", cfg.output_dir.display()),
             Err(e) => {
-                eprintln!("toil-leader: exporting outputs failed: {e:#}");
+                crate::say!("toil-leader: exporting outputs failed: {e:#}");
                 code = exit::FAILED;
             }
         }
@@ -93,10 +93,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     };
     if clean {
         if let Err(e) = store.destroy().await {
-            eprintln!("toil-leader: could not delete the job store: {e}");
+            crate::say!("toil-leader: could not delete the job store: {e}");
         }
     } else if code != exit::OK {
-        eprintln!(
+        crate::say!(
             "the job store is kept; after fixing the problem, resume with:\n  toil-leader run {} --restart --jobStore {}",
             meta.source.display(),
             cfg.locator

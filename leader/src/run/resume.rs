@@ -51,7 +51,7 @@ pub(super) async fn prepare(
         Some(st) if !fresh => {
             let wanted = (cfg.defaults, cfg.infra_retries);
             if wanted != (st.defaults(), st.infra_retries) {
-                eprintln!(
+                crate::say!(
                     "note: resuming with the workflow's original job defaults and retry counts (--retryCount {}, --infraRetryCount {}); the command line's differ",
                     st.retries, st.infra_retries
                 );
@@ -116,7 +116,7 @@ pub(super) async fn prepare(
     if !fresh {
         settle_interrupted(store, &mut core).await;
         let retried = core.retry_failed();
-        eprintln!(
+        crate::say!(
             "restarting workflow {} from {replayed} journal entries: {} of {} jobs already finished{}",
             meta.name,
             core.counts().finished(),
@@ -131,7 +131,7 @@ pub(super) async fn prepare(
         if let Some(c) = cluster {
             match c.delete_other_epochs(&meta.workflow_id, epoch).await {
                 Ok(0) => {}
-                Ok(n) => eprintln!("deleted {n} Kubernetes Job(s) left by the previous leader"),
+                Ok(n) => crate::say!("deleted {n} Kubernetes Job(s) left by the previous leader"),
                 Err(e) => {
                     return Err(fail(
                         exit::FAILED,
@@ -181,7 +181,7 @@ async fn settle_interrupted(store: &JobStore, core: &mut Core) {
         let _ = core.finish(j, n, result, now_ms, now);
     }
     if recovered > 0 {
-        eprintln!(
+        crate::say!(
             "recovered the results of {recovered} attempt(s) that finished while no leader was running"
         );
     }

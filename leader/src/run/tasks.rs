@@ -163,14 +163,14 @@ pub(super) async fn start(
                 epoch,
                 leader_address: address.clone(),
             };
-            eprintln!(
+            crate::say!(
                 "kubernetes: {} · workflow id {} (Jobs labelled toil.io/workflow={})",
                 cluster.describe(),
                 meta.workflow_id,
                 meta.workflow_id
             );
             if url_is_loopback(&address) && !cluster.server_is_loopback() {
-                eprintln!(
+                crate::say!(
                     "warning: agents will dial the leader at {address}, which pods on a real cluster cannot reach; set --leaderAddress to an address they can (or run the leader in the cluster, see docs/kubernetes.md)"
                 );
             }
@@ -206,7 +206,7 @@ pub(super) async fn start(
         stop.clone(),
     ));
     spawn_signal_handler(stop.clone(), stop_reason.clone());
-    eprintln!(
+    crate::say!(
         "workflow {} ({} jobs) · job store {} · leader {address}",
         meta.name,
         core.job_count(),

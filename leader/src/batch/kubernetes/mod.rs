@@ -100,7 +100,7 @@ impl Cluster {
                 Ok(Some(pvc)) => {
                     let modes = pvc.spec.and_then(|s| s.access_modes).unwrap_or_default();
                     if !modes.iter().any(|m| m == "ReadWriteMany") {
-                        eprintln!(
+                        crate::say!(
                             "warning: the claim {:?} is not ReadWriteMany (access modes {modes:?}); pods on different nodes may fail to mount the job store",
                             c.claim
                         );
@@ -113,7 +113,7 @@ impl Cluster {
                     ));
                 }
                 Err(e) if e.code() == Some(403) => {
-                    eprintln!("warning: cannot check the job store's claim: {e}");
+                    crate::say!("warning: cannot check the job store's claim: {e}");
                 }
                 Err(e) => return Err(e.to_string()),
             }
@@ -136,7 +136,7 @@ impl Cluster {
                     .collect(),
             ),
             Err(e) => {
-                eprintln!(
+                crate::say!(
                     "warning: cannot list the cluster's nodes, so jobs are not checked against node sizes and the leader does not limit how many pods it queues: {e}"
                 );
                 None

@@ -188,7 +188,7 @@ impl Batch {
         let selector = self.shared.naming.epoch_selector();
         match super::cleanup::delete_jobs(&self.shared.client, &self.shared.ns, &selector).await {
             Ok(gone) => tracing::info!(jobs = gone.len(), "deleted this leader's Jobs"),
-            Err(e) => eprintln!(
+            Err(e) => crate::say!(
                 "toil-leader: could not delete this workflow's Jobs ({e}); they expire by themselves after --kubernetesJobTtl, or remove them with `toil-leader cleanup-jobs --owner {} --workflow {}`",
                 self.shared.naming.owner, self.shared.naming.workflow_id
             ),
