@@ -31,7 +31,10 @@ fn kill_during_download_then_next_agent_downloads() {
     wait_for(
         "the download to reach the temporary file",
         Duration::from_secs(30),
-        || node.tmp_files().iter().any(|(_, len)| *len == SIZE),
+        || {
+            let tmp = node.tmp_files();
+            when(tmp.iter().any(|(_, len)| *len == SIZE), tmp)
+        },
     );
     assert!(
         !entry.exists(),
@@ -42,7 +45,14 @@ fn kill_during_download_then_next_agent_downloads() {
         .stage("b", &[f.input("sample.bam")], &[])
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // The second agent queues behind the download lock: the kernel lists it
+    // as a waiter on an flock (not a guess at how long it takes to get
+    // there).
+    wait_for(
+        "the second agent to wait on the download lock",
+        Duration::from_secs(30),
+        || when(procfs::waits_on_flock(b.id()), b.try_wait().ok().flatten()),
+    );
     assert!(
         b.try_wait().unwrap().is_none(),
         "the second agent did not wait for the download in progress"
@@ -92,7 +102,8 @@ fn stale_temporaries_are_swept_and_nothing_partial_is_visible() {
         .spawn()
         .unwrap();
     wait_for("the download to start", Duration::from_secs(30), || {
-        !node.tmp_files().is_empty()
+        let tmp = node.tmp_files();
+        when(!tmp.is_empty(), tmp)
     });
     a.kill().unwrap();
     a.wait().unwrap();

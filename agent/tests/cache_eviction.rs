@@ -4,7 +4,8 @@
 
 mod cache_support;
 
-use std::time::Duration;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
 
 use cache_support::*;
 
@@ -15,6 +16,21 @@ fn cached(node: &Node) -> u64 {
     node.entries().iter().map(|(_, n)| n).sum()
 }
 
+/// Sets an entry's last-use time, which the cache keeps as the file's
+/// access time, to `secs` seconds after a fixed moment an hour ago: the
+/// order of uses is then explicit, whatever the clock's or the
+/// filesystem's timestamp granularity, and older than any real use now.
+/// The modification time goes back too, so that a later read cannot move
+/// the access time under `relatime` (which updates it when older than the
+/// modification time).
+fn used_at(entry: &Path, secs: u64) {
+    let t = SystemTime::now() - Duration::from_secs(3600) + Duration::from_secs(secs);
+    let times = std::fs::FileTimes::new().set_accessed(t).set_modified(t);
+    std::fs::File::open(entry)
+        .and_then(|f| f.set_times(times))
+        .unwrap_or_else(|e| panic!("setting the access time of {}: {e}", entry.display()));
+}
+
 #[test]
 fn lru_eviction_respects_budget_and_holders() {
     let node = Node::new();
@@ -22,7 +38,6 @@ fn lru_eviction_respects_budget_and_holders() {
     let [a, b, c, d, e, g] =
         ["a", "b", "c", "d", "e", "g"].map(|n| node.put_random(&format!("files/{n}.bin"), MB10));
     let huge = node.put_random("files/huge.bin", 4 * MB10);
-    let pause = || std::thread::sleep(Duration::from_millis(50));
 
     // A running job holds A (the oldest entry) for the whole test.
     let mut holder = node
@@ -34,15 +49,16 @@ fn lru_eviction_respects_budget_and_holders() {
         .spawn()
         .unwrap();
     assert_eq!(u(&read_summary_line(&mut holder), "misses"), 1);
-    pause();
     let s = node.stage_ok("bc", &[b.input("b.bin"), c.input("c.bin")], &budget);
     assert_eq!(u(&s, "misses"), 2);
-    pause();
     // Use B again so that C becomes the least recently used unheld entry.
     let s = node.stage_ok("b-again", &[b.input("b.bin")], &budget);
     assert_eq!(u(&s, "hits"), 1);
     assert_eq!(cached(&node), BUDGET);
-    pause();
+    // The order of use so far, A, then C, then B, made explicit.
+    used_at(&node.entry_path(&a), 1);
+    used_at(&node.entry_path(&c), 2);
+    used_at(&node.entry_path(&b), 3);
 
     // D needs room: C goes (A is older but held; B was used after C).
     let s = node.stage_ok("d", &[d.input("d.bin")], &budget);
@@ -52,7 +68,6 @@ fn lru_eviction_respects_budget_and_holders() {
     assert!(!node.entry_path(&c).exists(), "C was the LRU unheld entry");
     assert!(node.entry_path(&d).exists());
     assert!(cached(&node) <= BUDGET);
-    pause();
 
     // E: B is now the oldest unheld.
     node.stage_ok("e", &[e.input("e.bin")], &budget);
@@ -74,7 +89,6 @@ fn lru_eviction_respects_budget_and_holders() {
     // The job holding A ends: A can go now.
     holder.kill().unwrap();
     holder.wait().unwrap();
-    pause();
     node.stage_ok("g", &[g.input("g.bin")], &budget);
     assert!(
         !node.entry_path(&a).exists(),

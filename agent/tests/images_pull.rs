@@ -7,7 +7,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+// Shared with the end-to-end tests, included by path (see
+// cache_support/mod.rs for why not a dev-dependency).
+#[allow(dead_code)]
+#[path = "../../tests/src/procfs.rs"]
+mod procfs;
+#[allow(dead_code)]
+#[path = "../../tests/src/wait.rs"]
+mod wait;
+
+use wait::{wait_for, when};
+
+const T: Duration = Duration::from_secs(30);
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/bin")
@@ -188,22 +201,23 @@ fn one_pull_per_image_and_different_images_in_parallel() {
 fn killed_pull_leaves_no_half_image_and_never_overlaps() {
     let node = Node::new();
     let image = "docker://ubuntu:24.04";
-    let mut a = node.pull(image, 3.0, &[]).spawn().unwrap();
-    let t0 = Instant::now();
-    while !node.pulls().values().any(|p| p.image == image) {
-        assert!(
-            t0.elapsed() < Duration::from_secs(30),
-            "the pull never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(
-        !node.tmp_files().is_empty(),
-        "the pull writes to a temporary name"
-    );
+    // The first pull would take a minute: it is killed long before, so
+    // nothing depends on how fast this machine is.
+    let mut a = node.pull(image, 60.0, &[]).spawn().unwrap();
+    wait_for("the first pull to start", T, || {
+        let pulls = node.pulls();
+        when(pulls.values().any(|p| p.image == image), pulls)
+    });
+    wait_for("the pull to write to a temporary name", T, || {
+        let tmp = node.tmp_files();
+        when(!tmp.is_empty(), tmp)
+    });
     let b = node.pull(image, 0.5, &[]).spawn().unwrap();
-    std::thread::sleep(Duration::from_millis(300));
+    // The second agent queues behind the image's lock before the first is
+    // killed.
+    wait_for("the second agent to wait on the image lock", T, || {
+        when(procfs::waits_on_flock(b.id()), node.pulls())
+    });
     let killed_at = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .unwrap()
@@ -238,10 +252,10 @@ fn killed_pull_leaves_no_half_image_and_never_overlaps() {
     assert!(orphan.start < second.start);
     assert_no_overlap_per_image(&pulls, killed_at);
     // The killed agent's engine died with it (no orphan still writing).
-    let stat = std::fs::read_to_string(format!("/proc/{orphan_pid}/stat")).unwrap_or_default();
     assert!(
-        stat.is_empty() || stat.contains(") Z "),
-        "the orphaned engine still runs: {stat}"
+        !procfs::alive(*orphan_pid as u32),
+        "the orphaned engine still runs: {:?}",
+        procfs::stat(*orphan_pid as u32)
     );
 }
 

@@ -20,12 +20,36 @@ pub fn bin_dir() -> PathBuf {
     if let Ok(dir) = std::env::var("TOIL_BIN_DIR") {
         return PathBuf::from(dir);
     }
-    let exe = std::env::current_exe().unwrap_or_default();
-    // target/debug/deps/test-binary -> target/debug
-    exe.parent()
+    std::env::current_exe()
+        .ok()
+        .as_deref()
         .and_then(Path::parent)
-        .map(Path::to_path_buf)
+        .map(|dir| {
+            // target/debug/deps/test-binary -> target/debug; a program
+            // such as bench-local sits in target/debug itself.
+            if dir.ends_with("deps") {
+                dir.parent().unwrap_or(dir).to_path_buf()
+            } else {
+                dir.to_path_buf()
+            }
+        })
         .unwrap_or_else(|| repo_root().join("target/debug"))
+}
+
+/// For the benchmark programs: `explicit` (their `--bin-dir`) or the
+/// directory they run from, checked to hold every one of `names`, with an
+/// error that says how to build them otherwise.
+pub fn bins_for_program(explicit: Option<&Path>, names: &[&str]) -> anyhow::Result<PathBuf> {
+    let dir = explicit.map_or_else(bin_dir, Path::to_path_buf);
+    for name in names {
+        let p = dir.join(name);
+        anyhow::ensure!(
+            p.exists(),
+            "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
+            p.display()
+        );
+    }
+    Ok(dir)
 }
 
 /// Path of a workspace binary such as `toil-leader`, with a clear panic if

@@ -1,11 +1,19 @@
 //! End-to-end tests, benchmarks and test servers for the toil workspace.
 //!
 //! - [`harness`]: finding binaries and the test virtualenv, scratch dirs;
+//! - [`wait`]: waiting for a condition, never for a guessed time;
 //! - [`local`]: running the real leader in a sandbox, gRPC clients;
+//! - [`procfs`]: peak memory, liveness and lock waits of processes;
+//! - [`data`]: reproducible pseudo-random files and their SHA-256;
 //! - [`moto`]: an S3 server (moto) for job-store tests;
+//! - [`restart`]: the kill -9 restart scenarios, run on every job store;
 //! - [`emulator`]: the Kubernetes API emulator.
 
+pub mod data;
 pub mod emulator;
 pub mod harness;
 pub mod local;
 pub mod moto;
+pub mod procfs;
+pub mod restart;
+pub mod wait;

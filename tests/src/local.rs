@@ -13,6 +13,8 @@ use toil_proto::v1::workflow_service_client::WorkflowServiceClient;
 use tonic::transport::Channel;
 
 use crate::harness;
+use crate::procfs;
+use crate::wait::wait_for;
 
 /// A scratch directory for one test.
 pub struct Sandbox {
@@ -120,11 +122,32 @@ impl Sandbox {
     /// address, and returns it.
     pub fn leader_info(&self, timeout: Duration) -> LeaderInfo {
         let path = self.job_store().join("state/leader.json");
-        wait_for(timeout, "the leader to publish state/leader.json", || {
-            std::fs::read(&path)
-                .ok()
-                .and_then(|d| serde_json::from_slice(&d).ok())
+        wait_for("the leader to publish state/leader.json", timeout, || {
+            let data = std::fs::read(&path).map_err(|e| e.to_string())?;
+            serde_json::from_slice(&data).map_err(|e| e.to_string())
         })
+    }
+
+    /// Pids of the live agents working for this sandbox, whoever their
+    /// parent is now: an agent whose leader was killed is re-parented, but
+    /// keeps the sandbox's work directory in its environment.
+    pub fn live_agents(&self) -> Vec<u32> {
+        let entry = format!("TOIL_WORKDIR={}", self.work_dir().display());
+        procfs::processes()
+            .into_iter()
+            .filter(|(pid, comm, _)| comm == "toil-agent" && procfs::has_env(*pid, &entry))
+            .map(|(pid, _, _)| pid)
+            .collect()
+    }
+
+    /// Waits until no agent works for this sandbox any more: after a leader
+    /// is killed, its agents give up once their lease runs out, and until
+    /// then one may still finish (and record) its job.
+    pub fn wait_agents_gone(&self, timeout: Duration) {
+        wait_for("the sandbox's agents to exit", timeout, || {
+            let live = self.live_agents();
+            if live.is_empty() { Ok(()) } else { Err(live) }
+        });
     }
 }
 
@@ -230,21 +253,6 @@ impl Drop for Running {
     }
 }
 
-/// Polls `f` until it returns `Some`, panicking after `timeout`.
-pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let start = Instant::now();
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            start.elapsed() < timeout,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Adds the bearer token to every call.
 #[derive(Clone)]
 pub struct Bearer(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
@@ -286,11 +294,12 @@ impl Sandbox {
         timeout: Duration,
     ) -> LeaderInfo {
         let bucket = format!("{name}{}", toil_jobstore::locator::BUCKET_SUFFIX);
-        wait_for(timeout, "the leader to publish state/leader.json", || {
-            moto.get_object(&bucket, "state/leader.json")
-                .ok()
-                .flatten()
-                .and_then(|d| serde_json::from_slice(&d).ok())
+        wait_for("the leader to publish state/leader.json", timeout, || {
+            let data = moto
+                .get_object(&bucket, "state/leader.json")
+                .map_err(|e| format!("{e:#}"))?
+                .ok_or("no state/leader.json in the bucket yet")?;
+            serde_json::from_slice(&data).map_err(|e| e.to_string())
         })
     }
 }
@@ -402,11 +411,11 @@ impl PeakSampler {
             loop {
                 // Read the flag first so one last round follows a stop.
                 let last = flag.load(std::sync::atomic::Ordering::Relaxed);
-                if let Some(kb) = vm_hwm_kb(root) {
+                if let Some(kb) = procfs::vm_hwm_kb(root) {
                     peaks.root_kb = peaks.root_kb.max(kb);
                 }
-                for (pid, comm) in children_of(root) {
-                    if let Some(kb) = vm_hwm_kb(pid) {
+                for (pid, comm) in procfs::children_of(root) {
+                    if let Some(kb) = procfs::vm_hwm_kb(pid) {
                         let e = peaks.children.entry(pid).or_insert((comm, 0));
                         e.1 = e.1.max(kb);
                     }
@@ -426,45 +435,6 @@ impl PeakSampler {
         self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
         self.thread.join().unwrap_or_default()
     }
-}
-
-/// `VmHWM` of `pid` in KiB (`None` once it has exited).
-pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Live children of `parent` with their command names, from `/proc/*/stat`
-/// (`/proc/PID/task/*/children` is not available on every kernel).
-fn children_of(parent: u32) -> Vec<(u32, String)> {
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // "PID (COMM) STATE PPID ...": COMM may hold spaces and parentheses.
-        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
-            continue;
-        };
-        let comm = &stat[open + 1..close];
-        let ppid = stat[close + 1..]
-            .split_whitespace()
-            .nth(1)
-            .and_then(|p| p.parse::<u32>().ok());
-        if ppid == Some(parent) {
-            out.push((pid, comm.to_string()));
-        }
-    }
-    out
 }
 
 /// The crash-test workflow `chain.yaml`: a -> b -> c passing files along,

@@ -370,8 +370,8 @@ async fn selectors_watch_410_and_relist() {
         names(
             pods.list(&q("app in (toil,x)"))
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default()
+                .unwrap_or_else(|e| panic!("listing: {e}"))
+                .items
         ),
         ["p1"]
     );
@@ -379,8 +379,8 @@ async fn selectors_watch_410_and_relist() {
         names(
             pods.list(&q("app notin (toil)"))
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default()
+                .unwrap_or_else(|e| panic!("listing: {e}"))
+                .items
         ),
         ["p2"]
     );
@@ -388,8 +388,8 @@ async fn selectors_watch_410_and_relist() {
         names(
             pods.list(&q("tier"))
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default()
+                .unwrap_or_else(|e| panic!("listing: {e}"))
+                .items
         ),
         ["p1"]
     );
@@ -397,27 +397,37 @@ async fn selectors_watch_410_and_relist() {
         names(
             pods.list(&q("!tier,app!=toil"))
                 .await
-                .map(|l| l.items)
-                .unwrap_or_default()
+                .unwrap_or_else(|e| panic!("listing: {e}"))
+                .items
         ),
         ["p2"]
     );
     let fp = ListParams::default().fields("status.phase=Running,metadata.name=p1");
     assert_eq!(
-        names(pods.list(&fp).await.map(|l| l.items).unwrap_or_default()),
+        names(
+            pods.list(&fp)
+                .await
+                .unwrap_or_else(|e| panic!("listing: {e}"))
+                .items
+        ),
         ["p1"]
     );
     let fp = ListParams::default().fields("status.phase=Pending");
     assert_eq!(
-        names(pods.list(&fp).await.map(|l| l.items).unwrap_or_default()),
+        names(
+            pods.list(&fp)
+                .await
+                .unwrap_or_else(|e| panic!("listing: {e}"))
+                .items
+        ),
         ["p2"]
     );
     let fp = ListParams::default().fields("spec.nodeName=node-9");
     assert!(
         pods.list(&fp)
             .await
-            .map(|l| l.items)
-            .unwrap_or_default()
+            .unwrap_or_else(|e| panic!("listing: {e}"))
+            .items
             .is_empty()
     );
     let err = pods
@@ -566,7 +576,8 @@ async fn kube_runtime_watcher_survives_dropped_watches_and_expiry() {
     // A change the pod watch does not see, then compaction: the watcher's
     // last resourceVersion is now older than the history.
     let cms: Api<k8s_openapi::api::core::v1::ConfigMap> = Api::namespaced(admin.clone(), "default");
-    let cm = serde_json::from_value(json!({"metadata": {"name": "bump"}})).unwrap_or_default();
+    let cm = serde_json::from_value(json!({"metadata": {"name": "bump"}}))
+        .unwrap_or_else(|e| panic!("{e}"));
     cms.create(&PostParams::default(), &cm)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -598,7 +609,8 @@ async fn injected_429_and_500_and_request_counters() {
             .verb("create")
             .resource("jobs"),
     );
-    let body = serde_json::to_string(&job("j1", IMAGE, &["true"])).unwrap_or_default();
+    let body =
+        serde_json::to_string(&job("j1", IMAGE, &["true"])).unwrap_or_else(|e| panic!("{e}"));
     let path = "/apis/batch/v1/namespaces/default/jobs";
     for _ in 0..2 {
         let (code, headers, v) = plain(&emu, "POST", path, &body).await;

@@ -142,9 +142,10 @@ async fn lost_node_fails_its_pods_and_stops_scheduling_there() {
     let rv = pods
         .list(&ListParams::default())
         .await
-        .ok()
-        .and_then(|l| l.metadata.resource_version)
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("listing pods: {e}"))
+        .metadata
+        .resource_version
+        .unwrap_or_else(|| panic!("a list without a resourceVersion"));
     let mut stream = pods
         .watch(
             &WatchParams::default()
@@ -231,7 +232,7 @@ async fn stalled_volume_keeps_pod_in_container_creating() {
             "containers": [{"name": "main", "image": IMAGE, "command": ["cat", "/root/.aws/key"],
                 "volumeMounts": [{"name": "aws", "mountPath": "/root/.aws"}]}]},
     }))
-    .unwrap_or_default();
+    .unwrap_or_else(|e| panic!("{e}"));
     pods.create(&PostParams::default(), &p)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
@@ -241,8 +242,8 @@ async fn stalled_volume_keeps_pod_in_container_creating() {
         let evs = events
             .list(&ListParams::default().fields("reason=FailedMount"))
             .await
-            .map(|l| l.items)
-            .unwrap_or_default();
+            .unwrap_or_else(|e| panic!("listing: {e}"))
+            .items;
         let for_pod = |n: &str| {
             evs.iter()
                 .find(|e| e.involved_object.name.as_deref() == Some(n))
@@ -277,7 +278,7 @@ async fn stalled_volume_keeps_pod_in_container_creating() {
     let s = serde_json::from_value(
         json!({"metadata": {"name": "aws-credentials"}, "stringData": {"key": "s3cr3t"}}),
     )
-    .unwrap_or_default();
+    .unwrap_or_else(|e| panic!("{e}"));
     secrets
         .create(&PostParams::default(), &s)
         .await
@@ -314,7 +315,7 @@ async fn preemptible_nodes_take_only_tolerating_pods() {
                     {"matchExpressions": [{"key": "cloud.google.com/gke-spot", "operator": "In", "values": ["true"]}]}]}}},
                 "containers": [{"name": "main", "image": IMAGE, "command": ["true"], "resources": {"requests": {"cpu": cpu}}}]},
         }))
-        .unwrap_or_default()
+        .unwrap_or_else(|e| panic!("{e}"))
     };
     pods.create(&PostParams::default(), &spot_pod("cheap", "2"))
         .await

@@ -31,7 +31,11 @@ fn from_json(v: serde_json::Value) -> Pod {
 async fn events_for(client: &kube::Client, pod: &str) -> Vec<Event> {
     let events: Api<Event> = Api::namespaced(client.clone(), "default");
     let lp = ListParams::default().fields(&format!("involvedObject.name={pod}"));
-    events.list(&lp).await.map(|l| l.items).unwrap_or_default()
+    events
+        .list(&lp)
+        .await
+        .unwrap_or_else(|e| panic!("listing: {e}"))
+        .items
 }
 
 #[tokio::test]

@@ -709,7 +709,16 @@ async fn lease_lifecycle(fx: &Fixture) {
         other => panic!("the lease is held by a: {other:?}"),
     }
     let before = a.record().renewed_at_ms;
-    tokio::time::sleep(Duration::from_millis(5)).await;
+    // A renewal records the wall clock in milliseconds: wait until that has
+    // moved on, rather than for a guessed time.
+    toil_tests::wait::wait_for_async("the clock to pass the last renewal", minute, || async {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64;
+        toil_tests::wait::when(now > before, now)
+    })
+    .await;
     a.renew().await.unwrap();
     assert!(a.record().renewed_at_ms > before);
     let (rec, _) = Lease::read(s).await.unwrap().unwrap();
@@ -723,6 +732,8 @@ async fn lease_lifecycle(fx: &Fixture) {
         .await
         .unwrap();
     // An expired lease is taken over; its old holder then loses its renewal.
+    // (A sleep that is part of the scenario: the lease is a duration, and
+    // sleeping longer than it makes it lapse however slow the machine.)
     tokio::time::sleep(Duration::from_millis(500)).await;
     let mut c = Lease::acquire(&fx.reopen().await, holder("host-c", 3, 3), minute, here)
         .await

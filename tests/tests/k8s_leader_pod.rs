@@ -113,14 +113,17 @@ async fn the_leader_runs_as_a_pod_under_the_shipped_role() {
     let leader_log = |pods: Api<Pod>, job: String| async move {
         let lp = ListParams::default().labels(&format!("job-name={job}"));
         let mut text = String::new();
-        for p in pods.list(&lp).await.map(|l| l.items).unwrap_or_default() {
+        // Diagnostics: a failed call is shown in the text, not hidden.
+        let items = match pods.list(&lp).await {
+            Ok(l) => l.items,
+            Err(e) => return format!("(listing the leader's pods failed: {e})"),
+        };
+        for p in items {
             let name = p.metadata.name.unwrap_or_default();
-            text.push_str(
-                &pods
-                    .logs(&name, &Default::default())
-                    .await
-                    .unwrap_or_default(),
-            );
+            match pods.logs(&name, &Default::default()).await {
+                Ok(log) => text.push_str(&log),
+                Err(e) => text.push_str(&format!("(logs of {name} failed: {e})\n")),
+            }
         }
         text
     };

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use toil_proto::v1::GetJobRequest;
-use toil_tests::local::{Sandbox, client, wait_for};
+use toil_tests::local::{Sandbox, client};
+use toil_tests::procfs;
+use toil_tests::wait::{wait_for, when};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -17,6 +19,8 @@ const T: Duration = Duration::from_secs(120);
 fn the_local_batch_system_never_runs_more_than_max_cores_at_once() {
     let sb = Sandbox::new("limits");
     let spans = sb.path().join("spans");
+    let started = sb.path().join("started");
+    std::fs::create_dir_all(&started).expect("mkdir");
     sb.write(
         "wide.yaml",
         &format!(
@@ -27,10 +31,15 @@ jobs:
     cores: 1
     memory: 32Mi
     command: |
-      start=$(date +%s%N); sleep 0.3; end=$(date +%s%N)
+      start=$(date +%s%N); touch {started}/{{{{i}}}}
+      # Stay until a second job has started (at most 30 s), so that two
+      # running side by side is certain however slow the machine.
+      n=0; while [ $(ls {started} | wc -l) -lt 2 ] && [ $n -lt 600 ]; do sleep 0.05; n=$((n+1)); done
+      sleep 0.1; end=$(date +%s%N)
       echo "$start $end" >> {spans}
 "#,
-            spans = spans.display()
+            spans = spans.display(),
+            started = started.display()
         ),
     );
     let r = sb.run(&["run", "wide.yaml", "--maxCores", "2"], T);
@@ -80,9 +89,7 @@ jobs:
     );
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
     tokio::task::block_in_place(|| {
-        wait_for(T, "the first attempt to start", || {
-            mark.exists().then_some(())
-        })
+        wait_for("the first attempt to start", T, || when(mark.exists(), ()))
     });
     let mut c = client(&info.address, &info.client_token).await;
     let job = c
@@ -130,10 +137,7 @@ jobs:
         T,
     );
     assert!(log.stdout.contains("stopped by SIGTERM"), "{}", log.stdout);
-    assert!(
-        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err(),
-        "the agent exited"
-    );
+    assert!(!procfs::alive(pid as u32), "the agent exited");
 }
 
 #[test]
@@ -157,22 +161,20 @@ jobs:
         sb.leader(&["run", "orphan.yaml", "--agentLease", "2s"]),
         "leader",
     );
-    let jobs: Vec<i32> = wait_for(T, "three jobs to start", || {
-        let text = std::fs::read_to_string(&pids).ok()?;
-        let v: Vec<i32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
-        (v.len() == 3).then_some(v)
+    let jobs: Vec<u32> = wait_for("three jobs to start", T, || {
+        let text = std::fs::read_to_string(&pids).unwrap_or_default();
+        let v: Vec<u32> = text.lines().filter_map(|l| l.trim().parse().ok()).collect();
+        if v.len() == 3 { Ok(v) } else { Err(text) }
     });
+    let agents = sb.live_agents();
+    assert_eq!(agents.len(), 3, "one agent per job: {agents:?}");
     leader.signal(Signal::SIGKILL);
-    drop(leader.wait(T));
-    // Within a few leases every job process is gone: no orphan keeps
-    // running after its leader.
-    wait_for(
-        Duration::from_secs(30),
-        "orphaned jobs to be killed",
-        || {
-            jobs.iter()
-                .all(|&p| nix::sys::signal::kill(nix::unistd::Pid::from_raw(p), None).is_err())
-                .then_some(())
-        },
-    );
+    assert_eq!(leader.wait(T).status.code(), None, "killed by a signal");
+    // Once their lease has run out, every job process and every agent is
+    // gone: no orphan keeps running after its leader.
+    wait_for("orphaned jobs to be killed", T, || {
+        let live: Vec<u32> = jobs.iter().copied().filter(|&p| procfs::alive(p)).collect();
+        when(live.is_empty(), live)
+    });
+    sb.wait_agents_gone(T);
 }

@@ -13,6 +13,7 @@ use toil_proto::v1::{
 };
 use toil_tests::harness;
 use toil_tests::local::{Sandbox, client};
+use toil_tests::wait::{wait_for_async, when};
 
 const T: Duration = Duration::from_secs(120);
 
@@ -100,22 +101,23 @@ async fn wrong_tokens_are_refused_on_both_services() {
     let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
     // Wait until the job runs, so its agent and attempt exist.
-    let mut c = client(&info.address, &info.client_token).await;
-    for _ in 0..500 {
-        let j = c
-            .get_job(GetJobRequest {
-                job_id: "slow".into(),
-            })
-            .await
-            .expect("get job")
-            .into_inner()
-            .job
-            .expect("job");
-        if j.state == JobState::Running as i32 {
-            break;
+    let c = client(&info.address, &info.client_token).await;
+    wait_for_async("job slow to be running", T, || {
+        let mut c = c.clone();
+        async move {
+            let j = c
+                .get_job(GetJobRequest {
+                    job_id: "slow".into(),
+                })
+                .await
+                .expect("get job")
+                .into_inner()
+                .job
+                .expect("job");
+            when(j.state == JobState::Running as i32, j.state)
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
     let mut agents = AgentServiceClient::connect(info.address.clone())
         .await
         .expect("connect");

@@ -23,28 +23,20 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::Signal;
 use prost::Message;
 use sha2::{Digest, Sha256};
 use toil_jobstore::{JobStore, Locator, layout};
 use toil_proto::v1::AttemptResult;
-use toil_tests::local::{
-    Finished, PeakSampler, Sandbox, chain_workflow, count_lines, log_lines, wait_for,
-};
+use toil_tests::data;
+use toil_tests::local::{Finished, PeakSampler, Sandbox, count_lines, log_lines};
 use toil_tests::moto::{Moto, REGION, unique_name};
+use toil_tests::restart::{self, Store, block_on};
+use toil_tests::wait::{wait_for, when};
 
 const T: Duration = Duration::from_secs(180);
 
 /// The memory budget of issue 5 for the leader and each agent: 100 MB.
 const RSS_LIMIT_KB: u64 = 100_000_000 / 1024;
-
-fn block_on<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
-}
 
 fn aws(region: &str, name: &str) -> String {
     format!("aws:{region}:{name}")
@@ -142,9 +134,12 @@ outputs:
     // leader, found from the lease and state/leader.json in the bucket.
     let info = sb.leader_info_aws(moto, &name, T);
     assert_eq!(info.pid, running.pid());
-    wait_for(T, "total to start", || {
+    wait_for("total to start", T, || {
         let r = run(&sb, moto, &["logs", &loc, "total"]);
-        (r.code() == 0 && r.stdout.contains("waiting for the gate")).then_some(())
+        when(
+            r.code() == 0 && r.stdout.contains("waiting for the gate"),
+            (r.code(), r.stdout, r.stderr),
+        )
     });
     let status = run(&sb, moto, &["status", &loc, "--jobs"]);
     status.expect_code(0);
@@ -270,126 +265,29 @@ outputs:
 
 // === kill -9 and --restart ===
 
-fn kill_leader_during_b(sb: &Sandbox, moto: &Moto, loc: &str, runlog: &Path) {
-    let leader = sb.spawn(
-        leader(
-            sb,
-            moto,
-            &[
-                "run",
-                "chain.yaml",
-                "--jobStore",
-                loc,
-                "--clean",
-                "never",
-                "--agentLease",
-                "2s",
-            ],
-        ),
-        "leader",
-    );
-    wait_for(T, "job b to start", || {
-        log_lines(runlog)
-            .iter()
-            .any(|l| l == "b-start")
-            .then_some(())
-    });
-    leader.signal(Signal::SIGKILL);
-    assert_eq!(leader.wait(T).status.code(), None, "killed by a signal");
-}
-
-fn restart(sb: &Sandbox, moto: &Moto, loc: &str) -> Finished {
-    run(
-        sb,
-        moto,
-        &[
-            "run",
-            "chain.yaml",
-            "--jobStore",
-            loc,
-            "--restart",
-            "--agentLease",
-            "2s",
-        ],
-    )
-}
-
 #[test]
 fn kill_9_mid_job_then_restart_on_s3_reruns_only_the_unfinished_job() {
-    let moto = Moto::shared();
-    let sb = Sandbox::new("s3kill9a");
     let name = unique_name("kill");
-    let loc = aws(REGION, &name);
-    let (runlog, gate) = chain_workflow(&sb);
-    kill_leader_during_b(&sb, moto, &loc, &runlog);
-    // b's agent loses its leader: after its lease it kills b and exits.
-    std::thread::sleep(Duration::from_secs(4));
-    std::fs::write(&gate, "").unwrap();
-    let r = restart(&sb, moto, &loc);
-    r.expect_code(0);
-    assert!(
-        r.stderr.contains("1 of 3 jobs already finished"),
-        "{}",
-        r.stderr
-    );
-    let log = log_lines(&runlog);
-    assert_eq!(count_lines(&log, "a"), 1, "a must not run again: {log:?}");
-    assert_eq!(
-        count_lines(&log, "b-start"),
-        2,
-        "b's first attempt died: {log:?}"
-    );
-    assert_eq!(
-        (count_lines(&log, "b"), count_lines(&log, "c")),
-        (1, 1),
-        "{log:?}"
-    );
-    let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).unwrap();
-    assert_eq!(out, "A\nB\nC\n");
-    // --clean onSuccess (the default) deleted the bucket.
-    assert!(!bucket_exists(moto, &name));
+    let store = Store::Aws {
+        moto: Moto::shared(),
+        region: REGION,
+        name: &name,
+    };
+    let sb = Sandbox::new("s3kill9a");
+    restart::kill_9_mid_job_then_restart_reruns_only_the_unfinished_job(&sb, &store);
+    assert!(!bucket_exists(Moto::shared(), &name), "the bucket is gone");
 }
 
 #[test]
 fn kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered_from_s3() {
-    let moto = Moto::shared();
-    let sb = Sandbox::new("s3kill9b");
     let name = unique_name("recover");
-    let loc = aws(REGION, &name);
-    let (runlog, gate) = chain_workflow(&sb);
-    kill_leader_during_b(&sb, moto, &loc, &runlog);
-    // b finishes while there is no leader: its agent stores its outputs and
-    // result in the bucket before failing to report.
-    std::fs::write(&gate, "").unwrap();
-    let s = store(moto, REGION, &name);
-    let key = layout::result_key("b", 1);
-    wait_for(T, "b's result in the bucket", || {
-        block_on(s.get_bytes(&key)).unwrap().map(|_| ())
-    });
-    let r = restart(&sb, moto, &loc);
-    r.expect_code(0);
-    assert!(
-        r.stderr.contains("recovered the results of 1 attempt"),
-        "{}",
-        r.stderr
-    );
-    let log = log_lines(&runlog);
-    assert_eq!(
-        count_lines(&log, "b-start"),
-        1,
-        "b must not run again: {log:?}"
-    );
-    assert_eq!(
-        (
-            count_lines(&log, "a"),
-            count_lines(&log, "b"),
-            count_lines(&log, "c")
-        ),
-        (1, 1, 1),
-        "{log:?}"
-    );
-    let out = std::fs::read_to_string(sb.output_dir().join("final/c.txt")).unwrap();
-    assert_eq!(out, "A\nB\nC\n");
+    let store = Store::Aws {
+        moto: Moto::shared(),
+        region: REGION,
+        name: &name,
+    };
+    let sb = Sandbox::new("s3kill9b");
+    restart::kill_9_then_a_job_finishing_while_no_leader_runs_is_recovered(&sb, &store);
 }
 
 // === two leaders at once ===
@@ -778,34 +676,6 @@ fn access_denied_an_unknown_key_and_a_wrong_secret_stop_the_leader_before_any_jo
 
 // === a large file through a job ===
 
-/// Writes `mib` MiB of pseudo-random bytes and returns their SHA-256.
-fn random_file(path: &Path, mib: u64) -> String {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut h = Sha256::new();
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        h.update(&buf);
-        f.write_all(&buf).unwrap();
-    }
-    f.flush().unwrap();
-    hex::encode(h.finalize())
-}
-
-fn sha256_file(path: &Path) -> String {
-    let mut f = std::fs::File::open(path).unwrap();
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).unwrap();
-    hex::encode(h.finalize())
-}
-
 #[test]
 fn a_128_mib_file_goes_through_a_job_with_leader_and_agent_under_100_mb() {
     const MIB: u64 = 128;
@@ -814,7 +684,7 @@ fn a_128_mib_file_goes_through_a_job_with_leader_and_agent_under_100_mb() {
     let name = unique_name("big");
     let loc = aws(REGION, &name);
     let src = sb.path().join("big.bin");
-    let sha = random_file(&src, MIB);
+    let sha = data::write_random(&src, MIB, 0x9E37_79B9_7F4A_7C15).unwrap();
     sb.write(
         "big.yaml",
         r#"
@@ -848,7 +718,7 @@ outputs:
     let exported = sb.output_dir().join("copy/copy.bin");
     assert_eq!(std::fs::metadata(&exported).unwrap().len(), MIB << 20);
     assert_eq!(
-        sha256_file(&exported),
+        data::sha256_file(&exported).unwrap(),
         sha,
         "exported copy differs from the input"
     );

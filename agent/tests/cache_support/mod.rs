@@ -7,11 +7,25 @@ use std::fs;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use sha2::{Digest, Sha256};
 use toil_jobstore::{JobStore, Locator};
+
+// The helpers shared with the end-to-end tests live once, in the
+// `toil-tests` library, and are included here by path: a dev-dependency on
+// `toil-tests` would build kube, the AWS SDK and the Kubernetes emulator
+// for the agent's tests, and tie the agent's tests to the whole workspace.
+// These three files use only crates the agent already depends on.
+#[path = "../../../tests/src/data.rs"]
+pub mod data;
+#[path = "../../../tests/src/procfs.rs"]
+pub mod procfs;
+#[path = "../../../tests/src/wait.rs"]
+pub mod wait;
+
+// Not every test file uses them.
+#[allow(unused_imports)]
+pub use wait::{wait_for, when};
 
 /// The agent binary under test.
 pub fn agent_bin() -> PathBuf {
@@ -192,18 +206,9 @@ pub fn stderr_of(child: &mut Child) -> String {
     s
 }
 
+/// The SHA-256 of a file, panicking (with the path) if it cannot be read.
 pub fn sha256_file(p: &Path) -> String {
-    let mut f = fs::File::open(p).unwrap();
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    hex::encode(h.finalize())
+    data::sha256_file(p).unwrap_or_else(|e| panic!("reading {}: {e}", p.display()))
 }
 
 /// Bytes a live process has read through read(2)-like calls, from the
@@ -214,15 +219,6 @@ pub fn rchar(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("rchar: "))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
-}
-
-/// Polls `cond` every 20 ms until it holds or `timeout` passes.
-pub fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 pub fn u(v: &serde_json::Value, k: &str) -> u64 {

@@ -23,7 +23,7 @@
 //! but asserts nothing about speed: the figures depend on the machine and on
 //! moto (a Python server), so compare rows of one run, not runs.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
@@ -31,11 +31,10 @@ use anyhow::{Context, bail};
 use aws_sdk_s3::primitives::ByteStream;
 use clap::{Parser, ValueEnum};
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use toil_jobstore::s3::{RequestCounts, S3Options, TransferOptions};
 use toil_jobstore::{JobStore, Locator};
-use toil_tests::harness;
 use toil_tests::moto::{Moto, REGION, unique_name};
+use toil_tests::{data, harness, procfs};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -134,7 +133,7 @@ async fn run_all(args: &Args) -> anyhow::Result<()> {
     let src = dir.join("bench-src.bin");
     let dest = dir.join("bench-dest.bin");
     let t = Instant::now();
-    let source_sha = write_file(&src, args.size_mib)?;
+    let source_sha = data::write_random(&src, args.size_mib, 0x2545_F491_4F6C_DD1D)?;
     println!(
         "wrote {} in {:.1}s, sha256 {source_sha}",
         src.display(),
@@ -269,7 +268,7 @@ async fn run_step(args: &Args, step: Step) -> anyhow::Result<Value> {
             let secs = t.elapsed().as_secs_f64();
             Ok(json!({
                 "secs": secs,
-                "peak_rss_kb": peak_rss_kb(),
+                "peak_rss_kb": procfs::own_peak_rss_kb(),
                 "requests": describe(&stats.snapshot()),
                 "sha256": done.sha256,
             }))
@@ -313,9 +312,9 @@ async fn run_step(args: &Args, step: Step) -> anyhow::Result<Value> {
                 file.flush().await?;
             }
             let secs = t.elapsed().as_secs_f64();
-            let peak = peak_rss_kb();
+            let peak = procfs::own_peak_rss_kb();
             // Hashed after the clock stops: the SDK rows move bytes only.
-            let sha = sha256_of(if step == Step::SdkPut { &src } else { &dest })?;
+            let sha = data::sha256_file(if step == Step::SdkPut { &src } else { &dest })?;
             Ok(json!({
                 "secs": secs,
                 "peak_rss_kb": peak,
@@ -324,17 +323,6 @@ async fn run_step(args: &Args, step: Step) -> anyhow::Result<Value> {
             }))
         }
     }
-}
-
-fn peak_rss_kb() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn describe(c: &RequestCounts) -> String {
@@ -352,41 +340,4 @@ fn describe(c: &RequestCounts) -> String {
         }
     }
     format!("{} ({})", c.total(), parts.join(", "))
-}
-
-/// Writes `mib` MiB of pseudo-random bytes (xorshift) and returns their
-/// SHA-256.
-fn write_file(path: &Path, mib: u64) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut hasher = Sha256::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        hasher.update(&buf);
-        f.write_all(&buf)?;
-    }
-    f.flush()?;
-    Ok(hex::encode(hasher.finalize()))
-}
-
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }

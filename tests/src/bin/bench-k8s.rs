@@ -95,17 +95,6 @@ async fn make_claim(emu: &Emulator, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn peak_rss_kb(pid: i32) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
-}
-
 /// Runs the leader to the end; CPU time from `wait4`'s rusage.
 fn run_leader(
     args: &Args,
@@ -148,7 +137,7 @@ fn run_leader(
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
-        peak = peak.max(peak_rss_kb(pid).unwrap_or(0));
+        peak = peak.max(toil_tests::procfs::vm_hwm_kb(pid as u32).unwrap_or(0));
         // SAFETY: `pid` is our own child, not yet reaped (std's Child is
         // never waited on); status and usage are valid out-pointers.
         let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
@@ -220,21 +209,10 @@ fn report(what: &str, n: u64, r: &Run) {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bins = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("no directory for this program")?,
-    };
-    for b in ["toil-leader", "toil-agent"] {
-        if !bins.join(b).exists() {
-            bail!(
-                "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
-                bins.join(b).display()
-            );
-        }
-    }
+    let bins = toil_tests::harness::bins_for_program(
+        args.bin_dir.as_deref(),
+        &["toil-leader", "toil-agent"],
+    )?;
     let rbac = toil_tests::harness::repo_root().join("deploy/rbac.yaml");
     let nodes = (1..=args.nodes)
         .map(|i| {

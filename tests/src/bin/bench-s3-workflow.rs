@@ -44,12 +44,11 @@ use anyhow::{Context, bail};
 use aws_sdk_s3::primitives::ByteStream;
 use clap::Parser;
 use prost::Message;
-use sha2::{Digest, Sha256};
 use toil_jobstore::{JobStore, Locator};
 use toil_proto::v1::{JournalEntry, JournalRecord, journal_entry::Kind};
-use toil_tests::harness;
 use toil_tests::local::{PeakSampler, wait_with_max_rss};
 use toil_tests::moto::{LoggedRequest, Moto, REGION, unique_name};
+use toil_tests::{data, harness};
 use tokio::io::AsyncWriteExt;
 
 #[derive(Parser)]
@@ -79,21 +78,10 @@ const LIMIT: Duration = Duration::from_secs(3600);
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bins = match &args.bin_dir {
-        Some(d) => d.clone(),
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("no directory for this program")?,
-    };
-    for b in ["toil-leader", "toil-agent"] {
-        if !bins.join(b).exists() {
-            bail!(
-                "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
-                bins.join(b).display()
-            );
-        }
-    }
+    let bins = toil_tests::harness::bins_for_program(
+        args.bin_dir.as_deref(),
+        &["toil-leader", "toil-agent"],
+    )?;
     let scratch = harness::scratch("bench-s3-workflow-");
     let moto = Moto::start().context("starting moto_server (run scripts/setup-test-env.sh)")?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -326,34 +314,6 @@ fn trivial_jobs(args: &Args, bins: &Path, scratch: &Path, moto: &Moto) -> anyhow
 
 // === a big file through a job ===
 
-/// Writes `mib` MiB of pseudo-random bytes (xorshift); returns the SHA-256.
-fn write_file(path: &Path, mib: u64) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut h = Sha256::new();
-    let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        h.update(&buf);
-        f.write_all(&buf)?;
-    }
-    f.flush()?;
-    Ok(hex::encode(h.finalize()))
-}
-
-fn sha256_of(path: &Path) -> anyhow::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h)?;
-    Ok(hex::encode(h.finalize()))
-}
-
 fn secs(t: &Option<prost_types::Timestamp>) -> Option<f64> {
     t.as_ref()
         .map(|t| t.seconds as f64 + f64::from(t.nanos) / 1e9)
@@ -403,7 +363,7 @@ fn big_file(args: &Args, bins: &Path, scratch: &Path, moto: &Moto) -> anyhow::Re
     let mib = args.size_mib as f64;
     let src = dir.join("big.bin");
     let t = Instant::now();
-    let sha = write_file(&src, args.size_mib)?;
+    let sha = data::write_random(&src, args.size_mib, 0x2545_F491_4F6C_DD1D)?;
     println!();
     println!(
         "{} MiB through a job (wrote the input in {:.1} s, sha256 {sha})",
@@ -437,7 +397,7 @@ fn big_file(args: &Args, bins: &Path, scratch: &Path, moto: &Moto) -> anyhow::Re
     let (wall, peaks, max_kb) = run_leader(cmd, &dir, "big")?;
     let ended = unix_secs(started) + wall.as_secs_f64();
     let exported = dir.join("out/copy/copy.bin");
-    let exported_sha = sha256_of(&exported)?;
+    let exported_sha = data::sha256_file(&exported)?;
     if exported_sha != sha {
         bail!("the exported copy's sha256 is {exported_sha}, the input's {sha}");
     }
@@ -556,7 +516,7 @@ fn big_file(args: &Args, bins: &Path, scratch: &Path, moto: &Moto) -> anyhow::Re
         get,
         "baseline",
     );
-    let sdk_sha = sha256_of(&dir.join("sdk.bin"))?;
+    let sdk_sha = data::sha256_file(&dir.join("sdk.bin"))?;
     if sdk_sha != sha {
         bail!("the SDK's copy differs from the input");
     }

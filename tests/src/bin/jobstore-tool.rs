@@ -14,7 +14,6 @@
 //! jobstore-tool gen ./big.bin 1024          # 1024 MiB of pseudo-random data
 //! ```
 
-use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
@@ -79,7 +78,8 @@ fn kind(e: &Error) -> &'static str {
 
 async fn run(args: Args) -> Result<Value, Error> {
     if let Cmd::Gen { file, mib } = &args.cmd {
-        gen_file(file, *mib).map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
+        toil_tests::data::write_random(file, *mib, 0x9E37_79B9_7F4A_7C15 ^ *mib)
+            .map_err(|e| Error::io(format!("writing {}", file.display()), e))?;
         return Ok(json!({"ok": true, "result": {"bytes": mib << 20}}));
     }
     let Some(locator) = &args.jobstore else {
@@ -113,37 +113,11 @@ async fn run(args: Args) -> Result<Value, Error> {
     Ok(json!({
         "ok": true,
         "result": result,
-        "peak_rss_kb": peak_rss_kb(),
+        "peak_rss_kb": toil_tests::procfs::own_peak_rss_kb(),
         "requests": {
             "get": r.get, "list": r.list, "head": r.head, "put": r.put,
             "post": r.post, "delete": r.delete, "total": r.total(),
             "faults_injected": r.faults_injected,
         },
     }))
-}
-
-/// Peak resident set size of this process (`VmHWM`), in KiB.
-fn peak_rss_kb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-}
-
-/// Pseudo-random content (xorshift), written 1 MiB at a time.
-fn gen_file(path: &PathBuf, mib: u64) -> std::io::Result<()> {
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15 ^ mib;
-    let mut buf = vec![0u8; 1 << 20];
-    for _ in 0..mib {
-        for chunk in buf.chunks_exact_mut(8) {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            chunk.copy_from_slice(&x.to_le_bytes());
-        }
-        f.write_all(&buf)?;
-    }
-    f.flush()
 }
