@@ -28,9 +28,9 @@ use crate::batch::AgentLaunch;
 
 /// Memory added to every pod's request and limit for the agent itself, so
 /// that the job gets all the memory it asked for. `bench-agent-footprint`
-/// measures the agent's peak RSS beside a job that floods its log at about
-/// 10 MB, and the agent's buffers are bounded so that it stays there
-/// whatever the job prints; this leaves a margin above that.
+/// measured the agent's peak RSS at 10 MB beside a quiet job and 13-14 MB
+/// beside one that floods its log (its buffers are bounded, so that holds
+/// whatever the job prints); this rounds it up.
 pub const AGENT_MEMORY: u64 = 16 << 20;
 
 /// The agent container's name.
