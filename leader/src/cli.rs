@@ -775,6 +775,8 @@ mod tests {
         // A bare flag must not swallow the workflow that follows it.
         let cli = Cli::try_parse_from(["toil-leader", "run", "--reuseAgents", "wf.yaml"])
             .expect("a bare --reuseAgents before the workflow");
-        assert!(matches!(cli.command, Command::Run(r) if r.workflow == std::path::Path::new("wf.yaml")));
+        assert!(
+            matches!(cli.command, Command::Run(r) if r.workflow == std::path::Path::new("wf.yaml"))
+        );
     }
 }
