@@ -15,6 +15,11 @@ use tokio::sync::watch;
 
 use crate::logstream::LogSink;
 
+/// The most bytes read from a job's pipe at once: one log chunk. Small
+/// enough that the bounded queues behind it stay small, large enough that
+/// a flood costs few chunks.
+pub const READ_SIZE: usize = 32 << 10;
+
 /// How long a killed job gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -140,7 +145,7 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(
     let Ok(mut pipe) = pipe else {
         return;
     };
-    let mut buf = vec![0u8; 64 * 1024];
+    let mut buf = vec![0u8; READ_SIZE];
     loop {
         match pipe.read(&mut buf).await {
             Ok(0) | Err(_) => return,

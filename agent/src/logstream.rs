@@ -4,9 +4,10 @@
 //! Every chunk is kept until the leader acknowledges it. When the stream
 //! breaks (network trouble, a leader that restarts its server) the streamer
 //! reconnects and resends everything not yet acknowledged. Unacknowledged
-//! output beyond 8 MiB spills to a spool file on local disk and is read back
+//! output beyond 1 MiB spills to a spool file on local disk and is read back
 //! from there when resent, so memory stays bounded however slow the leader
-//! is. (The spool is created only when needed: most jobs' output is
+//! is and however much the job prints: in a pod the agent's memory counts
+//! against the job's limit. (The spool is created only when needed: most jobs' output is
 //! acknowledged within milliseconds, and a file per attempt costs an inode
 //! allocation and a deletion that are measurable at hundreds of jobs per
 //! second.) The same
@@ -26,8 +27,18 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::client::Leader;
 
 /// Unacknowledged chunks kept in memory beyond this are re-read from the
-/// spool when they must be resent.
-const MEMORY_LIMIT: usize = 8 << 20;
+/// spool when they must be resent. One MiB in flight is several round trips
+/// of a local leader's acknowledgements, so a larger window buys no speed.
+const MEMORY_LIMIT: usize = 1 << 20;
+
+/// Chunks queued between the pipes and the streamer, and between the
+/// streamer and the gRPC stream. Each is at most one pipe read (see
+/// `exec::READ_SIZE`), so each queue holds at most about 512 KiB.
+const QUEUE: usize = 16;
+
+/// The longest partial line echoed to stdout as it is: output without
+/// newlines is echoed in pieces of this size rather than kept whole.
+const ECHO_LINE_MAX: usize = 16 << 10;
 
 /// Where job output goes: cheap to clone, one per output pipe.
 #[derive(Clone)]
@@ -102,7 +113,7 @@ impl LogStreamer {
         spool: &Path,
         echo_prefix: Option<String>,
     ) -> std::io::Result<LogStreamer> {
-        let (tx, rx) = mpsc::channel(256);
+        let (tx, rx) = mpsc::channel(QUEUE);
         let (done_tx, done) = oneshot::channel();
         let state = State {
             attempt_id: attempt_id.to_string(),
@@ -251,7 +262,7 @@ type Connected = (
 
 /// Opens a stream and resends every unacknowledged chunk.
 async fn connect(leader: &Leader, st: &mut State) -> Result<Connected, String> {
-    let (tx, rx) = mpsc::channel(256);
+    let (tx, rx) = mpsc::channel(QUEUE);
     let mut client = leader.client();
     let resp = client
         .stream_logs(ReceiverStream::new(rx))
@@ -381,10 +392,23 @@ impl State {
         let partial = &mut echo.partial[stream as usize % 4];
         partial.extend_from_slice(data);
         let mut out = std::io::stdout().lock();
-        while let Some(pos) = partial.iter().position(|&b| b == b'\n') {
-            let line: Vec<u8> = partial.drain(..=pos).collect();
+        let mut start = 0;
+        while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
             let _ = out.write_all(echo.prefix.as_bytes());
-            let _ = out.write_all(&line);
+            let _ = out.write_all(&partial[start..=start + pos]);
+            start += pos + 1;
+        }
+        // A line longer than the limit is echoed in pieces, each on a line
+        // of its own, so output without newlines cannot grow memory.
+        while partial.len() - start >= ECHO_LINE_MAX {
+            let _ = out.write_all(echo.prefix.as_bytes());
+            let _ = out.write_all(&partial[start..start + ECHO_LINE_MAX]);
+            let _ = out.write_all(b"\n");
+            start += ECHO_LINE_MAX;
+        }
+        partial.drain(..start);
+        if partial.capacity() > 2 * ECHO_LINE_MAX {
+            partial.shrink_to(ECHO_LINE_MAX);
         }
     }
 

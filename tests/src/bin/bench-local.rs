@@ -7,14 +7,26 @@
 //! target/release/bench-local --jobs 100000   # leader memory with 100,000 jobs
 //! ```
 //!
-//! It prints:
+//! The throughput run (`command: "true"`, a shell per job) is made three
+//! times: with default flags, with `--reuseAgents` and with
+//! `--reuseAgents=false` (one agent process per job). The flag is passed as
+//! `TOIL_REUSE_AGENTS`, which older leaders read too, so `--bin-dir` can
+//! point at a previous build for a before/after comparison. For each it
+//! prints:
 //! - throughput: jobs per second over the whole run (leader start to exit);
-//! - the leader's peak RSS (VmHWM, sampled every 100 ms) and CPU time;
+//! - the leader's peak RSS (VmHWM, sampled every 100 ms);
+//! - CPU per job, split into the leader, the agents and the jobs' shells:
+//!   the leader's own time and its children's (agents, which count their
+//!   jobs) are read from the exited leader before it is reaped, and the
+//!   shells' time is the sum the agents measured with `wait4` and recorded
+//!   in each attempt's result;
 //! - dispatch latency: from the leader deciding to launch an attempt (its
 //!   journal entry) to the command starting (the agent's report), p50/p99;
-//! - ready-to-running latency in a chain, where each job becomes ready when
-//!   the leader records its predecessor's end: p50/p99;
 //! - job-store writes per job (journal records, results, logs, snapshots).
+//!
+//! Then a chain of jobs with default flags, where each job becomes ready
+//! when the leader records its predecessor's end: ready-to-running latency
+//! p50/p99.
 //!
 //! Timings come from the job store's journal of the run itself (kept with
 //! `--clean never`), so they are the system's own records. Nothing is
@@ -54,8 +66,27 @@ struct Args {
 struct Run {
     wall: Duration,
     peak_rss_kb: u64,
+    /// The leader's own CPU time.
     cpu: Duration,
+    /// CPU time of the processes the leader waited for (agents, and the
+    /// jobs they waited for).
+    children_cpu: Duration,
     store: PathBuf,
+}
+
+/// Reads utime+stime and cutime+cstime (in ticks) from /proc/PID/stat.
+fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name: utime is field 14, stime 15, cutime
+    // 16, cstime 17.
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -67,15 +98,21 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[i]
 }
 
-/// Runs the leader on `workflow` and samples its memory and CPU.
-fn run_leader(bins: &Path, dir: &Path, workflow: &Path) -> anyhow::Result<Run> {
+/// Runs the leader on `workflow`, with `TOIL_REUSE_AGENTS` set to `reuse`
+/// (or unset), and samples its memory and CPU.
+fn run_leader(
+    bins: &Path,
+    dir: &Path,
+    workflow: &Path,
+    reuse: Option<bool>,
+) -> anyhow::Result<Run> {
     let store = dir.join(format!(
-        "{}.jobstore",
-        workflow.file_stem().unwrap_or_default().to_string_lossy()
+        "{}-{}.jobstore",
+        workflow.file_stem().unwrap_or_default().to_string_lossy(),
+        reuse.map_or("default", |r| if r { "reuse" } else { "noreuse" })
     ));
-    let t0 = Instant::now();
-    let mut child = Command::new(bins.join("toil-leader"))
-        .arg("run")
+    let mut cmd = Command::new(bins.join("toil-leader"));
+    cmd.arg("run")
         .arg(workflow)
         .args(["--clean", "never", "--realTimeLogging=false"])
         .arg("--jobStore")
@@ -84,18 +121,30 @@ fn run_leader(bins: &Path, dir: &Path, workflow: &Path) -> anyhow::Result<Run> {
         .arg(dir.join("work"))
         .arg("--agentBinary")
         .arg(bins.join("toil-agent"))
+        .env_remove("TOIL_REUSE_AGENTS")
         .current_dir(dir)
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting toil-leader")?;
+        .stderr(Stdio::piped());
+    if let Some(r) = reuse {
+        cmd.env("TOIL_REUSE_AGENTS", r.to_string());
+    }
+    let t0 = Instant::now();
+    let mut child = cmd.spawn().context("starting toil-leader")?;
     let pid = child.id();
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()
         .flatten()
         .unwrap_or(100) as u64;
-    let (mut peak, mut cpu_ticks) = (0u64, 0u64);
-    let status = loop {
+    let mut peak = 0u64;
+    // Stderr is read on a thread so a chatty leader never blocks on it.
+    let mut stderr = child.stderr.take().context("no stderr pipe")?;
+    let err_reader = std::thread::spawn(move || {
+        let mut err = String::new();
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut err);
+        err
+    });
+    loop {
         if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
             && let Some(kb) = s
                 .lines()
@@ -105,34 +154,29 @@ fn run_leader(bins: &Path, dir: &Path, workflow: &Path) -> anyhow::Result<Run> {
         {
             peak = peak.max(kb);
         }
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-            // Fields after the command name: utime is field 14, stime 15.
-            let rest = s.rsplit(')').next().unwrap_or("");
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            if f.len() > 13 {
-                let u: u64 = f[11].parse().unwrap_or(0);
-                let st: u64 = f[12].parse().unwrap_or(0);
-                cpu_ticks = cpu_ticks.max(u + st);
-            }
+        // Wait without reaping, so the exited leader's CPU times can still
+        // be read from /proc.
+        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
+            Ok(WaitStatus::StillAlive) => {}
+            Ok(_) => break,
+            Err(e) => bail!("waiting for the leader: {e}"),
         }
-        if let Some(s) = child.try_wait()? {
-            break s;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let wall = t0.elapsed();
+    let (own, children) = cpu_ticks(pid).unwrap_or((0, 0));
+    let status = child.wait()?;
+    let err = err_reader.join().unwrap_or_default();
     if !status.success() {
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            use std::io::Read;
-            let _ = e.read_to_string(&mut err);
-        }
         bail!("the leader failed ({status}):\n{err}");
     }
     Ok(Run {
         wall,
         peak_rss_kb: peak,
-        cpu: Duration::from_millis(cpu_ticks * 1000 / ticks),
+        cpu: Duration::from_millis(own * 1000 / ticks),
+        children_cpu: Duration::from_millis(children * 1000 / ticks),
         store,
     })
 }
@@ -199,6 +243,18 @@ fn count_files(dir: &Path) -> u64 {
         .sum()
 }
 
+/// CPU time of the jobs' own processes, as their agents measured it.
+fn jobs_cpu(entries: &[toil_proto::v1::JournalEntry]) -> Duration {
+    entries
+        .iter()
+        .filter_map(|e| match &e.kind {
+            Some(Kind::End(end)) => end.result.as_ref()?.usage.as_ref()?.cpu_time,
+            _ => None,
+        })
+        .filter_map(|d| Duration::try_from(d).ok())
+        .sum()
+}
+
 /// Dispatch latencies (launch entry → command start), in ms.
 fn dispatch(entries: &[toil_proto::v1::JournalEntry]) -> Vec<f64> {
     let mut launched = std::collections::HashMap::new();
@@ -247,38 +303,52 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(
         &wf,
         format!(
-            "name: trivial\ndefaults: {{cores: {}, memory: 16Mi, disk: 1Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [\"true\"]\n",
+            "name: trivial\ndefaults: {{cores: {}, memory: 16Mi, disk: 1Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: \"true\"\n",
             args.cores_per_job, args.jobs
         ),
     )?;
-    let r = run_leader(&bins, dir.path(), &wf)?;
     let n = args.jobs as f64;
-    let (entries, journal_records, snapshots) = journal(&r.store)?;
-    let mut d = dispatch(&entries);
-    let results = count_files(&r.store.join("results"));
-    let logs = count_files(&r.store.join("logs"));
-    println!(
-        "{} trivial jobs ({} cores each): {:.1} s, {:.0} jobs/s",
-        args.jobs,
-        args.cores_per_job,
-        r.wall.as_secs_f64(),
-        n / r.wall.as_secs_f64()
-    );
-    println!(
-        "  leader: peak RSS {:.1} MB, CPU {:.2} s ({:.3} ms per job)",
-        r.peak_rss_kb as f64 / 1024.0,
-        r.cpu.as_secs_f64(),
-        r.cpu.as_secs_f64() * 1000.0 / n
-    );
-    println!(
-        "  dispatch (launch decision -> command start): p50 {:.1} ms, p99 {:.1} ms",
-        percentile(&mut d, 0.5),
-        percentile(&mut d, 0.99)
-    );
-    println!(
-        "  job-store writes: {:.3} per job ({journal_records} journal records, {snapshots} snapshots, {results} results, {logs} log segments)",
-        (journal_records + snapshots + results + logs) as f64 / n
-    );
+    for (label, reuse) in [
+        ("default flags", None),
+        ("--reuseAgents", Some(true)),
+        ("--reuseAgents=false", Some(false)),
+    ] {
+        let r = run_leader(&bins, dir.path(), &wf, reuse)?;
+        let (entries, journal_records, snapshots) = journal(&r.store)?;
+        let mut d = dispatch(&entries);
+        let results = count_files(&r.store.join("results"));
+        let logs = count_files(&r.store.join("logs"));
+        let shells = jobs_cpu(&entries);
+        let per_job = |t: Duration| t.as_secs_f64() * 1000.0 / n;
+        println!(
+            "{} trivial jobs (command \"true\", {} cores each), {label}: {:.1} s, {:.0} jobs/s",
+            args.jobs,
+            args.cores_per_job,
+            r.wall.as_secs_f64(),
+            n / r.wall.as_secs_f64()
+        );
+        println!(
+            "  CPU per job: leader {:.3} ms, agents {:.3} ms, shells {:.3} ms (total {:.2} s on {cores} cores)",
+            per_job(r.cpu),
+            per_job(r.children_cpu.saturating_sub(shells)),
+            per_job(shells),
+            (r.cpu + r.children_cpu).as_secs_f64(),
+        );
+        println!(
+            "  leader: peak RSS {:.1} MB; dispatch (launch decision -> command start): p50 {:.1} ms, p99 {:.1} ms",
+            r.peak_rss_kb as f64 / 1024.0,
+            percentile(&mut d, 0.5),
+            percentile(&mut d, 0.99)
+        );
+        println!(
+            "  job-store writes: {:.3} per job ({journal_records} journal records, {snapshots} snapshots, {results} results, {logs} log segments)",
+            (journal_records + snapshots + results + logs) as f64 / n
+        );
+        if args.jobs >= 50_000 {
+            // One run is enough for the memory figure of a big workflow.
+            break;
+        }
+    }
 
     // --- chain -----------------------------------------------------------
     if args.chain > 1 {
@@ -292,7 +362,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         std::fs::write(&wf, text)?;
-        let r = run_leader(&bins, dir.path(), &wf)?;
+        let r = run_leader(&bins, dir.path(), &wf, None)?;
         let (entries, _, _) = journal(&r.store)?;
         // Ready = when the leader recorded the predecessor's end.
         let mut ended = std::collections::HashMap::new();
@@ -315,7 +385,7 @@ fn main() -> anyhow::Result<()> {
             })
             .collect();
         println!(
-            "chain of {} jobs: {:.1} s; ready -> running p50 {:.1} ms, p99 {:.1} ms",
+            "chain of {} jobs (default flags): {:.1} s; ready -> running p50 {:.1} ms, p99 {:.1} ms",
             args.chain,
             r.wall.as_secs_f64(),
             percentile(&mut lat, 0.5),
