@@ -485,7 +485,9 @@ impl RunArgs {
         } else {
             None
         };
-        let workflow = if self.restart {
+        // On --restart the file as it is now is compared with the stored
+        // one (edited jobs run again); without the file, the stored one runs.
+        let workflow = if self.restart && !self.workflow.exists() {
             None
         } else {
             let wf = workflow::load(&self.workflow).map_err(|d| bad(d.to_string()))?;

@@ -10,6 +10,7 @@
 //! - [`core`]: the pure scheduler (graph, retries, dynamic jobs, journal);
 //! - [`driver`]: the one task that owns the core and talks to everything;
 //! - [`persist`]: the journal and snapshots in the job store, and fencing;
+//! - [`resume`]: resuming against an edited workflow file (what reruns);
 //! - [`server`]: the gRPC services for agents and clients;
 //! - [`batch`]: where agents run (local processes; Kubernetes Jobs);
 //! - [`logs`], [`events`]: job output and workflow events for followers;
@@ -25,6 +26,7 @@ pub mod events;
 pub mod logs;
 pub mod persist;
 pub mod progress;
+pub mod resume;
 pub mod run;
 pub mod server;
 pub mod summary;

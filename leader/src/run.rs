@@ -159,7 +159,10 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     // takes it as soon as it has created the store, before storing the
     // workflow (see `create_store`).
     let host = hostname();
-    let (wf, meta, fresh, lease) = if cfg.restart {
+    // A plain run on a store that already holds this workflow resumes it
+    // (against the file as it is now) rather than refusing.
+    let resuming = cfg.restart || holds_workflow(&store, &cfg).await.map_err(front_door)?;
+    let (wf, meta, fresh, lease) = if resuming {
         let (wf, meta, fresh) = restore_workflow(&store).await.map_err(front_door)?;
         let lease = take_lease(&store, &cfg, &host).await.map_err(front_door)?;
         (wf, meta, fresh, lease)
@@ -245,6 +248,25 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         })?;
     if !fresh {
         settle_interrupted(&store, &mut core).await;
+        if let Some(disk) = &cfg.workflow {
+            match crate::resume::resume_against(&store, &mut core, disk).await {
+                Ok(None) => {}
+                Ok(Some(r)) => {
+                    eprintln!(
+                        "{} changed since the last run; resuming as version {} of the workflow: {}",
+                        disk.source.display(),
+                        r.version,
+                        r.plan.describe()
+                    );
+                    // The move is durable before anything launches.
+                    persister
+                        .append_now(core.drain_journal())
+                        .await
+                        .map_err(anyhow::Error::new)?;
+                }
+                Err(e) => return Err(fail(exit::BAD_INPUT, format!("{e:#}"))),
+            }
+        }
         let retried = core.retry_failed();
         eprintln!(
             "restarting workflow {} from {replayed} journal entries: {} of {} jobs already finished{}",
@@ -462,6 +484,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         WorkflowState::Succeeded => exit::OK,
         _ => exit::FAILED,
     };
+    // An edited version's exports are the ones that count.
+    let wf = core.current_workflow().map_or(wf, |w| (*w).clone());
     if state == WorkflowState::Succeeded && !wf.outputs.is_empty() {
         match export_outputs(&store, &core, &wf, &cfg.output_dir).await {
             Ok(n) => eprintln!("exported {n} file(s) to {}", cfg.output_dir.display()),
@@ -644,6 +668,34 @@ async fn existing_store(store: &JobStore, cfg: &RunConfig) -> anyhow::Error {
             cfg.locator, cfg.locator
         ),
     )
+}
+
+/// True when a run without `--restart` finds a job store that already
+/// holds a workflow and no live leader: it then resumes that workflow, and
+/// says so.
+async fn holds_workflow(store: &JobStore, cfg: &RunConfig) -> anyhow::Result<bool> {
+    if !store.exists().await? {
+        return Ok(false);
+    }
+    let Some(obj) = store.get_bytes(layout::META_KEY).await? else {
+        return Ok(false);
+    };
+    let Ok(meta) = serde_json::from_slice::<Meta>(&obj.data) else {
+        return Ok(false);
+    };
+    if let Some((rec, _)) = Lease::read(store).await?
+        && rec.is_live(toil_jobstore::state::now_ms(), &hostname())
+    {
+        return Err(in_use(cfg, &rec, " already exists and"));
+    }
+    eprintln!(
+        "job store {} already holds workflow {} (from {}): resuming it; finished jobs whose commands and inputs are unchanged are kept (`toil-leader clean {}` starts over)",
+        cfg.locator,
+        meta.name,
+        meta.source.display(),
+        cfg.locator
+    );
+    Ok(true)
 }
 
 /// Creates the job store for a first run, takes the leader lease, and
