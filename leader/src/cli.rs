@@ -490,7 +490,6 @@ impl RunArgs {
         let workflow = if self.restart && !self.workflow.exists() {
             None
         } else {
-            let wf = workflow::load(&self.workflow).map_err(|d| bad(d.to_string()))?;
             let machine = Machine {
                 name: format!(
                     "this machine (--maxCores {}, --maxMemory {})",
@@ -503,10 +502,16 @@ impl RunArgs {
                 gpus: 0,
             };
             // On Kubernetes the nodes are the machines; they are listed
-            // when the leader connects, before anything runs.
-            if !kubernetes {
-                workflow::check_fits(&wf, &defaults, &[machine]).map_err(|d| bad(d.to_string()))?;
-            }
+            // when the leader connects, before anything runs. Locally the
+            // fit is checked with the rest, so every mistake shows at once.
+            let wf = workflow::load_checked(&self.workflow, |wf| {
+                if kubernetes {
+                    Ok(())
+                } else {
+                    workflow::check_fits(wf, &defaults, &[machine])
+                }
+            })
+            .map_err(|d| bad(d.to_string()))?;
             Some(wf)
         };
         let stem = self
