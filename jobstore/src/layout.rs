@@ -6,6 +6,8 @@
 //! workflow/spec.yaml              the workflow file as first run
 //! workflow/imports.pb             local inputs imported at start
 //! workflow/meta.json              workflow id, name, creation time
+//! workflow/versions/N/            an edited version of the workflow (spec.yaml,
+//!                                 imports.pb, source.json), from a resume
 //! state/journal/N, state/snapshot/N, state/lease.json   see `state`
 //! state/leader.json               address and client token of the live leader
 //! files/inputs/SHA256             imported local inputs, by content
@@ -23,6 +25,33 @@ pub const SPEC_KEY: &str = "workflow/spec.yaml";
 pub const IMPORTS_KEY: &str = "workflow/imports.pb";
 /// Workflow identity (JSON).
 pub const META_KEY: &str = "workflow/meta.json";
+/// Prefix of the stored edited versions of the workflow.
+pub const VERSIONS_PREFIX: &str = "workflow/versions/";
+
+/// The workflow file of version `v` (1 and up; version 0 is [`SPEC_KEY`]).
+pub fn version_spec_key(v: u32) -> String {
+    format!("{VERSIONS_PREFIX}{v}/spec.yaml")
+}
+
+/// The imported local inputs of version `v` (`toil.v1.ImportedInputs`).
+pub fn version_imports_key(v: u32) -> String {
+    format!("{VERSIONS_PREFIX}{v}/imports.pb")
+}
+
+/// Where version `v`'s file was read from (JSON: `source`, `base_dir`).
+pub fn version_source_key(v: u32) -> String {
+    format!("{VERSIONS_PREFIX}{v}/source.json")
+}
+
+/// The version number in a key under [`VERSIONS_PREFIX`].
+pub fn version_of_key(key: &str) -> Option<u32> {
+    key.strip_prefix(VERSIONS_PREFIX)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Address and client token of the running leader (JSON).
 pub const LEADER_KEY: &str = "state/leader.json";
 

@@ -490,15 +490,17 @@ impl RunArgs {
             None => None,
         };
         let kubernetes = self.batch_system == BatchSystem::Kubernetes;
+        let reuse_agents = self.reuse_agents();
         let mut k8s = if kubernetes {
             Some(self.kubernetes_config(&locator)?)
         } else {
             None
         };
-        let workflow = if self.restart {
+        // On --restart the file as it is now is compared with the stored
+        // one (edited jobs run again); without the file, the stored one runs.
+        let workflow = if self.restart && !self.workflow.exists() {
             None
         } else {
-            let wf = workflow::load(&self.workflow).map_err(|d| bad(d.to_string()))?;
             let machine = Machine {
                 name: format!(
                     "this machine (--maxCores {}, --maxMemory {})",
@@ -511,10 +513,16 @@ impl RunArgs {
                 gpus: 0,
             };
             // On Kubernetes the nodes are the machines; they are listed
-            // when the leader connects, before anything runs.
-            if !kubernetes {
-                workflow::check_fits(&wf, &defaults, &[machine]).map_err(|d| bad(d.to_string()))?;
-            }
+            // when the leader connects, before anything runs. Locally the
+            // fit is checked with the rest, so every mistake shows at once.
+            let wf = workflow::load_checked(&self.workflow, |wf| {
+                if kubernetes {
+                    Ok(())
+                } else {
+                    workflow::check_fits(wf, &defaults, &[machine])
+                }
+            })
+            .map_err(|d| bad(d.to_string()))?;
             Some(wf)
         };
         let stem = self
@@ -605,7 +613,7 @@ impl RunArgs {
             journal_interval: Duration::from_millis(10),
             listen: self.listen,
             advertise: self.advertise,
-            reuse_agents: self.reuse_agents(),
+            reuse_agents,
             real_time_logging: self.real_time_logging,
             output_dir,
             clean: self.clean,

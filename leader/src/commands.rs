@@ -260,7 +260,9 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
         return Ok(0);
     }
     if args.follow {
-        crate::say!("(no leader is running, so there is nothing to follow; printing the stored log)");
+        crate::say!(
+            "(no leader is running, so there is nothing to follow; printing the stored log)"
+        );
     }
     // Offline: the persisted segments. Group keys by job and attempt.
     let keys = store.list("logs/").await?;

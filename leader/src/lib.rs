@@ -11,6 +11,7 @@
 //! - [`core`]: the pure scheduler (graph, retries, dynamic jobs, journal);
 //! - [`driver`]: the one task that owns the core and talks to everything;
 //! - [`persist`]: the journal and snapshots in the job store, and fencing;
+//! - [`versions`]: resuming against an edited workflow file (what reruns);
 //! - [`server`]: the gRPC services for agents and clients;
 //! - [`batch`]: where agents run (local processes; Kubernetes Jobs);
 //! - [`logs`], [`events`]: job output and workflow events for followers;
@@ -32,4 +33,5 @@ pub mod run;
 pub mod server;
 pub mod summary;
 pub mod terminal;
+pub mod versions;
 pub mod workflow;

@@ -350,6 +350,11 @@ pub struct LoadedState {
 pub async fn load(store: &JobStore, core: &mut Core) -> Result<LoadedState, PersistError> {
     use std::io::Write;
     let (journal, loaded) = Journal::load(store).await?;
+    // Edited versions of the workflow, which version entries move to.
+    let versions = crate::versions::load_versions(store)
+        .await
+        .map_err(|e| PersistError::Corrupt(format!("{e:#}")))?;
+    core.install_versions(versions);
     let now = std::time::Instant::now();
     let mut entries = 0u64;
     let mut apply = |e: JournalEntry| {

@@ -275,7 +275,10 @@ mod tests {
         assert_eq!(lines.len(), 1 + 200);
         for piece in &lines[1..] {
             let (line, status) = piece.split_once('\n').expect("a whole line");
-            assert!(line.starts_with("thread ") && line.contains(" line "), "{line}");
+            assert!(
+                line.starts_with("thread ") && line.contains(" line "),
+                "{line}"
+            );
             assert_eq!(status, "status");
         }
     }

@@ -8,7 +8,8 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use toil_leader::workflow::{
-    Command, InputSource, Machine, ResolvedDefaults, ScatterValues, check_fits, load, parse_str,
+    Command, InputSource, Machine, ResolvedDefaults, ScatterValues, check_fits, load, load_checked,
+    parse_str,
 };
 
 fn repo() -> PathBuf {
@@ -394,6 +395,29 @@ fn a_job_larger_than_every_machine_is_rejected() {
     ] {
         assert!(shown.contains(w), "{w:?} missing:\n{shown}");
     }
+}
+
+#[test]
+fn a_too_large_job_is_reported_together_with_the_other_mistakes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = dir.path().join("wf.yaml");
+    std::fs::write(
+        &path,
+        "jobs:\n  assemble:\n    command: echo assembling\n    memory: 64Gi\n  typo:\n    comand: echo\n",
+    )
+    .expect("write");
+    let (defaults, machine) = laptop();
+    let err =
+        load_checked(&path, |wf| check_fits(wf, &defaults, &[machine])).expect_err("two mistakes");
+    let shown = err.to_string();
+    assert_eq!(err.len(), 3, "too large, no command, unknown key: {shown}");
+    assert!(shown.contains("larger than any machine"), "{shown}");
+    assert!(shown.contains("comand"), "{shown}");
+    let lines: Vec<usize> = err.iter().map(|d| d.pos.line).collect();
+    assert!(
+        lines.windows(2).all(|w| w[0] <= w[1]),
+        "file order: {lines:?}"
+    );
 }
 
 #[test]

@@ -27,6 +27,7 @@ impl Core {
             let scattered = spec.scatter.is_some();
             self.new_template(spec.clone(), count, scattered, None);
         }
+        self.static_templates = self.templates.len();
         // Wire dependencies by name; the parser guarantees they resolve.
         for t in 0..self.templates.len() {
             let after = self.templates[t].spec.after.clone();

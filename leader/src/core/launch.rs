@@ -36,7 +36,7 @@ pub struct LaunchSpec {
 }
 
 /// Replaces the scatter placeholders in `s`, if the job is scattered.
-fn render(s: &str, scatter: Option<(&str, &str, u64)>) -> String {
+pub(super) fn render(s: &str, scatter: Option<(&str, &str, u64)>) -> String {
     match scatter {
         Some((var, value, index)) => crate::workflow::render(s, var, value, index),
         None => s.to_string(),

@@ -19,6 +19,7 @@
 
 mod graph;
 mod launch;
+pub mod resume;
 pub mod retry;
 #[cfg(test)]
 mod tests;
@@ -35,6 +36,7 @@ use toil_proto::v1::{AddJobsRequest, Cause, FileRef, JobState, OutputFiles, Reso
 
 use crate::workflow::spec::{JobTemplate, Workflow};
 pub use launch::LaunchSpec;
+pub use resume::{ResumePlan, StoredVersion};
 pub use retry::RetryPolicy;
 pub use transitions::{Ended, now_timestamp};
 
@@ -274,6 +276,16 @@ pub struct Core {
     pub(crate) cancelled: bool,
     pub(crate) epoch: u64,
     pub(crate) ended_announced: bool,
+    /// Templates from the workflow file; later ones were added while the
+    /// workflow ran.
+    pub(crate) static_templates: usize,
+    /// The workflow version this graph was built from (0: as first run).
+    pub(crate) version: u32,
+    /// Stored versions of the workflow, for replaying version entries.
+    pub(crate) versions: HashMap<u32, StoredVersion>,
+    /// Attempts of jobs that an edited version removed, by job id, so that
+    /// a later version bringing the job back never reuses an attempt number.
+    pub(crate) retired: HashMap<String, Vec<Attempt>>,
 }
 
 impl Core {
@@ -297,6 +309,10 @@ impl Core {
             cancelled: false,
             epoch: 0,
             ended_announced: false,
+            static_templates: 0,
+            version: 0,
+            versions: HashMap::new(),
+            retired: HashMap::new(),
         };
         core.build_static(wf);
         core

@@ -269,7 +269,7 @@ impl Core {
     }
 
     /// A job succeeded: count it off its template and its ancestors'.
-    fn complete(&mut self, j: JobIdx) {
+    pub(crate) fn complete(&mut self, j: JobIdx) {
         let mut cur = Some(j);
         while let Some(c) = cur {
             let t = self.jobs[c as usize].tmpl;
@@ -503,6 +503,7 @@ impl Core {
                 self.retry_failed();
                 Ok(())
             }
+            Some(Kind::Version(v)) => self.replay_version(v),
             Some(Kind::Cancel(c)) => {
                 if c.job_id.is_empty() {
                     self.cancel_workflow(&c.reason);

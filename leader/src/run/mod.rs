@@ -75,8 +75,12 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         WorkflowState::Succeeded => exit::OK,
         _ => exit::FAILED,
     };
-    if state == WorkflowState::Succeeded && !opened.wf.outputs.is_empty() {
-        match files::export_outputs(&store, &core, &opened.wf, &cfg.output_dir).await {
+    // An edited version's exports are the ones that count.
+    let wf = core
+        .current_workflow()
+        .map_or_else(|| opened.wf.clone(), |w| (*w).clone());
+    if state == WorkflowState::Succeeded && !wf.outputs.is_empty() {
+        match files::export_outputs(&store, &core, &wf, &cfg.output_dir).await {
             Ok(n) => crate::say!("exported {n} file(s) to {}", cfg.output_dir.display()),
             Err(e) => {
                 crate::say!("toil-leader: exporting outputs failed: {e:#}");

@@ -53,7 +53,8 @@ pub(super) async fn prepare(
             if wanted != (st.defaults(), st.infra_retries) {
                 crate::say!(
                     "note: resuming with the workflow's original job defaults and retry counts (--retryCount {}, --infraRetryCount {}); the command line's differ",
-                    st.retries, st.infra_retries
+                    st.retries,
+                    st.infra_retries
                 );
             }
             (st.defaults(), st.infra_retries)
@@ -115,6 +116,25 @@ pub(super) async fn prepare(
         })?;
     if !fresh {
         settle_interrupted(store, &mut core).await;
+        if let Some(disk) = &cfg.workflow {
+            match crate::versions::resume_against(store, &mut core, disk).await {
+                Ok(None) => {}
+                Ok(Some(r)) => {
+                    crate::say!(
+                        "{} changed since the last run; resuming as version {} of the workflow: {}",
+                        disk.source.display(),
+                        r.version,
+                        r.plan.describe()
+                    );
+                    // The move is durable before anything launches.
+                    persister
+                        .append_now(core.drain_journal())
+                        .await
+                        .map_err(anyhow::Error::new)?;
+                }
+                Err(e) => return Err(fail(exit::BAD_INPUT, format!("{e:#}"))),
+            }
+        }
         let retried = core.retry_failed();
         crate::say!(
             "restarting workflow {} from {replayed} journal entries: {} of {} jobs already finished{}",

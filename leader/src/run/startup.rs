@@ -45,7 +45,10 @@ pub(super) async fn open_workflow(
     // The lease refuses to share the store with a live leader. A first run
     // takes it as soon as it has created the store, before storing the
     // workflow (see `create_store`).
-    if cfg.restart {
+    // A plain run on a store that already holds a workflow resumes it
+    // (against the file as it is now) rather than refusing.
+    let resuming = cfg.restart || holds_workflow(store, cfg).await.map_err(front_door)?;
+    if resuming {
         let (wf, meta, fresh) = restore_workflow(store).await.map_err(front_door)?;
         let lease = take_lease(store, cfg, host).await.map_err(front_door)?;
         Ok((Opened { wf, meta, fresh }, lease))
@@ -173,6 +176,34 @@ async fn existing_store(store: &JobStore, cfg: &RunConfig) -> anyhow::Error {
             cfg.locator, cfg.locator
         ),
     )
+}
+
+/// True when a run without `--restart` finds a job store that already
+/// holds a workflow and no live leader: it then resumes that workflow, and
+/// says so.
+async fn holds_workflow(store: &JobStore, cfg: &RunConfig) -> anyhow::Result<bool> {
+    if !store.exists().await? {
+        return Ok(false);
+    }
+    let Some(obj) = store.get_bytes(layout::META_KEY).await? else {
+        return Ok(false);
+    };
+    let Ok(meta) = serde_json::from_slice::<Meta>(&obj.data) else {
+        return Ok(false);
+    };
+    if let Some((rec, _)) = Lease::read(store).await?
+        && rec.is_live(toil_jobstore::state::now_ms(), &hostname())
+    {
+        return Err(in_use(cfg, &rec, " already exists and"));
+    }
+    crate::say!(
+        "job store {} already holds workflow {} (from {}): resuming it; finished jobs whose commands and inputs are unchanged are kept (`toil-leader clean {}` starts over)",
+        cfg.locator,
+        meta.name,
+        meta.source.display(),
+        cfg.locator
+    );
+    Ok(true)
 }
 
 /// Creates the job store for a first run, takes the leader lease, and

@@ -34,6 +34,16 @@ pub use template::render;
 /// Reads and checks a workflow file. Relative input paths are resolved from
 /// the file's directory.
 pub fn load(path: &Path) -> Result<Workflow, Diagnostics> {
+    load_checked(path, |_| Ok(()))
+}
+
+/// Like [`load`], and also runs `check` (for example [`check_fits`]) on the
+/// jobs that parsed even when others did not, so that every mistake in the
+/// file is reported at once, in file order.
+pub fn load_checked(
+    path: &Path,
+    check: impl FnOnce(&Workflow) -> Result<(), Diagnostics>,
+) -> Result<Workflow, Diagnostics> {
     let text = std::fs::read_to_string(path).map_err(|e| Diagnostic {
         file: path.to_path_buf(),
         pos: Pos::default(),
@@ -50,7 +60,18 @@ pub fn load(path: &Path) -> Result<Workflow, Diagnostics> {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    parse_str(&text, path, &dir)
+    let (wf, sink) = parse_partial(&text, path, &dir, true);
+    let mut diags = sink.into_diagnostics();
+    if let Some(wf) = &wf
+        && let Err(more) = check(wf)
+    {
+        diags.0.extend(more.0);
+        diags.sort();
+    }
+    match wf {
+        Some(wf) if diags.is_empty() => Ok(wf),
+        _ => Err(diags),
+    }
 }
 
 /// Parses and checks workflow text. `source` names the file in messages and
@@ -73,6 +94,20 @@ fn parse_inner(
     base_dir: &Path,
     check_files: bool,
 ) -> Result<Workflow, Diagnostics> {
+    match parse_partial(text, source, base_dir, check_files) {
+        (Some(wf), sink) if !sink.has_errors() => Ok(wf),
+        (_, sink) => Err(sink.into_diagnostics()),
+    }
+}
+
+/// Parses as far as possible: the workflow (whose erroneous parts are left
+/// out or defaulted) unless the file is not YAML at all, and the problems.
+fn parse_partial(
+    text: &str,
+    source: &Path,
+    base_dir: &Path,
+    check_files: bool,
+) -> (Option<Workflow>, diag::Sink) {
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
     let mut sink = diag::Sink::new(source);
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
@@ -85,15 +120,11 @@ fn parse_inner(
                 "a workflow needs at least a jobs: section; see examples/hello.yaml",
             );
         }
-        return Err(sink.into_diagnostics());
+        return (None, sink);
     };
     let parsed = parse::workflow(&root, source, &mut sink);
     let wf = validate::resolve(parsed, source, &base_dir, &mut sink, check_files);
-    if sink.has_errors() {
-        Err(sink.into_diagnostics())
-    } else {
-        Ok(wf)
-    }
+    (Some(wf), sink)
 }
 
 #[cfg(test)]

@@ -190,7 +190,8 @@ impl Batch {
             Ok(gone) => tracing::info!(jobs = gone.len(), "deleted this leader's Jobs"),
             Err(e) => crate::say!(
                 "toil-leader: could not delete this workflow's Jobs ({e}); they expire by themselves after --kubernetesJobTtl, or remove them with `toil-leader cleanup-jobs --owner {} --workflow {}`",
-                self.shared.naming.owner, self.shared.naming.workflow_id
+                self.shared.naming.owner,
+                self.shared.naming.workflow_id
             ),
         }
     }
