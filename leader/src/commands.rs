@@ -24,7 +24,9 @@ async fn open(loc: &str) -> anyhow::Result<JobStore> {
     let locator = Locator::parse(loc)?;
     let store = JobStore::open(&locator).await?;
     if !store.exists().await? {
-        bail!("there is no job store at {locator}");
+        bail!(
+            "there is no job store at {locator}; if a workflow ran with it and succeeded, it was deleted at the end (the default, --clean onSuccess): run with --clean never to keep it for status and logs"
+        );
     }
     Ok(store)
 }
@@ -280,14 +282,35 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
             .or_default()
             .insert(n, ());
     }
-    let wanted: Vec<String> = match &args.job {
+    // A scattered job's name stands for all of its instances: `part` shows
+    // `part[0]`, `part[1]`, ... each under its own header.
+    let instances = |j: &str| -> Vec<String> {
+        let prefix = format!("{j}[");
+        by_job
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && k.ends_with(']'))
+            .cloned()
+            .collect()
+    };
+    let (wanted, headers): (Vec<String>, bool) = match &args.job {
+        Some(j) if by_job.contains_key(j) => (vec![j.clone()], false),
         Some(j) => {
-            if !by_job.contains_key(j) {
-                bail!("no log stored for job {j:?} (it has not run, or wrote no output)");
+            let mut all = instances(j);
+            if all.is_empty() {
+                bail!(
+                    "no log stored for job {j:?} (it has not run, or wrote no output); jobs with stored logs: {}",
+                    by_job.keys().cloned().collect::<Vec<_>>().join(", ")
+                );
             }
-            vec![j.clone()]
+            // Numeric order: part[2] before part[10].
+            all.sort_by_key(|k| {
+                k[j.len() + 1..k.len() - 1]
+                    .parse::<u64>()
+                    .unwrap_or(u64::MAX)
+            });
+            (all, true)
         }
-        None => by_job.keys().cloned().collect(),
+        None => (by_job.keys().cloned().collect(), true),
     };
     let mut out = std::io::stdout().lock();
     for job in wanted {
@@ -297,7 +320,7 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
             Some(n) => bail!("job {job} has no stored log for attempt {n}"),
             None => *attempts.keys().last().unwrap_or(&1),
         };
-        if args.job.is_none() {
+        if headers {
             writeln!(out, "==> {job} (attempt {n}) <==")?;
         }
         for (_, data) in crate::logs::read_persisted(&store, &job, n, 0, u64::MAX).await? {

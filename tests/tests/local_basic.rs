@@ -86,6 +86,15 @@ jobs:
         "{e}"
     );
     assert!(e.contains("job broken failed: exit code 7"), "{e}");
+    // Each retried failure is announced as it happens, with its budget.
+    assert!(
+        e.contains("job flaky attempt 1 failed: exit code 3; will retry (1 of 1) in 1s"),
+        "{e}"
+    );
+    assert!(
+        e.contains("job broken attempt 1 failed: exit code 7; will retry (1 of 1) in 1s"),
+        "{e}"
+    );
     assert!(e.contains("attempt 2 (1 of 1 retries used)"), "{e}");
     assert!(
         e.contains("| about to fail") && e.contains("| on stderr"),

@@ -246,6 +246,28 @@ impl Core {
         })
     }
 
+    /// After an attempt of `j` ended with `cause` and the job will be
+    /// retried: which budget the retry spends and when it starts, for the
+    /// terminal (`will retry (1 of 2) in 2s`).
+    pub fn retry_note(&self, j: JobIdx, cause: &Cause) -> String {
+        let job = &self.jobs[j as usize];
+        match classify(CauseKind::try_from(cause.kind).unwrap_or(CauseKind::Unspecified)) {
+            Class::Infra => format!(
+                "will retry now ({} of {} retries for platform failures, which do not spend --retryCount)",
+                job.infra_used, self.policy.infra_retries
+            ),
+            _ => {
+                let used = u32::from(job.retries_used);
+                let allowed = self.templates[job.tmpl as usize].res.retries;
+                let wait = self.policy.user_backoff(used);
+                format!(
+                    "will retry ({used} of {allowed}) in {}",
+                    humantime::format_duration(wait)
+                )
+            }
+        }
+    }
+
     fn can_retry_user(&self, j: JobIdx) -> bool {
         let job = &self.jobs[j as usize];
         !self.cancelled && (job.retries_used as u32) < self.templates[job.tmpl as usize].res.retries

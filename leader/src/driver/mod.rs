@@ -288,12 +288,22 @@ impl Driver {
                 attempt,
                 cause,
                 will_retry,
-            } => EventKind::AttemptEnded(AttemptEnded {
-                job_id: self.core.job_id(job),
-                attempt_id: layout::attempt_id(&self.core.job_id(job), attempt),
-                cause: Some(cause),
-                will_retry,
-            }),
+            } => {
+                if will_retry {
+                    // A retried failure is otherwise silent until the end.
+                    crate::say!(
+                        "job {} attempt {attempt} failed: {cause}; {}",
+                        self.core.job_id(job),
+                        self.core.retry_note(job, &cause)
+                    );
+                }
+                EventKind::AttemptEnded(AttemptEnded {
+                    job_id: self.core.job_id(job),
+                    attempt_id: layout::attempt_id(&self.core.job_id(job), attempt),
+                    cause: Some(cause),
+                    will_retry,
+                })
+            }
             CoreEvent::JobsAdded { jobs } => EventKind::JobsAdded(JobsAdded {
                 job_ids: jobs.iter().map(|&j| self.core.job_id(j)).collect(),
             }),

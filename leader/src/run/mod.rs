@@ -99,6 +99,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         if let Err(e) = store.destroy().await {
             crate::say!("toil-leader: could not delete the job store: {e}");
         }
+    } else if state == WorkflowState::Cancelled {
+        // A cancellation is journaled: --restart would only replay it.
+        crate::say!(
+            "the workflow was cancelled and its job store is kept (status and logs work on it); --restart would not run the cancelled jobs again. To run it anew:\n  toil-leader clean {} && toil-leader run {} --jobStore {}",
+            cfg.locator,
+            meta.source.display(),
+            cfg.locator
+        );
     } else if code != exit::OK {
         crate::say!(
             "the job store is kept; after fixing the problem, resume with:\n  toil-leader run {} --restart --jobStore {}",

@@ -1,0 +1,100 @@
+//! Small traps found by trying the leader as a new user would, each checked
+//! through the real binaries: what `status` says after a successful run
+//! deleted its job store, `logs` for a scattered job, and the advice after a
+//! cancelled run.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use toil_proto::v1::CancelWorkflowRequest;
+use toil_tests::local::{Sandbox, client};
+
+const T: Duration = Duration::from_secs(120);
+
+fn js(sb: &Sandbox) -> String {
+    sb.job_store().to_str().expect("utf-8").to_string()
+}
+
+#[test]
+fn status_after_a_successful_run_says_the_store_was_deleted_and_how_to_keep_it() {
+    let sb = Sandbox::new("usab-status");
+    sb.write("ok.yaml", "jobs:\n  a:\n    command: echo hi\n");
+    sb.run(&["run", "ok.yaml"], T).expect_code(0);
+    assert!(!sb.job_store().exists(), "deleted on success by default");
+    let r = sb.run(&["status", &js(&sb)], T);
+    assert_ne!(r.code(), 0);
+    assert!(r.stderr.contains("there is no job store"), "{}", r.stderr);
+    assert!(r.stderr.contains("--clean onSuccess"), "{}", r.stderr);
+    assert!(r.stderr.contains("--clean never"), "{}", r.stderr);
+}
+
+#[test]
+fn logs_for_a_scattered_job_show_every_instance() {
+    let sb = Sandbox::new("usab-logs");
+    sb.write(
+        "scatter.yaml",
+        "jobs:\n  part:\n    scatter: {i: {range: 11}}\n    command: echo instance {{i}}\n",
+    );
+    sb.run(&["run", "scatter.yaml", "--clean", "never"], T)
+        .expect_code(0);
+    let r = sb.run(&["logs", &js(&sb), "part"], T);
+    r.expect_code(0);
+    let headers: Vec<&str> = r.stdout.lines().filter(|l| l.starts_with("==> ")).collect();
+    let want: Vec<String> = (0..11)
+        .map(|i| format!("==> part[{i}] (attempt 1) <=="))
+        .collect();
+    assert_eq!(headers, want, "every instance, in numeric order");
+    for i in 0..11 {
+        assert!(
+            r.stdout.contains(&format!("instance {i}\n")),
+            "{}",
+            r.stdout
+        );
+    }
+    // One instance alone, without a header.
+    let r = sb.run(&["logs", &js(&sb), "part[3]"], T);
+    r.expect_code(0);
+    assert_eq!(r.stdout, "instance 3\n");
+    // A name that matches nothing lists what there is.
+    let r = sb.run(&["logs", &js(&sb), "prat"], T);
+    assert_ne!(r.code(), 0);
+    assert!(r.stderr.contains("part[0]"), "{}", r.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_workflow_is_told_what_will_run_it_again() {
+    let sb = Sandbox::new("usab-cancel");
+    let gate = sb.path().join("never");
+    sb.write(
+        "slow.yaml",
+        &format!(
+            "jobs:\n  wait:\n    command: while [ ! -e {} ]; do sleep 0.05; done\n",
+            gate.display()
+        ),
+    );
+    let leader = sb.spawn(sb.leader(&["run", "slow.yaml"]), "leader");
+    let info = sb.leader_info(T);
+    let mut c = client(&info.address, &info.client_token).await;
+    c.cancel_workflow(CancelWorkflowRequest {
+        reason: "changed my mind".into(),
+    })
+    .await
+    .expect("cancel");
+    let r = tokio::task::spawn_blocking(move || leader.wait(T))
+        .await
+        .expect("join");
+    assert_ne!(r.code(), 0);
+    assert!(r.stderr.contains("was cancelled"), "{}", r.stderr);
+    let advice = r
+        .stderr
+        .lines()
+        .find(|l| l.contains("toil-leader clean "))
+        .unwrap_or_else(|| panic!("no clean advice: {}", r.stderr));
+    assert!(advice.contains(&js(&sb)), "{advice}");
+    assert!(
+        !r.stderr.contains("after fixing the problem, resume with"),
+        "{}",
+        r.stderr
+    );
+}
