@@ -80,7 +80,7 @@ mod tests {
         let text = r#"
 apiVersion: v1
 kind: ConfigMap
-metadata: &meta
+metadata:
   name: toil
   labels: {app: toil, "on": "yes"}
 data:
@@ -92,7 +92,8 @@ data:
 ---
 ---
 kind: Second
-meta: *meta
+base: &base {name: toil}
+meta: *base
 "#;
         let docs = documents(text).unwrap();
         assert_eq!(docs.len(), 3, "{docs:?}");
@@ -122,6 +123,7 @@ meta: *meta
             (b"x: .inf", "finite"),
             (b"? [a, b]\n: 1\n", "not a scalar"),
             (b"\xff: 1", "not UTF-8"),
+            (b"a: *nowhere", "unknown anchor"),
         ] {
             let e = from_slice(body).unwrap_err();
             assert!(e.contains(says), "{body:?}: {e}");
