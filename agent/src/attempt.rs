@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use prost::Message;
+use toil_jobstore::backoff::{Backoff, Budget, Verdict};
 use toil_jobstore::{Condition, JobStore, Locator, layout};
 use toil_proto::v1::synchronize_response::Action;
 use toil_proto::v1::{
@@ -209,14 +210,25 @@ impl AgentCtx {
         };
         let key = layout::result_key(&a.job_id, n);
         let data = Bytes::from(result.encode_to_vec());
-        for i in 0..3 {
-            match store.put_bytes(&key, data.clone(), Condition::Always).await {
-                Ok(_) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, try_ = i + 1, "could not write the attempt result");
-                    tokio::time::sleep(Duration::from_millis(200 << i)).await;
-                }
-            }
+        // The heartbeat has stopped, so the leader's lease on this agent runs
+        // down meanwhile: a few seconds of waiting, no more.
+        const RESULT_WRITE: Backoff = Backoff::new(
+            Duration::from_millis(200),
+            Duration::from_secs(1),
+            Budget::TotalDelay(Duration::from_secs(3)),
+        );
+        let written = RESULT_WRITE
+            .retry(
+                || store.put_bytes(&key, data.clone(), Condition::Always),
+                |e| match e.is_retryable() {
+                    true => Verdict::Retry,
+                    false => Verdict::Fail,
+                },
+                |e, n, wait| tracing::warn!(error = %e, try_ = n, ?wait, "could not write the attempt result; retrying"),
+            )
+            .await;
+        if let Err(g) = written {
+            tracing::warn!(error = %g.error, tries = g.attempts, "could not write the attempt result to the job store; only the report to the leader carries it");
         }
     }
 }

@@ -1,13 +1,14 @@
 //! Talking to the leader: `Synchronize` with retries inside the lease.
 //!
 //! The agent keeps track of the last time the leader answered. Calls that
-//! fail with a transport error are retried with back-off; once the leader
+//! fail with a transport error are retried with back-off ([`LEADER_CONTACT`]); once the leader
 //! has been silent for longer than the lease, the agent gives up (the
 //! caller kills its job and exits), so no orphan outlives its leader.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use toil_jobstore::backoff::{Backoff, Budget};
 use toil_proto::v1::agent_service_client::AgentServiceClient;
 use toil_proto::v1::{SynchronizeRequest, SynchronizeResponse};
 use tonic::transport::{Channel, Endpoint};
@@ -15,6 +16,16 @@ use tonic::{Code, Status};
 
 /// Default lease until the leader announces one.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// Waits between calls to a leader that does not answer: short, since a
+/// leader that restarts is back within seconds, and with no budget of its
+/// own: the lease (for reports) or the closing grace (for the log stream)
+/// decides when to give up.
+pub const LEADER_CONTACT: Backoff = Backoff::new(
+    Duration::from_millis(100),
+    Duration::from_secs(2),
+    Budget::Unlimited,
+);
 
 /// Why a call to the leader failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +115,7 @@ impl Leader {
 
     /// Sends a report, retrying transport failures until the lease runs out.
     pub async fn sync(&self, req: SynchronizeRequest) -> Result<SynchronizeResponse, ClientError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut delays = LEADER_CONTACT.delays();
         loop {
             let mut client = self.client.clone();
             let mut request = tonic::Request::new(req.clone());
@@ -125,9 +136,9 @@ impl Leader {
                             lease: c.lease,
                         });
                     };
-                    tracing::debug!(error = %s, "leader unreachable; retrying");
-                    tokio::time::sleep(backoff.min(left)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    let wait = delays.next().unwrap_or(LEADER_CONTACT.max).min(left);
+                    tracing::debug!(error = %s, ?wait, "leader unreachable; retrying");
+                    tokio::time::sleep(wait).await;
                 }
                 Err(s) => return Err(ClientError::Refused(s)),
             }

@@ -24,7 +24,7 @@ use toil_proto::v1::{LogChunk, LogStream, StreamLogsRequest};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
-use crate::client::Leader;
+use crate::client::{LEADER_CONTACT, Leader};
 
 /// Unacknowledged chunks kept in memory beyond this are re-read from the
 /// spool when they must be resent. One MiB in flight is several round trips
@@ -172,7 +172,7 @@ async fn run(
     let mut acks: Option<tonic::Streaming<toil_proto::v1::StreamLogsResponse>> = None;
     let mut closing = false;
     let mut retry_at = Instant::now();
-    let mut backoff = Duration::from_millis(100);
+    let mut delays = LEADER_CONTACT.delays();
     // Once closing, how long to keep trying to deliver.
     let give_up = |since: Instant| since.elapsed() > Duration::from_secs(30);
     let mut closed_at = None;
@@ -196,12 +196,11 @@ async fn run(
                 Ok((tx, stream)) => {
                     out = Some(tx);
                     acks = Some(stream);
-                    backoff = Duration::from_millis(100);
+                    delays = LEADER_CONTACT.delays();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "log stream connect failed");
-                    retry_at = Instant::now() + backoff;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    retry_at = Instant::now() + delays.next().unwrap_or(LEADER_CONTACT.max);
                 }
             }
         }
@@ -240,7 +239,7 @@ async fn run(
                 Ok(None) | Err(_) => {
                     out = None;
                     acks = None;
-                    retry_at = Instant::now() + backoff;
+                    retry_at = Instant::now() + delays.next().unwrap_or(LEADER_CONTACT.max);
                 }
             },
             _ = wait_retry => {}

@@ -10,6 +10,8 @@
 //! this crate provides what both the leader and the agent need:
 //!
 //! - [`locator`]: parsing `--jobStore` values;
+//! - [`backoff`]: the one retry backoff of the workspace (the S3 loops, and
+//!   the leader's and agent's retries), each caller naming its budget;
 //! - [`JobStore::put_file`] / [`JobStore::get_file`]: streaming file transfer
 //!   that hashes the content (SHA-256) in the same pass, so every copy can be
 //!   verified end to end;
@@ -19,6 +21,7 @@
 //! Only the leader writes state; agents read and write files directly, so
 //! the leader never carries data.
 
+pub mod backoff;
 pub mod error;
 pub mod file;
 pub mod layout;
@@ -28,6 +31,7 @@ pub mod state;
 mod store;
 mod types;
 
+pub use backoff::{Backoff, Budget};
 pub use error::{Error, Result};
 pub use locator::Locator;
 pub use store::{JobStore, OpCounts};

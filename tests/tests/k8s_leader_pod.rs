@@ -80,9 +80,7 @@ async fn the_leader_runs_as_a_pod_under_the_shipped_role() {
     // `kubectl apply -f deploy/leader-job.yaml`, with a random port.
     let adapted = manifest.replace("0.0.0.0:7070", "0.0.0.0:0");
     let mut job_name = String::new();
-    for doc in serde_yaml::Deserializer::from_str(&adapted) {
-        let v: serde_json::Value =
-            serde::Deserialize::deserialize(doc).unwrap_or_else(|e| panic!("{e}"));
+    for v in toil_tests::emulator::yaml::documents(&adapted).unwrap_or_else(|e| panic!("{e}")) {
         match v["kind"].as_str() {
             Some("PersistentVolumeClaim") => {
                 let pvc: PersistentVolumeClaim =

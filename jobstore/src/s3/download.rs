@@ -108,7 +108,7 @@ async fn download_stream(b: &S3Backend, key: &str, mut sink: Sink, head: Head) -
     let mut body = Some(head.body);
     // Chunks received and not yet handed to the sink (no copying).
     let mut batch = Batch::default();
-    let mut attempt = 0u32;
+    let mut delays = b.retry.backoff().delays();
     loop {
         let mut stream = match body.take() {
             Some(s) => s,
@@ -154,12 +154,11 @@ async fn download_stream(b: &S3Backend, key: &str, mut sink: Sink, head: Head) -
             None => format!("short body: {pos} of {total} bytes"),
             Some(f) => f,
         };
-        attempt += 1;
-        if attempt >= b.retry.max_attempts {
+        let Some(delay) = delays.next() else {
             return Err(b.err(Failure::transport(failure), op, Some(key)));
-        }
-        tracing::debug!(key, pos, attempt, error = %failure, "download broke off; resuming");
-        tokio::time::sleep(b.retry.backoff(attempt)).await;
+        };
+        tracing::debug!(key, pos, error = %failure, ?delay, "download broke off; resuming");
+        tokio::time::sleep(delay).await;
     }
     if batch.len > 0 {
         sink.write(batch.take()).await?;
@@ -341,9 +340,8 @@ async fn read_range(
 ) -> Result<Bytes> {
     let op = "s3:GetObject";
     let mut buf = BytesMut::with_capacity(len as usize);
-    let mut attempt = 0u32;
+    let mut delays = b.retry.backoff().delays();
     loop {
-        attempt += 1;
         let mut stream = match body.take() {
             Some(s) => s,
             None => {
@@ -366,10 +364,10 @@ async fn read_range(
             Ok(()) => format!("short body: {} of {len} bytes", buf.len()),
             Err(e) => e,
         };
-        if attempt >= b.retry.max_attempts {
+        let Some(delay) = delays.next() else {
             return Err(b.err(Failure::transport(failure), op, Some(key)));
-        }
-        tracing::debug!(key, start, got = buf.len(), attempt, error = %failure, "download broke off; resuming");
-        tokio::time::sleep(b.retry.backoff(attempt)).await;
+        };
+        tracing::debug!(key, start, got = buf.len(), error = %failure, ?delay, "download broke off; resuming");
+        tokio::time::sleep(delay).await;
     }
 }

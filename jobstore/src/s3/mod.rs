@@ -17,7 +17,7 @@
 //!   the same pass.
 //! - Transient failures are retried with backoff (the SDK's retry loop, plus
 //!   the backend's own where the SDK cannot: conditional writes and response
-//!   bodies that break off); permanent ones become [`Error::Permanent`] with
+//!   bodies that break off, which wait as [`crate::backoff`] says); permanent ones become [`Error::Permanent`] with
 //!   a message naming the fix ([`errors`]).
 //! - [`http`] counts requests and, for tests, injects faults
 //!   ([`FaultConfig`]).
@@ -201,9 +201,8 @@ impl S3Backend {
     ) -> Result<Version> {
         let op = "s3:PutObject";
         let mut ambiguous = false;
-        let mut attempt = 0u32;
+        let mut delays = self.retry.backoff().delays();
         loop {
-            attempt += 1;
             let mut req = self
                 .client
                 .put_object()
@@ -246,10 +245,12 @@ impl S3Backend {
                     key: key.to_string(),
                 });
             }
-            if cond != Condition::Always && f.is_transient() && attempt < self.retry.max_attempts {
+            if cond != Condition::Always
+                && f.is_transient()
+                && let Some(delay) = delays.next()
+            {
                 ambiguous = true;
-                let delay = self.retry.backoff(attempt);
-                tracing::debug!(key, attempt, error = %f.detail, ?delay, "retrying a conditional write");
+                tracing::debug!(key, error = %f.detail, ?delay, "retrying a conditional write");
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -258,9 +259,8 @@ impl S3Backend {
     }
 
     pub(crate) async fn get_bytes(&self, key: &str) -> Result<Option<Object>> {
-        let mut attempt = 0u32;
+        let mut delays = self.retry.backoff().delays();
         loop {
-            attempt += 1;
             let out = match self
                 .client
                 .get_object()
@@ -297,11 +297,11 @@ impl S3Backend {
                 ),
                 Err(e) => e,
             };
-            if attempt >= self.retry.max_attempts {
+            let Some(delay) = delays.next() else {
                 return Err(self.err(Failure::transport(failure), "s3:GetObject", Some(key)));
-            }
-            tracing::debug!(key, attempt, error = %failure, "object body broke off; reading it again");
-            tokio::time::sleep(self.retry.backoff(attempt)).await;
+            };
+            tracing::debug!(key, error = %failure, ?delay, "object body broke off; reading it again");
+            tokio::time::sleep(delay).await;
         }
     }
 

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::backoff::{Backoff, Budget};
 use crate::error::{Error, Result};
 
 use super::http::RequestStats;
@@ -114,7 +115,8 @@ impl TransferOptions {
 /// Retry pacing. The SDK retries failed requests (5xx, throttling such as
 /// `SlowDown`, timeouts, connection errors) with exponential backoff and
 /// jitter up to `max_attempts`; the backend's own loops (conditional writes,
-/// response bodies that fail half-way) use the same numbers.
+/// response bodies that fail half-way) wait as [`RetryOptions::backoff`]
+/// says, with the same numbers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetryOptions {
     /// Attempts per request, the first included.
@@ -136,15 +138,13 @@ impl Default for RetryOptions {
 }
 
 impl RetryOptions {
-    /// The delay before retry number `retry` (1 for the first retry):
-    /// exponential, capped, with "equal jitter" (between half and all of it).
-    pub fn backoff(&self, retry: u32) -> Duration {
-        let exp = self
-            .initial_backoff
-            .saturating_mul(1u32 << retry.saturating_sub(1).min(20));
-        let capped = exp.min(self.max_backoff);
-        let half = capped / 2;
-        half + capped.mul_f64(rand::random::<f64>() * 0.5)
+    /// The backend's loops as a [`Backoff`]: `max_attempts` calls in all.
+    pub fn backoff(&self) -> Backoff {
+        Backoff::new(
+            self.initial_backoff,
+            self.max_backoff,
+            Budget::Attempts(self.max_attempts),
+        )
     }
 }
 
@@ -225,17 +225,18 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn retries_wait_as_the_shared_backoff_with_these_numbers() {
         let r = RetryOptions {
-            max_attempts: 10,
+            max_attempts: 4,
             initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_millis(250),
         };
-        let b1 = r.backoff(1);
-        assert!(b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100));
-        let b3 = r.backoff(3);
-        assert!(b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400));
-        let b30 = r.backoff(30);
-        assert!(b30 >= Duration::from_millis(500) && b30 <= Duration::from_secs(1));
+        let waits: Vec<Duration> = r.backoff().delays().collect();
+        // Four calls, three waits: up to 100, 200, then capped at 250 ms.
+        let full = [100, 200, 250].map(Duration::from_millis);
+        assert_eq!(waits.len(), full.len(), "{waits:?}");
+        for (w, f) in waits.iter().zip(full) {
+            assert!(*w >= f / 2 && *w <= f, "{w:?} outside [{:?}, {f:?}]", f / 2);
+        }
     }
 }

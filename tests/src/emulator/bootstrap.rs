@@ -176,12 +176,11 @@ fn create_manifest_object(cluster: &Cluster, doc: Value, path: &Path) -> Result<
 pub fn load_manifest(cluster: &Cluster, path: &Path) -> Result<(), EmulatorError> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| EmulatorError::io(format!("cannot read {}", path.display()), e))?;
-    for doc in serde_yaml::Deserializer::from_str(&text) {
-        let v: Value =
-            serde::Deserialize::deserialize(doc).map_err(|e| EmulatorError::Manifest {
-                path: path.display().to_string(),
-                why: e.to_string(),
-            })?;
+    let docs = super::yaml::documents(&text).map_err(|why| EmulatorError::Manifest {
+        path: path.display().to_string(),
+        why,
+    })?;
+    for v in docs {
         if v.is_null() {
             continue;
         }

@@ -17,7 +17,7 @@
 //! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
 //!   and nodes;
 //! - [`faults`]: request faults and counters;
-//! - [`quantity`]: resource quantities;
+//! - [`quantity`]: resource quantities; [`yaml`]: manifests and YAML bodies;
 //! - [`testkit`]: waits and object builders for tests.
 //!
 //! Typical use in a test (the emulator runs on its own thread and runtime;
@@ -64,6 +64,7 @@ pub mod server;
 pub mod store;
 pub mod testkit;
 pub mod validation;
+pub mod yaml;
 
 pub use cluster::StallRule;
 pub use config::{

@@ -227,7 +227,7 @@ pub fn json_patch(doc: &mut Value, ops: &Value) -> Result<(), ApiError> {
 /// Parses a PATCH body (YAML is accepted for apply).
 pub fn parse_body(kind: PatchKind, body: &[u8]) -> Result<Value, ApiError> {
     match kind {
-        PatchKind::Apply => serde_yaml::from_slice::<Value>(body)
+        PatchKind::Apply => super::yaml::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}"))),
         _ => serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))),

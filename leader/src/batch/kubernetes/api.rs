@@ -6,7 +6,8 @@
 //!   decision is made here, once.
 //! - 429 waits as long as the server asks (`Retry-After`, which the API
 //!   server also puts in the Status as `details.retryAfterSeconds`); 5xx
-//!   and broken connections back off exponentially with jitter; every other
+//!   and broken connections back off exponentially with jitter (the
+//!   workspace's one backoff, [`toil_jobstore::backoff`]); every other
 //!   4xx fails at once with a message that says what to fix (a 403 names
 //!   the RBAC rule that is missing).
 //! - Job creations pass a token bucket (`--kubernetesMaxCreatesPerSecond`).
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use toil_jobstore::backoff::{Backoff, Budget, Verdict};
 use tokio::time::Instant;
 
 /// A call's target, for error messages.
@@ -75,24 +77,13 @@ impl ApiError {
     }
 }
 
-/// What to do after a failed call.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Decision {
-    /// Wait this long, then call again.
-    Retry(Duration),
-    /// Give up.
-    Fail,
-}
-
 /// Retry settings.
 #[derive(Clone, Debug)]
 pub struct RetryPolicy {
-    /// Most calls in all (the first and the retries).
-    pub max_attempts: u32,
-    /// First back-off after a 5xx or a broken connection; doubles.
-    pub base: Duration,
-    /// Longest back-off.
-    pub max_backoff: Duration,
+    /// The waits after a 5xx, a broken connection or a 429 without
+    /// `Retry-After`, and how many calls in all (a `Retry-After` spends the
+    /// same budget).
+    pub backoff: Backoff,
     /// Longest `Retry-After` honoured as given (longer ones are capped).
     pub max_retry_after: Duration,
 }
@@ -100,59 +91,38 @@ pub struct RetryPolicy {
 impl Default for RetryPolicy {
     fn default() -> Self {
         RetryPolicy {
-            max_attempts: 10,
-            base: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(10),
+            // Ten calls ride out an API server restart (about a minute of
+            // waiting) without hiding a cluster that is really gone.
+            backoff: Backoff::new(
+                Duration::from_millis(200),
+                Duration::from_secs(10),
+                Budget::Attempts(10),
+            ),
             max_retry_after: Duration::from_secs(60),
         }
     }
 }
 
 impl RetryPolicy {
-    /// Back-off before call `attempt + 1` (attempt counts from 1): base ×
-    /// 2^(attempt-1), capped, with ±25% jitter so many callers spread out.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exp = self
-            .base
-            .checked_mul(
-                1u32.checked_shl(attempt.saturating_sub(1))
-                    .unwrap_or(u32::MAX),
-            )
-            .unwrap_or(self.max_backoff)
-            .min(self.max_backoff);
-        let jitter = 0.75 + rand::random::<f64>() * 0.5;
-        exp.mul_f64(jitter)
-    }
-
-    /// Decides after call number `attempt` failed with `err`.
-    pub fn decide(&self, err: &kube::Error, attempt: u32) -> Decision {
-        if attempt >= self.max_attempts {
-            return Decision::Fail;
-        }
+    /// How a failed call is treated: 429 and 5xx (but 501, which will not
+    /// change) are retried, after the server's `Retry-After` when it gave
+    /// one; so are broken connections; every other error is final.
+    pub fn judge(&self, err: &kube::Error) -> Verdict {
         match err {
-            kube::Error::Api(s) if s.code == 429 => {
+            kube::Error::Api(s)
+                if s.code == 429 || ((500..=599).contains(&s.code) && s.code != 501) =>
+            {
                 let asked = s
                     .details
                     .as_ref()
                     .map(|d| d.retry_after_seconds)
                     .filter(|&s| s > 0)
                     .map(|s| Duration::from_secs(u64::from(s)).min(self.max_retry_after));
-                Decision::Retry(asked.unwrap_or_else(|| self.backoff(attempt)))
+                asked.map_or(Verdict::Retry, Verdict::RetryAfter)
             }
-            kube::Error::Api(s) if (500..=599).contains(&s.code) && s.code != 501 => {
-                let asked = s
-                    .details
-                    .as_ref()
-                    .map(|d| d.retry_after_seconds)
-                    .filter(|&s| s > 0)
-                    .map(|s| Duration::from_secs(u64::from(s)).min(self.max_retry_after));
-                Decision::Retry(asked.unwrap_or_else(|| self.backoff(attempt)))
-            }
-            kube::Error::Api(_) => Decision::Fail,
-            kube::Error::HyperError(_) | kube::Error::Service(_) => {
-                Decision::Retry(self.backoff(attempt))
-            }
-            _ => Decision::Fail,
+            kube::Error::Api(_) => Verdict::Fail,
+            kube::Error::HyperError(_) | kube::Error::Service(_) => Verdict::Retry,
+            _ => Verdict::Fail,
         }
     }
 }
@@ -163,27 +133,23 @@ pub async fn call<T, F, Fut>(
     policy: &RetryPolicy,
     target: &Target,
     what: &str,
-    mut f: F,
+    f: F,
 ) -> Result<T, ApiError>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<T, kube::Error>>,
 {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let err = match f().await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        match policy.decide(&err, attempt) {
-            Decision::Retry(wait) => {
-                tracing::debug!(%what, attempt, wait_ms = wait.as_millis() as u64, error = %short(&err), "retrying a Kubernetes API call");
-                tokio::time::sleep(wait).await;
-            }
-            Decision::Fail => return Err(explain(&err, target, what, attempt)),
-        }
-    }
+    policy
+        .backoff
+        .retry(
+            f,
+            |e| policy.judge(e),
+            |e, attempt, wait| {
+                tracing::debug!(%what, attempt, wait_ms = wait.as_millis() as u64, error = %short(e), "retrying a Kubernetes API call");
+            },
+        )
+        .await
+        .map_err(|g| explain(&g.error, target, what, g.attempts))
 }
 
 /// The part of a kube error worth showing.
@@ -384,29 +350,46 @@ mod tests {
     fn what_is_retried() {
         let p = RetryPolicy::default();
         assert_eq!(
-            p.decide(&api(429, "TooManyRequests", 3), 1),
-            Decision::Retry(Duration::from_secs(3))
+            p.judge(&api(429, "TooManyRequests", 3)),
+            Verdict::RetryAfter(Duration::from_secs(3))
         );
         assert_eq!(
-            p.decide(&api(429, "TooManyRequests", 3600), 1),
-            Decision::Retry(Duration::from_secs(60)),
+            p.judge(&api(429, "TooManyRequests", 3600)),
+            Verdict::RetryAfter(Duration::from_secs(60)),
             "long Retry-After values are capped"
         );
-        assert!(matches!(
-            p.decide(&api(500, "InternalError", 0), 1),
-            Decision::Retry(d) if d <= Duration::from_millis(250)
-        ));
-        assert!(matches!(
-            p.decide(&api(503, "ServiceUnavailable", 0), 4),
-            Decision::Retry(d) if d >= Duration::from_millis(1200) && d <= Duration::from_millis(2000)
-        ));
-        for code in [400, 401, 403, 404, 409, 410, 422, 501] {
-            assert_eq!(p.decide(&api(code, "X", 0), 1), Decision::Fail, "{code}");
-        }
+        assert_eq!(p.judge(&api(429, "TooManyRequests", 0)), Verdict::Retry);
         assert_eq!(
-            p.decide(&api(500, "InternalError", 0), p.max_attempts),
-            Decision::Fail
+            p.judge(&api(503, "ServiceUnavailable", 5)),
+            Verdict::RetryAfter(Duration::from_secs(5))
         );
+        for code in [500, 502, 503, 504] {
+            assert_eq!(p.judge(&api(code, "X", 0)), Verdict::Retry, "{code}");
+        }
+        for code in [400, 401, 403, 404, 409, 410, 422, 501] {
+            assert_eq!(p.judge(&api(code, "X", 0)), Verdict::Fail, "{code}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_server_that_keeps_failing_spends_the_budget() {
+        let n = AtomicU32::new(0);
+        let t0 = Instant::now();
+        let target = Target::new("list", "pods", "", "toil");
+        let p = RetryPolicy::default();
+        let r: Result<(), ApiError> = call(&p, &target, "listing pods", || {
+            n.fetch_add(1, Ordering::SeqCst);
+            async { Err(api(500, "InternalError", 0)) }
+        })
+        .await;
+        assert_eq!(n.load(Ordering::SeqCst), 10);
+        let msg = r.err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(msg.ends_with("after 10 attempts"), "{msg}");
+        // Nine waits: up to 0.2, 0.4, ... 6.4 s, then the 10 s cap three
+        // times; each at least half of that.
+        let waited = t0.elapsed();
+        let full = Duration::from_millis(200 * 63) + Duration::from_secs(30);
+        assert!(waited >= full / 2 && waited <= full, "{waited:?}");
     }
 
     #[tokio::test(start_paused = true)]

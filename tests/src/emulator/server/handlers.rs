@@ -20,6 +20,7 @@ use crate::emulator::rbac::{self, Attributes};
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::selector::{FieldSelector, LabelSelector};
 use crate::emulator::store::key_of;
+use crate::emulator::yaml;
 
 /// Largest request body accepted (the apiserver's limit is 3 MiB for most
 /// objects; a little slack for big manifests).
@@ -40,7 +41,8 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     serde_json::from_slice(body)
-        .or_else(|_| serde_yaml::from_slice(body))
+        .map_err(|e| e.to_string())
+        .or_else(|_| yaml::from_slice(body))
         .map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })
