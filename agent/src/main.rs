@@ -37,7 +37,9 @@ async fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
     let r = match cli.command {
-        Command::Run(args) => return ExitCode::from(toil_agent::run::main(*args).await),
+        // Boxed: the whole agent as one future nests too deep for the
+        // compiler to lay it out inline in main.
+        Command::Run(args) => return ExitCode::from(Box::pin(toil_agent::run::main(*args)).await),
         Command::Stage(args) => stage_cmd::run(args).await,
         Command::PullImage(args) => stage_cmd::run_pull(args).await,
     };
