@@ -50,10 +50,18 @@ type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, toni
 type Client = WorkflowServiceClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
 async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
-    let channel = Channel::from_shared(info.address.clone())?
+    // Stores written before `url` existed hold the URL in `address`.
+    let url = if !info.url.is_empty() {
+        info.url.clone()
+    } else if info.address.contains("://") {
+        info.address.clone()
+    } else {
+        format!("http://{}", info.address)
+    };
+    let channel = Channel::from_shared(url.clone())?
         .connect()
         .await
-        .with_context(|| format!("connecting to the leader at {}", info.address))?;
+        .with_context(|| format!("connecting to the leader at {url}"))?;
     let header: tonic::metadata::MetadataValue<_> =
         format!("Bearer {}", info.client_token).parse()?;
     let f: Auth = Box::new(move |mut req: tonic::Request<()>| {

@@ -28,7 +28,8 @@ def main() -> None:
     store = sys.argv[1]
     with open(os.path.join(store, "state", "leader.json")) as f:
         info = json.load(f)
-    target = info["address"].removeprefix("http://")
+    # `address` is a plain HOST:PORT target, as grpc.insecure_channel wants.
+    target = info["address"]
     auth = [("authorization", "Bearer " + info["client_token"])]
     stub = workflow_pb2_grpc.WorkflowServiceStub(grpc.insecure_channel(target))
 
@@ -50,17 +51,22 @@ def main() -> None:
         metadata=auth,
     )
 
-    # Events from the start: the job's state changes, then its attempt's end.
+    # Events from the start, until the job reaches a final state. The
+    # attempt's end (with its cause) is documented to arrive before the state
+    # change it leads to, so stopping at the final state loses nothing.
+    final = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_BLOCKED"}
     states = []
     ended = None
     for item in stub.WatchEvents(workflow_pb2.WatchEventsRequest(after_seq=0), metadata=auth):
         e = item.event
         kind = e.WhichOneof("kind")
-        if kind == "job_state_changed" and e.job_state_changed.job_id == "from_python":
-            states.append(common_pb2.JobState.Name(e.job_state_changed.to))
         if kind == "attempt_ended" and e.attempt_ended.job_id == "from_python":
             ended = common_pb2.CauseKind.Name(e.attempt_ended.cause.kind)
-            break
+        if kind == "job_state_changed" and e.job_state_changed.job_id == "from_python":
+            state = common_pb2.JobState.Name(e.job_state_changed.to)
+            states.append(state)
+            if state in final:
+                break
 
     log = b"".join(
         piece.data

@@ -24,8 +24,10 @@ pub struct Sandbox {
 /// What `state/leader.json` says about a running leader.
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct LeaderInfo {
-    /// gRPC address.
+    /// gRPC target, `HOST:PORT`.
     pub address: String,
+    /// The same as a URL, `http://HOST:PORT` (what tonic connects to).
+    pub url: String,
     /// Bearer token for WorkflowService.
     pub client_token: String,
     /// The leader's pid.

@@ -44,7 +44,10 @@ async fn log_lines_arrive_while_the_job_is_still_running() {
     let gate = gated(&sb);
     let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
-    let mut c = client(&info.address, &info.client_token).await;
+    // `address` is a bare target every gRPC library takes; `url` has the scheme.
+    assert!(!info.address.contains("://"), "{}", info.address);
+    assert_eq!(info.url, format!("http://{}", info.address));
+    let mut c = client(&info.url, &info.client_token).await;
     let mut stream = c
         .follow_logs(FollowLogsRequest {
             job_id: "slow".into(),
@@ -101,7 +104,7 @@ async fn wrong_tokens_are_refused_on_both_services() {
     let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
     // Wait until the job runs, so its agent and attempt exist.
-    let c = client(&info.address, &info.client_token).await;
+    let c = client(&info.url, &info.client_token).await;
     wait_for_async("job slow to be running", T, || {
         let mut c = c.clone();
         async move {
@@ -118,7 +121,7 @@ async fn wrong_tokens_are_refused_on_both_services() {
         }
     })
     .await;
-    let mut agents = AgentServiceClient::connect(info.address.clone())
+    let mut agents = AgentServiceClient::connect(info.url.clone())
         .await
         .expect("connect");
     let sync =
@@ -162,11 +165,10 @@ async fn wrong_tokens_are_refused_on_both_services() {
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
 
     // WorkflowService: no token, or a wrong one.
-    let mut anon = toil_proto::v1::workflow_service_client::WorkflowServiceClient::connect(
-        info.address.clone(),
-    )
-    .await
-    .expect("connect");
+    let mut anon =
+        toil_proto::v1::workflow_service_client::WorkflowServiceClient::connect(info.url.clone())
+            .await
+            .expect("connect");
     let err = anon
         .get_workflow(GetWorkflowRequest {})
         .await
@@ -177,7 +179,7 @@ async fn wrong_tokens_are_refused_on_both_services() {
         "{}",
         err.message()
     );
-    let mut wrong = client(&info.address, "not-the-token").await;
+    let mut wrong = client(&info.url, "not-the-token").await;
     let err = wrong
         .get_workflow(GetWorkflowRequest {})
         .await
@@ -272,7 +274,7 @@ async fn health_and_reflection_are_served_so_generic_tools_work() {
     let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
 
-    let channel = tonic::transport::Channel::from_shared(info.address.clone())
+    let channel = tonic::transport::Channel::from_shared(info.url.clone())
         .expect("address")
         .connect()
         .await

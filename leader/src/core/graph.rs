@@ -251,6 +251,39 @@ impl Core {
             }
             for input in &spec.inputs {
                 want(&input.job_id, "input from job")?;
+                // The producer must declare the output, as in a workflow
+                // file; else the job would run without the files it wants.
+                let declared: Option<Vec<&str>> = match names.get(input.job_id.as_str()) {
+                    Some(&i) => Some(
+                        req.jobs[i]
+                            .outputs
+                            .iter()
+                            .map(|o| o.name.as_str())
+                            .collect(),
+                    ),
+                    None => self.resolve_dep(&input.job_id).map(|t| {
+                        self.templates[t as usize]
+                            .spec
+                            .outputs
+                            .iter()
+                            .map(|o| o.name.as_str())
+                            .collect()
+                    }),
+                };
+                if let Some(declared) = declared
+                    && !declared.contains(&input.output.as_str())
+                {
+                    return bad(format!(
+                        "job {id:?}: input from job {:?} names output {:?}, which that job does not declare (it declares: {})",
+                        input.job_id,
+                        input.output,
+                        if declared.is_empty() {
+                            "none".to_string()
+                        } else {
+                            declared.join(", ")
+                        }
+                    ));
+                }
             }
             let template = template_from_spec(spec, id.clone(), after)
                 .map_err(|m| CoreError::InvalidJobs(format!("job {id:?}: {m}")))?;

@@ -363,6 +363,23 @@ fn bad_added_jobs_are_refused_whole() {
             ),
             "argv or shell",
         ),
+        (
+            // `a` declares no output called `out`.
+            add(
+                Relation::Root,
+                vec![JobSpec {
+                    name: "reader".into(),
+                    shell: "cat x".into(),
+                    inputs: vec![toil_proto::v1::JobInput {
+                        job_id: "a".into(),
+                        output: "out".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+            ),
+            "names output \"out\", which that job does not declare (it declares: none)",
+        ),
     ] {
         let err = c.add_root_jobs(req).expect_err(needle).to_string();
         assert!(err.contains(needle), "{err}");
@@ -508,4 +525,25 @@ fn retry_failed_requeues_failures_and_unblocks_their_dependents_but_not_cancella
     assert_eq!(c.attempts(a).len(), 2);
     assert!(c.is_finished());
     assert_eq!(c.retry_failed(), 0, "nothing failed any more");
+}
+
+#[test]
+fn an_attempts_end_is_announced_before_the_state_it_leads_to() {
+    let mut c = core(vec![job("a", &[]), job("b", &["a"])]);
+    let (a, n) = launch_next(&mut c).expect("a");
+    c.drain_events();
+    c.finish(a, n, result(CauseKind::Succeeded), 0, Instant::now())
+        .expect("finish");
+    let events = c.drain_events();
+    assert!(
+        matches!(events.first(), Some(CoreEvent::AttemptEnded { job, .. }) if *job == a),
+        "{events:?}"
+    );
+    assert!(
+        matches!(
+            events.get(1),
+            Some(CoreEvent::StateChanged { job, to: JobState::Succeeded, .. }) if *job == a
+        ),
+        "{events:?}"
+    );
 }

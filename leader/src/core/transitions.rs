@@ -197,6 +197,9 @@ impl Core {
             class = Class::Cancelled;
         }
         let mut will_retry = false;
+        // The attempt's end is announced before the state changes it causes
+        // (see WatchEvents in workflow.proto).
+        let first_event = self.events.len();
         match class {
             Class::Success => {
                 self.jobs[j as usize].outputs = Some(outputs.into_boxed_slice());
@@ -232,12 +235,15 @@ impl Core {
             }
         }
         if !self.replaying {
-            self.events.push(CoreEvent::AttemptEnded {
-                job: j,
-                attempt: n,
-                cause,
-                will_retry,
-            });
+            self.events.insert(
+                first_event,
+                CoreEvent::AttemptEnded {
+                    job: j,
+                    attempt: n,
+                    cause,
+                    will_retry,
+                },
+            );
         }
         self.announce_end();
         Ok(Ended {

@@ -72,8 +72,12 @@ impl RunSettings {
 /// What `state/leader.json` tells clients.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LeaderInfo {
-    /// gRPC address of the live leader.
+    /// gRPC target of the live leader, `HOST:PORT` with no scheme: the form
+    /// every gRPC library accepts (Python's rejects `http://`).
     pub address: String,
+    /// The same as a URL (`http://HOST:PORT`), for clients that want one.
+    #[serde(default)]
+    pub url: String,
     /// Bearer token for WorkflowService.
     pub client_token: String,
     /// The leader's pid and host.

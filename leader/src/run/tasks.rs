@@ -98,7 +98,8 @@ pub(super) async fn start(
     let address = advertised(cfg, listener.local_addr()?);
     let tokens = Arc::new(TokenTable::new(crate::driver::new_token()));
     let info = LeaderInfo {
-        address: address.clone(),
+        address: grpc_target(&address),
+        url: address.clone(),
         client_token: tokens.client_token().to_string(),
         pid: std::process::id(),
         host: host.to_string(),
@@ -340,4 +341,10 @@ fn spawn_signal_handler(stop: CancellationToken, reason: StopReason) {
         drop(r);
         stop.cancel();
     });
+}
+
+/// `HOST:PORT` from an advertised URL (`http://HOST:PORT`).
+fn grpc_target(url: &str) -> String {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.trim_end_matches('/').to_string()
 }

@@ -321,7 +321,7 @@ impl Cluster {
             .unwrap_or_else(|| panic!("no leader.json in the job store"));
         let info: serde_json::Value =
             serde_json::from_slice(&info.data).unwrap_or_else(|e| panic!("{e}"));
-        let address = info["address"].as_str().unwrap_or_default().to_string();
+        let address = info["url"].as_str().unwrap_or_default().to_string();
         let token = format!(
             "Bearer {}",
             info["client_token"].as_str().unwrap_or_default()
