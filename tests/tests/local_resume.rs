@@ -121,7 +121,14 @@ fn editing_a_finished_job_reruns_it_and_downstream_and_keeps_the_rest() {
     let sb = Sandbox::new("resume-edit");
     sb.write("in.txt", "data\n");
     let log = workflow(&sb, "data", "cat", None);
-    run(&sb, &[]).expect_code(0);
+    let r = run(&sb, &[]);
+    r.expect_code(0);
+    assert!(
+        r.stderr.contains("the job store is kept at ")
+            && r.stderr.contains(&format!("{}", sb.job_store().display())),
+        "a kept store's path is printed: {}",
+        r.stderr
+    );
 
     // A changed command in a scattered job; a plain `run` on the existing
     // store resumes it and says so.

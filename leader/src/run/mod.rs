@@ -99,6 +99,14 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         if let Err(e) = store.destroy().await {
             crate::say!("toil-leader: could not delete the job store: {e}");
         }
+    } else if code == exit::OK {
+        // The store is named after the file, the summary after the
+        // workflow's `name:`; say where it is.
+        crate::say!(
+            "the job store is kept at {} (see `toil-leader status {}`)",
+            cfg.locator,
+            cfg.locator
+        );
     } else if state == WorkflowState::Cancelled {
         // A cancellation is journaled: --restart would only replay it.
         crate::say!(
