@@ -98,3 +98,38 @@ async fn a_cancelled_workflow_is_told_what_will_run_it_again() {
         r.stderr
     );
 }
+
+#[test]
+fn ctrl_c_records_the_interrupted_job_and_a_restart_says_what_happened() {
+    let sb = Sandbox::new("usab-sigint");
+    let gate = sb.path().join("gate");
+    let started = sb.path().join("started");
+    sb.write(
+        "slow.yaml",
+        &format!(
+            "jobs:\n  slow:\n    command: touch {}; while [ ! -e {} ]; do sleep 0.05; done\n",
+            started.display(),
+            gate.display()
+        ),
+    );
+    let leader = sb.spawn(sb.leader(&["run", "slow.yaml"]), "leader");
+    toil_tests::wait::wait_for("the job to start", T, || {
+        toil_tests::wait::when(started.exists(), "not started")
+    });
+    leader.signal(nix::sys::signal::Signal::SIGINT);
+    let r = leader.wait(T);
+    r.expect_code(130);
+    let status = sb.run(&["status", &js(&sb), "--jobs"], T);
+    status.expect_code(0);
+    let line = status
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("slow"))
+        .unwrap_or_else(|| panic!("no line for slow:\n{}", status.stdout))
+        .to_string();
+    assert!(!line.contains("running"), "{}", status.stdout);
+    std::fs::write(&gate, "").expect("gate");
+    let r = sb.run(&["run", "slow.yaml", "--restart"], T);
+    r.expect_code(0);
+    assert!(!r.stderr.contains("recovered the results"), "{}", r.stderr);
+}

@@ -215,6 +215,9 @@ impl Driver {
             }
             self.after_change().await;
         }
+        if stopped.as_deref() == Some("interrupted") {
+            self.record_interruption();
+        }
         // Answer any held reports so agents move on.
         for agent in self.agents.values_mut() {
             if let Some(h) = agent.held.take() {
@@ -230,6 +233,27 @@ impl Driver {
             },
             core: self.core,
             stopped,
+        }
+    }
+
+    /// On SIGINT/SIGTERM the running attempts are about to be stopped with
+    /// the leader: journal each as ended by the interruption (a platform
+    /// cause, which spends no `--retryCount`), so that `status` does not show
+    /// them running and a restart starts them again without claiming to
+    /// have recovered their results.
+    fn record_interruption(&mut self) {
+        self.draining = true;
+        let now = now();
+        let now_ms = toil_jobstore::state::now_ms();
+        let running: Vec<(JobIdx, u32)> = (0..self.core.job_count() as JobIdx)
+            .filter(|&j| self.core.state(j) == toil_proto::v1::JobState::Running)
+            .map(|j| (j, self.core.attempts(j).len() as u32))
+            .collect();
+        for (j, n) in running {
+            let result = AttemptResult::ended(Cause::agent_lost(
+                "interrupted: the leader was stopped (SIGINT or SIGTERM) and stopped this attempt",
+            ));
+            let _ = self.core.finish(j, n, result, now_ms, now);
         }
     }
 

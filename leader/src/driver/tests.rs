@@ -395,7 +395,11 @@ async fn stopping_answers_held_reports_and_leaves_the_workflow_running() {
     assert_eq!(exit_reason(&r), Some("the workflow is over"));
     assert_eq!(outcome.state, WorkflowState::Running);
     assert_eq!(outcome.stopped.as_deref(), Some("interrupted"));
+    // The interrupted attempt is journaled as ended by the interruption, so
+    // the stored state never shows it running.
     let j = outcome.core.lookup("a").expect("a");
-    assert_eq!(outcome.core.state(j), JobState::Running);
+    assert_eq!(outcome.core.state(j), JobState::Queued);
+    let cause = outcome.core.attempts(j)[0].cause.clone().expect("ended");
+    assert!(cause.message.contains("interrupted"), "{cause:?}");
     drop(h.batch_events);
 }
