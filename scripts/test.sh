@@ -25,10 +25,13 @@ step "proto lint (buf)"
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 
-# One build of every binary; the end-to-end tests run these (they find them
-# next to the test executables) and never rebuild.
+# One build of every binary and every test, with the features the tests
+# need (dev-dependencies included), so that `cargo test` below reuses it
+# rather than rebuilding the dependency tree with other features. The
+# end-to-end tests run these binaries (they find them next to the test
+# executables) and never rebuild.
 step "build"
-cargo build --workspace --bins
+cargo build --workspace --all-targets
 
 step "tests"
 cargo test --workspace "$@"
