@@ -9,7 +9,7 @@
 //! difference, nothing is stored and the workflow resumes as it was.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -20,7 +20,8 @@ use toil_jobstore::{Condition, JobStore, layout};
 use toil_proto::v1::{FileRef, ImportedInput, ImportedInputs};
 
 use crate::core::{Core, ResumePlan, StoredVersion};
-use crate::workflow::{self, InputSource, Workflow};
+use crate::run::files::{hash_file, local_inputs};
+use crate::workflow::{self, Workflow};
 
 /// Where a stored version's file came from: relative inputs resolve
 /// against `base_dir`.
@@ -82,47 +83,6 @@ pub(crate) fn decode_imports(data: Bytes) -> anyhow::Result<HashMap<PathBuf, Fil
         .into_iter()
         .filter_map(|i| Some((PathBuf::from(i.local_path), i.file?)))
         .collect())
-}
-
-/// The local input files a workflow names, each once, in order.
-fn local_inputs(wf: &Workflow) -> Vec<PathBuf> {
-    let mut paths: Vec<PathBuf> = wf
-        .jobs
-        .iter()
-        .flat_map(|j| j.inputs.iter())
-        .filter_map(|i| match &i.source {
-            InputSource::Local(p) => Some(p.clone()),
-            InputSource::JobOutput { .. } => None,
-        })
-        .collect();
-    paths.sort();
-    paths.dedup();
-    paths
-}
-
-/// SHA-256 (hex) and size of a file, off the async threads.
-async fn hash_file(p: &Path) -> anyhow::Result<(String, u64)> {
-    let p = p.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<(String, u64)> {
-        use std::io::Read;
-        let mut f =
-            std::fs::File::open(&p).with_context(|| format!("opening input {}", p.display()))?;
-        let mut h = sha2::Sha256::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let mut size = 0u64;
-        loop {
-            let n = f
-                .read(&mut buf)
-                .with_context(|| format!("reading input {}", p.display()))?;
-            if n == 0 {
-                break;
-            }
-            size += n as u64;
-            h.update(&buf[..n]);
-        }
-        Ok((hex::encode(h.finalize()), size))
-    })
-    .await?
 }
 
 /// The text of the version the core runs now.

@@ -43,19 +43,34 @@ pub(super) fn render(s: &str, scatter: Option<(&str, &str, u64)>) -> String {
     }
 }
 
+/// A scatter instance: the variable's name, this instance's value and its
+/// index.
+pub(super) type Instance<'a> = Option<(&'a str, String, u64)>;
+
+/// The borrowed form [`render`] takes.
+pub(super) fn as_scatter<'a>(i: &'a Instance<'_>) -> Option<(&'a str, &'a str, u64)> {
+    i.as_ref()
+        .map(|(var, value, index)| (*var, value.as_str(), *index))
+}
+
 impl Core {
+    /// Which scatter instance job `j` is (`None` for a job that is not
+    /// scattered).
+    pub(super) fn instance(&self, j: JobIdx) -> Instance<'_> {
+        let t = &self.templates[self.jobs[j as usize].tmpl as usize];
+        let index = u64::from(j - t.first);
+        let s = t.spec.scatter.as_ref()?;
+        Some((s.var.as_str(), s.values.get(index)?, index))
+    }
+
     /// The launch description of attempt `n` of job `j`. Fails (with a
     /// message for a CONFIG_ERROR) when inputs cannot be resolved or collide.
     pub fn launch_spec(&self, j: JobIdx, n: u32) -> Result<LaunchSpec, String> {
         let job = &self.jobs[j as usize];
         let t = &self.templates[job.tmpl as usize];
         let spec = &t.spec;
-        let index = u64::from(j - t.first);
-        let value = spec.scatter.as_ref().and_then(|s| s.values.get(index));
-        let scatter = match (&spec.scatter, &value) {
-            (Some(s), Some(v)) => Some((s.var.as_str(), v.as_str(), index)),
-            _ => None,
-        };
+        let instance = self.instance(j);
+        let scatter = as_scatter(&instance);
         let argv = match &spec.command {
             Command::Argv(a) => a.iter().map(|s| render(s, scatter)).collect(),
             Command::Shell(s) => vec!["/bin/sh".into(), "-c".into(), render(s, scatter)],

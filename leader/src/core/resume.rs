@@ -141,12 +141,8 @@ impl Core {
         let job = &self.jobs[j as usize];
         let t = &self.templates[job.tmpl as usize];
         let spec = &t.spec;
-        let index = u64::from(j - t.first);
-        let value = spec.scatter.as_ref().and_then(|s| s.values.get(index));
-        let scatter = match (&spec.scatter, &value) {
-            (Some(s), Some(v)) => Some((s.var.as_str(), v.as_str(), index)),
-            _ => None,
-        };
+        let instance = self.instance(j);
+        let scatter = super::launch::as_scatter(&instance);
         let r = |s: &str| super::launch::render(s, scatter);
         let command = match &spec.command {
             Command::Argv(a) => {

@@ -18,26 +18,17 @@ pub(super) async fn import_inputs(
     store: &JobStore,
     wf: &Workflow,
 ) -> anyhow::Result<HashMap<PathBuf, FileRef>> {
-    let mut paths: Vec<&Path> = wf
-        .jobs
-        .iter()
-        .flat_map(|j| j.inputs.iter())
-        .filter_map(|i| match &i.source {
-            InputSource::Local(p) => Some(p.as_path()),
-            InputSource::JobOutput { .. } => None,
-        })
-        .collect();
-    paths.sort();
-    paths.dedup();
+    let paths = local_inputs(wf);
     let mut map = HashMap::new();
     let mut record = ImportedInputs::default();
     if !paths.is_empty() {
         crate::say!("importing {} input file(s) into the job store", paths.len());
     }
-    for p in paths {
+    for p in &paths {
+        let p = p.as_path();
         // Hash first so the stored key is the content's: the same file used
         // twice, or by two workflows, is stored once.
-        let sha = hash_file(p).await?;
+        let (sha, _) = hash_file(p).await?;
         let key = layout::input_key(&sha);
         let t = store
             .put_file(&key, p)
@@ -74,23 +65,44 @@ pub(super) async fn import_inputs(
     Ok(map)
 }
 
-async fn hash_file(p: &Path) -> anyhow::Result<String> {
+/// The local input files a workflow names, each once, in path order.
+pub(crate) fn local_inputs(wf: &Workflow) -> Vec<PathBuf> {
+    let mut paths: Vec<PathBuf> = wf
+        .jobs
+        .iter()
+        .flat_map(|j| j.inputs.iter())
+        .filter_map(|i| match &i.source {
+            InputSource::Local(p) => Some(p.clone()),
+            InputSource::JobOutput { .. } => None,
+        })
+        .collect();
+    paths.sort();
+    paths.dedup();
+    paths
+}
+
+/// SHA-256 (hex) and size of a file, read off the async threads.
+pub(crate) async fn hash_file(p: &Path) -> anyhow::Result<(String, u64)> {
     let p = p.to_path_buf();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<(String, u64)> {
         use sha2::Digest;
         use std::io::Read;
         let mut f =
             std::fs::File::open(&p).with_context(|| format!("opening input {}", p.display()))?;
         let mut h = sha2::Sha256::new();
         let mut buf = vec![0u8; 1 << 20];
+        let mut size = 0u64;
         loop {
-            let n = f.read(&mut buf)?;
+            let n = f
+                .read(&mut buf)
+                .with_context(|| format!("reading input {}", p.display()))?;
             if n == 0 {
                 break;
             }
+            size += n as u64;
             h.update(&buf[..n]);
         }
-        Ok(hex::encode(h.finalize()))
+        Ok((hex::encode(h.finalize()), size))
     })
     .await?
 }
@@ -100,12 +112,7 @@ pub(crate) async fn load_imports(store: &JobStore) -> anyhow::Result<HashMap<Pat
     let Some(obj) = store.get_bytes(layout::IMPORTS_KEY).await? else {
         return Ok(HashMap::new());
     };
-    let rec = ImportedInputs::decode(obj.data).context("reading workflow/imports.pb")?;
-    Ok(rec
-        .inputs
-        .into_iter()
-        .filter_map(|i| Some((PathBuf::from(i.local_path), i.file?)))
-        .collect())
+    crate::versions::decode_imports(obj.data)
 }
 
 /// Copies the workflow's outputs to `dir/NAME/PATH`, verifying checksums.

@@ -14,7 +14,7 @@
 //! [`records`] holds what the run stores for `status`, `logs` and later
 //! runs, and the exit codes.
 
-mod files;
+pub(crate) mod files;
 mod records;
 mod resume;
 mod startup;
