@@ -48,31 +48,40 @@ pub(crate) async fn load_versions(store: &JobStore) -> anyhow::Result<HashMap<u3
         let Some(src) = store.get_bytes(&layout::version_source_key(v)).await? else {
             continue;
         };
-        let src: Source = serde_json::from_slice(&src.data)
-            .with_context(|| format!("reading {}", layout::version_source_key(v)))?;
-        let text = store
-            .get_bytes(&layout::version_spec_key(v))
-            .await?
-            .with_context(|| format!("{} is missing", layout::version_spec_key(v)))?;
-        let text = String::from_utf8_lossy(&text.data).into_owned();
-        let wf = workflow::parse_stored(&text, &src.source, &src.base_dir).map_err(|d| {
-            anyhow::anyhow!(
-                "version {v} of the workflow stored in the job store no longer parses:\n{d}"
-            )
-        })?;
-        let imports = match store.get_bytes(&layout::version_imports_key(v)).await? {
-            Some(o) => decode_imports(o.data)?,
-            None => HashMap::new(),
-        };
-        out.insert(
-            v,
-            StoredVersion {
-                workflow: wf.into(),
-                imports,
-            },
-        );
+        // Only versions the journal names are used, and replay checks each
+        // against its entry; one that cannot be read is left out here, so a
+        // stray file under the prefix cannot stop a restart.
+        match read_version(store, v, &src.data).await {
+            Ok(stored) => {
+                out.insert(v, stored);
+            }
+            Err(e) => tracing::warn!("ignoring workflow version {v} in the job store: {e:#}"),
+        }
     }
     Ok(out)
+}
+
+/// Reads and parses stored version `v`, whose source record is `src`.
+async fn read_version(store: &JobStore, v: u32, src: &[u8]) -> anyhow::Result<StoredVersion> {
+    let src: Source = serde_json::from_slice(src)
+        .with_context(|| format!("reading {}", layout::version_source_key(v)))?;
+    let text = store
+        .get_bytes(&layout::version_spec_key(v))
+        .await?
+        .with_context(|| format!("{} is missing", layout::version_spec_key(v)))?;
+    let spec_sha256 = hex::encode(sha2::Sha256::digest(&text.data));
+    let text = String::from_utf8_lossy(&text.data).into_owned();
+    let wf = workflow::parse_stored(&text, &src.source, &src.base_dir)
+        .map_err(|d| anyhow::anyhow!("the stored file no longer parses:\n{d}"))?;
+    let imports = match store.get_bytes(&layout::version_imports_key(v)).await? {
+        Some(o) => decode_imports(o.data)?,
+        None => HashMap::new(),
+    };
+    Ok(StoredVersion {
+        workflow: wf.into(),
+        imports,
+        spec_sha256,
+    })
 }
 
 /// Decodes a stored `ImportedInputs` record into a path -> file map.
@@ -199,8 +208,9 @@ pub(crate) async fn resume_against(
     let stored = StoredVersion {
         workflow: std::sync::Arc::new(disk.clone()),
         imports,
+        spec_sha256: sha,
     };
-    core.apply_version(version, sha, stored, plan.kept.clone())
+    core.apply_version(version, stored, plan.kept.clone())
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok(Some(Resumed { version, plan }))
 }

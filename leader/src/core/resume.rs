@@ -40,6 +40,9 @@ pub struct StoredVersion {
     pub workflow: Arc<Workflow>,
     /// Its local inputs as imported into the job store.
     pub imports: HashMap<PathBuf, FileRef>,
+    /// SHA-256 (hex) of the stored file, checked against the journal entry
+    /// on replay: a file changed after it was journaled is refused.
+    pub spec_sha256: String,
 }
 
 /// Why a job of the new workflow runs although it ran before.
@@ -366,12 +369,12 @@ impl Core {
     pub fn apply_version(
         &mut self,
         version: u32,
-        spec_sha256: String,
         stored: StoredVersion,
         kept: Vec<String>,
     ) -> Result<(), CoreError> {
         self.check_rebasable()?;
         let next = self.successor(&stored.workflow, stored.imports.clone());
+        let spec_sha256 = stored.spec_sha256.clone();
         self.versions.insert(version, stored);
         self.record(Kind::Version(WorkflowVersionEntry {
             version,
@@ -482,10 +485,16 @@ impl Core {
     pub(crate) fn replay_version(&mut self, v: WorkflowVersionEntry) -> Result<(), CoreError> {
         let stored = self.versions.get(&v.version).cloned().ok_or_else(|| {
             CoreError::WrongState(format!(
-                "the journal moves to workflow version {}, which is missing from the job store",
+                "the journal moves to workflow version {}, which is missing from the job store or unreadable there",
                 v.version
             ))
         })?;
+        if stored.spec_sha256 != v.spec_sha256 {
+            return Err(CoreError::WrongState(format!(
+                "workflow version {} in the job store was changed after it was journaled (its SHA-256 is {}, the journal says {}); restore it or start over with `toil-leader clean`",
+                v.version, stored.spec_sha256, v.spec_sha256
+            )));
+        }
         let next = self.successor(&stored.workflow, stored.imports);
         self.rebase(next, &v.kept)?;
         self.version = v.version;

@@ -206,8 +206,9 @@ fn rebasing_keeps_attempts_and_outputs_and_replays_identically() {
     let stored = StoredVersion {
         workflow: wf.clone(),
         imports: imports("s1"),
+        spec_sha256: "sha".into(),
     };
-    old.apply_version(1, "sha".into(), stored.clone(), plan.kept.clone())
+    old.apply_version(1, stored.clone(), plan.kept.clone())
         .expect("apply");
     assert_eq!(old.version(), 1);
     let journal = old.drain_journal();
@@ -261,4 +262,34 @@ fn a_version_missing_from_the_store_is_an_error_not_a_silent_rerun() {
 fn ids_compact_into_ranges() {
     let ids = ["a", "b[0]", "b[1]", "b[2]", "b[4]", "c[0]", "d"];
     assert_eq!(compact_ids(ids), ["a", "b[0..2]", "b[4]", "c[0]", "d"]);
+}
+
+#[test]
+fn a_stored_version_changed_after_it_was_journaled_is_refused() {
+    // Someone with write access to the job store rewrites version 1's file
+    // after the move to it was journaled: replay must not run the new text.
+    let mut c = core_of(BASE, "s1");
+    run_all(&mut c);
+    c.install_versions(HashMap::from([(
+        1,
+        StoredVersion {
+            workflow: Arc::new(parse(BASE)),
+            imports: imports("s1"),
+            spec_sha256: "rewritten".into(),
+        },
+    )]));
+    let e = toil_proto::v1::JournalEntry {
+        time: None,
+        kind: Some(Kind::Version(toil_proto::v1::WorkflowVersionEntry {
+            version: 1,
+            spec_sha256: "journaled".into(),
+            kept: vec![],
+        })),
+    };
+    let err = c.replay(e, Instant::now()).expect_err("changed version");
+    assert!(
+        err.to_string().contains("changed after it was journaled"),
+        "{err}"
+    );
+    assert_eq!(c.version(), 0, "the workflow stays where it was");
 }
