@@ -13,7 +13,7 @@ use crate::batch::kubernetes::KubernetesConfig;
 use crate::batch::local::LocalConfig;
 use crate::config::{self, Batch, Clean, RunConfig};
 use crate::run::{Failure, exit};
-use crate::workflow::{self, Machine, ResolvedDefaults, units};
+use crate::workflow::{self, Machine, units};
 
 const ABOUT: &str = "Run workflows of command-line jobs on this machine or on Kubernetes.";
 
@@ -133,12 +133,14 @@ pub struct RunArgs {
     /// How many times to retry a job that fails by itself (non-zero exit,
     /// out of memory, time limit). Platform failures (lost agent, evicted
     /// or preempted pod) have a separate budget (--infraRetryCount).
-    #[arg(long = "retryCount", env = "TOIL_RETRY_COUNT", default_value_t = 1)]
-    pub retry_count: u32,
+    /// Default: 1. On --restart, given only to change it (the workflow
+    /// keeps the value it ran with otherwise).
+    #[arg(long = "retryCount", env = "TOIL_RETRY_COUNT")]
+    pub retry_count: Option<u32>,
 
-    /// How many times to retry a job lost to the platform.
-    #[arg(long = "infraRetryCount", default_value_t = 5)]
-    pub infra_retry_count: u32,
+    /// How many times to retry a job lost to the platform. Default: 5.
+    #[arg(long = "infraRetryCount")]
+    pub infra_retry_count: Option<u32>,
 
     /// Most CPU cores used at once (local), e.g. 4 or 0.5. Default: all.
     #[arg(long = "maxCores", env = "TOIL_MAX_CORES")]
@@ -152,17 +154,18 @@ pub struct RunArgs {
     #[arg(long = "maxDisk", env = "TOIL_MAX_DISK")]
     pub max_disk: Option<String>,
 
-    /// Cores for jobs that do not say.
-    #[arg(long = "defaultCores", default_value = "1")]
-    pub default_cores: String,
+    /// Cores for jobs that do not say. Default: 1. Like every default and
+    /// retry count, a restart keeps the workflow's value unless given.
+    #[arg(long = "defaultCores")]
+    pub default_cores: Option<String>,
 
-    /// Memory for jobs that do not say.
-    #[arg(long = "defaultMemory", default_value = "2Gi")]
-    pub default_memory: String,
+    /// Memory for jobs that do not say. Default: 2Gi.
+    #[arg(long = "defaultMemory")]
+    pub default_memory: Option<String>,
 
-    /// Disk for jobs that do not say.
-    #[arg(long = "defaultDisk", default_value = "2Gi")]
-    pub default_disk: String,
+    /// Disk for jobs that do not say. Default: 2Gi.
+    #[arg(long = "defaultDisk")]
+    pub default_disk: Option<String>,
 
     /// When to delete the job store at the end.
     #[arg(long, value_enum, default_value = "onSuccess")]
@@ -470,12 +473,26 @@ impl RunArgs {
             Some(s) => Locator::parse_in(s, &cwd).map_err(|e| bad(e.to_string()))?,
             None => config::default_job_store(&self.workflow, &cwd),
         };
-        let defaults = ResolvedDefaults {
-            millicores: cores("--defaultCores", &self.default_cores)?,
-            memory: size("--defaultMemory", &self.default_memory)?,
-            disk: size("--defaultDisk", &self.default_disk)?,
+        let given = config::GivenSettings {
+            millicores: self
+                .default_cores
+                .as_deref()
+                .map(|v| cores("--defaultCores", v))
+                .transpose()?,
+            memory: self
+                .default_memory
+                .as_deref()
+                .map(|v| size("--defaultMemory", v))
+                .transpose()?,
+            disk: self
+                .default_disk
+                .as_deref()
+                .map(|v| size("--defaultDisk", v))
+                .transpose()?,
             retries: self.retry_count,
+            infra_retries: self.infra_retry_count,
         };
+        let (defaults, infra_retries) = given.resolved();
         let machine_mc = config::machine_millicores();
         let max_mc = match &self.max_cores {
             Some(v) => u64::from(cores("--maxCores", v)?),
@@ -606,8 +623,9 @@ impl RunArgs {
             locator,
             restart: self.restart,
             defaults,
+            given,
             capacity,
-            infra_retries: self.infra_retry_count,
+            infra_retries,
             agent_lease: self.agent_lease,
             leader_lease: Duration::from_secs(30),
             journal_interval: Duration::from_millis(10),

@@ -46,8 +46,11 @@ pub struct RunConfig {
     pub locator: Locator,
     /// Resume from the job store.
     pub restart: bool,
-    /// Job defaults from the flags.
+    /// Job defaults from the flags (built-in values where a flag is absent).
     pub defaults: ResolvedDefaults,
+    /// The run settings the command line set explicitly; on a restart these
+    /// replace the stored ones and the rest are kept.
+    pub given: GivenSettings,
     /// What the batch system offers.
     pub capacity: Capacity,
     /// Retries for infrastructure causes.
@@ -72,6 +75,82 @@ pub struct RunConfig {
     pub clean: Clean,
     /// The batch system.
     pub batch: Batch,
+}
+
+/// Run settings given explicitly on the command line (or through their
+/// environment variables). `None` means "not given": a fresh run uses the
+/// built-in default, a restart keeps what the workflow ran with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GivenSettings {
+    /// `--defaultCores`, in millicores.
+    pub millicores: Option<u32>,
+    /// `--defaultMemory`, in bytes.
+    pub memory: Option<u64>,
+    /// `--defaultDisk`, in bytes.
+    pub disk: Option<u64>,
+    /// `--retryCount`.
+    pub retries: Option<u32>,
+    /// `--infraRetryCount`.
+    pub infra_retries: Option<u32>,
+}
+
+/// Built-in `--defaultCores` (one core).
+pub const DEFAULT_MILLICORES: u32 = 1000;
+/// Built-in `--defaultMemory` and `--defaultDisk` (2 GiB).
+pub const DEFAULT_SIZE: u64 = 2 << 30;
+/// Built-in `--retryCount`.
+pub const DEFAULT_RETRIES: u32 = 1;
+/// Built-in `--infraRetryCount`.
+pub const DEFAULT_INFRA_RETRIES: u32 = 5;
+
+impl GivenSettings {
+    /// `base` with every given setting put in its place.
+    pub fn over(&self, base: (ResolvedDefaults, u32)) -> (ResolvedDefaults, u32) {
+        let (d, infra) = base;
+        let d = ResolvedDefaults {
+            millicores: self.millicores.unwrap_or(d.millicores),
+            memory: self.memory.unwrap_or(d.memory),
+            disk: self.disk.unwrap_or(d.disk),
+            retries: self.retries.unwrap_or(d.retries),
+        };
+        (d, self.infra_retries.unwrap_or(infra))
+    }
+
+    /// The built-in settings with the given ones in their place.
+    pub fn resolved(&self) -> (ResolvedDefaults, u32) {
+        let builtin = ResolvedDefaults {
+            millicores: DEFAULT_MILLICORES,
+            memory: DEFAULT_SIZE,
+            disk: DEFAULT_SIZE,
+            retries: DEFAULT_RETRIES,
+        };
+        self.over((builtin, DEFAULT_INFRA_RETRIES))
+    }
+}
+
+/// What differs between two sets of run settings, as flags:
+/// `["--retryCount 1 -> 3"]`.
+pub fn describe_changes(old: (ResolvedDefaults, u32), new: (ResolvedDefaults, u32)) -> Vec<String> {
+    let cores = |mc: u32| crate::workflow::units::format_cores(mc);
+    let size = |b: u64| crate::workflow::units::format_size(b);
+    let mut out = Vec::new();
+    let (a, b) = (old.0, new.0);
+    if a.millicores != b.millicores {
+        out.push(format!("--defaultCores {} -> {}", cores(a.millicores), cores(b.millicores)));
+    }
+    if a.memory != b.memory {
+        out.push(format!("--defaultMemory {} -> {}", size(a.memory), size(b.memory)));
+    }
+    if a.disk != b.disk {
+        out.push(format!("--defaultDisk {} -> {}", size(a.disk), size(b.disk)));
+    }
+    if a.retries != b.retries {
+        out.push(format!("--retryCount {} -> {}", a.retries, b.retries));
+    }
+    if old.1 != new.1 {
+        out.push(format!("--infraRetryCount {} -> {}", old.1, new.1));
+    }
+    out
 }
 
 /// The job store used when `--jobStore` is not given: `STEM.jobstore` in

@@ -133,3 +133,57 @@ fn ctrl_c_records_the_interrupted_job_and_a_restart_says_what_happened() {
     r.expect_code(0);
     assert!(!r.stderr.contains("recovered the results"), "{}", r.stderr);
 }
+
+#[test]
+fn a_restart_applies_the_settings_its_command_line_gives_and_keeps_the_rest() {
+    let sb = Sandbox::new("usab-settings");
+    let count = sb.path().join("count");
+    // Fails until its fourth run.
+    sb.write(
+        "flaky.yaml",
+        &format!(
+            "jobs:\n  flaky:\n    cores: 0.1\n    memory: 32Mi\n    command: n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}; [ $n -ge 4 ]\n",
+            c = count.display()
+        ),
+    );
+    let runs = || {
+        std::fs::read_to_string(&count)
+            .expect("count")
+            .trim()
+            .parse::<u32>()
+            .expect("number")
+    };
+    let first = sb.run(
+        &["run", "flaky.yaml", "--clean", "never", "--retryCount", "0"],
+        T,
+    );
+    first.expect_code(1);
+    assert_eq!(runs(), 1);
+
+    // No flag: the workflow keeps --retryCount 0 (the built-in default, 1,
+    // would have run it twice).
+    let kept = sb.run(&["run", "flaky.yaml", "--restart", "--clean", "never"], T);
+    kept.expect_code(1);
+    assert_eq!(runs(), 2, "{}", kept.stderr);
+    assert!(!kept.stderr.contains("settings changed"), "{}", kept.stderr);
+
+    // Given explicitly: it applies from this restart on, and is named.
+    let changed = sb.run(
+        &["run", "flaky.yaml", "--restart", "--clean", "never", "--retryCount", "1"],
+        T,
+    );
+    changed.expect_code(0);
+    assert_eq!(runs(), 4, "{}", changed.stderr);
+    assert!(
+        changed
+            .stderr
+            .contains("settings changed since the last run: --retryCount 0 -> 1"),
+        "{}",
+        changed.stderr
+    );
+    // The journal carries the change: an offline status replays it to the
+    // same end.
+    let status = sb.run(&["status", &js(&sb), "--jobs"], T);
+    status.expect_code(0);
+    assert!(status.stdout.contains("succeeded"), "{}", status.stdout);
+}

@@ -151,7 +151,7 @@ impl Core {
         None
     }
 
-    fn resolve(&self, spec: &JobTemplate) -> Resolved {
+    pub(crate) fn resolve(&self, spec: &JobTemplate) -> Resolved {
         let d = &self.wf_defaults;
         Resolved {
             request: Request {

@@ -547,3 +547,44 @@ fn an_attempts_end_is_announced_before_the_state_it_leads_to() {
         "{events:?}"
     );
 }
+
+#[test]
+fn changed_settings_apply_to_jobs_without_their_own_and_replay_the_same() {
+    let mut own = job("own", &[]);
+    own.retries = Some(0);
+    own.memory = Some(1 << 20);
+    let jobs = vec![job("a", &[]), own];
+    let mut c = core(jobs.clone());
+    c.claim(1, "host", 42);
+    let t0 = Instant::now();
+    // Version 0 of the settings: no retries, so `a` fails at once.
+    let (a, n) = launch_next(&mut c).expect("a");
+    c.finish(a, n, result(CauseKind::ExitCode), 0, t0)
+        .expect("finish");
+    assert_eq!(c.state(a), JobState::Failed);
+
+    let new = JobDefaults {
+        memory: 8 << 30,
+        retries: 3,
+        ..defaults()
+    };
+    c.change_settings((new, 9));
+    assert_eq!(c.settings(), (new, 9));
+    let own_j = c.lookup("own").expect("own");
+    assert_eq!(c.request(a).memory, 8 << 30, "the new default applies");
+    assert_eq!(c.request(own_j).memory, 1 << 20, "a job's own value stays");
+    assert_eq!(c.retries(a).1, 3);
+    assert_eq!(c.retries(own_j).1, 0);
+    c.retry_failed();
+    let journal = c.drain_journal();
+
+    let mut r = core(jobs);
+    for e in journal {
+        r.replay(e, t0).expect("replay");
+    }
+    r.finish_replay();
+    assert_eq!(r.settings(), (new, 9));
+    assert_eq!(r.request(a).memory, 8 << 30);
+    assert_eq!(r.retries(a), c.retries(a));
+    assert_eq!(r.state(a), JobState::Queued);
+}

@@ -6,11 +6,11 @@ use std::time::Instant;
 use toil_proto::v1::journal_entry::Kind;
 use toil_proto::v1::{
     AttemptEndEntry, AttemptLaunchEntry, AttemptResult, CancelEntry, Cause, CauseKind, JobState,
-    JournalEntry, LeaderClaim, RetryFailedEntry,
+    JournalEntry, LeaderClaim, RetryFailedEntry, SettingsEntry,
 };
 
 use super::retry::{Class, classify};
-use super::{Attempt, Core, CoreError, CoreEvent, Job, JobIdx, TmplIdx, Usage};
+use super::{Attempt, Core, CoreError, CoreEvent, Job, JobDefaults, JobIdx, TmplIdx, Usage};
 
 /// What ending an attempt led to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -477,6 +477,36 @@ impl Core {
         failed.len()
     }
 
+    /// The run settings in force: the job defaults and the platform-failure
+    /// retry budget.
+    pub fn settings(&self) -> (JobDefaults, u32) {
+        (self.defaults, self.policy.infra_retries)
+    }
+
+    /// Changes the run settings from here on and journals the change. Every
+    /// job that does not set its own resources or retry count takes the new
+    /// defaults at its next launch; finished jobs are kept.
+    pub fn change_settings(&mut self, settings: (JobDefaults, u32)) {
+        let (d, infra_retries) = settings;
+        self.record(Kind::Settings(SettingsEntry {
+            millicores: d.millicores,
+            memory_bytes: d.memory,
+            disk_bytes: d.disk,
+            retries: d.retries,
+            infra_retries,
+        }));
+        self.set_settings(settings);
+    }
+
+    fn set_settings(&mut self, (defaults, infra_retries): (JobDefaults, u32)) {
+        self.defaults = defaults;
+        self.policy.infra_retries = infra_retries;
+        for t in 0..self.templates.len() {
+            let spec = self.templates[t].spec.clone();
+            self.templates[t].res = self.resolve(&spec);
+        }
+    }
+
     /// Applies one journal entry while rebuilding state after a restart.
     pub fn replay(&mut self, entry: JournalEntry, now: Instant) -> Result<(), CoreError> {
         self.replaying = true;
@@ -532,6 +562,10 @@ impl Core {
                 Ok(())
             }
             Some(Kind::Version(v)) => self.replay_version(v),
+            Some(Kind::Settings(st)) => {
+                self.set_settings(settings_of(&st));
+                Ok(())
+            }
             Some(Kind::Cancel(c)) => {
                 if c.job_id.is_empty() {
                     self.cancel_workflow(&c.reason);
@@ -553,6 +587,17 @@ impl Core {
         self.ended_announced = false;
         self.announce_end();
     }
+}
+
+/// The settings a journaled [`SettingsEntry`] names.
+fn settings_of(st: &SettingsEntry) -> (JobDefaults, u32) {
+    let d = JobDefaults {
+        millicores: st.millicores,
+        memory: st.memory_bytes,
+        disk: st.disk_bytes,
+        retries: st.retries,
+    };
+    (d, st.infra_retries)
 }
 
 /// The current time as a protobuf timestamp.

@@ -46,19 +46,11 @@ pub(super) async fn prepare(
 ) -> anyhow::Result<Prepared> {
     let Opened { wf, meta, fresh } = opened;
     let fresh = *fresh;
-    // A resumed workflow keeps the settings its journal was written with.
+    // A resumed workflow replays its journal with the settings it was
+    // written with; settings the command line gives explicitly apply from
+    // the restart on (below), the others are kept.
     let (defaults, infra_retries) = match meta.settings {
-        Some(st) if !fresh => {
-            let wanted = (cfg.defaults, cfg.infra_retries);
-            if wanted != (st.defaults(), st.infra_retries) {
-                crate::say!(
-                    "note: resuming with the workflow's original job defaults and retry counts (--retryCount {}, --infraRetryCount {}); the command line's differ",
-                    st.retries,
-                    st.infra_retries
-                );
-            }
-            (st.defaults(), st.infra_retries)
-        }
+        Some(st) if !fresh => (st.defaults(), st.infra_retries),
         _ => (cfg.defaults, cfg.infra_retries),
     };
     let policy = RetryPolicy {
@@ -134,6 +126,16 @@ pub(super) async fn prepare(
                 }
                 Err(e) => return Err(fail(exit::BAD_INPUT, format!("{e:#}"))),
             }
+        }
+        let before = core.settings();
+        let wanted = cfg.given.over(before);
+        let changed = crate::config::describe_changes(before, wanted);
+        if !changed.is_empty() {
+            crate::say!(
+                "settings changed since the last run: {}; they apply to every job that has not finished and does not set its own",
+                changed.join(", ")
+            );
+            core.change_settings(wanted);
         }
         let retried = core.retry_failed();
         crate::say!(
