@@ -136,13 +136,25 @@ pub fn describe_changes(old: (ResolvedDefaults, u32), new: (ResolvedDefaults, u3
     let mut out = Vec::new();
     let (a, b) = (old.0, new.0);
     if a.millicores != b.millicores {
-        out.push(format!("--defaultCores {} -> {}", cores(a.millicores), cores(b.millicores)));
+        out.push(format!(
+            "--defaultCores {} -> {}",
+            cores(a.millicores),
+            cores(b.millicores)
+        ));
     }
     if a.memory != b.memory {
-        out.push(format!("--defaultMemory {} -> {}", size(a.memory), size(b.memory)));
+        out.push(format!(
+            "--defaultMemory {} -> {}",
+            size(a.memory),
+            size(b.memory)
+        ));
     }
     if a.disk != b.disk {
-        out.push(format!("--defaultDisk {} -> {}", size(a.disk), size(b.disk)));
+        out.push(format!(
+            "--defaultDisk {} -> {}",
+            size(a.disk),
+            size(b.disk)
+        ));
     }
     if a.retries != b.retries {
         out.push(format!("--retryCount {} -> {}", a.retries, b.retries));

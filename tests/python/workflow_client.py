@@ -57,9 +57,12 @@ def main() -> None:
     final = {"JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_BLOCKED"}
     states = []
     ended = None
+    placement = None
     for item in stub.WatchEvents(workflow_pb2.WatchEventsRequest(after_seq=0), metadata=auth):
         e = item.event
         kind = e.WhichOneof("kind")
+        if kind == "attempt_started" and e.attempt_started.job_id == "from_python":
+            placement = e.attempt_started.placement
         if kind == "attempt_ended" and e.attempt_ended.job_id == "from_python":
             ended = common_pb2.CauseKind.Name(e.attempt_ended.cause.kind)
         if kind == "job_state_changed" and e.job_state_changed.job_id == "from_python":
@@ -92,6 +95,7 @@ def main() -> None:
                 "added": list(added.job_ids),
                 "states": states,
                 "ended": ended,
+                "placement": placement,
                 "log": log.decode(),
                 "job_state": common_pb2.JobState.Name(job.state),
                 "attempts": len(job.attempts),

@@ -89,6 +89,9 @@ fn a_python_client_adds_a_job_watches_events_and_follows_its_log() {
         ]
     );
     assert_eq!(v["ended"], "CAUSE_KIND_SUCCEEDED");
+    // AttemptStarted names where the attempt runs, even on a new agent.
+    let placement = v["placement"].as_str().expect("an AttemptStarted event");
+    assert!(placement.starts_with("local pid "), "{placement:?}");
     let log = v["log"].as_str().expect("log");
     assert!(
         log.contains("hello from python\n") && log.contains("second line\n"),

@@ -169,7 +169,15 @@ fn a_restart_applies_the_settings_its_command_line_gives_and_keeps_the_rest() {
 
     // Given explicitly: it applies from this restart on, and is named.
     let changed = sb.run(
-        &["run", "flaky.yaml", "--restart", "--clean", "never", "--retryCount", "1"],
+        &[
+            "run",
+            "flaky.yaml",
+            "--restart",
+            "--clean",
+            "never",
+            "--retryCount",
+            "1",
+        ],
         T,
     );
     changed.expect_code(0);

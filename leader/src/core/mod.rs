@@ -83,7 +83,9 @@ pub enum CoreEvent {
         /// New state.
         to: JobState,
     },
-    /// An attempt was launched.
+    /// An attempt is running somewhere known: at launch on a reused agent,
+    /// or when a new agent's process or pod is placed. An attempt that ends
+    /// before it is placed has no such event.
     AttemptStarted {
         /// The job.
         job: JobIdx,

@@ -97,7 +97,9 @@ impl Core {
             memory_bytes: memory,
             placement: placement.to_string(),
         }));
-        if !self.replaying {
+        // A new agent's placement is known only once its process or pod
+        // exists; the event waits for it (see `place`).
+        if !self.replaying && !placement.is_empty() {
             self.events
                 .push(CoreEvent::AttemptStarted { job: j, attempt: n });
         }
@@ -114,7 +116,12 @@ impl Core {
         }
         // Not journaled on its own: it travels in the attempt's end entry,
         // which saves an entry per job.
+        let first = a.placement.is_empty() && a.cause.is_none();
         a.placement = placement.into();
+        if first && !self.replaying && !placement.is_empty() {
+            self.events
+                .push(CoreEvent::AttemptStarted { job: j, attempt: n });
+        }
     }
 
     /// True if `n` is the job's current, still running attempt.

@@ -239,6 +239,15 @@ impl WorkflowService for WorkflowSvc {
                         attempts = 1;
                         break;
                     }
+                    // Ended before any agent took it (an unschedulable pod,
+                    // say): its log is whatever was stored.
+                    Ok(WorkflowEvent {
+                        kind: Some(EventKind::AttemptEnded(e)),
+                        ..
+                    }) if e.job_id == req.job_id => {
+                        attempts = 1;
+                        break;
+                    }
                     Ok(WorkflowEvent {
                         kind: Some(EventKind::WorkflowEnded(_)),
                         ..
