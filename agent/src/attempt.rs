@@ -45,6 +45,8 @@ pub struct AgentCtx {
     pub images: Mutex<Option<ImageCache>>,
     /// Fires on SIGTERM.
     pub terminate: CancellationToken,
+    /// Attempts' work directories.
+    pub work_dirs: crate::workdir::WorkDirs,
 }
 
 fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
@@ -88,31 +90,34 @@ impl AgentCtx {
             layout::job_key(&a.job_id),
             &uuid::Uuid::new_v4().simple().to_string()[..8]
         );
-        let work_dir = jobs_dir.join(&name);
         let spool = jobs_dir.join(format!("{name}.log"));
-        if let Err(e) = std::fs::create_dir_all(&work_dir) {
-            return self
-                .conclude(
-                    a,
-                    n,
-                    Cause::new(
-                        CauseKind::StagingFailed,
-                        format!(
-                            "cannot create the work directory {}: {e}",
-                            work_dir.display()
+        let work_dir = match self.work_dirs.make(&name) {
+            Ok(d) => d,
+            Err(e) => {
+                return self
+                    .conclude(
+                        a,
+                        n,
+                        Cause::new(
+                            CauseKind::StagingFailed,
+                            format!(
+                                "cannot create the work directory {}: {e}",
+                                jobs_dir.join(&name).display()
+                            ),
                         ),
-                    ),
-                    Default::default(),
-                    None,
-                )
-                .await;
-        }
+                        Default::default(),
+                        None,
+                    )
+                    .await;
+            }
+        };
         let echo = self.args.echo.then(|| format!("[{}] ", a.job_id));
         let streamer =
             match LogStreamer::start(&self.leader, &a.attempt_id, &a.attempt_token, &spool, echo) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(error = %e, "no log spool; logs go straight to the leader");
+                    self.work_dirs.release(&work_dir);
                     return self
                         .conclude(
                             a,
@@ -165,7 +170,7 @@ impl AgentCtx {
         heartbeat.abort();
         let usage = run.usage;
         if !self.args.keep_work_dir {
-            let _ = std::fs::remove_dir_all(&work_dir);
+            self.work_dirs.release(&work_dir);
         }
         let mut result = AttemptResult {
             cause: Some(c),

@@ -10,7 +10,8 @@
 //! - [`images`]: Singularity/Apptainer images, one pull per image per node;
 //! - [`client`]: the lease-aware connection to the leader;
 //! - [`signals`]: SIGINT and SIGTERM as a clean stop (the leader's too);
-//! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging.
+//! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging;
+//! - [`workdir`]: attempts' work directories, emptied and reused by a reused agent.
 pub mod attempt;
 pub mod cache;
 pub mod client;
@@ -22,3 +23,4 @@ pub mod outputs;
 pub mod run;
 pub mod signals;
 pub mod stage_cmd;
+pub mod workdir;

@@ -44,7 +44,9 @@ pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<
         },
     )?;
     sweep_old_jobs(&args.work_dir);
+    let work_dirs = crate::workdir::WorkDirs::new(args.work_dir.join("jobs"));
     let ctx = Arc::new(AgentCtx {
+        work_dirs,
         args,
         leader,
         cache,

@@ -193,6 +193,8 @@ pub struct NodeCache {
 struct Inner {
     layout: Layout,
     cfg: CacheConfig,
+    /// The last attempt's reservation file, kept for the next one.
+    spare: space::Spare,
 }
 
 /// How one input was obtained.
@@ -250,7 +252,11 @@ impl NodeCache {
             }
         }
         Ok(NodeCache {
-            inner: Arc::new(Inner { layout, cfg }),
+            inner: Arc::new(Inner {
+                layout,
+                cfg,
+                spare: Default::default(),
+            }),
         })
     }
 
@@ -296,9 +302,13 @@ impl NodeCache {
         let mut staged = Staged::default();
         if !self.inner.cfg.disabled && disk_reservation > 0 {
             let layout = self.inner.layout.clone();
-            let r = blocking(move || Reservation::register(&layout, disk_reservation))
-                .await?
-                .map_err(|e| CacheError::io("", "registering the attempt's disk reservation", e))?;
+            let spare = self.inner.spare.clone();
+            let r =
+                blocking(move || Reservation::register(&layout, disk_reservation, Some(&spare)))
+                    .await?
+                    .map_err(|e| {
+                        CacheError::io("", "registering the attempt's disk reservation", e)
+                    })?;
             staged.reservation = Some(r);
         }
         let own = staged.reservation.as_ref().map(|r| r.path().to_path_buf());

@@ -109,26 +109,48 @@ impl Drop for TempFile {
 #[derive(Debug)]
 pub(crate) struct Reservation {
     path: PathBuf,
-    /// Held for the reservation's life.
-    _lock: FileLock,
+    /// Held for the reservation's life (`None` only while being dropped).
+    lock: Option<FileLock>,
+    /// Where the file waits for the agent's next attempt when this one ends.
+    spare: Option<Spare>,
 }
 
+/// An agent's reservation file between attempts: renamed to an uncounted
+/// `.tmp-` name and still locked, so that the next attempt registers with a
+/// rename rather than a new file. (On ext4, creating and deleting a file per
+/// attempt cost more CPU than running a trivial job.)
+pub(crate) type Spare = std::sync::Arc<std::sync::Mutex<Option<Reservation>>>;
+
 impl Reservation {
-    /// Registers `bytes` of reserved disk.
-    pub fn register(layout: &Layout, bytes: u64) -> io::Result<Reservation> {
+    /// Registers `bytes` of reserved disk, reusing the file parked in
+    /// `spare` when there is one; when this reservation ends its file is
+    /// parked there again.
+    pub fn register(layout: &Layout, bytes: u64, spare: Option<&Spare>) -> io::Result<Reservation> {
         let pid = std::process::id();
         let rand: u32 = rand::random();
+        let path = layout
+            .reservations
+            .join(format!("{pid}-{rand:08x}-{bytes}"));
+        let parked = spare.and_then(|s| s.lock().ok()?.take());
+        if let Some(mut r) = parked {
+            // Still locked: the rename makes it count under its new size.
+            fs::rename(&r.path, &path)?;
+            r.path = path;
+            r.spare = spare.cloned();
+            return Ok(r);
+        }
         // Lock under a name nobody counts yet, then rename: the lock follows
         // the inode, so the reservation is never visible unlocked.
         let tmp = layout
             .reservations
             .join(format!(".tmp-{pid}-{rand:08x}-{bytes}"));
         let lock = FileLock::acquire(&tmp, Mode::Exclusive)?;
-        let path = layout
-            .reservations
-            .join(format!("{pid}-{rand:08x}-{bytes}"));
         fs::rename(&tmp, &path)?;
-        Ok(Reservation { path, _lock: lock })
+        Ok(Reservation {
+            path,
+            lock: Some(lock),
+            spare: spare.cloned(),
+        })
     }
 
     pub fn path(&self) -> &Path {
@@ -138,6 +160,24 @@ impl Reservation {
 
 impl Drop for Reservation {
     fn drop(&mut self) {
+        if let Some(spare) = self.spare.take() {
+            let rand: u32 = rand::random();
+            let parked = self
+                .path
+                .with_file_name(format!(".tmp-{}-{rand:08x}-spare", std::process::id()));
+            if fs::rename(&self.path, &parked).is_ok()
+                && let Ok(mut slot) = spare.lock()
+            {
+                // A file already parked there (none is expected) is dropped,
+                // which deletes it.
+                *slot = Some(Reservation {
+                    path: parked,
+                    lock: self.lock.take(),
+                    spare: None,
+                });
+                return;
+            }
+        }
         // Still holding the lock, so nobody can mistake it for stale.
         let _ = fs::remove_file(&self.path);
     }
@@ -438,8 +478,8 @@ mod tests {
         for d in layout.dirs() {
             fs::create_dir_all(d)?;
         }
-        let mine = Reservation::register(&layout, 100)?;
-        let other = Reservation::register(&layout, 1000)?;
+        let mine = Reservation::register(&layout, 100, None)?;
+        let other = Reservation::register(&layout, 1000, None)?;
         // A reservation file nobody holds, as a killed process leaves it.
         fs::write(layout.reservations.join("999-dead-5000"), b"")?;
         assert_eq!(live_reservations(&layout, Some(mine.path()))?, 1000);
@@ -447,6 +487,33 @@ mod tests {
         drop(other);
         assert_eq!(live_reservations(&layout, Some(mine.path()))?, 0);
         assert_eq!(live_reservations(&layout, None)?, 100);
+        Ok(())
+    }
+
+    #[test]
+    fn a_spare_reservation_is_reused_and_not_counted_while_parked() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let layout = Layout::new(dir.path());
+        for d in layout.dirs() {
+            fs::create_dir_all(d)?;
+        }
+        let spare = Spare::default();
+        let first = Reservation::register(&layout, 100, Some(&spare))?;
+        let inode = fs::metadata(first.path())?.ino();
+        assert_eq!(live_reservations(&layout, None)?, 100);
+        drop(first);
+        assert_eq!(live_reservations(&layout, None)?, 0, "parked: not counted");
+        assert_eq!(fs::read_dir(&layout.reservations)?.count(), 1);
+        let second = Reservation::register(&layout, 700, Some(&spare))?;
+        assert_eq!(fs::metadata(second.path())?.ino(), inode, "the same file");
+        assert_eq!(live_reservations(&layout, None)?, 700);
+        drop(second);
+        drop(spare);
+        assert_eq!(
+            fs::read_dir(&layout.reservations)?.count(),
+            0,
+            "removed with the agent"
+        );
         Ok(())
     }
 }
