@@ -94,21 +94,17 @@ impl AgentCtx {
         let work_dir = match self.work_dirs.make(&name) {
             Ok(d) => d,
             Err(e) => {
-                return self
-                    .conclude(
-                        a,
-                        n,
-                        Cause::new(
-                            CauseKind::StagingFailed,
-                            format!(
-                                "cannot create the work directory {}: {e}",
-                                jobs_dir.join(&name).display()
-                            ),
+                return concluded(
+                    Cause::new(
+                        CauseKind::StagingFailed,
+                        format!(
+                            "cannot create the work directory {}: {e}",
+                            jobs_dir.join(&name).display()
                         ),
-                        Default::default(),
-                        None,
-                    )
-                    .await;
+                    ),
+                    Default::default(),
+                    None,
+                );
             }
         };
         let echo = self.args.echo.then(|| format!("[{}] ", a.job_id));
@@ -118,18 +114,14 @@ impl AgentCtx {
                 Err(e) => {
                     tracing::warn!(error = %e, "no log spool; logs go straight to the leader");
                     self.work_dirs.release(&work_dir);
-                    return self
-                        .conclude(
-                            a,
-                            n,
-                            Cause::new(
-                                CauseKind::StagingFailed,
-                                format!("cannot create the log spool: {e}"),
-                            ),
-                            Default::default(),
-                            None,
-                        )
-                        .await;
+                    return concluded(
+                        Cause::new(
+                            CauseKind::StagingFailed,
+                            format!("cannot create the log spool: {e}"),
+                        ),
+                        Default::default(),
+                        None,
+                    );
                 }
             };
         let (phase_tx, phase_rx) = watch::channel(AgentPhase::Staging);
@@ -172,7 +164,7 @@ impl AgentCtx {
         if !self.args.keep_work_dir {
             self.work_dirs.release(&work_dir);
         }
-        let mut result = AttemptResult {
+        AttemptResult {
             cause: Some(c),
             exit_code,
             usage: Some(usage),
@@ -180,36 +172,16 @@ impl AgentCtx {
             log_chunks: chunks,
             started_at: started.map(timestamp),
             ended_at: Some(timestamp(chrono::Utc::now())),
-        };
-        self.record(a, n, &mut result).await;
-        result
+        }
     }
 
-    /// A result for an attempt that ended before it really began.
-    async fn conclude(
-        &self,
-        a: &Assignment,
-        n: u32,
-        c: Cause,
-        usage: ResourceUsage,
-        log_chunks: Option<u64>,
-    ) -> AttemptResult {
-        let mut result = AttemptResult {
-            cause: Some(c),
-            exit_code: -1,
-            usage: Some(usage),
-            outputs: Vec::new(),
-            log_chunks: log_chunks.unwrap_or(0),
-            started_at: None,
-            ended_at: Some(timestamp(chrono::Utc::now())),
-        };
-        self.record(a, n, &mut result).await;
-        result
-    }
-
-    /// Writes the result to the job store before reporting it, so a leader
-    /// that restarts finds it even if the report never arrives.
-    async fn record(&self, a: &Assignment, n: u32, result: &mut AttemptResult) {
+    /// Writes the result to the job store, where a leader that restarts
+    /// finds it. Done only when the leader has not confirmed the result
+    /// (it was unreachable, slow, or refused the report): a confirmed
+    /// result is in the leader's journal already, and skipping the write
+    /// saves a job-store object per attempt.
+    pub async fn store_result(&self, a: &Assignment, result: &AttemptResult) {
+        let n = layout::split_attempt_id(&a.attempt_id).map_or(0, |(_, n)| n);
         let Ok(store) = self.store(&a.job_store).await else {
             return;
         };
@@ -235,6 +207,19 @@ impl AgentCtx {
         if let Err(g) = written {
             tracing::warn!(error = %g.error, tries = g.attempts, "could not write the attempt result to the job store; only the report to the leader carries it");
         }
+    }
+}
+
+/// A result for an attempt that ended before it really began.
+fn concluded(c: Cause, usage: ResourceUsage, log_chunks: Option<u64>) -> AttemptResult {
+    AttemptResult {
+        cause: Some(c),
+        exit_code: -1,
+        usage: Some(usage),
+        outputs: Vec::new(),
+        log_chunks: log_chunks.unwrap_or(0),
+        started_at: None,
+        ended_at: Some(timestamp(chrono::Utc::now())),
     }
 }
 

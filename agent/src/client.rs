@@ -113,6 +113,23 @@ impl Leader {
         c.lease.checked_sub(c.last_ok.elapsed())
     }
 
+    /// Sends a report once, waiting at most `wait` for the answer.
+    pub async fn sync_once(
+        &self,
+        req: SynchronizeRequest,
+        wait: Duration,
+    ) -> Result<SynchronizeResponse, Status> {
+        let mut client = self.client.clone();
+        let mut request = tonic::Request::new(req);
+        request.set_timeout(wait);
+        let resp = tokio::time::timeout(wait, client.synchronize(request))
+            .await
+            .map_err(|_| Status::deadline_exceeded("no answer from the leader"))??
+            .into_inner();
+        self.heard(resp.next_report_within.as_ref());
+        Ok(resp)
+    }
+
     /// Sends a report, retrying transport failures until the lease runs out.
     pub async fn sync(&self, req: SynchronizeRequest) -> Result<SynchronizeResponse, ClientError> {
         let mut delays = LEADER_CONTACT.delays();

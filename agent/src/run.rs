@@ -55,12 +55,15 @@ pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<
         terminate: terminate.clone(),
     });
     let mut report = idle(&ctx.args, true);
+    // The attempt whose DONE report the leader has not confirmed yet, while
+    // its result is not in the job store.
+    let mut unstored: Option<Assignment> = None;
     loop {
         if terminate.is_cancelled() && report.phase == AgentPhase::Idle as i32 {
             return Ok(Exit::Terminated);
         }
         let resp = tokio::select! {
-            r = ctx.leader.sync(report.clone()) => r,
+            r = report_result(&ctx, &report, unstored.take()) => r,
             _ = terminate.cancelled(), if report.phase == AgentPhase::Idle as i32 => {
                 return Ok(Exit::Terminated);
             }
@@ -82,7 +85,7 @@ pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<
                 return Ok(Exit::LeaderLost(s.message().to_string()));
             }
         };
-        match next(&ctx, &mut report, resp, &terminate).await {
+        match next(&ctx, &mut report, &mut unstored, resp, &terminate).await {
             Some(exit) => return Ok(exit),
             None => continue,
         }
@@ -93,6 +96,7 @@ pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<
 async fn next(
     ctx: &Arc<AgentCtx>,
     report: &mut SynchronizeRequest,
+    unstored: &mut Option<Assignment>,
     resp: SynchronizeResponse,
     terminate: &CancellationToken,
 ) -> Option<Exit> {
@@ -108,6 +112,7 @@ async fn next(
         Some(Action::Assignment(a)) => {
             let result = run_assignment(ctx, &a).await;
             *report = done(&ctx.args, &a, result);
+            *unstored = Some(a);
             None
         }
         Some(Action::Exit(e)) => Some(if terminate.is_cancelled() {
@@ -123,6 +128,39 @@ async fn next(
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             None
         }
+    }
+}
+
+/// How long the first DONE report may wait for the leader's confirmation
+/// before the agent stores the result in the job store itself.
+const CONFIRM_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends `report`. For a DONE report about `unstored`, the first try waits
+/// briefly for the leader to confirm the result (which it does once the
+/// result is in its journal); if it does not (unreachable, slow, or a
+/// refusal), the result goes to the job store before anything else, where a
+/// restarted leader finds it, and reporting goes on as usual.
+async fn report_result(
+    ctx: &Arc<AgentCtx>,
+    report: &SynchronizeRequest,
+    unstored: Option<Assignment>,
+) -> Result<SynchronizeResponse, ClientError> {
+    let Some(a) = unstored else {
+        return ctx.leader.sync(report.clone()).await;
+    };
+    let first = ctx.leader.sync_once(report.clone(), CONFIRM_WAIT).await;
+    if let Ok(resp) = &first
+        && resp.result_recorded
+    {
+        return first.map_err(ClientError::Refused);
+    }
+    if let Some(result) = &report.result {
+        ctx.store_result(&a, result).await;
+    }
+    match first {
+        Ok(resp) => Ok(resp),
+        Err(s) if !crate::client::retryable(&s) => Err(ClientError::Refused(s)),
+        Err(_) => ctx.leader.sync(report.clone()).await,
     }
 }
 

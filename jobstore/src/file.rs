@@ -151,8 +151,7 @@ impl FileBackend {
                 }
                 Condition::IfAbsent => {
                     let tmp = write_temp(&dir, &data)?;
-                    let linked = fs::hard_link(&tmp, &dest);
-                    let _ = fs::remove_file(&tmp);
+                    let linked = publish_new(&tmp, &dest);
                     match linked {
                         Ok(()) => {}
                         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -392,6 +391,30 @@ fn write_temp(dir: &Path, data: &[u8]) -> Result<PathBuf> {
         return Err(Error::io(format!("writing {}", tmp.display()), e));
     }
     Ok(tmp)
+}
+
+/// Moves `tmp` to `dest` unless `dest` exists (then `AlreadyExists`), and
+/// never leaves `tmp` behind. A rename that refuses to replace frees no
+/// inode, unlike a hard link followed by an unlink: on ext4 without a
+/// journal every recently freed inode slows the next file creation, and the
+/// journal writes one such file per group commit.
+fn publish_new(tmp: &Path, dest: &Path) -> io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+        match renameat2(AT_FDCWD, tmp, AT_FDCWD, dest, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            // Filesystems without RENAME_NOREPLACE: link and unlink below.
+            Err(nix::errno::Errno::EINVAL | nix::errno::Errno::ENOSYS) => {}
+            Err(e) => {
+                let _ = fs::remove_file(tmp);
+                return Err(io::Error::from(e));
+            }
+        }
+    }
+    let linked = fs::hard_link(tmp, dest);
+    let _ = fs::remove_file(tmp);
+    linked
 }
 
 fn rename(from: &Path, to: &Path) -> Result<()> {

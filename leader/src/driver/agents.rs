@@ -203,10 +203,24 @@ impl Driver {
                 }
             }
             AgentPhase::Done => match self.on_done(req) {
-                Ok(Next::Reply(r)) => (*r).map(|mut r| {
-                    r.result_recorded = true;
-                    r
-                }),
+                Ok(Next::Reply(r)) => match *r {
+                    // The agent keeps no copy of a result the leader has
+                    // confirmed, so confirm it only once its journal entry
+                    // is durable.
+                    Ok(mut r) => {
+                        r.result_recorded = true;
+                        let pos = self.launch_position();
+                        self.pending.push_back((
+                            pos,
+                            super::Pending::Reply {
+                                answer: Box::new(r),
+                                reply,
+                            },
+                        ));
+                        return;
+                    }
+                    Err(s) => Err(s),
+                },
                 Ok(Next::Defer(attempt_id)) => {
                     return self.defer(agent_id, attempt_id, true, reply);
                 }

@@ -115,6 +115,11 @@ pub(crate) enum Pending {
         recorded: bool,
         reply: oneshot::Sender<messages::SyncReply>,
     },
+    /// Answer a report once what it depends on is durable.
+    Reply {
+        answer: Box<toil_proto::v1::SynchronizeResponse>,
+        reply: oneshot::Sender<messages::SyncReply>,
+    },
 }
 
 pub(crate) struct AttemptEntry {
@@ -194,7 +199,13 @@ impl Driver {
         let mut stopped = None;
         self.after_change().await;
         loop {
-            if self.core.is_finished() && self.attempts.is_empty() {
+            // The last results are confirmed to their agents only once
+            // durable, so wait for those confirmations too.
+            let confirming = self
+                .pending
+                .iter()
+                .any(|(_, p)| matches!(p, Pending::Reply { .. }));
+            if self.core.is_finished() && self.attempts.is_empty() && !confirming {
                 break;
             }
             tokio::select! {
@@ -466,6 +477,9 @@ impl Driver {
                             );
                         }
                     }
+                }
+                Pending::Reply { answer, reply } => {
+                    let _ = reply.send(Ok(*answer));
                 }
                 Pending::Assign {
                     agent_id,

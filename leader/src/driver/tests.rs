@@ -239,6 +239,20 @@ async fn answer(rx: oneshot::Receiver<SyncReply>) -> SynchronizeResponse {
     rx.await.expect("answered").expect("accepted")
 }
 
+/// Sends a DONE report and returns its answer, checking that the answer
+/// (which tells the agent it may forget the result) waits until the
+/// result's journal entry is durable.
+async fn confirm(h: &mut Harness, req: SynchronizeRequest) -> SynchronizeResponse {
+    let mut reply = h.report(req).await;
+    settle().await;
+    assert!(
+        reply.try_recv().is_err(),
+        "a result is confirmed only once durable"
+    );
+    h.make_durable().await;
+    answer(reply).await
+}
+
 /// Starts the one launched agent and brings its attempt to RUNNING.
 async fn run_first(h: &mut Harness) -> (AgentLaunch, Assigned) {
     h.make_durable().await;
@@ -267,15 +281,19 @@ async fn an_agent_starts_only_once_its_launch_is_durable() {
     // The second job's launch is journalled after the first batch was made
     // durable; it too waits for its own entry.
     let a = assigned(answer(h.report(idle(&first[0])).await).await);
-    let r = answer(h.report(done(&first[0], &a, Cause::succeeded())).await).await;
-    assert!(r.result_recorded);
+    let mut reply = h.report(done(&first[0], &a, Cause::succeeded())).await;
     settle().await;
     assert!(h.take_entries() > 0);
     assert!(
         h.launches().is_empty(),
         "job b waits for its launch entry, not for the first batch"
     );
+    assert!(
+        reply.try_recv().is_err(),
+        "a's result is confirmed once durable"
+    );
     h.make_durable().await;
+    assert!(answer(reply).await.result_recorded);
     let second = h.launches();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].attempt_id, "b.1");
@@ -323,7 +341,7 @@ async fn a_result_is_applied_once_and_ends_the_workflow() {
     let mut h = start(&["a"], false, None).await;
     settle().await;
     let (l, a) = run_first(&mut h).await;
-    let first = answer(h.report(done(&l, &a, Cause::exit_code(3))).await).await;
+    let first = confirm(&mut h, done(&l, &a, Cause::exit_code(3))).await;
     assert!(first.result_recorded);
     assert_eq!(exit_reason(&first), Some("no more work for this agent"));
     let after_one = h.job("a").await;
@@ -338,7 +356,7 @@ async fn a_result_is_applied_once_and_ends_the_workflow() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (l2, a2) = run_first(&mut h).await;
     assert_eq!(a2.attempt_id, "a.2");
-    let r = answer(h.report(done(&l2, &a2, Cause::succeeded())).await).await;
+    let r = confirm(&mut h, done(&l2, &a2, Cause::succeeded())).await;
     assert!(r.result_recorded);
     let outcome = h.driver.await.expect("driver ends");
     assert_eq!(outcome.state, WorkflowState::Succeeded);
@@ -369,7 +387,7 @@ async fn a_reused_agent_gets_its_next_attempt_once_it_is_durable() {
     assert_eq!(h.job("a").await.0, JobState::Succeeded);
     assert_eq!(h.job("b").await, (JobState::Running, vec![None]));
     // Done with b: nothing left, so the agent is let go.
-    let last = answer(h.report(done(&l, &b, Cause::succeeded())).await).await;
+    let last = confirm(&mut h, done(&l, &b, Cause::succeeded())).await;
     assert_eq!(exit_reason(&last), Some("no more work for this agent"));
     assert_eq!(
         h.driver.await.expect("ends").state,

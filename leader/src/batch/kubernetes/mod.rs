@@ -195,9 +195,14 @@ impl Cluster {
         }
     }
 
-    /// The most memory one pod can get (the cap of out-of-memory retries).
+    /// The most memory one job can get: the largest node's, less its
+    /// agent's share of the pod (the cap of out-of-memory retries).
     pub fn largest_memory(&self) -> Option<u64> {
-        self.nodes.as_ref()?.iter().map(|n| n.memory).max()
+        self.nodes
+            .as_ref()?
+            .iter()
+            .map(|n| n.memory.saturating_sub(podspec::AGENT_MEMORY))
+            .max()
     }
 
     /// Deletes the Jobs of this workflow's other epochs (a previous leader's,

@@ -69,16 +69,18 @@ pub fn shape(node: &Node, gpu_resource: &str) -> NodeShape {
 }
 
 /// The nodes as machines for `workflow::check_fits` (cordoned and
-/// not-ready nodes count too: they may come back).
+/// not-ready nodes count too: they may come back). A job's pod also holds
+/// its agent, so a job can use a node's memory less the agent's share.
 pub fn machines(nodes: &[NodeShape]) -> Vec<Machine> {
     nodes
         .iter()
         .map(|n| Machine {
             name: format!(
-                "node {} (cpu {}, memory {}{}{})",
+                "node {} (cpu {}, memory {} of which {} for the agent{}{})",
                 n.name,
                 format_cores(n.millicores.min(u64::from(u32::MAX)) as u32),
                 format_size(n.memory),
+                format_size(super::podspec::AGENT_MEMORY),
                 n.disk
                     .map(|d| format!(", ephemeral-storage {}", format_size(d)))
                     .unwrap_or_default(),
@@ -89,7 +91,7 @@ pub fn machines(nodes: &[NodeShape]) -> Vec<Machine> {
                 }
             ),
             millicores: n.millicores,
-            memory: n.memory,
+            memory: n.memory.saturating_sub(super::podspec::AGENT_MEMORY),
             disk: n.disk,
             gpus: n.gpus,
         })
@@ -178,8 +180,9 @@ mod tests {
         let m = machines(&[n]);
         assert_eq!(
             m[0].name,
-            "node n1 (cpu 3.8, memory 7.61 GiB, ephemeral-storage 50 GiB, 2 GPUs)"
+            "node n1 (cpu 3.8, memory 7.61 GiB of which 16 MiB for the agent, ephemeral-storage 50 GiB, 2 GPUs)"
         );
+        assert_eq!(m[0].memory, 7982040 * 1024 - (16 << 20));
     }
 
     #[test]
