@@ -389,26 +389,9 @@ impl State {
             return;
         };
         let partial = &mut echo.partial[stream as usize % 4];
-        partial.extend_from_slice(data);
         let mut out = std::io::stdout().lock();
-        let mut start = 0;
-        while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
-            let _ = out.write_all(echo.prefix.as_bytes());
-            let _ = out.write_all(&partial[start..=start + pos]);
-            start += pos + 1;
-        }
-        // A line longer than the limit is echoed in pieces, each on a line
-        // of its own, so output without newlines cannot grow memory.
-        while partial.len() - start >= ECHO_LINE_MAX {
-            let _ = out.write_all(echo.prefix.as_bytes());
-            let _ = out.write_all(&partial[start..start + ECHO_LINE_MAX]);
-            let _ = out.write_all(b"\n");
-            start += ECHO_LINE_MAX;
-        }
-        partial.drain(..start);
-        if partial.capacity() > 2 * ECHO_LINE_MAX {
-            partial.shrink_to(ECHO_LINE_MAX);
-        }
+        echo_lines(echo.prefix.as_bytes(), partial, data, &mut out);
+        let _ = out.flush();
     }
 
     fn flush_echo(&mut self) {
@@ -425,5 +408,86 @@ impl State {
             }
         }
         let _ = out.flush();
+    }
+}
+
+/// Writes the whole lines of `partial` + `data` to `out`, each after
+/// `prefix`, and keeps the unfinished rest in `partial`. A line longer than
+/// `ECHO_LINE_MAX` goes out in pieces, each on a line of its own, so output
+/// without newlines cannot grow memory. Lines are gathered into writes of
+/// about 64 KiB: stdout is line buffered, and a write per line capped a
+/// flood of short lines at a few MiB/s.
+fn echo_lines(prefix: &[u8], partial: &mut Vec<u8>, data: &[u8], out: &mut impl Write) {
+    const BATCH: usize = 64 << 10;
+    partial.extend_from_slice(data);
+    let mut buf = Vec::with_capacity(BATCH.min(partial.len() * 2) + prefix.len());
+    let mut start = 0;
+    while let Some(pos) = partial[start..].iter().position(|&b| b == b'\n') {
+        buf.extend_from_slice(prefix);
+        buf.extend_from_slice(&partial[start..=start + pos]);
+        start += pos + 1;
+        if buf.len() >= BATCH {
+            let _ = out.write_all(&buf);
+            buf.clear();
+        }
+    }
+    while partial.len() - start >= ECHO_LINE_MAX {
+        buf.extend_from_slice(prefix);
+        buf.extend_from_slice(&partial[start..start + ECHO_LINE_MAX]);
+        buf.push(b'\n');
+        start += ECHO_LINE_MAX;
+    }
+    if !buf.is_empty() {
+        let _ = out.write_all(&buf);
+    }
+    partial.drain(..start);
+    if partial.capacity() > 2 * ECHO_LINE_MAX {
+        partial.shrink_to(ECHO_LINE_MAX);
+    }
+}
+
+#[cfg(test)]
+mod echo_tests {
+    use super::*;
+
+    #[test]
+    fn whole_lines_are_prefixed_and_the_rest_waits_for_its_newline() {
+        let mut partial = Vec::new();
+        let mut out = Vec::new();
+        echo_lines(b"[a] ", &mut partial, b"one\ntw", &mut out);
+        assert_eq!(out, b"[a] one\n");
+        echo_lines(b"[a] ", &mut partial, b"o\nthree\nfo", &mut out);
+        assert_eq!(out, b"[a] one\n[a] two\n[a] three\n");
+        assert_eq!(partial, b"fo");
+    }
+
+    #[test]
+    fn a_line_without_newlines_goes_out_in_pieces() {
+        let mut partial = Vec::new();
+        let mut out = Vec::new();
+        let long = vec![b'x'; ECHO_LINE_MAX * 2 + 10];
+        echo_lines(b"> ", &mut partial, &long, &mut out);
+        let lines: Vec<&[u8]> = out.split(|&b| b == b'\n').collect();
+        assert_eq!(lines.len(), 3, "two full pieces and the end of the output");
+        assert_eq!(lines[0].len(), ECHO_LINE_MAX + 2);
+        assert_eq!(partial.len(), 10);
+    }
+
+    #[test]
+    fn a_flood_of_short_lines_is_written_whole_and_in_order() {
+        let mut partial = Vec::new();
+        let mut out = Vec::new();
+        let data: Vec<u8> = (0..50_000)
+            .flat_map(|i| format!("{i}\n").into_bytes())
+            .collect();
+        echo_lines(b"[j] ", &mut partial, &data, &mut out);
+        let text = String::from_utf8(out).expect("utf-8");
+        let mut n = 0;
+        for (i, line) in text.lines().enumerate() {
+            assert_eq!(line, format!("[j] {i}"));
+            n += 1;
+        }
+        assert_eq!(n, 50_000);
+        assert!(partial.is_empty());
     }
 }
