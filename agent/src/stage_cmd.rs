@@ -4,7 +4,8 @@
 //!
 //! `stage` stages inputs exactly as an attempt would and prints one JSON
 //! line: `{"pid", "hits", "misses", "bytes_downloaded", "seconds",
-//! "job_store_reads", "files": [{"file_id", "path", "hit"}]}`; with `--hold`
+//! "started_ms", "ended_ms", "job_store_reads", "files": [{"file_id",
+//! "path", "hit"}]}`; with `--hold`
 //! it then keeps the entries locked (as a running job does) before exiting.
 //! On failure it prints `{"error", "cause", "retryable"}` and exits non-zero.
 //!
@@ -73,6 +74,10 @@ struct StageSummary {
     misses: u32,
     bytes_downloaded: u64,
     seconds: f64,
+    /// When staging started and ended, in ms since the Unix epoch, so that
+    /// tests can order several processes' staging.
+    started_ms: i64,
+    ended_ms: i64,
     job_store_reads: u64,
     files: Vec<FileSummary>,
 }
@@ -106,6 +111,7 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
         sweep_interval: Duration::ZERO,
     };
     let t0 = Instant::now();
+    let started_ms = chrono::Utc::now().timestamp_millis();
     let result = async {
         let cache = NodeCache::open(&args.cache_dir, cfg)?;
         cache
@@ -132,6 +138,8 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
         misses: stats.misses,
         bytes_downloaded: stats.bytes_downloaded,
         seconds: t0.elapsed().as_secs_f64(),
+        started_ms,
+        ended_ms: chrono::Utc::now().timestamp_millis(),
         job_store_reads: store.op_counts().reads,
         files: staged
             .files()
