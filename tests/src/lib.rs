@@ -15,5 +15,6 @@ pub mod harness;
 pub mod local;
 pub mod moto;
 pub mod procfs;
+pub mod python;
 pub mod restart;
 pub mod wait;

@@ -4,45 +4,17 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use toil_tests::harness;
 use toil_tests::local::Sandbox;
+use toil_tests::python::{python, script};
 
 const T: Duration = Duration::from_secs(120);
 
-/// Generates the Python modules from proto/toil/v1 into the sandbox.
 fn generate(sb: &Sandbox) -> PathBuf {
-    let out = sb.path().join("generated");
-    std::fs::create_dir_all(&out).expect("generated dir");
-    let protos: Vec<PathBuf> = std::fs::read_dir(harness::repo_root().join("proto/toil/v1"))
-        .expect("proto dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|x| x == "proto"))
-        .collect();
-    let status = Command::new(harness::venv_bin("python"))
-        .args(["-m", "grpc_tools.protoc", "-I"])
-        .arg(harness::repo_root().join("proto"))
-        .arg(format!("--python_out={}", out.display()))
-        .arg(format!("--grpc_python_out={}", out.display()))
-        .args(&protos)
-        .status()
-        .expect("run grpc_tools.protoc");
-    assert!(status.success(), "protoc failed");
-    assert!(out.join("toil/v1/workflow_pb2_grpc.py").exists());
-    out
-}
-
-fn script(name: &str) -> PathBuf {
-    harness::repo_root().join("tests/python").join(name)
-}
-
-fn python(generated: &Path) -> Command {
-    let mut c = Command::new(harness::venv_bin("python"));
-    c.env("PYTHONPATH", generated);
-    c
+    toil_tests::python::generate(sb.path())
 }
 
 #[test]

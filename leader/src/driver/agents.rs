@@ -407,6 +407,14 @@ impl Driver {
             ));
         }
         let result = req.result.take().unwrap_or_default();
+        if let Err(why) = super::checks::check_outputs(&entry.spec, &result) {
+            // The attempt goes on: its real agent reports in due course.
+            crate::say!(
+                "refused a result for attempt {} (it names outputs the job cannot have made): {why}",
+                req.attempt_id
+            );
+            return Err(Status::invalid_argument(format!("result refused: {why}")));
+        }
         if platform_may_know(&result) {
             // Stopped from outside (SIGTERM), or killed the way the kernel
             // kills at a memory limit: the batch system usually knows why

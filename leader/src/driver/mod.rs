@@ -8,6 +8,7 @@
 //! the order of the journal.
 
 mod agents;
+pub mod checks;
 mod messages;
 mod queries;
 #[cfg(test)]

@@ -133,6 +133,16 @@ pub(super) async fn export_outputs(
         for p in producers {
             for files in core.outputs(p).iter().filter(|o| o.name == out.output) {
                 for f in &files.files {
+                    // Checked when the result arrived too; an export never
+                    // leaves its directory whatever the journal holds.
+                    if !crate::driver::checks::plain_relative(&f.path) {
+                        anyhow::bail!(
+                            "output {} of job {} names the path {:?}, which is not a plain relative path; not exported",
+                            out.output,
+                            core.job_id(p),
+                            f.path
+                        );
+                    }
                     let dest = dir.join(&out.name).join(&f.path);
                     if let Some(parent) = dest.parent() {
                         std::fs::create_dir_all(parent)

@@ -191,6 +191,18 @@ async fn settle_interrupted(store: &JobStore, core: &mut Core) {
             Ok(Some(obj)) => AttemptResult::decode(obj.data).ok(),
             _ => None,
         };
+        // The job store is writable by jobs: a stored result is checked
+        // like a reported one.
+        let result = result.filter(|r| {
+            let checked = core
+                .launch_spec(j, n)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| crate::driver::checks::check_outputs(&spec, r));
+            if let Err(why) = &checked {
+                crate::say!("ignored the stored result of {key}: {why}");
+            }
+            checked.is_ok()
+        });
         let result = match result {
             Some(r) => {
                 recovered += 1;

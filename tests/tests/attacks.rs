@@ -1,0 +1,85 @@
+//! Attacks tried for real through the release binaries' code paths: a job
+//! that acts against the leader with what it can reach.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use toil_tests::harness;
+use toil_tests::local::Sandbox;
+use toil_tests::python::{generate, script};
+
+const T: Duration = Duration::from_secs(120);
+
+/// A job reads its agent's token from `/proc/PPID/environ` and reports
+/// "succeeded" in the agent's place, with outputs that would be exported
+/// outside the output directory (`../`, an absolute path), an output it
+/// never declared, and a stored file that is not its own. Each report is
+/// refused with INVALID_ARGUMENT; the job's real result is then reported by
+/// its agent, and the workflow ends as if nothing had happened.
+#[test]
+fn a_job_forging_its_agents_result_is_refused_and_the_workflow_goes_on() {
+    let sb = Sandbox::new("attack-forge");
+    let generated = generate(sb.path());
+    let verdict = sb.path().join("verdict.json");
+    let absolute = std::path::Path::new("/tmp/toil-forged-absolute.txt");
+    let _ = std::fs::remove_file(absolute);
+    sb.write(
+        "wf.yaml",
+        &format!(
+            r#"
+jobs:
+  evil:
+    cores: 0.1
+    memory: 64Mi
+    env: {{PYTHONPATH: "{gen}"}}
+    command: "{py} {script} out > {verdict} && echo real > out.txt"
+    outputs: {{out: out.txt}}
+  after:
+    cores: 0.1
+    memory: 32Mi
+    inputs: [{{from: evil.out}}]
+    command: "cat out.txt > seen.txt"
+    outputs: {{seen: seen.txt}}
+outputs:
+  result: evil.out
+  seen: after.seen
+"#,
+            gen = generated.display(),
+            py = harness::venv_bin("python").display(),
+            script = script("forge_result.py").display(),
+            verdict = verdict.display(),
+        ),
+    );
+    let r = sb.run(&["run", "wf.yaml"], T);
+    r.expect_code(0);
+
+    let v: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&verdict).unwrap().trim()).unwrap();
+    for forgery in ["dotdot", "absolute", "undeclared", "foreign_file"] {
+        assert_eq!(v[forgery], "INVALID_ARGUMENT", "{forgery}: {v}");
+    }
+    assert!(
+        r.stderr.contains(
+            "refused a result for attempt evil.1 (it names outputs the job cannot have made)"
+        ),
+        "{}",
+        r.stderr
+    );
+    // The real result went through: the output and its consumer are right.
+    let out = sb.output_dir();
+    assert_eq!(
+        std::fs::read_to_string(out.join("result/out.txt")).unwrap(),
+        "real\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(out.join("seen/seen.txt")).unwrap(),
+        "real\n"
+    );
+    // And nothing was written where the forgeries pointed.
+    assert!(!absolute.exists());
+    for dir in [sb.path().to_path_buf(), out.clone(), out.join("result")] {
+        assert!(!dir.join("escaped.txt").exists(), "{}", dir.display());
+    }
+    assert!(!out.parent().unwrap().join("escaped.txt").exists());
+}
