@@ -77,7 +77,9 @@ pub async fn run(
     // Reap with wait4 on a blocking thread: it returns the rusage of the
     // job and its waited-for descendants, which tokio's wait does not.
     let mut waiter = tokio::task::spawn_blocking(move || wait4(pid));
-    let deadline = time_limit.map(|t| tokio::time::Instant::now() + t);
+    // A limit too far away to represent is no limit (the leader bounds
+    // time limits; this only keeps the agent from panicking on one).
+    let deadline = time_limit.and_then(|t| tokio::time::Instant::now().checked_add(t));
     let mut killed: Option<KillReason> = kill.borrow().clone();
     let mut sigkill_at: Option<tokio::time::Instant> = None;
     if killed.is_some() {

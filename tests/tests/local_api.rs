@@ -80,7 +80,17 @@ async fn log_lines_arrive_while_the_job_is_still_running() {
         .job
         .expect("job");
     assert_eq!(job.state, JobState::Running as i32);
-    assert!(leader.stdout_now().contains("[slow] first line"));
+    // The terminal shows it too, written by another task: wait for it.
+    tokio::task::block_in_place(|| {
+        toil_tests::wait::wait_for("the line on the leader's terminal", T, || {
+            let out = leader.stdout_now();
+            if out.contains("[slow] first line") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        })
+    });
     assert!(!seen.contains("second line"));
     std::fs::write(&gate, "").expect("gate");
     while let Some(piece) = tokio::time::timeout(T, stream.message())

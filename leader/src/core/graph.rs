@@ -197,6 +197,18 @@ impl Core {
         if req.jobs.is_empty() {
             return bad("no jobs given".into());
         }
+        let max = crate::workflow::limits::MAX_ADDED_JOBS;
+        if req.jobs.len() + pending.len() > max {
+            return bad(format!(
+                "{} jobs given{}; one call, or one running job in all, may add at most {max}",
+                req.jobs.len(),
+                if pending.is_empty() {
+                    String::new()
+                } else {
+                    format!(" after {} added by this job before", pending.len())
+                }
+            ));
+        }
         let mut names: BTreeMap<&str, usize> = BTreeMap::new();
         for (i, spec) in req.jobs.iter().enumerate() {
             if let Err(m) = check_name(&spec.name) {
@@ -477,9 +489,28 @@ fn template_from_spec(
     let r = spec.resources.unwrap_or_default();
     let time_limit = match &spec.time_limit {
         Some(d) if d.seconds < 0 || d.nanos < 0 => return Err("time_limit is negative".into()),
-        Some(d) => Some(Duration::new(d.seconds as u64, d.nanos as u32)),
+        Some(d) => Some(crate::workflow::limits::check_time_limit(Duration::new(
+            d.seconds as u64,
+            d.nanos.clamp(0, 999_999_999) as u32,
+        ))?),
         None => None,
     };
+    {
+        use crate::workflow::limits::{MAX_BYTES, MAX_GPUS, MAX_MILLICORES};
+        if r.memory_bytes > MAX_BYTES || r.disk_bytes > MAX_BYTES {
+            return Err(format!(
+                "memory and disk may be at most {MAX_BYTES} bytes (1 PiB) each"
+            ));
+        }
+        if r.millicores > MAX_MILLICORES {
+            return Err(format!(
+                "millicores may be at most {MAX_MILLICORES} (100,000 cores)"
+            ));
+        }
+        if r.gpus > MAX_GPUS {
+            return Err(format!("gpus may be at most {MAX_GPUS}"));
+        }
+    }
     let mut seen_outputs = HashSet::new();
     let mut outputs = Vec::new();
     for o in &spec.outputs {

@@ -588,3 +588,39 @@ fn changed_settings_apply_to_jobs_without_their_own_and_replay_the_same() {
     assert_eq!(r.retries(a), c.retries(a));
     assert_eq!(r.state(a), JobState::Queued);
 }
+
+#[test]
+fn added_jobs_past_the_bounds_are_refused_with_the_bound() {
+    let mut c = core(vec![job("a", &[])]);
+    let (a, _) = launch_next(&mut c).expect("a");
+    let mut huge = child("huge", &[]);
+    huge.resources = Some(toil_proto::v1::Resources {
+        memory_bytes: u64::MAX,
+        ..Default::default()
+    });
+    let e = c
+        .stage_jobs(a, add(Relation::Child, vec![huge]))
+        .expect_err("refused");
+    assert!(e.to_string().contains("at most"), "{e}");
+    let mut forever = child("forever", &[]);
+    forever.time_limit = Some(prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    });
+    let e = c
+        .stage_jobs(a, add(Relation::Child, vec![forever]))
+        .expect_err("refused");
+    assert!(e.to_string().contains("366 days"), "{e}");
+    // Children in count: the bound holds across calls of one attempt.
+    let batch = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| child(&format!("k{i}"), &[]))
+            .collect::<Vec<_>>()
+    };
+    c.stage_jobs(a, add(Relation::Child, batch(0, 9_000)))
+        .expect("within the bound");
+    let e = c
+        .stage_jobs(a, add(Relation::Child, batch(9_000, 1_001)))
+        .expect_err("past the bound");
+    assert!(e.to_string().contains("may add at most 10000"), "{e}");
+}

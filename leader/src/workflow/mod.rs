@@ -14,11 +14,13 @@
 //! - [`template`]: `{{VAR}}` placeholders and [`render`].
 //! - [`units`]: sizes, cores and durations, also used by the CLI.
 //! - [`spec`]: the parsed form the scheduler runs.
+//! - [`limits`]: upper bounds on sizes, counts and durations.
 
 use std::path::{Path, PathBuf};
 
 mod diag;
 mod fits;
+pub mod limits;
 mod parse;
 pub mod spec;
 pub mod template;
@@ -44,6 +46,24 @@ pub fn load_checked(
     path: &Path,
     check: impl FnOnce(&Workflow) -> Result<(), Diagnostics>,
 ) -> Result<Workflow, Diagnostics> {
+    let too_big = std::fs::metadata(path)
+        .ok()
+        .filter(|m| m.len() > limits::MAX_FILE_BYTES);
+    if let Some(m) = too_big {
+        return Err(Diagnostic {
+            file: path.to_path_buf(),
+            pos: Pos::default(),
+            message: format!(
+                "the workflow file is {} bytes, more than the {} a workflow file may have",
+                m.len(),
+                limits::MAX_FILE_BYTES
+            ),
+            hint: Some(
+                "generate many similar jobs with scatter: instead of writing each out".into(),
+            ),
+        }
+        .into());
+    }
     let text = std::fs::read_to_string(path).map_err(|e| Diagnostic {
         file: path.to_path_buf(),
         pos: Pos::default(),
@@ -110,6 +130,18 @@ fn parse_partial(
 ) -> (Option<Workflow>, diag::Sink) {
     let base_dir = std::path::absolute(base_dir).unwrap_or_else(|_| base_dir.to_path_buf());
     let mut sink = diag::Sink::new(source);
+    if text.len() as u64 > limits::MAX_FILE_BYTES {
+        sink.error(
+            Pos { line: 1, col: 1 },
+            format!(
+                "the workflow file is {} bytes, more than the {} a workflow file may have",
+                text.len(),
+                limits::MAX_FILE_BYTES
+            ),
+            "generate many similar jobs with scatter: instead of writing each out",
+        );
+        return (None, sink);
+    }
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let root = yaml::parse(text, &mut sink);
     let Some(root) = root else {

@@ -517,6 +517,25 @@ const BAD: &[(&str, &str, &[&str], usize)] = &[
         &["does not exist"],
         1,
     ),
+    // Past the bounds: refused, not truncated, wrapped or allocated.
+    (
+        "jobs:\n  a:\n    scatter: {i: {range: 4294967297}}\n    command: echo\n",
+        "3:26",
+        &["4294967297, more than the 1000000 instances"],
+        1,
+    ),
+    (
+        "jobs:\n  a:\n    scatter: {i: {range: 400000000}}\n    command: echo\n",
+        "3:26",
+        &["more than the 1000000 instances"],
+        1,
+    ),
+    (
+        "jobs:\n  a:\n    time_limit: 18446744073709551615s\n    command: echo\n",
+        "3:17",
+        &["longer than the longest allowed, 366 days"],
+        1,
+    ),
 ];
 
 #[test]
@@ -579,6 +598,41 @@ fn every_problem_is_reported_at_once() {
             "6:3 job \"b\" has no command",
             "7:13 job \"b\" runs after unknown job \"zz\"",
         ]
+    );
+}
+
+#[test]
+fn aliases_are_budgeted_by_the_bytes_they_add() {
+    let dir = data_dir();
+    // 400 aliases to one 50 KB string would add 20 MB of text.
+    let big = "x".repeat(50_000);
+    let mut text = format!("defaults:\n  env: {{A: &s \"{big}\"}}\njobs:\n");
+    for i in 0..400 {
+        text.push_str(&format!("  j{i}:\n    command: echo\n    env: {{A: *s}}\n"));
+    }
+    let err = parse(&text, dir.path()).expect_err("over budget");
+    assert!(
+        err.to_string()
+            .contains("aliases expand this document to too many values"),
+        "{err}"
+    );
+    // A few are fine.
+    let few: String = text.lines().take(3 + 3 * 10).collect::<Vec<_>>().join("\n") + "\n";
+    parse(&few, dir.path()).unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[test]
+fn a_workflow_file_past_the_size_limit_is_refused_unread() {
+    let dir = data_dir();
+    let path = dir.path().join("huge.yaml");
+    let f = std::fs::File::create(&path).expect("create");
+    f.set_len(crate::workflow::limits::MAX_FILE_BYTES + 1)
+        .expect("size");
+    let err = crate::workflow::load(&path).expect_err("too big");
+    assert!(
+        err.to_string()
+            .contains("more than the 16777216 a workflow file may have"),
+        "{err}"
     );
 }
 

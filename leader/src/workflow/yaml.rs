@@ -14,10 +14,12 @@ use yaml_rust2::scanner::{Marker, TScalarStyle};
 use super::diag::Sink;
 use super::spec::Pos;
 
-/// Most nodes that aliases (`*name`) may add to a document. Far above any
-/// real use (sharing a few settings between jobs), far below what would
-/// exhaust memory.
-const ALIAS_BUDGET: usize = 1_000_000;
+/// The most that aliases (`*name`) may add to a document, counted as one
+/// per value plus the bytes of its text: 16 MiB. Far above any real use
+/// (sharing a few settings between jobs), far below what would exhaust
+/// memory (an alias to a long string, repeated, counts its full length
+/// each time).
+const ALIAS_BUDGET: usize = 16 << 20;
 
 /// A value in the document.
 #[derive(Clone, Debug, PartialEq)]
@@ -69,7 +71,13 @@ impl Node {
     fn size(&self) -> usize {
         match &self.kind {
             Kind::Seq(items) => 1 + items.iter().map(Node::size).sum::<usize>(),
-            Kind::Map(entries) => 1 + entries.iter().map(|e| 1 + e.value.size()).sum::<usize>(),
+            Kind::Map(entries) => {
+                1 + entries
+                    .iter()
+                    .map(|e| 1 + e.key.len() + e.value.size())
+                    .sum::<usize>()
+            }
+            Kind::Scalar { text, .. } => 1 + text.len(),
             _ => 1,
         }
     }

@@ -226,7 +226,7 @@ pub fn build_job(
     // pod deadline would cut the later ones short.
     let deadline = match (cfg.reuse_agents, l.time_limit) {
         (false, Some(t)) => {
-            let secs = (t + cfg.deadline_slack).as_secs_f64().ceil() as i64;
+            let secs = t.saturating_add(cfg.deadline_slack).as_secs_f64().ceil() as i64;
             Some(secs.max(1))
         }
         _ => None,

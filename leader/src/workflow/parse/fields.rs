@@ -524,6 +524,17 @@ impl Conv<'_> {
                 );
                 None
             }
+            Ok(n) if n > super::super::limits::MAX_SCATTER => {
+                self.sink.error(
+                    node.pos,
+                    format!(
+                        "{what} is {n}, more than the {} instances one job may have",
+                        super::super::limits::MAX_SCATTER
+                    ),
+                    "give each instance a bigger share of the work, or split the job in several",
+                );
+                None
+            }
             Ok(n) => Some(n),
             Err(why) => {
                 self.sink.error(

@@ -131,7 +131,17 @@ impl Conv<'_> {
                 );
                 None
             }
-            Ok(d) => Some(d),
+            Ok(d) => match super::super::limits::check_time_limit(d) {
+                Ok(d) => Some(d),
+                Err(why) => {
+                    self.sink.error(
+                        node.pos,
+                        format!("{what}: {why}"),
+                        "give a realistic limit (time_limit: 48h), or remove time_limit",
+                    );
+                    None
+                }
+            },
             Err(e) => {
                 self.unit_error(node.pos, what, &e);
                 None
