@@ -467,7 +467,7 @@ fn big_file(args: &Args, bins: &Path, scratch: &Path, moto: &Moto) -> anyhow::Re
     );
     row("the job: cp", command, "job");
     row(
-        "store the output: multipart upload, result record",
+        "store the output: multipart upload, report",
         end - command_start - command,
         "agent",
     );
