@@ -83,7 +83,12 @@ pub async fn run(
 
 fn print_line(l: &EchoLine) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "[{}] {}", l.job_id, l.line);
+    let _ = writeln!(
+        out,
+        "[{}] {}",
+        l.job_id,
+        crate::terminal::escape_controls(&l.line)
+    );
 }
 
 #[cfg(test)]

@@ -85,7 +85,7 @@ pub async fn print(
             crate::say!("  end of its log:");
             let lines: Vec<&str> = tail.lines().collect();
             for l in &lines[lines.len().saturating_sub(20)..] {
-                crate::say!("  | {l}");
+                crate::say!("  | {}", crate::terminal::escape_controls(l));
             }
         }
     }

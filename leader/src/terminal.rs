@@ -208,6 +208,28 @@ where
     }
 }
 
+/// `text` with every control character but tab written out as an escape
+/// (`\x1b`, `\u{9b}`), for printing what a job wrote: raw escape sequences
+/// from a job could retitle, clear or rewrite the user's terminal, or hide
+/// lines of the leader's own output.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(|c| c.is_control() && c != '\t') {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\t' => out.push(c),
+            c if c.is_control() && (c as u32) < 0x80 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +303,14 @@ mod tests {
             );
             assert_eq!(status, "status");
         }
+    }
+
+    #[test]
+    fn control_characters_from_jobs_are_shown_escaped() {
+        assert_eq!(escape_controls("plain\ttext"), "plain\ttext");
+        assert_eq!(
+            escape_controls("\x1b]0;pwned\x07\x1b[2Jhi\r\u{9b}31m"),
+            "\\x1b]0;pwned\\x07\\x1b[2Jhi\\x0d\\u{9b}31m"
+        );
     }
 }

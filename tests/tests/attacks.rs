@@ -83,3 +83,42 @@ outputs:
     }
     assert!(!out.parent().unwrap().join("escaped.txt").exists());
 }
+
+/// A job prints terminal escape sequences (retitle the window, clear the
+/// screen, a C1 control); the leader shows them escaped, on the live echo
+/// and in the summary's end of log, so they cannot act on the user's
+/// terminal.
+#[test]
+fn a_jobs_escape_sequences_reach_the_terminal_escaped() {
+    let sb = Sandbox::new("attack-escapes");
+    sb.write(
+        "wf.yaml",
+        "jobs:\n  loud:\n    cores: 0.1\n    memory: 32Mi\n    command: printf '\\033]0;pwned\\007\\033[2Jhello\\302\\233\\n'; exit 3\n",
+    );
+    let r = sb.run(&["run", "wf.yaml", "--retryCount", "0"], T);
+    r.expect_code(1);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(
+        !all.contains('\u{1b}'),
+        "a raw ESC reached the terminal: {all:?}"
+    );
+    assert!(
+        !all.contains('\u{9b}'),
+        "a raw CSI reached the terminal: {all:?}"
+    );
+    assert!(
+        !all.contains('\u{7}'),
+        "a raw BEL reached the terminal: {all:?}"
+    );
+    assert!(
+        r.stdout
+            .contains(r"[loud] \x1b]0;pwned\x07\x1b[2Jhello\u{9b}"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stderr.contains(r"| \x1b]0;pwned\x07\x1b[2Jhello\u{9b}"),
+        "{}",
+        r.stderr
+    );
+}
