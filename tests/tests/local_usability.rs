@@ -195,3 +195,37 @@ fn a_restart_applies_the_settings_its_command_line_gives_and_keeps_the_rest() {
     status.expect_code(0);
     assert!(status.stdout.contains("succeeded"), "{}", status.stdout);
 }
+
+#[test]
+fn a_second_ctrl_c_exits_at_once_with_130() {
+    let sb = Sandbox::new("usab-sigint2");
+    let started = sb.path().join("started");
+    // A job that ignores SIGTERM: the clean stop waits out the agent's
+    // 10 s grace before killing it.
+    sb.write(
+        "stubborn.yaml",
+        &format!(
+            "jobs:\n  stubborn:\n    cores: 0.1\n    memory: 32Mi\n    command: trap '' TERM; touch {}; while true; do sleep 0.05; done\n",
+            started.display()
+        ),
+    );
+    let leader = sb.spawn(sb.leader(&["run", "stubborn.yaml"]), "leader");
+    toil_tests::wait::wait_for("the job to start", T, || {
+        toil_tests::wait::when(started.exists(), "not started")
+    });
+    leader.signal(nix::sys::signal::Signal::SIGINT);
+    // The first one started a clean stop, which is waiting on the job.
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = std::time::Instant::now();
+    leader.signal(nix::sys::signal::Signal::SIGINT);
+    let r = leader.wait(T);
+    let took = t0.elapsed();
+    r.expect_code(130);
+    assert!(
+        r.stderr.contains("second interrupt: exiting now"),
+        "{}",
+        r.stderr
+    );
+    // Far less than the 10 s the clean stop would have waited.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}

@@ -323,7 +323,8 @@ fn url_is_loopback(url: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// Turns the first SIGINT or SIGTERM into a stop with exit code 130.
+/// Turns the first SIGINT or SIGTERM into a clean stop with exit code 130,
+/// and a second one into an immediate exit with 130.
 fn spawn_signal_handler(stop: CancellationToken, reason: StopReason) {
     tokio::spawn(async move {
         let what = tokio::select! {
@@ -334,12 +335,22 @@ fn spawn_signal_handler(stop: CancellationToken, reason: StopReason) {
             },
             _ = stop.cancelled() => return,
         };
-        let mut r = reason.lock().unwrap_or_else(|p| p.into_inner());
-        if r.is_none() {
-            *r = Some((exit::INTERRUPTED, what.to_string()));
+        {
+            let mut r = reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some((exit::INTERRUPTED, what.to_string()));
+            }
         }
-        drop(r);
         stop.cancel();
+        // A second one: the user will not wait for the clean stop. What was
+        // journaled is kept, as after a crash; agents stop their jobs when
+        // they lose the leader.
+        if toil_agent::signals::stop_signal().await.is_ok() {
+            crate::say!(
+                "second interrupt: exiting now, without waiting for the running jobs to stop; resume with --restart"
+            );
+            std::process::exit(i32::from(exit::INTERRUPTED));
+        }
     });
 }
 
