@@ -14,21 +14,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
 
-/// An emptied directory waiting for the next attempt.
-#[derive(Debug)]
-struct Spare {
-    path: PathBuf,
-    /// Its permission bits when it was created.
-    mode: u32,
-}
-
 /// Makes and releases work directories.
 #[derive(Debug)]
 pub struct WorkDirs {
     jobs: PathBuf,
-    spare: Mutex<Option<Spare>>,
-    /// Modes of the directories handed out, by path.
-    modes: Mutex<Vec<(PathBuf, u32)>>,
+    /// An emptied directory waiting for the next attempt.
+    spare: Mutex<Option<PathBuf>>,
+    /// The permission bits a new directory gets (the umask decides, so it is
+    /// the same for all); one that differs at release was changed by its job.
+    mode: Mutex<Option<u32>>,
 }
 
 impl WorkDirs {
@@ -37,7 +31,7 @@ impl WorkDirs {
         WorkDirs {
             jobs,
             spare: Mutex::new(None),
-            modes: Mutex::new(Vec::new()),
+            mode: Mutex::new(None),
         }
     }
 
@@ -45,22 +39,21 @@ impl WorkDirs {
     pub fn make(&self, name: &str) -> io::Result<PathBuf> {
         let path = self.jobs.join(name);
         let spare = self.spare.lock().ok().and_then(|mut s| s.take());
-        let mode = match spare {
-            Some(s) if fs::rename(&s.path, &path).is_ok() => {
+        match spare {
+            Some(s) if fs::rename(&s, &path).is_ok() => {
                 // The sweep of old leftovers goes by modification time.
                 let _ = fs::File::open(&path).and_then(|d| d.set_modified(SystemTime::now()));
-                s.mode
             }
             other => {
                 if let Some(s) = other {
-                    let _ = fs::remove_dir_all(&s.path);
+                    let _ = fs::remove_dir_all(s);
                 }
                 fs::create_dir_all(&path)?;
-                fs::metadata(&path)?.permissions().mode()
+                let mode = fs::metadata(&path)?.permissions().mode();
+                if let Ok(mut m) = self.mode.lock() {
+                    m.get_or_insert(mode);
+                }
             }
-        };
-        if let Ok(mut m) = self.modes.lock() {
-            m.push((path.clone(), mode));
         }
         Ok(path)
     }
@@ -68,28 +61,19 @@ impl WorkDirs {
     /// Done with `path` (from [`WorkDirs::make`]): emptied and kept for the
     /// next attempt, or deleted.
     pub fn release(&self, path: &Path) {
-        let mode = self.modes.lock().ok().and_then(|mut m| {
-            let i = m.iter().position(|(p, _)| p == path)?;
-            Some(m.swap_remove(i).1)
-        });
+        let mode = self.mode.lock().ok().and_then(|m| *m);
         let unchanged = mode.is_some_and(|mode| {
             fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.permissions().mode() == mode)
         });
-        if let Some(mode) = mode.filter(|_| unchanged)
-            && empty(path).is_ok()
-        {
+        if unchanged && empty(path).is_ok() {
             let rand: u32 = rand::random();
             let parked = self
                 .jobs
                 .join(format!(".spare-{}-{rand:08x}", std::process::id()));
             if fs::rename(path, &parked).is_ok() {
-                let old = self
-                    .spare
-                    .lock()
-                    .ok()
-                    .and_then(|mut s| s.replace(Spare { path: parked, mode }));
+                let old = self.spare.lock().ok().and_then(|mut s| s.replace(parked));
                 if let Some(old) = old {
-                    let _ = fs::remove_dir_all(old.path);
+                    let _ = fs::remove_dir_all(old);
                 }
                 return;
             }
@@ -101,7 +85,7 @@ impl WorkDirs {
 impl Drop for WorkDirs {
     fn drop(&mut self) {
         if let Some(s) = self.spare.get_mut().ok().and_then(|s| s.take()) {
-            let _ = fs::remove_dir_all(s.path);
+            let _ = fs::remove_dir_all(s);
         }
     }
 }

@@ -131,38 +131,45 @@ impl GivenSettings {
 /// What differs between two sets of run settings, as flags:
 /// `["--retryCount 1 -> 3"]`.
 pub fn describe_changes(old: (ResolvedDefaults, u32), new: (ResolvedDefaults, u32)) -> Vec<String> {
-    let cores = |mc: u32| crate::workflow::units::format_cores(mc);
-    let size = |b: u64| crate::workflow::units::format_size(b);
-    let mut out = Vec::new();
+    use crate::workflow::units::{format_cores, format_size};
     let (a, b) = (old.0, new.0);
-    if a.millicores != b.millicores {
-        out.push(format!(
-            "--defaultCores {} -> {}",
-            cores(a.millicores),
-            cores(b.millicores)
-        ));
-    }
-    if a.memory != b.memory {
-        out.push(format!(
-            "--defaultMemory {} -> {}",
-            size(a.memory),
-            size(b.memory)
-        ));
-    }
-    if a.disk != b.disk {
-        out.push(format!(
-            "--defaultDisk {} -> {}",
-            size(a.disk),
-            size(b.disk)
-        ));
-    }
-    if a.retries != b.retries {
-        out.push(format!("--retryCount {} -> {}", a.retries, b.retries));
-    }
-    if old.1 != new.1 {
-        out.push(format!("--infraRetryCount {} -> {}", old.1, new.1));
-    }
-    out
+    let flags = [
+        (
+            "--defaultCores",
+            a.millicores != b.millicores,
+            format_cores(a.millicores),
+            format_cores(b.millicores),
+        ),
+        (
+            "--defaultMemory",
+            a.memory != b.memory,
+            format_size(a.memory),
+            format_size(b.memory),
+        ),
+        (
+            "--defaultDisk",
+            a.disk != b.disk,
+            format_size(a.disk),
+            format_size(b.disk),
+        ),
+        (
+            "--retryCount",
+            a.retries != b.retries,
+            a.retries.to_string(),
+            b.retries.to_string(),
+        ),
+        (
+            "--infraRetryCount",
+            old.1 != new.1,
+            old.1.to_string(),
+            new.1.to_string(),
+        ),
+    ];
+    flags
+        .into_iter()
+        .filter(|(_, changed, _, _)| *changed)
+        .map(|(flag, _, from, to)| format!("{flag} {from} -> {to}"))
+        .collect()
 }
 
 /// The job store used when `--jobStore` is not given: `STEM.jobstore` in

@@ -84,11 +84,7 @@ async fn log_lines_arrive_while_the_job_is_still_running() {
     tokio::task::block_in_place(|| {
         toil_tests::wait::wait_for("the line on the leader's terminal", T, || {
             let out = leader.stdout_now();
-            if out.contains("[slow] first line") {
-                Ok(())
-            } else {
-                Err(out)
-            }
+            when(out.contains("[slow] first line"), out)
         })
     });
     assert!(!seen.contains("second line"));

@@ -214,8 +214,12 @@ fn a_second_ctrl_c_exits_at_once_with_130() {
         toil_tests::wait::when(started.exists(), "not started")
     });
     leader.signal(nix::sys::signal::Signal::SIGINT);
-    // The first one started a clean stop, which is waiting on the job.
-    std::thread::sleep(Duration::from_millis(300));
+    // The first one started a clean stop, which is waiting on the job (the
+    // leader has journaled the attempt as interrupted).
+    toil_tests::wait::wait_for("the clean stop to be under way", T, || {
+        let err = leader.stderr_now();
+        toil_tests::wait::when(err.contains("interrupted: the leader was stopped"), err)
+    });
     let t0 = std::time::Instant::now();
     leader.signal(nix::sys::signal::Signal::SIGINT);
     let r = leader.wait(T);

@@ -7,8 +7,6 @@
 //! their job-store keys must lie under the attempt's own prefix (a report
 //! cannot hand another job's files, or the inputs, as its outputs).
 
-use std::path::{Component, Path};
-
 use toil_jobstore::layout;
 use toil_proto::v1::AttemptResult;
 
@@ -27,9 +25,6 @@ pub fn plain_relative(path: &str) -> bool {
         && !path
             .split('/')
             .any(|c| c.is_empty() || c == "." || c == "..")
-        && Path::new(path)
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
 }
 
 /// Checks the outputs of `result` against the attempt `spec` launched.
