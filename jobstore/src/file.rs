@@ -5,9 +5,15 @@
 //! place, so a reader never sees a partial object and a crash leaves at most
 //! a stray temporary file. Works on any POSIX filesystem with atomic rename
 //! and link, including NFS-backed ReadWriteMany volumes.
+//!
+//! Everything the store creates is private to its owner: directories 0700
+//! and files 0600 (whatever the umask), and the root is tightened to 0700
+//! when a store is opened, so another user of the machine can neither list
+//! nor read a workflow's files.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
@@ -25,6 +31,10 @@ const CAS_LOCK: &str = ".cas.lock";
 const TMP_PREFIX: &str = ".tmp-";
 /// Copy buffer size for streaming transfers.
 const CHUNK: usize = 1 << 20;
+/// Mode of every directory the store creates.
+pub const DIR_MODE: u32 = 0o700;
+/// Mode of every file the store creates.
+pub const FILE_MODE: u32 = 0o600;
 
 /// A job store rooted at a directory.
 #[derive(Debug)]
@@ -51,10 +61,11 @@ impl FileBackend {
     pub(crate) async fn initialize(&self) -> Result<bool> {
         let root = self.root.clone();
         blocking(move || {
-            fs::create_dir_all(&root)
+            create_dirs(&root)
                 .map_err(|e| Error::io(format!("creating job store {}", root.display()), e))?;
             let marker = root.join(MARKER);
             if marker.exists() {
+                private_root(&root)?;
                 return Ok(false);
             }
             let has_entries = fs::read_dir(&root)
@@ -74,8 +85,14 @@ impl FileBackend {
                     ),
                 });
             }
-            match OpenOptions::new().write(true).create_new(true).open(&marker) {
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&marker)
+            {
                 Ok(f) => {
+                    private_root(&root)?;
                     f.sync_all()
                         .map_err(|e| Error::io(format!("syncing {}", marker.display()), e))?;
                     sync_dir(&root)?;
@@ -329,6 +346,7 @@ impl CasLock {
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(FILE_MODE)
             .open(&p)
             .map_err(|e| Error::io(format!("opening {}", p.display()), e))?;
         let file = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).map_err(
@@ -369,8 +387,33 @@ fn parent_dir(dest: &Path) -> Result<PathBuf> {
         .ok_or_else(|| Error::Permanent {
             message: format!("{} has no parent directory", dest.display()),
         })?;
-    fs::create_dir_all(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    create_dirs(&dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     Ok(dir)
+}
+
+/// `mkdir -p` with every created directory private to the owner.
+fn create_dirs(dir: &Path) -> io::Result<()> {
+    DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)
+}
+
+/// Makes the store's root private to its owner: a store made before files
+/// were private (or with `mkdir` by the user) is closed to others this way,
+/// since nobody else can then reach anything beneath it.
+fn private_root(root: &Path) -> Result<()> {
+    let meta =
+        fs::metadata(root).map_err(|e| Error::io(format!("reading {}", root.display()), e))?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        fs::set_permissions(root, fs::Permissions::from_mode(DIR_MODE)).map_err(|e| {
+            Error::io(
+                format!(
+                    "making job store {} private to its owner (chmod 700)",
+                    root.display()
+                ),
+                e,
+            )
+        })?;
+    }
+    Ok(())
 }
 
 fn create_temp(dir: &Path) -> Result<(PathBuf, File)> {
@@ -378,6 +421,7 @@ fn create_temp(dir: &Path) -> Result<(PathBuf, File)> {
     let f = OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(FILE_MODE)
         .open(&tmp)
         .map_err(|e| Error::io(format!("creating {}", tmp.display()), e))?;
     Ok((tmp, f))

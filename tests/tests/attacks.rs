@@ -122,3 +122,78 @@ fn a_jobs_escape_sequences_reach_the_terminal_escaped() {
         r.stderr
     );
 }
+
+/// Another user of the machine reads a workflow's file job store: every
+/// directory the store holds is 0700 and every file 0600, so (run as root,
+/// the test tries it as `nobody`) the other user can read a file beside the
+/// store but nothing inside it, `state/leader.json` included.
+#[test]
+fn another_local_user_can_read_nothing_in_a_file_job_store() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+
+    let sb = Sandbox::new("attack-other-user");
+    sb.write(
+        "wf.yaml",
+        "jobs:\n  a:\n    cores: 0.1\n    memory: 32Mi\n    command: \"echo hi > a.txt\"\n    outputs: {a: a.txt}\noutputs:\n  a: a.a\n",
+    );
+    let r = sb.run(&["run", "wf.yaml", "--clean", "never"], T);
+    r.expect_code(0);
+
+    let store = sb.job_store();
+    let mut seen = 0;
+    let mut stack = vec![store.clone()];
+    while let Some(dir) = stack.pop() {
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{} is {mode:o}", dir.display());
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let meta = e.metadata().unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+            } else {
+                let mode = meta.permissions().mode() & 0o777;
+                assert_eq!(mode, 0o600, "{} is {mode:o}", e.path().display());
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 3, "only {seen} files in the job store");
+
+    if !nix::unistd::Uid::effective().is_root() {
+        eprintln!("not root: the modes are checked, the read as another user is not tried");
+        return;
+    }
+    // Open the sandbox to everyone, as a home directory often is, and put a
+    // readable file beside the store: the other user reaches that one.
+    std::fs::set_permissions(sb.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let beside = sb.write("public.txt", "public\n");
+    std::fs::set_permissions(&beside, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let read_as_nobody = |path: &std::path::Path| {
+        let mut cmd = std::process::Command::new("cat");
+        cmd.arg(path);
+        // SAFETY: setgid/setuid are async-signal-safe system calls made in
+        // the child between fork and exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setgroups(&[]).map_err(std::io::Error::from)?;
+                nix::unistd::setgid(nix::unistd::Gid::from_raw(65534))
+                    .map_err(std::io::Error::from)?;
+                nix::unistd::setuid(nix::unistd::Uid::from_raw(65534)).map_err(std::io::Error::from)
+            });
+        }
+        cmd.output().unwrap()
+    };
+    let ok = read_as_nobody(&beside);
+    assert!(
+        ok.status.success(),
+        "nobody cannot read even the public file: {ok:?}"
+    );
+    let refused = read_as_nobody(&store.join("state/leader.json"));
+    assert!(
+        !refused.status.success(),
+        "nobody read leader.json: {refused:?}"
+    );
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("Permission denied"), "{err}");
+}
