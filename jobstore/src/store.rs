@@ -100,6 +100,16 @@ impl JobStore {
         &self.inner.locator
     }
 
+    /// The AWS account that must own an `aws:` store's bucket, when checked
+    /// (every request on it carries `ExpectedBucketOwner`). Agents get it in
+    /// [`crate::s3::BUCKET_OWNER_ENV`] so that they need not look it up.
+    pub fn bucket_owner(&self) -> Option<&str> {
+        match &self.inner.backend {
+            Backend::File(_) => None,
+            Backend::S3(b) => b.bucket_owner(),
+        }
+    }
+
     /// Operation counts since the store was opened.
     pub fn op_counts(&self) -> OpCounts {
         let c = &self.inner.counters;

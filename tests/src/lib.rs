@@ -6,6 +6,7 @@
 //! - [`procfs`]: peak memory, liveness and lock waits of processes;
 //! - [`data`]: reproducible pseudo-random files and their SHA-256;
 //! - [`moto`]: an S3 server (moto) for job-store tests;
+//! - [`relay`]: a TCP relay that records what crosses the wire;
 //! - [`restart`]: the kill -9 restart scenarios, run on every job store;
 //! - [`emulator`]: the Kubernetes API emulator.
 
@@ -16,5 +17,6 @@ pub mod local;
 pub mod moto;
 pub mod procfs;
 pub mod python;
+pub mod relay;
 pub mod restart;
 pub mod wait;

@@ -30,6 +30,7 @@ use toil_proto::v1::AttemptResult;
 use toil_tests::data;
 use toil_tests::local::{Finished, PeakSampler, Sandbox, count_lines, log_lines};
 use toil_tests::moto::{Moto, REGION, unique_name};
+use toil_tests::relay::Relay;
 use toil_tests::restart::{self, Store, block_on};
 use toil_tests::wait::{wait_for, when};
 
@@ -513,6 +514,106 @@ fn without_credentials(cmd: &mut Command, moto: &Moto, home: &Path) {
         .env("AWS_ENDPOINT_URL", moto.endpoint())
         .env("AWS_REGION", REGION)
         .env("AWS_EC2_METADATA_DISABLED", "true");
+}
+
+/// The head (request line and headers) of every HTTP request in `sent`.
+fn request_heads(sent: &[u8]) -> Vec<String> {
+    let text = String::from_utf8_lossy(sent);
+    let mut heads = Vec::new();
+    let mut rest = &text[..];
+    while let Some(i) = ["GET /", "PUT /", "POST /", "HEAD /", "DELETE /"]
+        .iter()
+        .filter_map(|m| rest.find(m))
+        .min()
+    {
+        let from = &rest[i..];
+        let end = from.find("\r\n\r\n").unwrap_or(from.len());
+        let head = &from[..end];
+        if head
+            .lines()
+            .next()
+            .is_some_and(|l| l.ends_with(" HTTP/1.1"))
+        {
+            heads.push(head.to_lowercase());
+        }
+        rest = &from[end.min(from.len()).max(1)..];
+    }
+    heads
+}
+
+/// Every S3 request the leader and its agents send names the account that
+/// must own the bucket (`ExpectedBucketOwner`), so a bucket of the same
+/// name owned by someone else is refused by S3 rather than written to. The
+/// leader asks STS once which account its credentials belong to and hands
+/// the answer to its agents; the wire (a relay in front of moto) shows one
+/// lookup and the header on every request but the bucket's creation, which
+/// cannot carry it. A malformed account id is refused before anything runs.
+///
+/// moto accepts the header without enforcing it, so S3's refusal of a
+/// foreign bucket is AWS's documented behaviour, not tried here.
+#[test]
+fn every_s3_request_names_the_account_that_must_own_the_bucket() {
+    let moto = Moto::shared();
+    let relay = Relay::start(([127, 0, 0, 1], moto.port()).into()).unwrap();
+    let sb = Sandbox::new("s3owner");
+    let mark = marking_workflow(&sb);
+    let name = unique_name("owner");
+    let loc = aws(REGION, &name);
+    let mut cmd = leader(&sb, moto, &["run", "mark.yaml", "--jobStore", &loc]);
+    cmd.env("AWS_ENDPOINT_URL", relay.url());
+    sb.spawn(cmd, "leader").wait(T).expect_code(0);
+    assert!(mark.exists(), "the job ran");
+
+    let heads = request_heads(&relay.sent());
+    let sts: Vec<_> = heads.iter().filter(|h| h.starts_with("post / ")).collect();
+    assert_eq!(sts.len(), 1, "one account lookup, by the leader: {sts:?}");
+    let create = |h: &str| {
+        h.starts_with(&format!("put /{name}--toil http/1.1"))
+            || h.starts_with(&format!("put /{name}--toil/ http/1.1"))
+    };
+    let s3: Vec<_> = heads
+        .iter()
+        .filter(|h| !h.starts_with("post / ") && !create(h))
+        .collect();
+    assert!(s3.len() >= 10, "too few S3 requests seen: {}", s3.len());
+    let missing: Vec<_> = s3
+        .iter()
+        .filter(|h| !h.contains("\r\nx-amz-expected-bucket-owner: 123456789012"))
+        .map(|h| h.lines().next().unwrap_or_default())
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "requests without the owner: {missing:?}"
+    );
+    // The header is signed, as S3 requires of every x-amz- header.
+    assert!(
+        s3.iter().all(|h| h.contains("x-amz-expected-bucket-owner;")
+            || h.contains(";x-amz-expected-bucket-owner")),
+        "the owner header is not among the signed headers"
+    );
+
+    let other = Sandbox::new("s3owner-bad");
+    let mark = marking_workflow(&other);
+    let mut bad = leader(
+        &other,
+        moto,
+        &[
+            "run",
+            "mark.yaml",
+            "--jobStore",
+            &aws(REGION, &unique_name("owner")),
+        ],
+    );
+    bad.env("TOIL_AWS_BUCKET_OWNER", "12345");
+    refused_at_the_front_door(
+        bad,
+        &other,
+        &mark,
+        &[
+            "TOIL_AWS_BUCKET_OWNER=\"12345\" is not an AWS account id",
+            "12 digits",
+        ],
+    );
 }
 
 #[test]

@@ -20,6 +20,7 @@ impl S3Backend {
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .max_keys(1)
             .send()
             .await
@@ -79,7 +80,14 @@ impl S3Backend {
                 }
             }
         }
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .send()
+            .await
+        {
             Ok(out) => {
                 if let Some(actual) = out.bucket_region()
                     && actual != self.region
@@ -116,6 +124,7 @@ impl S3Backend {
             .client
             .head_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(MARKER)
             .send()
             .await
@@ -144,7 +153,14 @@ impl S3Backend {
     ///   a HEAD has no body, so a 403 would not say whether the key id is
     ///   unknown, the secret wrong, or the access denied.
     pub(crate) async fn exists(&self) -> Result<bool> {
-        match self.client.head_bucket().bucket(&self.bucket).send().await {
+        match self
+            .client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
+            .send()
+            .await
+        {
             Ok(out) => {
                 if let Some(actual) = out.bucket_region()
                     && actual != self.region
@@ -177,6 +193,7 @@ impl S3Backend {
             .client
             .get_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(MARKER)
             .send()
             .await
@@ -199,7 +216,14 @@ impl S3Backend {
 
     pub(crate) async fn destroy(&self) -> Result<()> {
         if !self.marker_exists().await? {
-            match self.client.head_bucket().bucket(&self.bucket).send().await {
+            match self
+                .client
+                .head_bucket()
+                .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
+                .send()
+                .await
+            {
                 Ok(_) => {
                     return Err(Error::Permanent {
                         message: format!(
@@ -228,6 +252,7 @@ impl S3Backend {
                 .client
                 .delete_bucket()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
                 .send()
                 .await
             {
@@ -258,6 +283,7 @@ impl S3Backend {
                 .client
                 .list_multipart_uploads()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(id_marker.clone())
                 .send()
@@ -286,6 +312,7 @@ impl S3Backend {
             .client
             .abort_multipart_upload()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(key)
             .upload_id(upload_id)
             .send()

@@ -60,7 +60,12 @@ pub(super) async fn get_file(b: &S3Backend, key: &str, dest: &Path) -> Result<Tr
     let op = "s3:GetObject";
     let ranged = b.transfer.download_concurrency > 1;
     let ps = b.transfer.part_size.max(1);
-    let mut req = b.client.get_object().bucket(&b.bucket).key(key);
+    let mut req = b
+        .client
+        .get_object()
+        .bucket(&b.bucket)
+        .set_expected_bucket_owner(b.owner.clone())
+        .key(key);
     if ranged {
         req = req.range(format!("bytes=0-{}", ps - 1));
     }
@@ -76,6 +81,7 @@ pub(super) async fn get_file(b: &S3Backend, key: &str, dest: &Path) -> Result<Tr
                 .client
                 .get_object()
                 .bucket(&b.bucket)
+                .set_expected_bucket_owner(b.owner.clone())
                 .key(key)
                 .send()
                 .await
@@ -118,6 +124,7 @@ async fn download_stream(b: &S3Backend, key: &str, mut sink: Sink, head: Head) -
                     .client
                     .get_object()
                     .bucket(&b.bucket)
+                    .set_expected_bucket_owner(b.owner.clone())
                     .key(key)
                     .range(format!("bytes={pos}-{}", total - 1));
                 if let Some(etag) = &head.etag {
@@ -351,6 +358,7 @@ async fn read_range(
                     .client
                     .get_object()
                     .bucket(&b.bucket)
+                    .set_expected_bucket_owner(b.owner.clone())
                     .key(key)
                     .range(format!("bytes={pos}-{end}"));
                 if let Some(etag) = etag {

@@ -47,8 +47,8 @@ use crate::types::{Condition, Object, Transfer, Version};
 pub use errors::NO_CREDENTIALS;
 pub use http::{RequestCounts, RequestStats};
 pub use options::{
-    DEFAULT_PART_SIZE, FAIL_FIRST_N_ENV, FaultConfig, MIN_PART_SIZE, RetryOptions, S3Options,
-    StaticCredentials, TransferOptions,
+    BUCKET_OWNER_ENV, BucketOwner, DEFAULT_PART_SIZE, FAIL_FIRST_N_ENV, FaultConfig, MIN_PART_SIZE,
+    RetryOptions, S3Options, StaticCredentials, TransferOptions,
 };
 
 use errors::{Failure, Target};
@@ -77,6 +77,9 @@ pub struct S3Backend {
     transfer: TransferOptions,
     /// Pacing of the backend's own retry loops.
     retry: RetryOptions,
+    /// The account that must own the bucket, sent with every request on it
+    /// (`ExpectedBucketOwner`); `None` when not checked.
+    owner: Option<String>,
 }
 
 impl S3Backend {
@@ -140,7 +143,8 @@ impl S3Backend {
                     .build(),
             )
             .build();
-        Ok(S3Backend {
+        let mut backend = S3Backend {
+            owner: None,
             client: Client::from_conf(conf),
             bucket,
             region: region.to_string(),
@@ -148,12 +152,84 @@ impl S3Backend {
             locator,
             transfer: opts.transfer,
             retry: opts.retry,
+        };
+        backend.owner = match opts.bucket_owner {
+            BucketOwner::Unchecked => None,
+            BucketOwner::Account(a) => Some(a),
+            BucketOwner::CallerAccount => backend.caller_account(&sdk).await?,
+        };
+        Ok(backend)
+    }
+
+    /// The account of the credentials in use, for `ExpectedBucketOwner`.
+    ///
+    /// The lookup needs no permission. When it fails for want of working
+    /// credentials, the store's first request would fail the same way: no
+    /// credentials at all is that error now; a key that is refused is left
+    /// to the first S3 request, whose message names S3's complaint. An
+    /// S3-compatible endpoint with no STS (MinIO, Ceph) skips the check
+    /// with a warning saying how to turn it on; on AWS any other failure is
+    /// an error.
+    async fn caller_account(&self, sdk: &aws_config::SdkConfig) -> Result<Option<String>> {
+        let custom_endpoint = sdk.endpoint_url().is_some() || s3_endpoint_in_env();
+        let sts = aws_sdk_sts::Client::new(sdk);
+        let e = match sts.get_caller_identity().send().await {
+            Ok(out) => {
+                return match out.account().map(BucketOwner::account) {
+                    Some(Ok(BucketOwner::Account(a))) => Ok(Some(a)),
+                    Some(Err(e)) => Err(e),
+                    _ => Err(Error::Permanent {
+                        message: format!(
+                            "sts:GetCallerIdentity named no account for job store {}; set {BUCKET_OWNER_ENV} to the 12-digit account id that owns its bucket",
+                            self.locator
+                        ),
+                    }),
+                };
+            }
+            Err(e) => e,
+        };
+        let f = Failure::from_sdk(e);
+        if f.credentials.is_some() {
+            return Err(self.err(f, "sts:GetCallerIdentity", None));
+        }
+        let refused_key = [
+            "InvalidClientTokenId",
+            "SignatureDoesNotMatch",
+            "InvalidAccessKeyId",
+            "AccessDenied",
+            "ExpiredToken",
+        ]
+        .iter()
+        .any(|c| f.code_is(c))
+            || matches!(f.status, Some(401 | 403));
+        if refused_key {
+            tracing::debug!(detail = %f.detail, "account lookup refused the credentials; the first S3 request will say why");
+            return Ok(None);
+        }
+        if custom_endpoint {
+            tracing::warn!(
+                "the S3 endpoint of job store {} does not say which account you are (sts:GetCallerIdentity: {}), so bucket ownership is not checked; set {BUCKET_OWNER_ENV} to check it",
+                self.locator,
+                f.detail
+            );
+            return Ok(None);
+        }
+        Err(Error::Permanent {
+            message: format!(
+                "cannot find your AWS account for job store {} (sts:GetCallerIdentity: {}); check your AWS credentials and network, or set {BUCKET_OWNER_ENV} to the 12-digit account id that owns the bucket",
+                self.locator, f.detail
+            ),
         })
     }
 
     /// The bucket name.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The account that must own the bucket, if checked.
+    pub fn bucket_owner(&self) -> Option<&str> {
+        self.owner.as_deref()
     }
 
     fn target<'a>(&'a self, key: Option<&'a str>) -> Target<'a> {
@@ -207,6 +283,7 @@ impl S3Backend {
                 .client
                 .put_object()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
                 .key(key)
                 .content_length(data.len() as i64)
                 .body(ByteStream::from(data.clone()));
@@ -265,6 +342,7 @@ impl S3Backend {
                 .client
                 .get_object()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
                 .key(key)
                 .send()
                 .await
@@ -318,6 +396,7 @@ impl S3Backend {
             .client
             .head_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(key)
             .send()
             .await
@@ -341,6 +420,7 @@ impl S3Backend {
             .client
             .list_objects_v2()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .prefix(prefix)
             .into_paginator()
             .send();
@@ -367,6 +447,7 @@ impl S3Backend {
         self.client
             .delete_object()
             .bucket(&self.bucket)
+            .set_expected_bucket_owner(self.owner.clone())
             .key(key)
             .send()
             .await
@@ -396,6 +477,7 @@ impl S3Backend {
                 .client
                 .delete_objects()
                 .bucket(&self.bucket)
+                .set_expected_bucket_owner(self.owner.clone())
                 .delete(delete)
                 .send()
                 .await

@@ -14,6 +14,46 @@ use super::http::RequestStats;
 /// see [`FaultConfig`].
 pub const FAIL_FIRST_N_ENV: &str = "TOIL_JOBSTORE_FAIL_FIRST_N";
 
+/// Environment variable naming the AWS account that must own the job
+/// store's bucket (12 digits). Every S3 request then carries it as
+/// `ExpectedBucketOwner`, and S3 refuses the request if someone else owns
+/// the bucket (say, one deleted and re-created under the same name by
+/// another account). Unset, the account of the credentials in use is looked
+/// up (`sts:GetCallerIdentity`); the leader hands the result to its agents
+/// in this variable so that they do not each look it up.
+pub const BUCKET_OWNER_ENV: &str = "TOIL_AWS_BUCKET_OWNER";
+
+/// Which account must own the bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum BucketOwner {
+    /// Not checked (S3Options::default, for tests and benchmarks that talk
+    /// to a local S3).
+    #[default]
+    Unchecked,
+    /// This account id.
+    Account(String),
+    /// The account of the credentials in use, asked of STS when the store
+    /// is opened. On an S3-compatible endpoint that has no STS, the check
+    /// is skipped with a warning.
+    CallerAccount,
+}
+
+impl BucketOwner {
+    /// Parses an account id as given in [`BUCKET_OWNER_ENV`].
+    pub fn account(v: &str) -> Result<Self> {
+        let v = v.trim();
+        if v.len() == 12 && v.bytes().all(|b| b.is_ascii_digit()) {
+            Ok(BucketOwner::Account(v.to_string()))
+        } else {
+            Err(Error::Permanent {
+                message: format!(
+                    "{BUCKET_OWNER_ENV}={v:?} is not an AWS account id; give the 12 digits of the account that owns the job store's bucket (`aws sts get-caller-identity` shows yours), or unset it to use the account of your credentials"
+                ),
+            })
+        }
+    }
+}
+
 /// How an `aws:` job store reaches S3, beyond what the standard AWS
 /// configuration (environment, `~/.aws`, web identity) already says.
 ///
@@ -43,6 +83,8 @@ pub struct S3Options {
     /// Counts of HTTP requests this store sends (shared: keep a clone to read
     /// them while the store is in use).
     pub stats: RequestStats,
+    /// The account that must own the bucket (sent as `ExpectedBucketOwner`).
+    pub bucket_owner: BucketOwner,
 }
 
 /// An access key pair, for tests and S3-compatible stores with fixed keys.
@@ -188,7 +230,13 @@ impl S3Options {
     /// The defaults plus what the process environment adds beyond the AWS
     /// chain: [`FAIL_FIRST_N_ENV`] (fault injection for tests).
     pub fn from_env() -> Result<Self> {
-        let mut opts = S3Options::default();
+        let mut opts = S3Options {
+            bucket_owner: match std::env::var(BUCKET_OWNER_ENV) {
+                Ok(v) if !v.trim().is_empty() => BucketOwner::account(&v)?,
+                _ => BucketOwner::CallerAccount,
+            },
+            ..S3Options::default()
+        };
         if let Ok(v) = std::env::var(FAIL_FIRST_N_ENV) {
             let n: u32 = v.trim().parse().map_err(|_| Error::Permanent {
                 message: format!(
@@ -208,6 +256,26 @@ impl S3Options {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_account_id_is_twelve_digits() {
+        assert_eq!(
+            BucketOwner::account(" 123456789012\n").unwrap(),
+            BucketOwner::Account("123456789012".into())
+        );
+        for bad in [
+            "12345678901",
+            "1234567890123",
+            "arn:aws:iam::123456789012:root",
+            "",
+        ] {
+            let e = BucketOwner::account(bad).unwrap_err().to_string();
+            assert!(
+                e.contains(BUCKET_OWNER_ENV) && e.contains("12 digits"),
+                "{e}"
+            );
+        }
+    }
 
     #[test]
     fn part_size_grows_to_fit_the_part_limit() {

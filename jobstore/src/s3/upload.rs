@@ -69,6 +69,7 @@ async fn put_single(
     b.client
         .put_object()
         .bucket(&b.bucket)
+        .set_expected_bucket_owner(b.owner.clone())
         .key(key)
         .content_length(data.len() as i64)
         .metadata(SHA256_METADATA, &t.sha256)
@@ -151,6 +152,7 @@ async fn put_multipart(
         .client
         .create_multipart_upload()
         .bucket(&b.bucket)
+        .set_expected_bucket_owner(b.owner.clone())
         .key(key)
         .send()
         .await
@@ -199,6 +201,7 @@ async fn put_multipart(
         .client
         .complete_multipart_upload()
         .bucket(&b.bucket)
+        .set_expected_bucket_owner(b.owner.clone())
         .key(key)
         .upload_id(&upload_id)
         .multipart_upload(
@@ -238,6 +241,7 @@ async fn upload_part(
         .client
         .upload_part()
         .bucket(&b.bucket)
+        .set_expected_bucket_owner(b.owner.clone())
         .key(key)
         .upload_id(upload_id)
         .part_number(n)

@@ -147,18 +147,32 @@ pub(super) async fn start(
     };
     let flush_stop = CancellationToken::new();
     let flusher = tokio::spawn(logs.clone().run_flusher(flush_stop.clone()));
+    // What agents learn from the leader about the job store: the account
+    // that owns its bucket, so that they check it without asking STS.
+    let store_env: Vec<(String, String)> = store
+        .bucket_owner()
+        .map(|o| {
+            (
+                toil_jobstore::s3::BUCKET_OWNER_ENV.to_string(),
+                o.to_string(),
+            )
+        })
+        .into_iter()
+        .collect();
     let batch = match &cfg.batch {
         Batch::Local(local) => {
             let local = batch::local::LocalConfig {
                 leader_address: address.clone(),
+                env: local.env.iter().cloned().chain(store_env).collect(),
                 ..local.clone()
             };
             tokio::spawn(batch::local::run(local, batch_rx, batch_ev_tx))
         }
         Batch::Kubernetes(_) => {
-            let Some(cluster) = cluster else {
+            let Some(mut cluster) = cluster else {
                 bail!("the Kubernetes connection was lost before the batch system started");
             };
+            cluster.cfg.env.extend(store_env);
             let id = batch::kubernetes::Identity {
                 workflow_id: meta.workflow_id.clone(),
                 epoch,
