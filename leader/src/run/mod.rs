@@ -65,9 +65,20 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         }
         return Ok(code);
     }
-    if let Ok(Err(e)) = stopped.persisted {
-        crate::say!("toil-leader: {e}");
-        return Ok(exit::FAILED);
+    match stopped.persisted {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            crate::say!("toil-leader: {e}");
+            return Ok(exit::FAILED);
+        }
+        None => {
+            crate::say!(
+                "toil-leader: the journal writer did not finish; the last moments of the run may not be stored. Resume with:\n  toil-leader run {} --restart --jobStore {}",
+                opened.meta.source.display(),
+                cfg.locator
+            );
+            return Ok(exit::FAILED);
+        }
     }
     let state = stopped.outcome.state;
     let core = stopped.outcome.core;

@@ -6,7 +6,14 @@
 //! state with another except through a channel. They stop agents first,
 //! then the server, then the logs, then the journal, so that nothing runs
 //! or reports after the last state is written.
+//!
+//! Every task is supervised ([`Supervisor`]): one that panics, fails, or
+//! ends before the run does stops the run with that cause, rather than
+//! leaving a workflow that shows jobs running forever. Shutdown has one
+//! bound ([`SHUTDOWN_BOUND`]): what has not stopped by then is abandoned as
+//! after a crash, which the journal and `--restart` are built for.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +23,8 @@ use bytes::Bytes;
 use toil_jobstore::{Condition, JobStore, layout};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
-use tokio::task::{JoinError, JoinHandle};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::records::{LeaderInfo, Meta, exit};
@@ -29,7 +37,14 @@ use crate::logs::LogHub;
 use crate::persist::PersistError;
 use crate::server::{AgentSvc, WorkflowSvc};
 
-/// How long shutdown waits for the batch system to stop its agents.
+/// The whole shutdown, from the driver's end to the journal's last write,
+/// takes at most this long. What has not stopped by then is abandoned as
+/// after a crash: the journal is crash-safe, agents stop their jobs when
+/// they lose the leader, and Jobs left behind expire or are removed by
+/// `toil-leader cleanup-jobs`.
+const SHUTDOWN_BOUND: Duration = Duration::from_secs(45);
+/// Of which the batch system gets this long to stop its agents (and, on
+/// Kubernetes, delete their Jobs).
 const BATCH_SHUTDOWN: Duration = Duration::from_secs(30);
 
 /// Why the run stopped before the workflow ended, as an exit code and a
@@ -53,16 +68,131 @@ pub(super) struct Running {
 
 /// The tasks beside the driver, with what it takes to stop each.
 struct Tasks {
+    supervisor: Supervisor,
     batch_tx: mpsc::Sender<BatchCmd>,
-    batch: JoinHandle<()>,
+    batch: Watched<()>,
+    /// What to tell the user if the batch system cannot stop in time.
+    leftovers: String,
     server_stop: CancellationToken,
-    server: JoinHandle<Result<(), tonic::transport::Error>>,
+    server: Watched<Result<(), tonic::transport::Error>>,
     flush_stop: CancellationToken,
-    flusher: JoinHandle<()>,
+    flusher: Watched<()>,
     /// Dropped at shutdown: the driver's inbox closes with it.
     driver_tx: mpsc::Sender<Msg>,
-    display: JoinHandle<()>,
-    persist: JoinHandle<Result<(), PersistError>>,
+    display: Watched<()>,
+    persist: Watched<Result<(), PersistError>>,
+}
+
+/// Watches the run's tasks: the first one to fail stops the run and names
+/// itself as the cause.
+#[derive(Clone)]
+struct Supervisor {
+    /// The run's stop: ends the driver early.
+    stop: CancellationToken,
+    reason: StopReason,
+    /// Fires when the orderly shutdown begins; from then on a task that
+    /// ends is doing what it was told.
+    shutting_down: CancellationToken,
+}
+
+/// A supervised task: its end (`None` if it panicked or was abandoned),
+/// and a handle to abandon it.
+struct Watched<T> {
+    handle: JoinHandle<Option<T>>,
+    abort: AbortHandle,
+}
+
+/// How a supervised task is judged when it ends.
+#[derive(Clone, Copy)]
+enum EarlyEnd {
+    /// Ending before the shutdown is a failure (a server, a batch system).
+    Fails,
+    /// It ends by itself when its inputs close (the persister).
+    Allowed,
+}
+
+impl Supervisor {
+    /// Spawns `fut` as the task called `name`. If it panics, if `failed`
+    /// finds an error in what it returned, or (per `early`) if it ends
+    /// before the run stops, the run stops with that cause.
+    fn spawn<T, F>(
+        &self,
+        name: &'static str,
+        early: EarlyEnd,
+        failed: fn(&T) -> Option<String>,
+        fut: F,
+    ) -> Watched<T>
+    where
+        F: Future<Output = T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let inner = tokio::spawn(fut);
+        let abort = inner.abort_handle();
+        let sup = self.clone();
+        let handle = tokio::spawn(async move {
+            let ended = match inner.await {
+                Ok(v) => v,
+                Err(e) if e.is_panic() => {
+                    sup.fail(format!(
+                        "internal error: the {name} task panicked ({})",
+                        panic_text(e.into_panic())
+                    ));
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            if let Some(why) = failed(&ended) {
+                sup.fail(format!("the {name} failed: {why}"));
+            } else if matches!(early, EarlyEnd::Fails)
+                && !sup.shutting_down.is_cancelled()
+                && !sup.stop.is_cancelled()
+            {
+                sup.fail(format!(
+                    "internal error: the {name} stopped while the workflow was running"
+                ));
+            }
+            Some(ended)
+        });
+        Watched { handle, abort }
+    }
+
+    /// Stops the run with `cause`, unless it is already stopping for
+    /// another reason (which is then the one reported).
+    fn fail(&self, cause: String) {
+        {
+            let mut r = self.reason.lock().unwrap_or_else(|p| p.into_inner());
+            if r.is_none() {
+                *r = Some((
+                    exit::FAILED,
+                    format!("{cause}; stopped the run (resume with --restart)"),
+                ));
+            }
+        }
+        self.stop.cancel();
+    }
+}
+
+/// The message of a panic's payload.
+fn panic_text(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".to_string())
+}
+
+/// Waits for `task` until `deadline`, and abandons it then: `None` if it
+/// was abandoned, else its end (`None` if it panicked).
+async fn finish<T>(task: &mut Watched<T>, deadline: Instant) -> Option<Option<T>> {
+    match tokio::time::timeout_at(deadline, &mut task.handle).await {
+        Ok(Ok(v)) => Some(v),
+        Ok(Err(_)) => Some(None),
+        Err(_) => {
+            task.abort.abort();
+            task.handle.abort();
+            None
+        }
+    }
 }
 
 /// How the run stopped.
@@ -71,9 +201,10 @@ pub(super) struct Stopped {
     pub(super) outcome: Outcome,
     /// Why it stopped early, if it did (exit code, message).
     pub(super) reason: Option<(u8, String)>,
-    /// The persister's end: an error means the last state may not be
+    /// The persister's end: an error, or `None` (it panicked or did not
+    /// finish within the shutdown bound), means the last state may not be
     /// stored.
-    pub(super) persisted: Result<Result<(), PersistError>, JoinError>,
+    pub(super) persisted: Option<Result<(), PersistError>>,
 }
 
 /// Binds the server, tells clients where it is (`leader.json`), and starts
@@ -128,10 +259,17 @@ pub(super) async fn start(
     let (batch_tx, batch_rx) = mpsc::channel(4096);
     let (batch_ev_tx, batch_events) = mpsc::channel(4096);
 
+    let supervisor = Supervisor {
+        stop: stop.clone(),
+        reason: stop_reason.clone(),
+        shutting_down: CancellationToken::new(),
+    };
     let persist = {
         let stop = stop.clone();
         let reason = stop_reason.clone();
-        tokio::spawn(async move {
+        // Its own errors set the reason with their exit code (a fenced
+        // leader exits 3); the supervisor catches a panic.
+        supervisor.spawn("journal writer", EarlyEnd::Allowed, |_| None, async move {
             let r = persister.run(persist_rx).await;
             if let Err(e) = &r {
                 let code = if matches!(e, PersistError::Fenced { .. }) {
@@ -146,7 +284,19 @@ pub(super) async fn start(
         })
     };
     let flush_stop = CancellationToken::new();
-    let flusher = tokio::spawn(logs.clone().run_flusher(flush_stop.clone()));
+    let flusher = supervisor.spawn(
+        "log writer",
+        EarlyEnd::Fails,
+        |_| None,
+        logs.clone().run_flusher(flush_stop.clone()),
+    );
+    let leftovers = match &cfg.batch {
+        Batch::Kubernetes(k) => format!(
+            "some of its Kubernetes Jobs may remain; they expire by themselves after --kubernetesJobTtl, or remove them with `toil-leader cleanup-jobs --owner {} --workflow {}`",
+            k.owner, meta.workflow_id
+        ),
+        Batch::Local(_) => "its agents stop their jobs when they lose the leader".to_string(),
+    };
     // What agents learn from the leader about the job store: the account
     // that owns its bucket, so that they check it without asking STS.
     let store_env: Vec<(String, String)> = store
@@ -166,7 +316,12 @@ pub(super) async fn start(
                 env: local.env.iter().cloned().chain(store_env).collect(),
                 ..local.clone()
             };
-            tokio::spawn(batch::local::run(local, batch_rx, batch_ev_tx))
+            supervisor.spawn(
+                "local batch system",
+                EarlyEnd::Fails,
+                |_| None,
+                batch::local::run(local, batch_rx, batch_ev_tx),
+            )
         }
         Batch::Kubernetes(_) => {
             let Some(mut cluster) = cluster else {
@@ -189,37 +344,47 @@ pub(super) async fn start(
                     "warning: agents will dial the leader at {address}, which pods on a real cluster cannot reach; set --leaderAddress to an address they can (or run the leader in the cluster, see docs/kubernetes.md)"
                 );
             }
-            tokio::spawn(batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx))
+            supervisor.spawn(
+                "Kubernetes batch system",
+                EarlyEnd::Fails,
+                |_| None,
+                batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx),
+            )
         }
     };
     let server_stop = CancellationToken::new();
-    let server = tokio::spawn(crate::server::serve(
-        listener,
-        AgentSvc {
-            driver: driver_tx.clone(),
-            tokens: tokens.clone(),
-            logs: logs.clone(),
-        },
-        WorkflowSvc {
-            driver: driver_tx.clone(),
-            tokens: tokens.clone(),
-            events: events.clone(),
-            logs: logs.clone(),
-            workflow_id: meta.workflow_id.clone(),
-            name: meta.name.clone(),
-            started_at: prost_types::Timestamp {
-                seconds: meta.created_ms / 1000,
-                nanos: 0,
+    let server = supervisor.spawn(
+        "gRPC server",
+        EarlyEnd::Fails,
+        |r: &Result<(), tonic::transport::Error>| r.as_ref().err().map(|e| format!("{e:#}")),
+        crate::server::serve(
+            listener,
+            AgentSvc {
+                driver: driver_tx.clone(),
+                tokens: tokens.clone(),
+                logs: logs.clone(),
             },
-        },
-        server_stop.clone(),
-    ));
-    let display = tokio::spawn(crate::progress::run(
-        meta.name.clone(),
-        progress_rx,
-        echo_rx,
-        stop.clone(),
-    ));
+            WorkflowSvc {
+                driver: driver_tx.clone(),
+                tokens: tokens.clone(),
+                events: events.clone(),
+                logs: logs.clone(),
+                workflow_id: meta.workflow_id.clone(),
+                name: meta.name.clone(),
+                started_at: prost_types::Timestamp {
+                    seconds: meta.created_ms / 1000,
+                    nanos: 0,
+                },
+            },
+            server_stop.clone(),
+        ),
+    );
+    let display = supervisor.spawn(
+        "terminal display",
+        EarlyEnd::Fails,
+        |_| None,
+        crate::progress::run(meta.name.clone(), progress_rx, echo_rx, stop.clone()),
+    );
     spawn_signal_handler(stop.clone(), stop_reason.clone());
     crate::say!(
         "workflow {} ({} jobs) · job store {} · leader {address}",
@@ -255,8 +420,10 @@ pub(super) async fn start(
         stop_reason,
         logs,
         tasks: Tasks {
+            supervisor,
             batch_tx,
             batch,
+            leftovers,
             server_stop,
             server,
             flush_stop,
@@ -281,21 +448,41 @@ impl Running {
             logs: _,
             tasks: t,
         } = self;
+        let mut t = t;
         let outcome = driver.run(driver_rx, batch_events, stop.clone()).await;
+        t.supervisor.shutting_down.cancel();
+        let began = Instant::now();
+        let bound = began + SHUTDOWN_BOUND;
 
         // Agents first, so none runs on after the journal's last entry.
         let (done_tx, done_rx) = oneshot::channel();
-        let _ = t.batch_tx.send(BatchCmd::Shutdown(done_tx)).await;
-        let _ = tokio::time::timeout(BATCH_SHUTDOWN, done_rx).await;
-        let _ = t.batch.await;
+        let agents_stopped = tokio::time::timeout_at(began + BATCH_SHUTDOWN, async {
+            let _ = t.batch_tx.send(BatchCmd::Shutdown(done_tx)).await;
+            let _ = done_rx.await;
+        })
+        .await
+        .is_ok();
+        if finish(&mut t.batch, began + BATCH_SHUTDOWN).await.is_none() || !agents_stopped {
+            crate::say!(
+                "toil-leader: the batch system did not stop within {} s; {}",
+                BATCH_SHUTDOWN.as_secs(),
+                t.leftovers
+            );
+        }
         t.server_stop.cancel();
-        let _ = t.server.await;
+        if finish(&mut t.server, bound).await.is_none() {
+            tracing::warn!("the gRPC server did not close its connections in time");
+        }
         t.flush_stop.cancel();
-        let _ = t.flusher.await;
+        if finish(&mut t.flusher, bound).await.is_none() {
+            crate::say!(
+                "toil-leader: the last job logs were not all stored within the shutdown bound"
+            );
+        }
         drop(t.driver_tx);
         stop.cancel();
-        let _ = t.display.await;
-        let persisted = t.persist.await;
+        let _ = finish(&mut t.display, bound).await;
+        let persisted = finish(&mut t.persist, bound).await.flatten();
         let reason = stop_reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -372,4 +559,114 @@ fn spawn_signal_handler(stop: CancellationToken, reason: StopReason) {
 fn grpc_target(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.trim_end_matches('/').to_string()
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn supervisor() -> Supervisor {
+        Supervisor {
+            stop: CancellationToken::new(),
+            reason: Arc::new(Mutex::new(None)),
+            shutting_down: CancellationToken::new(),
+        }
+    }
+
+    fn reason(s: &Supervisor) -> Option<(u8, String)> {
+        s.reason.lock().unwrap().clone()
+    }
+
+    #[tokio::test]
+    async fn a_task_that_panics_stops_the_run_with_its_message() {
+        let s = supervisor();
+        let mut w = s.spawn("batch system", EarlyEnd::Fails, |_| None, async {
+            panic!("index out of range");
+        });
+        assert_eq!(
+            finish(&mut w, Instant::now() + Duration::from_secs(5)).await,
+            Some(None)
+        );
+        assert!(s.stop.is_cancelled());
+        let (code, msg) = reason(&s).unwrap();
+        assert_eq!(code, exit::FAILED);
+        assert!(
+            msg.contains("the batch system task panicked (index out of range)")
+                && msg.contains("--restart"),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_task_that_fails_or_ends_early_stops_the_run_and_the_first_cause_is_kept() {
+        let s = supervisor();
+        let mut w = s.spawn(
+            "gRPC server",
+            EarlyEnd::Fails,
+            |r: &Result<(), String>| r.clone().err(),
+            async { Err::<(), _>("address in use".to_string()) },
+        );
+        finish(&mut w, Instant::now() + Duration::from_secs(5)).await;
+        assert!(s.stop.is_cancelled());
+        assert!(
+            reason(&s)
+                .unwrap()
+                .1
+                .contains("the gRPC server failed: address in use")
+        );
+
+        // A second failure does not replace the first cause.
+        let mut w = s.spawn("log writer", EarlyEnd::Fails, |_| None, async {});
+        finish(&mut w, Instant::now() + Duration::from_secs(5)).await;
+        assert!(reason(&s).unwrap().1.contains("gRPC server"));
+
+        let s = supervisor();
+        let mut w = s.spawn("log writer", EarlyEnd::Fails, |_| None, async {});
+        finish(&mut w, Instant::now() + Duration::from_secs(5)).await;
+        assert!(
+            reason(&s)
+                .unwrap()
+                .1
+                .contains("the log writer stopped while the workflow was running")
+        );
+    }
+
+    #[tokio::test]
+    async fn tasks_ending_in_the_shutdown_or_allowed_to_end_are_not_failures() {
+        let s = supervisor();
+        let mut w = s.spawn("journal writer", EarlyEnd::Allowed, |_| None, async {});
+        assert_eq!(
+            finish(&mut w, Instant::now() + Duration::from_secs(5)).await,
+            Some(Some(()))
+        );
+        s.shutting_down.cancel();
+        let mut w = s.spawn("log writer", EarlyEnd::Fails, |_| None, async {});
+        finish(&mut w, Instant::now() + Duration::from_secs(5)).await;
+        assert!(!s.stop.is_cancelled());
+        assert_eq!(reason(&s), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_that_does_not_stop_is_abandoned_at_the_bound() {
+        let s = supervisor();
+        s.shutting_down.cancel();
+        let gone = Arc::new(());
+        let held = gone.clone();
+        let mut w = s.spawn(
+            "Kubernetes batch system",
+            EarlyEnd::Fails,
+            |_| None,
+            async move {
+                let _held = held;
+                std::future::pending::<()>().await;
+            },
+        );
+        let t0 = Instant::now();
+        assert_eq!(finish(&mut w, t0 + SHUTDOWN_BOUND).await, None);
+        assert_eq!(t0.elapsed(), SHUTDOWN_BOUND);
+        // Abandoned means stopped: the task's state is dropped.
+        tokio::task::yield_now().await;
+        assert_eq!(Arc::strong_count(&gone), 1);
+    }
 }
