@@ -122,6 +122,18 @@ pub struct RunArgs {
     )]
     pub real_time_logging: bool,
 
+    /// Most bytes of one attempt's log the leader keeps, e.g. 500Mi. Past
+    /// it the log (stored, followed and on the terminal) ends with a line
+    /// saying so and the rest of the job's output is counted, not kept: a
+    /// job that prints without end cannot fill the job store. The agent's
+    /// own spool is not affected.
+    #[arg(
+        long = "maxLogBytesPerAttempt",
+        env = "TOIL_MAX_LOG_BYTES_PER_ATTEMPT",
+        default_value = "4Gi"
+    )]
+    pub max_log_bytes_per_attempt: String,
+
     /// Log the leader's own progress messages.
     #[arg(long = "logInfo")]
     pub log_info: bool,
@@ -568,6 +580,13 @@ impl RunArgs {
             }
             env.push(("TOIL_CONTAINER_ENGINE".into(), v.clone()));
         }
+        let max_log_bytes_per_attempt =
+            size("--maxLogBytesPerAttempt", &self.max_log_bytes_per_attempt)?;
+        if max_log_bytes_per_attempt == 0 {
+            return Err(bad(
+                "--maxLogBytesPerAttempt 0 would keep no log at all: give a size such as 100Mi",
+            ));
+        }
         if self.agent_lease < Duration::from_secs(1) {
             return Err(bad("--agentLease must be at least 1s"));
         }
@@ -633,6 +652,7 @@ impl RunArgs {
             advertise: self.advertise,
             reuse_agents,
             real_time_logging: self.real_time_logging,
+            max_log_bytes_per_attempt,
             output_dir,
             clean: self.clean,
             batch,

@@ -69,6 +69,8 @@ pub struct RunConfig {
     pub reuse_agents: bool,
     /// Show job output live.
     pub real_time_logging: bool,
+    /// Most bytes of one attempt's log kept (`--maxLogBytesPerAttempt`).
+    pub max_log_bytes_per_attempt: u64,
     /// Where workflow outputs are exported.
     pub output_dir: PathBuf,
     /// Job-store clean-up policy.

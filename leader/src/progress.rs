@@ -81,14 +81,18 @@ pub async fn run(
     term.clear_status();
 }
 
+/// Prints a batch of lines with one write: a flood of short lines written
+/// a line at a time costs a system call each.
 fn print_line(l: &EchoLine) {
-    let mut out = std::io::stdout().lock();
-    let _ = writeln!(
-        out,
-        "[{}] {}",
-        l.job_id,
-        crate::terminal::escape_controls(&l.line)
-    );
+    let mut text = String::with_capacity(l.text.len() + 16);
+    for line in l.lines() {
+        text.push('[');
+        text.push_str(&l.job_id);
+        text.push_str("] ");
+        text.push_str(&crate::terminal::escape_controls(line));
+        text.push('\n');
+    }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
 }
 
 #[cfg(test)]

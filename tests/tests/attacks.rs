@@ -197,3 +197,133 @@ fn another_local_user_can_read_nothing_in_a_file_job_store() {
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("Permission denied"), "{err}");
 }
+
+/// A job goes after the leader's memory through its log: it streams chunks
+/// of its own attempt numbered a million ahead (the leader once buffered
+/// them all: 945 MB in 3.7 s), then 40 MiB of chunks within the window that
+/// wait for a missing one, while a second job writes 100 MB without a
+/// newline (once rescanned from the start on every chunk: 40 MB cost 14 s
+/// of CPU). The far chunks are refused with OUT_OF_RANGE naming the window,
+/// the held ones with RESOURCE_EXHAUSTED naming the limit, the flood goes
+/// through in 64 KiB pieces, and no process of the run (the leader above
+/// all) passes 200 MB.
+#[test]
+fn a_job_flooding_its_log_cannot_grow_the_leaders_memory() {
+    let sb = Sandbox::new("attack-log-flood");
+    let generated = generate(sb.path());
+    let verdict = sb.path().join("verdict.json");
+    sb.write(
+        "wf.yaml",
+        &format!(
+            r#"
+jobs:
+  ahead:
+    cores: 0.1
+    memory: 128Mi
+    env: {{PYTHONPATH: "{gen}", VERDICT: "{verdict}"}}
+    command: "{py} {script} ahead"
+  flood:
+    cores: 0.1
+    memory: 32Mi
+    command: "head -c 100000000 /dev/zero | tr '\\0' x"
+"#,
+            gen = generated.display(),
+            verdict = verdict.display(),
+            py = harness::venv_bin("python").display(),
+            script = script("log_attack.py").display(),
+        ),
+    );
+    let (r, max_rss_kb) = sb
+        .spawn(sb.leader(&["run", "wf.yaml", "--clean", "never"]), "leader")
+        .wait_with_max_rss(Duration::from_secs(600));
+    assert_eq!(r.code(), 0, "{}", r.stderr);
+
+    let v: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&verdict).unwrap().trim()).unwrap();
+    let far = v["far"].as_str().unwrap();
+    assert!(
+        far.starts_with("OUT_OF_RANGE: log chunk 1000000 is more than 256 chunks ahead"),
+        "{v}"
+    );
+    let held = v["held"].as_str().unwrap();
+    assert!(held.starts_with("RESOURCE_EXHAUSTED: "), "{v}");
+    assert!(held.contains("past the limit of 8388608"), "{v}");
+
+    assert!(
+        max_rss_kb < 200 << 10,
+        "a process of the run reached {max_rss_kb} KiB"
+    );
+
+    // The flood reached the terminal in pieces of at most 64 KiB; what the
+    // terminal could not take in time is counted, not held.
+    let pieces: Vec<&str> = r
+        .stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("[flood] "))
+        .filter(|l| !l.starts_with("[toil-leader]"))
+        .collect();
+    assert!(
+        pieces
+            .iter()
+            .all(|p| p.len() <= 64 << 10 && p.bytes().all(|b| b == b'x'))
+    );
+    let shown: usize = pieces.iter().map(|p| p.len()).sum();
+    assert!(
+        shown == 100_000_000 || r.stdout.contains("of this job's output not shown here"),
+        "{shown} bytes shown and no note of the rest"
+    );
+    // The stored log has it all, in order.
+    let js = sb.job_store();
+    let stored = sb.run(&["logs", js.to_str().unwrap(), "flood"], T);
+    stored.expect_code(0);
+    assert_eq!(stored.stdout.trim_end().len(), 100_000_000);
+    assert!(stored.stdout.trim_end().bytes().all(|b| b == b'x'));
+}
+
+/// A job uses its own token (TOIL_ATTEMPT_TOKEN) to read another job's log,
+/// which holds a password (once it could). It is refused with
+/// PERMISSION_DENIED naming what a job may read; its own log it reads; the
+/// other job's record it sees without its outputs' files.
+#[test]
+fn a_jobs_token_reads_its_own_log_and_not_another_jobs() {
+    let sb = Sandbox::new("attack-log-spy");
+    let generated = generate(sb.path());
+    let verdict = sb.path().join("verdict.json");
+    sb.write(
+        "wf.yaml",
+        &format!(
+            r#"
+jobs:
+  secret:
+    cores: 0.1
+    memory: 32Mi
+    command: "echo DB_PASSWORD=hunter2; echo s > s.txt"
+    outputs: {{s: s.txt}}
+  spy:
+    cores: 0.1
+    memory: 64Mi
+    after: [secret]
+    env: {{PYTHONPATH: "{gen}", VERDICT: "{verdict}"}}
+    command: "{py} {script} spy secret"
+"#,
+            gen = generated.display(),
+            verdict = verdict.display(),
+            py = harness::venv_bin("python").display(),
+            script = script("log_attack.py").display(),
+        ),
+    );
+    let r = sb.run(&["run", "wf.yaml"], T);
+    r.expect_code(0);
+    let v: serde_json::Value =
+        serde_json::from_str(std::fs::read_to_string(&verdict).unwrap().trim()).unwrap();
+    assert_eq!(
+        v["other"],
+        "PERMISSION_DENIED: a job's token (job spy) may read only its own job's logs and those of the jobs it added; secret is neither: use the workflow's client token to read any job",
+        "{v}"
+    );
+    assert_eq!(v["other_log"], "", "{v}");
+    assert_eq!(v["own"], "OK", "{v}");
+    assert!(v["own_log"].as_str().unwrap().contains("spying now"), "{v}");
+    assert_eq!(v["other_record"]["state"], "JOB_STATE_SUCCEEDED", "{v}");
+    assert_eq!(v["other_record"]["outputs"], 0, "{v}");
+}

@@ -395,6 +395,19 @@ impl Core {
         deps
     }
 
+    /// True if `j` is `root` or a job added under it (a child or follow-on,
+    /// at any depth): what a job's own token may see the data of.
+    pub fn is_within(&self, j: JobIdx, root: JobIdx) -> bool {
+        let mut cur = Some(j);
+        while let Some(c) = cur {
+            if c == root {
+                return true;
+            }
+            cur = self.jobs.get(c as usize).and_then(|job| job.parent);
+        }
+        false
+    }
+
     /// True once every job has reached a final state.
     pub fn is_finished(&self) -> bool {
         self.counts.unfinished() == 0

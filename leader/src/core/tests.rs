@@ -309,6 +309,10 @@ fn children_and_follow_ons_join_on_success_and_hold_up_dependents() {
     let c1 = c.lookup("a/c1").expect("c1");
     let c2 = c.lookup("a/c2").expect("c2");
     let f = c.lookup("a/f").expect("f");
+    // What a job's token may see the data of: itself and what it added.
+    assert!(c.is_within(a, a) && c.is_within(c1, a) && c.is_within(f, a));
+    assert!(!c.is_within(1, a), "b is a's dependent, not its child");
+    assert!(!c.is_within(a, c1), "a child does not see its parent");
     assert_eq!(c.state(c1), JobState::Queued);
     assert_eq!(c.state(c2), JobState::Waiting);
     assert_eq!(c.state(f), JobState::Waiting);

@@ -155,4 +155,77 @@ mod tests {
             assert!(e.contains(why), "{e}");
         }
     }
+
+    /// Path components chosen to try every way out of a directory.
+    fn component() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(String::new()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("...".to_string()),
+            Just("a..b".to_string()),
+            Just(".hidden".to_string()),
+            Just("p1.txt".to_string()),
+            Just("\0".to_string()),
+            Just("\\..".to_string()),
+            Just("~".to_string()),
+            "[a-z.]{1,4}",
+            any::<String>(),
+        ]
+    }
+
+    fn path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        (any::<bool>(), proptest::collection::vec(component(), 1..6)).prop_map(|(root, parts)| {
+            let p = parts.join("/");
+            if root { format!("/{p}") } else { p }
+        })
+    }
+
+    /// True if joining `path` to a directory, component by component as
+    /// the export does, can only go down into it.
+    fn stays_inside(path: &str) -> bool {
+        use std::path::{Component, Path};
+        !path.is_empty()
+            && Path::new(path)
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)))
+            && Path::new("/out").join(path).starts_with("/out/")
+    }
+
+    proptest::proptest! {
+        // Pure string checks: 1,024 cases take a fraction of a second.
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(1024))]
+
+        /// Whatever an agent (or a job forging its report) sends, an
+        /// accepted output path and the stored file's name under the
+        /// attempt's prefix are relative, made of plain names, and stay
+        /// inside the directory they are joined to.
+        #[test]
+        fn any_accepted_report_stays_inside_its_directory(
+            name in proptest::prop_oneof![proptest::strategy::Just("p".to_string()), "[a-z]{1,3}"],
+            out_path in path(),
+            id_rest in path(),
+            own_prefix in proptest::prelude::any::<bool>(),
+        ) {
+            let s = spec();
+            let prefix = if own_prefix {
+                layout::output_prefix("part[3]", 2)
+            } else {
+                layout::output_prefix("part[3]", 1)
+            };
+            let id = format!("{prefix}{id_rest}");
+            let accepted = check_outputs(&s, &result(&name, &out_path, &id)).is_ok();
+            if accepted {
+                proptest::prop_assert_eq!(name.as_str(), "p");
+                proptest::prop_assert!(own_prefix);
+                proptest::prop_assert!(stays_inside(&out_path), "{:?}", out_path);
+                proptest::prop_assert!(stays_inside(&id_rest), "{:?}", id_rest);
+            }
+            if plain_relative(&out_path) {
+                proptest::prop_assert!(stays_inside(&out_path), "{:?}", out_path);
+            }
+        }
+    }
 }

@@ -251,7 +251,11 @@ pub(super) async fn start(
     let stop = CancellationToken::new();
     let stop_reason: StopReason = Arc::new(Mutex::new(None));
     let (echo_tx, echo_rx) = mpsc::channel(4096);
-    let logs = LogHub::new(store.clone(), cfg.real_time_logging.then_some(echo_tx));
+    let logs = LogHub::with_max_bytes_per_attempt(
+        store.clone(),
+        cfg.real_time_logging.then_some(echo_tx),
+        cfg.max_log_bytes_per_attempt,
+    );
     let events = Arc::new(EventHub::new());
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
     let (driver_tx, driver_rx) = mpsc::channel(1024);

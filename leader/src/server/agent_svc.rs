@@ -1,5 +1,6 @@
 //! `toil.v1.AgentService`: agents' reports go to the driver; log chunks go
-//! straight to the log hub (checked against the attempt's token).
+//! straight to the log hub (checked against the attempt's token, and
+//! refused when numbered past the hub's window).
 
 use std::sync::Arc;
 
@@ -104,15 +105,27 @@ impl AgentService for AgentSvc {
                 let Some(chunk) = msg.chunk else {
                     continue;
                 };
-                let through = logs.push(&msg.attempt_id, chunk);
+                let pushed = match logs.push(&msg.attempt_id, chunk) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(attempt = %msg.attempt_id, error = %e, "refused a log chunk");
+                        let _ = tx.send(Err(Status::from(e))).await;
+                        return;
+                    }
+                };
                 if tx
                     .send(Ok(StreamLogsResponse {
-                        received_through: through,
+                        received_through: pushed.through,
                     }))
                     .await
                     .is_err()
                 {
                     return;
+                }
+                // Read no more while the job store is behind: the agent
+                // keeps what it has not sent in its spool.
+                if pushed.backlog >= crate::logs::BACKLOG_HIGH {
+                    logs.wait_for_room(&msg.attempt_id).await;
                 }
             }
         });

@@ -72,6 +72,34 @@ impl WorkflowSvc {
         }
     }
 
+    /// Refuses a job's token access to the data (logs, outputs) of a job
+    /// outside its own subtree: itself and the jobs it added, at any depth.
+    /// The client token sees every job.
+    async fn check_data_scope(&self, caller: &Caller, target: &str) -> Result<(), Status> {
+        let Caller::Attempt { job_id: own, .. } = caller else {
+            return Ok(());
+        };
+        let (own_id, target_id) = (own.clone(), target.to_string());
+        let allowed = self
+            .query(move |d| {
+                let c = d.core();
+                match (c.lookup(&own_id), c.lookup(&target_id)) {
+                    (Some(o), Some(t)) => Some(c.is_within(t, o)),
+                    _ => None,
+                }
+            })
+            .await?;
+        match allowed {
+            Some(true) => Ok(()),
+            Some(false) => Err(Status::permission_denied(format!(
+                "a job's token (job {own}) may read only its own job's logs and those of the jobs it added; {target} is neither: use the workflow's client token to read any job"
+            ))),
+            None => Err(Status::not_found(format!(
+                "no job {target:?} in this workflow"
+            ))),
+        }
+    }
+
     /// Runs `f` on the driver's state and returns its answer.
     async fn query<T: Send + 'static>(
         &self,
@@ -137,10 +165,14 @@ impl WorkflowService for WorkflowSvc {
         &self,
         request: Request<GetJobRequest>,
     ) -> Result<Response<GetJobResponse>, Status> {
-        self.caller(&request)?;
+        let own = own_job(&self.caller(&request)?);
         let id = request.into_inner().job_id;
         let job = self
-            .query(move |d| d.core().lookup(&id).map(|j| job_proto(d.core(), j)))
+            .query(move |d| {
+                let c = d.core();
+                let scope = Scope::of(c, own.as_deref());
+                c.lookup(&id).map(|j| scope.redact(c, j, job_proto(c, j)))
+            })
             .await?
             .ok_or_else(|| Status::not_found("no such job in this workflow"))?;
         Ok(Response::new(GetJobResponse { job: Some(job) }))
@@ -150,7 +182,7 @@ impl WorkflowService for WorkflowSvc {
         &self,
         request: Request<ListJobsRequest>,
     ) -> Result<Response<ListJobsResponse>, Status> {
-        self.caller(&request)?;
+        let own = own_job(&self.caller(&request)?);
         let req = request.into_inner();
         let start: u32 = if req.page_token.is_empty() {
             0
@@ -168,11 +200,12 @@ impl WorkflowService for WorkflowSvc {
         let (jobs, next) = self
             .query(move |d| {
                 let c = d.core();
+                let scope = Scope::of(c, own.as_deref());
                 let mut jobs = Vec::new();
                 let mut j = start;
                 while (j as usize) < c.job_count() && jobs.len() < size {
                     if states.is_empty() || states.contains(&(c.state(j) as i32)) {
-                        jobs.push(job_proto(c, j));
+                        jobs.push(scope.redact(c, j, job_proto(c, j)));
                     }
                     j += 1;
                 }
@@ -211,8 +244,9 @@ impl WorkflowService for WorkflowSvc {
         &self,
         request: Request<FollowLogsRequest>,
     ) -> Result<Response<Self::FollowLogsStream>, Status> {
-        self.caller(&request)?;
+        let caller = self.caller(&request)?;
         let req = request.into_inner();
+        self.check_data_scope(&caller, &req.job_id).await?;
         let mut sub = self.events.subscribe(0);
         let job_id = req.job_id.clone();
         let mut attempts = self
@@ -282,22 +316,32 @@ impl WorkflowService for WorkflowSvc {
             Some(s) => (s.persisted, s.buffered, s.live),
             None => (u64::MAX, bytes::Bytes::new(), None),
         };
-        let parts = self
+        let segments = self
             .logs
-            .read_persisted(&req.job_id, n, req.offset, persisted)
+            .segments(&req.job_id, n, req.offset, persisted)
             .await
             .map_err(|e| Status::unavailable(format!("reading the log: {e}")))?;
         let (tx, rx) = mpsc::channel(64);
         let offset = req.offset;
+        let logs = self.logs.clone();
         tokio::spawn(async move {
+            // Segments are read one at a time as the follower takes them, so
+            // a long log never sits whole in the leader's memory.
             let mut pos = offset;
-            for (at, data) in parts {
+            for seg in segments {
+                let part = match logs.read_segment(&seg, pos, persisted).await {
+                    Ok(Some(p)) => p,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable(format!("reading the log: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                let (at, data) = part;
                 pos = at + data.len() as u64;
-                if tx
-                    .send(Ok(log_piece(&attempt_id, at, LogStream::Unspecified, data)))
-                    .await
-                    .is_err()
-                {
+                if !send_pieces(&tx, &attempt_id, at, LogStream::Unspecified, data).await {
                     return;
                 }
             }
@@ -308,11 +352,7 @@ impl WorkflowService for WorkflowSvc {
                     let data = buffered.slice(from..);
                     let at = persisted + from as u64;
                     pos = end;
-                    if tx
-                        .send(Ok(log_piece(&attempt_id, at, LogStream::Unspecified, data)))
-                        .await
-                        .is_err()
-                    {
+                    if !send_pieces(&tx, &attempt_id, at, LogStream::Unspecified, data).await {
                         return;
                     }
                 }
@@ -396,6 +436,69 @@ impl WorkflowService for WorkflowSvc {
         rx.await.map_err(|_| leader_gone())?;
         Ok(Response::new(CancelWorkflowResponse {}))
     }
+}
+
+/// The caller's own job, for a job's token.
+fn own_job(caller: &Caller) -> Option<String> {
+    match caller {
+        Caller::Client => None,
+        Caller::Attempt { job_id, .. } => Some(job_id.clone()),
+    }
+}
+
+/// Which jobs' data a caller sees: every job for the client token; for a
+/// job's token its own job and the jobs it added. Outside that, a job
+/// still sees each job's id, state, resources and attempts (the shape of
+/// the workflow, which it needs to wait on or reason about other jobs) but
+/// not its outputs' stored files.
+enum Scope {
+    All,
+    Under(Option<crate::core::JobIdx>),
+}
+
+impl Scope {
+    fn of(core: &crate::core::Core, own: Option<&str>) -> Scope {
+        match own {
+            None => Scope::All,
+            Some(id) => Scope::Under(core.lookup(id)),
+        }
+    }
+
+    fn redact(&self, core: &crate::core::Core, j: crate::core::JobIdx, mut job: Job) -> Job {
+        let visible = match self {
+            Scope::All => true,
+            Scope::Under(root) => root.is_some_and(|r| core.is_within(j, r)),
+        };
+        if !visible {
+            job.outputs.clear();
+        }
+        job
+    }
+}
+
+/// Largest `data` in one FollowLogsResponse: well under the 4 MiB a gRPC
+/// client takes by default, whatever size the stored segments are.
+const FOLLOW_PIECE: usize = 1 << 20;
+
+/// Sends `data` in pieces of at most `FOLLOW_PIECE`; false once the
+/// follower has gone.
+async fn send_pieces(
+    tx: &mpsc::Sender<Result<FollowLogsResponse, Status>>,
+    attempt_id: &str,
+    offset: u64,
+    stream: LogStream,
+    data: bytes::Bytes,
+) -> bool {
+    let mut at = 0;
+    while at < data.len() {
+        let end = (at + FOLLOW_PIECE).min(data.len());
+        let piece = log_piece(attempt_id, offset + at as u64, stream, data.slice(at..end));
+        if tx.send(Ok(piece)).await.is_err() {
+            return false;
+        }
+        at = end;
+    }
+    true
 }
 
 fn log_piece(

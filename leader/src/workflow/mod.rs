@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 mod diag;
 mod fits;
+#[cfg(test)]
+mod fuzz;
 pub mod limits;
 mod parse;
 pub mod spec;
