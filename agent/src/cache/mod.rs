@@ -280,10 +280,10 @@ fn private_dir(dir: &Path) -> io::Result<()> {
         Err(e) => return Err(e),
     }
     let md = fs::metadata(dir)?;
-    if md.mode() & 0o077 != 0 {
-        if let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700)) {
-            tracing::warn!(dir = %dir.display(), error = %e, "cannot make the cache directory private (0700); other users on this node may hold its locks");
-        }
+    if md.mode() & 0o077 != 0
+        && let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the cache directory private (0700); other users on this node may hold its locks");
     }
     Ok(())
 }
