@@ -7,25 +7,37 @@
 //! leaves the cache locked.
 //!
 //! - Files are immutable by job-store id, so an entry, once complete, is
-//!   valid forever. Entries are named by a hash of the id.
+//!   valid as long as nobody changed it. Entries are named by a hash of the
+//!   id.
 //! - A download goes to a temporary file, is verified against the expected
 //!   SHA-256, fsynced, made read-only and renamed into place (and the
 //!   directory fsynced): no reader ever sees a partial entry.
+//! - Every entry has a stamp (see `stamp`): its inode's identity, size,
+//!   mode, mtime and ctime, checked before every hand-out and when the
+//!   attempt that held it ends. Jobs get hard links, so a job can write to
+//!   the shared inode; the ctime shows it, and a changed entry is removed and
+//!   downloaded again.
 //! - One download per entry per node at a time: the downloader holds the
-//!   entry's exclusive download lock; others block on it (in the kernel, on a
+//!   entry's exclusive download lock; others wait for it (polling on a
 //!   blocking-pool thread), then find the finished entry.
+//! - Every lock is taken with a deadline (`lock_timeout`): a job runs as the
+//!   agent's user and can hold a lock file, so waiting forever would let one
+//!   job stop every other pod's staging. Staging as a whole has a deadline
+//!   too (`staging_timeout`).
 //! - A job holds a shared "use" lock on each entry it staged until its
-//!   [`Staged`] is dropped; eviction takes that lock exclusively without
+//!   [`Staged`] is finished; eviction takes that lock exclusively without
 //!   waiting, so it never removes an entry a job holds.
 //! - Jobs get read-only hard links into their work directory, or private
 //!   copies for inputs they declare writable.
-//! - Outputs a job uploaded go in too ([`NodeCache::insert_output`]).
-//! - Eviction is least recently used (by the entry's access time, set on
+//! - Outputs a job uploaded go in too ([`NodeCache::insert_output`]), once
+//!   their bytes are hashed again against the upload.
+//! - Eviction is least recently used (by the stamp's mtime, rewritten on
 //!   every use) against `max_bytes`, or else against the filesystem's free
 //!   space minus a margin and the disk running jobs reserved.
 //! - With `disabled`, every job downloads privately and nothing is shared.
 //!
-//! See `layout` for the directory structure and `space` for the budget.
+//! See `layout` for the directory structure, `space` for the budget,
+//! `stamp` for the change detection and `lock` for the deadlines.
 
 mod error;
 mod layout;
