@@ -13,6 +13,17 @@ use std::time::{Duration, Instant};
 
 use cache_support::*;
 
+/// A byte budget for the cache, so that these tests do not depend on the
+/// machine's free disk (by default the cache keeps up to 10 GiB free).
+const BUDGET: [&str; 2] = ["--cache-max-size", "100M"];
+
+/// `extra` plus the budget.
+fn with_budget<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = extra.to_vec();
+    v.extend(BUDGET);
+    v
+}
+
 /// What the attacking job does to its input: make it writable (it owns the
 /// inode), write the same number of bytes, and put the mode and the mtime
 /// back, so that size, mode and mtime all look untouched.
@@ -41,7 +52,7 @@ fn poison_in_place(link: &Path) {
 fn a_same_size_write_through_a_link_is_noticed_and_refetched() {
     let node = Node::new();
     let f = node.put_random("files/in/ref.fa", 200_000);
-    let first = node.stage_ok("first", &[f.input("ref.fa")], &[]);
+    let first = node.stage_ok("first", &[f.input("ref.fa")], &BUDGET);
     assert_eq!(u(&first, "misses"), 1, "{first}");
     let link = node.work("first").join("ref.fa");
     assert_eq!(
@@ -52,7 +63,7 @@ fn a_same_size_write_through_a_link_is_noticed_and_refetched() {
     poison_in_place(&link);
     assert_ne!(sha256_file(&node.entry_path(&f)), f.sha256, "poisoned");
 
-    let second = node.stage_ok("second", &[f.input("ref.fa")], &[]);
+    let second = node.stage_ok("second", &[f.input("ref.fa")], &BUDGET);
     assert_eq!(
         (u(&second, "misses"), u(&second, "hits")),
         (1, 0),
@@ -69,7 +80,7 @@ fn a_same_size_write_through_a_link_is_noticed_and_refetched() {
     assert_eq!(sha256_file(&node.entry_path(&f)), f.sha256);
 
     // And the refetched entry is trusted again: the third stage is a hit.
-    let third = node.stage_ok("third", &[f.input("ref.fa")], &[]);
+    let third = node.stage_ok("third", &[f.input("ref.fa")], &BUDGET);
     assert_eq!((u(&third, "misses"), u(&third, "hits")), (0, 1), "{third}");
     assert_eq!(third["warnings"], serde_json::json!([]));
     assert_eq!(sha256_file(&node.work("third").join("ref.fa")), f.sha256);
@@ -85,7 +96,11 @@ fn a_change_during_the_job_is_found_when_the_attempt_ends() {
     // The hold stands for the job's run time; the poisoning takes
     // milliseconds of it.
     let mut job = node
-        .stage("job", &[f.input("reads.fq")], &["--hold", "3"])
+        .stage(
+            "job",
+            &[f.input("reads.fq")],
+            &with_budget(&["--hold", "3"]),
+        )
         .spawn()
         .unwrap();
     let s = read_summary_line(&mut job);
@@ -150,7 +165,7 @@ fn stage_fails(
 ) -> (serde_json::Value, String, Duration) {
     let t0 = Instant::now();
     let out = node
-        .stage(work, inputs, &["--lock-timeout", "1s"])
+        .stage(work, inputs, &with_budget(&["--lock-timeout", "1s"]))
         .output()
         .unwrap();
     let took = t0.elapsed();
@@ -176,7 +191,7 @@ fn a_held_space_lock_fails_new_downloads_with_a_named_cause_and_hits_go_on() {
     let node = Node::new();
     let cached = node.put_random("files/cached.bin", 10_000);
     let fresh = node.put_random("files/fresh.bin", 10_000);
-    node.stage_ok("warm", &[cached.input("cached.bin")], &[]);
+    node.stage_ok("warm", &[cached.input("cached.bin")], &BUDGET);
 
     let locks = node.cache.join("locks");
     assert_eq!(fs::metadata(&locks).unwrap().mode() & 0o777, 0o700);
@@ -187,7 +202,7 @@ fn a_held_space_lock_fails_new_downloads_with_a_named_cause_and_hits_go_on() {
     let hit = node.stage_ok(
         "hit",
         &[cached.input("cached.bin")],
-        &["--lock-timeout", "1s"],
+        &with_budget(&["--lock-timeout", "1s"]),
     );
     assert_eq!(u(&hit, "hits"), 1, "{hit}");
 
@@ -215,7 +230,7 @@ fn a_held_space_lock_fails_new_downloads_with_a_named_cause_and_hits_go_on() {
     let ok = node.stage_ok(
         "miss2",
         &[fresh.input("fresh.bin")],
-        &["--lock-timeout", "1s"],
+        &with_budget(&["--lock-timeout", "1s"]),
     );
     assert_eq!(u(&ok, "misses"), 1, "{ok}");
 }
@@ -228,7 +243,7 @@ fn held_entry_locks_fail_that_entry_only_with_a_named_cause() {
     let node = Node::new();
     let a = node.put_random("files/a.bin", 10_000);
     let b = node.put_random("files/b.bin", 10_000);
-    node.stage_ok("warm", &[a.input("a.bin")], &[]);
+    node.stage_ok("warm", &[a.input("a.bin")], &BUDGET);
     let name = |f: &StoredFile| {
         node.entry_path(f)
             .file_name()
@@ -250,7 +265,11 @@ fn held_entry_locks_fail_that_entry_only_with_a_named_cause() {
         )),
         "{msg}"
     );
-    let other = node.stage_ok("y", &[b.input("b.bin")], &["--lock-timeout", "1s"]);
+    let other = node.stage_ok(
+        "y",
+        &[b.input("b.bin")],
+        &with_budget(&["--lock-timeout", "1s"]),
+    );
     assert_eq!(u(&other, "misses"), 1, "{other}");
     drop(holder);
 
@@ -269,6 +288,10 @@ fn held_entry_locks_fail_that_entry_only_with_a_named_cause() {
         "{msg}"
     );
     drop(holder);
-    let ok = node.stage_ok("z2", &[c.input("c.bin")], &["--lock-timeout", "1s"]);
+    let ok = node.stage_ok(
+        "z2",
+        &[c.input("c.bin")],
+        &with_budget(&["--lock-timeout", "1s"]),
+    );
     assert_eq!(u(&ok, "misses"), 1, "{ok}");
 }
