@@ -23,7 +23,7 @@ use tokio::sync::{Mutex, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::cache::{CacheInput, NodeCache};
+use crate::cache::{CacheInput, NodeCache, Staged};
 use crate::client::{ClientError, Leader};
 use crate::config::RunArgs;
 use crate::exec::{self, KillReason};
@@ -145,8 +145,17 @@ impl AgentCtx {
             kill: kill_rx,
             usage: ResourceUsage::default(),
             started: None,
+            staged: None,
         };
         let (c, exit_code, outs) = run.body().await;
+        // Check the cache entries the job had links to (a job can write to
+        // them) and take the links back, before the log is closed so that
+        // a change found is in the job's log.
+        if let Some(staged) = run.staged.take() {
+            for w in self.cache.finish(staged, !self.args.keep_work_dir).await {
+                run.note(&w).await;
+            }
+        }
         let started = run.started;
         // Deliver the rest of the log; when the agent is being stopped
         // (SIGTERM: the pod is going away) wait only briefly.
@@ -233,6 +242,8 @@ struct Run<'a> {
     kill: watch::Receiver<Option<KillReason>>,
     usage: ResourceUsage,
     started: Option<chrono::DateTime<chrono::Utc>>,
+    /// The staged inputs, held until the attempt ends.
+    staged: Option<Staged>,
 }
 
 impl Run<'_> {
@@ -277,6 +288,10 @@ impl Run<'_> {
             }
         };
         staged.stats().add_to(&mut self.usage);
+        for w in staged.warnings() {
+            self.note(w).await;
+        }
+        self.staged = Some(staged);
         let input_paths: HashSet<String> = inputs.iter().map(|i| i.dest_path.clone()).collect();
 
         let mut cmd = if a.image.is_empty() {
@@ -388,7 +403,6 @@ impl Run<'_> {
         {
             Ok((outs, bytes)) => {
                 self.usage.bytes_uploaded = bytes;
-                drop(staged);
                 (Cause::succeeded(), 0, outs)
             }
             Err(e @ outputs::OutputError::Missing { .. })

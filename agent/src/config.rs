@@ -48,6 +48,27 @@ pub struct RunArgs {
     /// filesystem's free space).
     #[arg(long = "cacheMaxSize", env = "TOIL_CACHE_MAX_SIZE")]
     pub cache_max_size: Option<u64>,
+    /// Longest wait for any one node cache lock, e.g. `120s`. The cache's
+    /// lock files can be opened (and held) by a job running as the agent's
+    /// user; past this wait staging fails with a cause naming the lock and
+    /// the process holding it. A download lock is waited for as long as the
+    /// download it guards keeps growing.
+    #[arg(
+        long = "cacheLockTimeout",
+        env = "TOIL_CACHE_LOCK_TIMEOUT",
+        default_value = "120s",
+        value_parser = parse_timeout
+    )]
+    pub cache_lock_timeout: Duration,
+    /// Longest time to stage one job's inputs, downloads included, e.g.
+    /// `1h`; past it the attempt fails (STAGING_FAILED) and is retried.
+    #[arg(
+        long = "stagingTimeout",
+        env = "TOIL_STAGING_TIMEOUT",
+        default_value = "1h",
+        value_parser = parse_timeout
+    )]
+    pub staging_timeout: Duration,
     /// `singularity` or `apptainer` (default: whichever is on PATH).
     #[arg(long = "containerEngine", env = "TOIL_CONTAINER_ENGINE")]
     pub container_engine: Option<String>,
@@ -70,6 +91,20 @@ pub struct RunArgs {
     pub node_name: String,
 }
 
+/// A duration for a timeout: `humantime` (`120s`, `2m`, `1h 30m`), more
+/// than zero and at most 30 days.
+pub fn parse_timeout(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration ({e}): write it like 120s, 2m or 1h"))?;
+    if d.is_zero() {
+        return Err(format!("{s:?}: a timeout must be more than zero"));
+    }
+    if d > Duration::from_secs(30 * 86_400) {
+        return Err(format!("{s:?}: a timeout may be at most 30 days"));
+    }
+    Ok(d)
+}
+
 impl RunArgs {
     /// Checks values that clap cannot, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
@@ -86,5 +121,23 @@ impl RunArgs {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeouts_parse_with_clear_errors() {
+        assert_eq!(parse_timeout("120s"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("1h 30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
+        let zero = parse_timeout("0s").err().unwrap_or_default();
+        assert!(zero.contains("more than zero"), "{zero}");
+        let huge = parse_timeout("1000days").err().unwrap_or_default();
+        assert!(huge.contains("at most 30 days"), "{huge}");
+        let junk = parse_timeout("soon").err().unwrap_or_default();
+        assert!(junk.contains("write it like 120s"), "{junk}");
     }
 }

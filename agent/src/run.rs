@@ -40,6 +40,8 @@ pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<
             max_bytes: args.cache_max_size,
             disabled: args.disable_caching,
             sweep_interval: std::time::Duration::from_secs(60),
+            lock_timeout: args.cache_lock_timeout,
+            staging_timeout: args.staging_timeout,
             ..CacheConfig::default()
         },
     )?;

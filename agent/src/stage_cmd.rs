@@ -5,8 +5,9 @@
 //! `stage` stages inputs exactly as an attempt would and prints one JSON
 //! line: `{"pid", "hits", "misses", "bytes_downloaded", "seconds",
 //! "started_ms", "ended_ms", "job_store_reads", "files": [{"file_id",
-//! "path", "hit"}]}`; with `--hold`
-//! it then keeps the entries locked (as a running job does) before exiting.
+//! "path", "hit"}], "warnings"}`; with `--hold`
+//! it then keeps the entries locked (as a running job does) before exiting,
+//! and checks them as the end of an attempt does.
 //! On failure it prints `{"error", "cause", "retryable"}` and exits non-zero.
 //!
 //! `pull-image` pulls an image through the per-image lock and prints
@@ -57,9 +58,20 @@ pub struct StageArgs {
     #[arg(long, value_parser = parse_byte_size, default_value = "0")]
     pub disk: u64,
     /// Keep the staged entries locked this many seconds after printing the
-    /// summary, as a running job would.
+    /// summary, as a running job would; then check them as an attempt's
+    /// end does (an entry changed meanwhile is removed, and said so on
+    /// stderr). The placed files stay in the work directory.
     #[arg(long, value_name = "SECONDS")]
     pub hold: Option<f64>,
+    /// Longest wait for any one node cache lock (see `toil-agent run
+    /// --help`).
+    #[arg(long = "lock-timeout", env = "TOIL_CACHE_LOCK_TIMEOUT", default_value = "120s",
+          value_parser = crate::config::parse_timeout)]
+    pub lock_timeout: Duration,
+    /// Longest time to stage all the inputs.
+    #[arg(long = "staging-timeout", env = "TOIL_STAGING_TIMEOUT", default_value = "1h",
+          value_parser = crate::config::parse_timeout)]
+    pub staging_timeout: Duration,
     /// Test only: wait this long, holding the download lock with the
     /// complete temporary file on disk, before publishing a download.
     #[arg(long, hide = true, value_name = "MS")]
@@ -80,6 +92,9 @@ struct StageSummary {
     ended_ms: i64,
     job_store_reads: u64,
     files: Vec<FileSummary>,
+    /// Cache entries found changed since they were stored (and downloaded
+    /// again).
+    warnings: Vec<String>,
 }
 
 #[derive(serde::Serialize)]
@@ -109,17 +124,20 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
         debug_publish_delay: args.debug_publish_delay_ms.map(Duration::from_millis),
         // A debugging command: always clean up after dead processes.
         sweep_interval: Duration::ZERO,
+        lock_timeout: args.lock_timeout,
+        staging_timeout: args.staging_timeout,
     };
     let t0 = Instant::now();
     let started_ms = chrono::Utc::now().timestamp_millis();
     let result = async {
         let cache = NodeCache::open(&args.cache_dir, cfg)?;
-        cache
+        let staged = cache
             .stage(&store, &inputs, &args.work_dir, args.disk)
-            .await
+            .await?;
+        Ok::<_, crate::cache::CacheError>((cache, staged))
     }
     .await;
-    let staged = match result {
+    let (cache, staged) = match result {
         Ok(s) => s,
         Err(e) => {
             print_line(&serde_json::json!({
@@ -132,6 +150,9 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
         }
     };
     let stats = staged.stats();
+    for w in staged.warnings() {
+        eprintln!("{w}");
+    }
     print_line(&StageSummary {
         pid: std::process::id(),
         hits: stats.hits,
@@ -141,6 +162,7 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
         started_ms,
         ended_ms: chrono::Utc::now().timestamp_millis(),
         job_store_reads: store.op_counts().reads,
+        warnings: staged.warnings().to_vec(),
         files: staged
             .files()
             .iter()
@@ -154,7 +176,10 @@ pub async fn run(args: StageArgs) -> anyhow::Result<()> {
     if let Some(secs) = args.hold {
         tokio::time::sleep(Duration::from_secs_f64(secs.max(0.0))).await;
     }
-    drop(staged);
+    // The caller uses the placed files after this exits: leave them.
+    for w in cache.finish(staged, false).await {
+        eprintln!("{w}");
+    }
     Ok(())
 }
 

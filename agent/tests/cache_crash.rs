@@ -45,13 +45,22 @@ fn kill_during_download_then_next_agent_downloads() {
         .stage("b", &[f.input("sample.bam")], &[])
         .spawn()
         .unwrap();
-    // The second agent queues behind the download lock: the kernel lists it
-    // as a waiter on an flock (not a guess at how long it takes to get
+    // The second agent queues behind the download lock: it keeps the lock
+    // file open while it polls (not a guess at how long it takes to get
     // there).
+    let dl_lock = node.cache.join("locks").join(format!(
+        "{}.dl",
+        entry.file_name().unwrap().to_string_lossy()
+    ));
     wait_for(
         "the second agent to wait on the download lock",
         Duration::from_secs(30),
-        || when(procfs::waits_on_flock(b.id()), b.try_wait().ok().flatten()),
+        || {
+            when(
+                procfs::has_open(b.id(), &dl_lock),
+                b.try_wait().ok().flatten(),
+            )
+        },
     );
     assert!(
         b.try_wait().unwrap().is_none(),

@@ -240,6 +240,18 @@ pub struct RunArgs {
     #[arg(long = "cacheMaxSize")]
     pub cache_max_size: Option<String>,
 
+    /// Longest wait of an agent for any one node cache lock, e.g. 2m
+    /// (agents' default: 120s). A job can hold the cache's lock files;
+    /// past this, staging fails (STAGING_FAILED) naming the lock and its
+    /// holder.
+    #[arg(long = "cacheLockTimeout", value_parser = humantime::parse_duration)]
+    pub cache_lock_timeout: Option<Duration>,
+
+    /// Longest time an agent spends staging one job's inputs, downloads
+    /// included, e.g. 2h (agents' default: 1h).
+    #[arg(long = "stagingTimeout", value_parser = humantime::parse_duration)]
+    pub staging_timeout: Option<Duration>,
+
     /// Container engine for jobs with an image: singularity or apptainer.
     /// Default: whichever is on PATH.
     #[arg(long = "containerEngine", env = "TOIL_CONTAINER_ENGINE")]
@@ -571,6 +583,26 @@ impl RunArgs {
                 "TOIL_CACHE_MAX_SIZE".into(),
                 size("--cacheMaxSize", v)?.to_string(),
             ));
+        }
+        for (flag, var, v) in [
+            (
+                "--cacheLockTimeout",
+                "TOIL_CACHE_LOCK_TIMEOUT",
+                self.cache_lock_timeout,
+            ),
+            (
+                "--stagingTimeout",
+                "TOIL_STAGING_TIMEOUT",
+                self.staging_timeout,
+            ),
+        ] {
+            let Some(d) = v else { continue };
+            if d.is_zero() || d > Duration::from_secs(30 * 86_400) {
+                return Err(bad(format!(
+                    "{flag} must be more than zero and at most 30 days (e.g. 120s, 2m, 1h)"
+                )));
+            }
+            env.push((var.into(), humantime::format_duration(d).to_string()));
         }
         if let Some(v) = &self.container_engine {
             if !matches!(v.as_str(), "singularity" | "apptainer") {

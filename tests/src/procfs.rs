@@ -90,6 +90,16 @@ pub fn waits_on_flock(pid: u32) -> bool {
     })
 }
 
+/// Whether `pid` has `path` open (one of `/proc/PID/fd/*` links to it): a
+/// process that polls a lock keeps its lock file open while it waits.
+pub fn has_open(pid: u32, path: &std::path::Path) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(Result::ok)
+        .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|p| p == path))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

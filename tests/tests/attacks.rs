@@ -327,3 +327,209 @@ jobs:
     assert_eq!(v["other_record"]["state"], "JOB_STATE_SUCCEEDED", "{v}");
     assert_eq!(v["other_record"]["outputs"], 0, "{v}");
 }
+
+/// The original content of the input the cache tests share: 100,000 bytes.
+fn original_input() -> String {
+    "ACGT".repeat(25_000)
+}
+
+/// Runs the workflow in `file` with its own job store (another workflow)
+/// on the sandbox's one work directory, so on one node cache. The cache
+/// gets a byte budget so that the test does not depend on the machine's
+/// free disk (the default keeps up to 10 GiB free).
+fn run_workflow(
+    sb: &Sandbox,
+    file: &str,
+    yaml: &str,
+    extra: &[&str],
+) -> toil_tests::local::Finished {
+    sb.write(file, yaml);
+    let store = sb.path().join(format!("js-{file}"));
+    let out = sb.path().join(format!("out-{file}"));
+    let (store, out) = (store.to_string_lossy(), out.to_string_lossy());
+    let mut args = vec![
+        "run",
+        file,
+        "--jobStore",
+        &store,
+        "--outputDir",
+        &out,
+        "--cacheMaxSize",
+        "100M",
+    ];
+    args.extend(extra);
+    sb.run(&args, T)
+}
+
+/// A workflow whose job reads `data.bin` and exports what it read.
+const READER: &str = r#"
+jobs:
+  reader:
+    cores: 0.1
+    memory: 32Mi
+    inputs: [data.bin]
+    command: "cat data.bin > seen.txt"
+    outputs: {seen: seen.txt}
+outputs:
+  seen: reader.seen
+"#;
+
+fn seen(sb: &Sandbox, file: &str) -> String {
+    std::fs::read_to_string(sb.path().join(format!("out-{file}/seen/seen.txt"))).unwrap()
+}
+
+/// Cache poisoning across workflows, both ways a job on the node can try it.
+///
+/// 1. A job makes its read-only input link writable (it owns the inode the
+///    cache shares) and overwrites it in place with as many bytes. When its
+///    attempt ends the agent finds the entry's stamp broken, removes the
+///    entry and says so in the job's log; the next workflow on the node
+///    downloads the file again and reads the original.
+/// 2. A job with no inputs at all writes into the cache's entries directly
+///    (`$TOIL_WORKDIR/cache/entries`, as the agent's user), keeping size,
+///    mode and mtime. The next workflow's agent finds the stamp broken at
+///    the hit, removes the entry, downloads it again and says so; the job
+///    reads the original.
+#[test]
+fn a_job_poisoning_the_node_cache_does_not_reach_the_next_workflow() {
+    let sb = Sandbox::new("attack-cache");
+    sb.write("data.bin", &original_input());
+
+    let evil = run_workflow(
+        &sb,
+        "evil.yaml",
+        r#"
+jobs:
+  evil:
+    cores: 0.1
+    memory: 32Mi
+    inputs: [data.bin]
+    command: "chmod u+w data.bin && dd if=/dev/zero of=data.bin bs=100000 count=1 conv=notrunc status=none && echo poisoned"
+"#,
+        &[],
+    );
+    evil.expect_code(0);
+    let all = format!("{}{}", evil.stdout, evil.stderr);
+    assert!(all.contains("[evil] poisoned"), "{all}");
+    assert!(
+        all.contains("node cache: input data.bin (")
+            && all.contains("was changed while this job ran")
+            && all.contains("the entry was removed, so no later job gets the changed file"),
+        "{all}"
+    );
+    let after = run_workflow(&sb, "after.yaml", READER, &[]);
+    after.expect_code(0);
+    assert_eq!(seen(&sb, "after.yaml"), original_input());
+
+    // The entry is back (downloaded by `after`, next to its output written
+    // through); now a job writes into them directly, putting the mode and
+    // the mtime back.
+    let entries = sb.work_dir().join("cache/entries");
+    let input_entry = || {
+        std::fs::read_dir(&entries)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| std::fs::metadata(p).unwrap().len() == 100_000)
+            .expect("the input's entry")
+    };
+    let entry = input_entry();
+    let sneak = run_workflow(
+        &sb,
+        "sneak.yaml",
+        r#"
+jobs:
+  sneak:
+    cores: 0.1
+    memory: 32Mi
+    command: "for f in $TOIL_WORKDIR/cache/entries/*; do chmod u+w $f; dd if=/dev/zero of=$f bs=100000 count=1 conv=notrunc status=none; touch -d @1 $f; chmod 444 $f; done; echo sneaked"
+"#,
+        &[],
+    );
+    sneak.expect_code(0);
+    assert!(sneak.stdout.contains("[sneak] sneaked"), "{}", sneak.stdout);
+    assert!(
+        std::fs::read(&entry).unwrap().iter().all(|&b| b == 0),
+        "the entry itself was poisoned"
+    );
+
+    let next = run_workflow(&sb, "next.yaml", READER, &[]);
+    next.expect_code(0);
+    let all = format!("{}{}", next.stdout, next.stderr);
+    assert!(
+        all.contains("node cache: the cached copy of files/inputs/")
+            && all.contains("had changed since it was stored")
+            && all.contains("it was removed and the file downloaded again"),
+        "{all}"
+    );
+    assert_eq!(seen(&sb, "next.yaml"), original_input());
+    assert_eq!(
+        std::fs::read_to_string(input_entry()).unwrap(),
+        original_input()
+    );
+}
+
+/// A process on the machine (as a job could) holds the node cache's
+/// `space.lock` and never lets go. With the lock deadline set to 2 s, a
+/// workflow whose input is already cached runs (a hit needs no space); a
+/// workflow with a new input fails its staging with a cause that names the
+/// lock file and the holding process, retried on the infrastructure budget
+/// and then reported, instead of hanging.
+#[test]
+fn a_held_cache_lock_fails_staging_with_a_named_cause_instead_of_hanging() {
+    let sb = Sandbox::new("attack-lock");
+    sb.write("data.bin", &original_input());
+    run_workflow(&sb, "warm.yaml", READER, &[]).expect_code(0);
+
+    let space = sb.work_dir().join("cache/locks/space.lock");
+    let mut holder = std::process::Command::new("flock")
+        .args(["--exclusive", "--no-fork"])
+        .arg(&space)
+        .args(["sleep", "600"])
+        .spawn()
+        .unwrap_or_else(|e| panic!("flock (util-linux) is needed: {e}"));
+    let pid = holder.id().to_string();
+    toil_tests::wait::wait_for("flock to hold space.lock", Duration::from_secs(10), || {
+        let locks = std::fs::read_to_string("/proc/locks").unwrap_or_default();
+        toil_tests::wait::when(
+            locks
+                .lines()
+                .any(|l| !l.contains("->") && l.split_whitespace().nth(4) == Some(pid.as_str())),
+            (),
+        )
+    });
+
+    let hit = run_workflow(&sb, "hit.yaml", READER, &["--cacheLockTimeout", "2s"]);
+    hit.expect_code(0);
+    assert_eq!(seen(&sb, "hit.yaml"), original_input());
+
+    sb.write("fresh.bin", "not cached yet\n");
+    let t0 = std::time::Instant::now();
+    let miss = run_workflow(
+        &sb,
+        "miss.yaml",
+        r#"
+jobs:
+  fresh:
+    cores: 0.1
+    memory: 32Mi
+    inputs: [fresh.bin]
+    command: "cat fresh.bin"
+"#,
+        &["--cacheLockTimeout", "2s", "--infraRetryCount", "1"],
+    );
+    let took = t0.elapsed();
+    let _ = holder.kill();
+    let _ = holder.wait();
+    miss.expect_code(1);
+    let all = format!("{}{}", miss.stdout, miss.stderr);
+    assert!(
+        all.contains(&format!(
+            "node cache lock {} held for more than 2 s by process {pid} (sleep 600); another job on this node may be holding it",
+            space.display()
+        )),
+        "{all}"
+    );
+    assert!(all.contains("staging failed"), "{all}");
+    // Two attempts of about 2 s each, not an unbounded wait.
+    assert!(took < Duration::from_secs(60), "{took:?}");
+}

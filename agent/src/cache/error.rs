@@ -1,6 +1,8 @@
 //! Errors from staging inputs through the node cache.
 
 use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use toil_proto::v1::CauseKind;
 
@@ -58,6 +60,38 @@ pub enum CacheError {
         reason: String,
     },
 
+    /// A node cache lock stayed held past its deadline
+    /// (`--cacheLockTimeout`): a process on the node, most likely a job
+    /// (which runs as the agent's user and can open the lock files), holds
+    /// it and does not let go.
+    #[error(
+        "{file_id}: node cache lock {} held for more than {} by {}; another job on this node may be holding it (the wait is set by --cacheLockTimeout / TOIL_CACHE_LOCK_TIMEOUT)",
+        lock.display(),
+        super::lock::seconds(*waited),
+        holder.as_deref().unwrap_or("another process")
+    )]
+    LockTimeout {
+        /// The file id being staged (empty for node-wide work).
+        file_id: String,
+        /// The lock file.
+        lock: PathBuf,
+        /// The deadline that passed.
+        waited: Duration,
+        /// The holding process, when visible from here.
+        holder: Option<String>,
+    },
+
+    /// Staging all of an attempt's inputs took longer than
+    /// `--stagingTimeout`.
+    #[error(
+        "staging the inputs took longer than {} (the limit is set by --stagingTimeout / TOIL_STAGING_TIMEOUT)",
+        super::lock::seconds(*limit)
+    )]
+    StagingTimeout {
+        /// The limit.
+        limit: Duration,
+    },
+
     /// A local filesystem operation failed.
     #[error("{context}: {error}")]
     Io {
@@ -75,7 +109,10 @@ impl CacheError {
     pub fn is_retryable(&self) -> bool {
         match self {
             CacheError::JobStore { error, .. } => error.is_retryable(),
-            CacheError::Checksum { .. } | CacheError::NoSpace { .. } => true,
+            CacheError::Checksum { .. }
+            | CacheError::NoSpace { .. }
+            | CacheError::LockTimeout { .. }
+            | CacheError::StagingTimeout { .. } => true,
             CacheError::BadInput { .. } => false,
             CacheError::Io { error, .. } => matches!(
                 error.kind(),
@@ -96,6 +133,14 @@ impl CacheError {
     /// Wraps a local I/O error; a full disk (`ENOSPC`, or the space check's
     /// own `StorageFull`) becomes [`CacheError::NoSpace`].
     pub(crate) fn io(file_id: &str, context: impl Into<String>, source: io::Error) -> Self {
+        if let Some(t) = super::lock::Timeout::of(&source) {
+            return CacheError::LockTimeout {
+                file_id: file_id.to_string(),
+                lock: t.path.clone(),
+                waited: t.waited,
+                holder: t.holder.clone(),
+            };
+        }
         if source.kind() == io::ErrorKind::StorageFull {
             return CacheError::NoSpace {
                 file_id: file_id.to_string(),
@@ -168,6 +213,26 @@ mod tests {
 
         let full = CacheError::io("f", "writing x", io::Error::from_raw_os_error(libc::ENOSPC));
         assert!(matches!(full, CacheError::NoSpace { .. }) && full.is_retryable());
+
+        let held = CacheError::io(
+            "files/a",
+            "locking",
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                super::super::lock::Timeout {
+                    path: "/c/locks/space.lock".into(),
+                    waited: Duration::from_secs(120),
+                    holder: Some("process 42 (sleep 999)".into()),
+                },
+            ),
+        );
+        assert!(held.is_retryable());
+        assert_eq!(held.cause_kind(), CauseKind::StagingFailed);
+        assert_eq!(
+            held.to_string(),
+            "files/a: node cache lock /c/locks/space.lock held for more than 120 s by process 42 (sleep 999); \
+             another job on this node may be holding it (the wait is set by --cacheLockTimeout / TOIL_CACHE_LOCK_TIMEOUT)"
+        );
 
         let bad = CacheError::BadInput {
             dest_path: "../x".into(),

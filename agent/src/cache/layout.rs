@@ -4,11 +4,16 @@
 //! CACHE/
 //!   entries/<H>                      finished, read-only files (H = sha256 of the file id)
 //!   locks/<H>.use                    shared while a job uses entry H; eviction needs it exclusive
+//!   locks/<H>.stamp                  entry H's stamp (see `stamp`); exclusive while H is checked,
+//!                                    linked, unlinked, published or removed; its mtime is H's last use
 //!   locks/<H>.dl                     exclusive while entry H is being downloaded or inserted
 //!   locks/space.lock                 exclusive while one process decides what to evict
 //!   tmp/<H>.<pid>.<rand>.<size>.part downloads in flight; <size> is the space they reserve
 //!   reservations/<pid>-<rand>-<bytes> disk that running attempts asked for, flocked by the owner
 //! ```
+//!
+//! Every directory is 0700 and every lock file 0600: other users cannot open
+//! a lock (to hold it) nor reach an entry except through a job's link.
 //!
 //! Names never contain the file id itself: ids are job-store keys (with `/`
 //! and arbitrary length), and hashing them gives fixed, safe file names.
@@ -60,6 +65,10 @@ impl Layout {
 
     pub fn use_lock(&self, name: &str) -> PathBuf {
         self.locks.join(format!("{name}.use"))
+    }
+
+    pub fn stamp(&self, name: &str) -> PathBuf {
+        self.locks.join(format!("{name}.stamp"))
     }
 
     pub fn download_lock(&self, name: &str) -> PathBuf {

@@ -7,39 +7,52 @@
 //! leaves the cache locked.
 //!
 //! - Files are immutable by job-store id, so an entry, once complete, is
-//!   valid forever. Entries are named by a hash of the id.
+//!   valid as long as nobody changed it. Entries are named by a hash of the
+//!   id.
 //! - A download goes to a temporary file, is verified against the expected
 //!   SHA-256, fsynced, made read-only and renamed into place (and the
 //!   directory fsynced): no reader ever sees a partial entry.
+//! - Every entry has a stamp (see `stamp`): its inode's identity, size,
+//!   mode, mtime and ctime, checked before every hand-out and when the
+//!   attempt that held it ends. Jobs get hard links, so a job can write to
+//!   the shared inode; the ctime shows it, and a changed entry is removed and
+//!   downloaded again.
 //! - One download per entry per node at a time: the downloader holds the
-//!   entry's exclusive download lock; others block on it (in the kernel, on a
+//!   entry's exclusive download lock; others wait for it (polling on a
 //!   blocking-pool thread), then find the finished entry.
+//! - Every lock is taken with a deadline (`lock_timeout`): a job runs as the
+//!   agent's user and can hold a lock file, so waiting forever would let one
+//!   job stop every other pod's staging. Staging as a whole has a deadline
+//!   too (`staging_timeout`).
 //! - A job holds a shared "use" lock on each entry it staged until its
-//!   [`Staged`] is dropped; eviction takes that lock exclusively without
+//!   [`Staged`] is finished; eviction takes that lock exclusively without
 //!   waiting, so it never removes an entry a job holds.
 //! - Jobs get read-only hard links into their work directory, or private
 //!   copies for inputs they declare writable.
-//! - Outputs a job uploaded go in too ([`NodeCache::insert_output`]).
-//! - Eviction is least recently used (by the entry's access time, set on
+//! - Outputs a job uploaded go in too ([`NodeCache::insert_output`]), once
+//!   their bytes are hashed again against the upload.
+//! - Eviction is least recently used (by the stamp's mtime, rewritten on
 //!   every use) against `max_bytes`, or else against the filesystem's free
 //!   space minus a margin and the disk running jobs reserved.
 //! - With `disabled`, every job downloads privately and nothing is shared.
 //!
-//! See `layout` for the directory structure and `space` for the budget.
+//! See `layout` for the directory structure, `space` for the budget,
+//! `stamp` for the change detection and `lock` for the deadlines.
 
 mod error;
 mod layout;
 pub(crate) mod lock;
 mod space;
+mod stamp;
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::StreamExt;
 use toil_jobstore::{JobStore, Transfer};
 use toil_proto::v1::{ResourceUsage, StagedInput};
 
@@ -48,12 +61,18 @@ pub use error::CacheError;
 use layout::Layout;
 use lock::{FileLock, Mode};
 use space::{Policy, Reservation, Reserved, TempFile};
+use stamp::{Check, Record, Stamp};
 
 /// Inputs of one attempt staged at the same time.
 const STAGE_CONCURRENCY: usize = 4;
+/// The default longest wait for one node cache lock (`--cacheLockTimeout`).
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(120);
+/// The default longest time to stage one attempt's inputs
+/// (`--stagingTimeout`).
+pub const DEFAULT_STAGING_TIMEOUT: Duration = Duration::from_secs(3600);
 
 /// How the cache behaves.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct CacheConfig {
     /// `--cacheMaxSize`: the most bytes the cache may hold (entries plus
     /// downloads in flight). `None`: bounded by free disk space instead, see
@@ -76,6 +95,27 @@ pub struct CacheConfig {
     /// time; a marker file's age tells when the last sweep was. Zero: at
     /// every open.
     pub sweep_interval: Duration,
+    /// The longest wait for any one cache lock. A job runs as the agent's
+    /// user, so it can open and hold a lock file; past this, staging fails
+    /// with [`CacheError::LockTimeout`] naming the lock and its holder. A
+    /// download lock is waited for as long as its holder's download grows.
+    pub lock_timeout: Duration,
+    /// The longest time to stage one attempt's inputs, downloads included.
+    pub staging_timeout: Duration,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            max_bytes: None,
+            disabled: false,
+            min_free_bytes: None,
+            debug_publish_delay: None,
+            sweep_interval: Duration::ZERO,
+            lock_timeout: DEFAULT_LOCK_TIMEOUT,
+            staging_timeout: DEFAULT_STAGING_TIMEOUT,
+        }
+    }
 }
 
 /// One input to stage: the parts of a `toil.v1.StagedInput` the cache uses.
@@ -148,9 +188,18 @@ pub struct StagedFile {
 
 /// The inputs of one attempt, staged. Holds the shared locks that keep the
 /// cache entries from being evicted and the attempt's disk reservation;
-/// drop it when the attempt ends.
+/// give it to [`NodeCache::finish`] when the attempt ends (dropping it
+/// releases the entries without checking them, and the links left behind
+/// make their next use download again).
 #[derive(Debug, Default)]
 pub struct Staged {
+    /// The attempt's work directory.
+    work_dir: PathBuf,
+    /// The entries placed as hard links, for [`NodeCache::finish`].
+    linked: Vec<Linked>,
+    /// Changed entries found (and replaced) while staging, for the job's
+    /// log.
+    warnings: Vec<String>,
     /// Shared use locks on the entries this attempt linked.
     holds: Vec<FileLock>,
     /// This attempt's disk reservation, counted by other agents' eviction.
@@ -181,6 +230,24 @@ impl Staged {
     pub fn has_reservation(&self) -> bool {
         self.reservation.is_some()
     }
+
+    /// What the job's log should say about staging: cache entries found
+    /// changed since they were stored, and downloaded again.
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+}
+
+/// A hard link from a work directory to a cache entry, taken back by
+/// [`NodeCache::finish`].
+#[derive(Debug)]
+struct Linked {
+    /// The entry's name.
+    name: String,
+    /// `input DEST (FILE_ID)`, for messages.
+    what: String,
+    /// The link in the work directory.
+    dest: PathBuf,
 }
 
 /// A handle on the node cache. Cheap to clone.
@@ -195,6 +262,9 @@ struct Inner {
     cfg: CacheConfig,
     /// The last attempt's reservation file, kept for the next one.
     spare: space::Spare,
+    /// Outputs written through as links from a work directory, until the
+    /// attempt's [`NodeCache::finish`] takes them back.
+    written: Mutex<Vec<Linked>>,
 }
 
 /// How one input was obtained.
@@ -206,6 +276,28 @@ enum Outcome {
     Miss(u64),
     /// Downloaded straight into the work directory (too big for the budget).
     Private(u64),
+}
+
+/// Creates `dir` 0700, or makes an existing one 0700 if others could write
+/// to it (a cache made by an older agent): other users must not reach the
+/// lock files.
+fn private_dir(dir: &Path) -> io::Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let md = fs::metadata(dir)?;
+    if md.mode() & 0o077 != 0
+        && let Err(e) = fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+    {
+        tracing::warn!(dir = %dir.display(), error = %e, "cannot make the cache directory private (0700); other users on this node may hold its locks");
+    }
+    Ok(())
 }
 
 /// True when the last sweep (the age of `root/.swept`) is older than
@@ -238,7 +330,7 @@ impl NodeCache {
         let layout = Layout::new(dir);
         if !cfg.disabled {
             for d in layout.dirs() {
-                fs::create_dir_all(d).map_err(|e| {
+                private_dir(d).map_err(|e| {
                     CacheError::io("", format!("creating cache directory {}", d.display()), e)
                 })?;
             }
@@ -256,6 +348,7 @@ impl NodeCache {
                 layout,
                 cfg,
                 spare: Default::default(),
+                written: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -282,15 +375,18 @@ impl NodeCache {
     }
 
     /// Places every input in `work_dir`: from the cache when it holds the
-    /// file, otherwise downloading it once for the whole node.
+    /// file (and its stamp shows it unchanged), otherwise downloading it
+    /// once for the whole node.
     ///
     /// `disk_reservation` is the scratch disk the attempt asked for; it is
     /// registered node-wide for the life of the returned [`Staged`] so that
     /// other agents' eviction leaves that much free (it is not counted
     /// against this attempt's own downloads, which are part of it).
     ///
-    /// On error, nothing stays locked; files already placed remain in the
-    /// work directory.
+    /// Hand the result to [`NodeCache::finish`] when the attempt ends. On
+    /// error, the links already placed are taken back and nothing stays
+    /// locked. Gives up with [`CacheError::StagingTimeout`] after
+    /// `staging_timeout`.
     pub async fn stage(
         &self,
         store: &JobStore,
@@ -298,8 +394,30 @@ impl NodeCache {
         work_dir: &Path,
         disk_reservation: u64,
     ) -> Result<Staged, CacheError> {
+        let limit = self.inner.cfg.staging_timeout;
+        match tokio::time::timeout(
+            limit,
+            self.stage_all(store, inputs, work_dir, disk_reservation),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(CacheError::StagingTimeout { limit }),
+        }
+    }
+
+    async fn stage_all(
+        &self,
+        store: &JobStore,
+        inputs: &[CacheInput],
+        work_dir: &Path,
+        disk_reservation: u64,
+    ) -> Result<Staged, CacheError> {
         let dests = destinations(inputs, work_dir)?;
-        let mut staged = Staged::default();
+        let mut staged = Staged {
+            work_dir: work_dir.to_path_buf(),
+            ..Staged::default()
+        };
         if !self.inner.cfg.disabled && disk_reservation > 0 {
             let layout = self.inner.layout.clone();
             let spare = self.inner.spare.clone();
@@ -312,28 +430,91 @@ impl NodeCache {
             staged.reservation = Some(r);
         }
         let own = staged.reservation.as_ref().map(|r| r.path().to_path_buf());
-        let results: Vec<(Option<FileLock>, Outcome)> =
+        // Every input runs to its end (no short cut on the first error), so
+        // that every link placed is known and taken back on failure.
+        let results: Vec<Result<One, CacheError>> =
             futures::stream::iter(inputs.iter().zip(dests.iter()))
                 .map(|(input, dest)| self.stage_one(store, input, dest, own.as_deref()))
                 .buffered(STAGE_CONCURRENCY)
-                .try_collect()
-                .await?;
-        for ((hold, outcome), (input, dest)) in results.into_iter().zip(inputs.iter().zip(dests)) {
-            match outcome {
+                .collect()
+                .await;
+        let mut failed = None;
+        for (r, (input, dest)) in results.into_iter().zip(inputs.iter().zip(dests)) {
+            let one = match r {
+                Ok(one) => one,
+                Err(e) => {
+                    failed.get_or_insert(e);
+                    continue;
+                }
+            };
+            match one.outcome {
                 Outcome::Hit => staged.stats.hits += 1,
                 Outcome::Miss(n) | Outcome::Private(n) => {
                     staged.stats.misses += 1;
                     staged.stats.bytes_downloaded += n;
                 }
             }
-            staged.holds.extend(hold);
+            staged.holds.extend(one.hold);
+            staged.warnings.extend(one.warning);
+            if one.linked {
+                staged.linked.push(Linked {
+                    name: layout::entry_name(&input.file_id, &input.sha256),
+                    what: format!("input {} ({})", input.dest_path, input.file_id),
+                    dest: dest.clone(),
+                });
+            }
             staged.files.push(StagedFile {
                 file_id: input.file_id.clone(),
                 path: dest,
-                hit: outcome == Outcome::Hit,
+                hit: one.outcome == Outcome::Hit,
             });
         }
+        if let Some(e) = failed {
+            self.finish(staged, true).await;
+            return Err(e);
+        }
         Ok(staged)
+    }
+
+    /// Ends an attempt's use of the cache. For every entry the attempt
+    /// linked (its inputs, and outputs written through), checks the entry
+    /// against its stamp: a change made while the job ran (by this job or
+    /// another holding the same entry) is found here, and the entry is
+    /// removed so that no later job gets it. With `unlink`, the job's link
+    /// is removed and the entry stamped again (a later unlink by someone
+    /// else would look like a change and cost a download); without it
+    /// (`--keep-work-dir`), links stay. Then releases the entries and the
+    /// disk reservation.
+    ///
+    /// Returns what the job's log should say (changes found, stamps that
+    /// could not be checked). Never fails: the attempt's result is decided.
+    pub async fn finish(&self, mut staged: Staged, unlink: bool) -> Vec<String> {
+        if self.inner.cfg.disabled {
+            return Vec::new();
+        }
+        let mut linked = std::mem::take(&mut staged.linked);
+        if let Ok(mut p) = self.inner.written.lock() {
+            let (mine, others): (Vec<Linked>, Vec<Linked>) = p
+                .drain(..)
+                .partition(|l| l.dest.starts_with(&staged.work_dir));
+            *p = others;
+            linked.extend(mine);
+        }
+        if linked.is_empty() {
+            return Vec::new();
+        }
+        let inner = self.inner.clone();
+        let warnings = blocking(move || {
+            let warnings: Vec<String> = linked
+                .iter()
+                .filter_map(|l| inner.take_back(l, unlink))
+                .collect();
+            // Only now: the entries stayed held until checked.
+            drop(staged);
+            warnings
+        })
+        .await;
+        warnings.unwrap_or_else(|e| vec![e.to_string()])
     }
 
     /// Puts a file a job produced (and that was just uploaded as `file_id`)
@@ -341,11 +522,11 @@ impl NodeCache {
     /// download it. Hard-links `local_path` when it is on the cache's
     /// filesystem (the file becomes read-only), copies it otherwise.
     ///
-    /// `uploaded` is what the upload reported; its size is checked against
-    /// the file (its checksum was computed from these same bytes). Call it
-    /// after the job's processes have exited. Returns true if the file was
-    /// added; false if it was already cached, caching is disabled, or it
-    /// does not fit the budget.
+    /// `uploaded` is what the upload reported: the bytes are hashed again
+    /// and must match it (a process of the job could still write to the
+    /// file), then stamped. Call it after the job's processes have exited.
+    /// Returns true if the file was added; false if it was already cached,
+    /// caching is disabled, it does not fit the budget, or it changed.
     pub async fn insert_output(
         &self,
         file_id: &str,
@@ -362,68 +543,71 @@ impl NodeCache {
         blocking(move || inner.insert_blocking(&file_id, &sha256, &local, expected)).await?
     }
 
-    /// Stages one input; returns the use lock to keep (none for a private
-    /// download) and how the file was obtained.
+    /// Stages one input: the use lock to keep (none for a private
+    /// download), how the file was obtained, and whether it is a link.
     async fn stage_one(
         &self,
         store: &JobStore,
         input: &CacheInput,
         dest: &Path,
         own_reservation: Option<&Path>,
-    ) -> Result<(Option<FileLock>, Outcome), CacheError> {
+    ) -> Result<One, CacheError> {
         if self.inner.cfg.disabled {
             let n = private_download(store, input, dest).await?;
-            return Ok((None, Outcome::Private(n)));
+            return Ok(One::private(n));
         }
         let name = layout::entry_name(&input.file_id, &input.sha256);
-        let layout = self.inner.layout.clone();
-        let entry = layout.entry(&name);
+        let timeout = self.inner.cfg.lock_timeout;
 
         // 1. Hold the entry: from here until the attempt ends, eviction
-        //    cannot remove it. On a hit, link it in the same trip to the
-        //    blocking pool (a hit is then one thread hand-off).
-        let (hold, present) = {
-            let (layout, name, entry, fid) = (
-                layout.clone(),
+        //    cannot remove it. On a hit, check and link it in the same trip
+        //    to the blocking pool (a hit is then one thread hand-off).
+        let (hold, found) = {
+            let (layout, name, fid) = (
+                self.inner.layout.clone(),
                 name.clone(),
-                entry.clone(),
                 input.file_id.clone(),
             );
-            let (size, dest, writable) = (input.size_bytes, dest.to_path_buf(), input.writable);
+            let (dest, writable) = (dest.to_path_buf(), input.writable);
             blocking(move || {
                 let path = layout.use_lock(&name);
-                let hold = FileLock::acquire(&path, Mode::Shared)
+                let hold = FileLock::acquire_within(&path, Mode::Shared, timeout)
                     .map_err(|e| CacheError::io(&fid, format!("locking {}", path.display()), e))?;
-                let state = check_entry(&entry, size).map_err(|e| {
-                    CacheError::io(&fid, format!("checking {}", entry.display()), e)
-                })?;
-                if state == EntryState::Good {
-                    link_in(&fid, &entry, &dest, writable)?;
-                }
-                Ok::<_, CacheError>((hold, state == EntryState::Good))
+                let found = hand_out(&layout, &name, &fid, &dest, writable, timeout)?;
+                Ok::<_, CacheError>((hold, found))
             })
             .await??
         };
-        if present {
-            return Ok((Some(hold), Outcome::Hit));
-        }
+        let warning = match found {
+            Found::Placed { linked } => {
+                return Ok(One {
+                    hold: Some(hold),
+                    outcome: Outcome::Hit,
+                    linked,
+                    warning: None,
+                });
+            }
+            Found::Changed(w) => Some(w),
+            Found::Absent => None,
+        };
 
-        // 2. Download it (or wait for whoever is downloading it).
-        let outcome = self
+        // 2. Download it (or wait for whoever is downloading it), and place
+        //    it.
+        let (outcome, linked, later) = self
             .fill(store, input, &name, dest, own_reservation)
             .await?;
-
-        // 3. Link (or copy) it into the work directory.
-        if let Outcome::Private(_) = outcome {
-            return Ok((None, outcome));
-        }
-        let (fid, dest, writable) = (input.file_id.clone(), dest.to_path_buf(), input.writable);
-        blocking(move || link_in(&fid, &entry, &dest, writable)).await??;
-        Ok((Some(hold), outcome))
+        Ok(One {
+            hold: (!matches!(outcome, Outcome::Private(_))).then_some(hold),
+            outcome,
+            linked,
+            warning: warning.or(later),
+        })
     }
 
     /// With the entry held but absent: takes its download lock and, unless
-    /// someone completed it meanwhile, downloads it.
+    /// someone completed it meanwhile, downloads it; places it at `dest`.
+    /// Returns how, whether `dest` is a link, and a warning if an entry had
+    /// to be removed on the way.
     async fn fill(
         &self,
         store: &JobStore,
@@ -431,45 +615,47 @@ impl NodeCache {
         name: &str,
         dest: &Path,
         own_reservation: Option<&Path>,
-    ) -> Result<Outcome, CacheError> {
+    ) -> Result<(Outcome, bool, Option<String>), CacheError> {
         let layout = self.inner.layout.clone();
+        let timeout = self.inner.cfg.lock_timeout;
         let fid = &input.file_id;
-        let (dl, present) = {
-            let (layout, name, fid) = (layout.clone(), name.to_string(), fid.clone());
-            let size = input.size_bytes;
+        let (dest_buf, writable) = (dest.to_path_buf(), input.writable);
+        let (dl, found) = {
+            let (layout, name, fid, dest) = (
+                layout.clone(),
+                name.to_string(),
+                fid.clone(),
+                dest_buf.clone(),
+            );
             blocking(move || {
                 let path = layout.download_lock(&name);
-                // Blocks while another process downloads this entry.
-                let dl = FileLock::acquire(&path, Mode::Exclusive)
+                // Waits while another process downloads this entry, as long
+                // as its download grows.
+                let dl =
+                    FileLock::acquire_while_progressing(&path, Mode::Exclusive, timeout, || {
+                        space::tmp_bytes_of(&layout, &name)
+                    })
                     .map_err(|e| CacheError::io(&fid, format!("locking {}", path.display()), e))?;
-                let entry = layout.entry(&name);
-                let state = check_entry(&entry, size).map_err(|e| {
-                    CacheError::io(&fid, format!("checking {}", entry.display()), e)
-                })?;
-                if state == EntryState::Corrupt {
-                    // Only download-lock holders replace entries, so this
-                    // removes the bad file and nothing newer.
-                    tracing::warn!(file_id = %fid, entry = %entry.display(), "cache entry has the wrong size (modified by a job?); downloading again");
-                    fs::remove_file(&entry).map_err(|e| {
-                        CacheError::io(&fid, format!("removing {}", entry.display()), e)
-                    })?;
-                }
-                let present = state == EntryState::Good;
-                if !present {
+                let found = hand_out(&layout, &name, &fid, &dest, writable, timeout)?;
+                if !matches!(found, Found::Placed { .. }) {
                     // Whatever is in tmp for this entry was left by a
                     // downloader that died (we hold its lock now).
                     space::remove_tmp_of(&layout, &name).map_err(|e| {
                         CacheError::io(&fid, format!("cleaning {}", layout.tmp.display()), e)
                     })?;
                 }
-                Ok::<_, CacheError>((dl, present))
+                Ok::<_, CacheError>((dl, found))
             })
             .await??
         };
-        if present {
-            release(dl);
-            return Ok(Outcome::Hit);
-        }
+        let warning = match found {
+            Found::Placed { linked } => {
+                release(dl);
+                return Ok((Outcome::Hit, linked, None));
+            }
+            Found::Changed(w) => Some(w),
+            Found::Absent => None,
+        };
 
         let size = match input.size_bytes {
             Some(s) => s,
@@ -487,10 +673,7 @@ impl NodeCache {
                     )
                 })?,
         };
-        let policy = Policy {
-            max_bytes: self.inner.cfg.max_bytes,
-            min_free_bytes: self.inner.cfg.min_free_bytes,
-        };
+        let policy = self.inner.policy();
         let reserved = {
             let (layout, name, fid) = (layout.clone(), name.to_string(), fid.clone());
             let own = own_reservation.map(Path::to_path_buf);
@@ -520,7 +703,7 @@ impl NodeCache {
                 release(dl);
                 tracing::info!(file_id = %fid, size, "input does not fit the cache budget; downloading privately");
                 let n = private_download(store, input, dest).await?;
-                return Ok(Outcome::Private(n));
+                return Ok((Outcome::Private(n), false, warning));
             }
         };
 
@@ -532,23 +715,120 @@ impl NodeCache {
         if let Some(d) = self.inner.cfg.debug_publish_delay {
             tokio::time::sleep(d).await;
         }
-        let entry = layout.entry(name);
-        let fid2 = fid.clone();
-        blocking(move || {
-            tmp.publish(&entry)
-                .map_err(|e| CacheError::io(&fid2, format!("publishing {}", entry.display()), e))?;
-            release(dl);
-            Ok::<_, CacheError>(())
-        })
-        .await??;
+        let linked = {
+            let (name, fid) = (name.to_string(), fid.clone());
+            blocking(move || {
+                let entry = layout.entry(&name);
+                let rec = Record::lock(&layout, &name, timeout).map_err(|e| {
+                    CacheError::io(
+                        &fid,
+                        format!("locking {}", layout.stamp(&name).display()),
+                        e,
+                    )
+                })?;
+                let io_err = |e| CacheError::io(&fid, format!("publishing {}", entry.display()), e);
+                tmp.publish(&entry).map_err(io_err)?;
+                let stamp = rec.stamp_now(&entry).map_err(io_err)?;
+                let placed = place_checked(&rec, &entry, &stamp, &fid, &dest_buf, writable)?;
+                drop(rec);
+                release(dl);
+                match placed {
+                    Found::Placed { linked } => Ok(linked),
+                    // Changed between our publish and our link: only a
+                    // process writing into the cache directory does that.
+                    Found::Changed(w) => Err(CacheError::Io {
+                        context: format!("placing {}", dest_buf.display()),
+                        error: io::Error::other(w),
+                    }),
+                    Found::Absent => Err(CacheError::Io {
+                        context: format!("placing {}", dest_buf.display()),
+                        error: io::Error::other("the entry vanished as it was published"),
+                    }),
+                }
+            })
+            .await??
+        };
         tracing::info!(file_id = %fid, bytes = t.size, secs = t0.elapsed().as_secs_f64(), "downloaded into the node cache");
-        Ok(Outcome::Miss(t.size))
+        Ok((Outcome::Miss(t.size), linked, warning))
     }
 }
 
 // === impl Inner ===
 
 impl Inner {
+    fn policy(&self) -> Policy {
+        Policy {
+            max_bytes: self.cfg.max_bytes,
+            min_free_bytes: self.cfg.min_free_bytes,
+            lock_timeout: self.cfg.lock_timeout,
+        }
+    }
+
+    /// At the end of an attempt: checks the entry behind one of its links
+    /// and takes the link back (see [`NodeCache::finish`]). Returns a
+    /// warning for the job's log, if any.
+    fn take_back(&self, l: &Linked, unlink: bool) -> Option<String> {
+        let layout = &self.layout;
+        let entry = layout.entry(&l.name);
+        let r = (|| -> Result<Option<String>, CacheError> {
+            let io_err = |what: String| move |e| CacheError::io("", what, e);
+            let rec = Record::lock(layout, &l.name, self.cfg.lock_timeout).map_err(io_err(
+                format!("locking {}", layout.stamp(&l.name).display()),
+            ))?;
+            let checked = rec
+                .check(&entry)
+                .map_err(io_err(format!("checking {}", entry.display())))?;
+            let s = match checked {
+                // Removed meanwhile (changed, and noticed by another agent).
+                Check::Absent => return Ok(None),
+                Check::Changed(what) => {
+                    rec.remove(&entry)
+                        .map_err(io_err(format!("removing {}", entry.display())))?;
+                    let w = format!(
+                        "node cache: {} was changed while this job ran ({what}); the entry was removed, so no later job gets the changed file (this job, or another job on this node holding the same file, wrote to it)",
+                        l.what
+                    );
+                    tracing::warn!(entry = %entry.display(), "{w}");
+                    return Ok(Some(w));
+                }
+                Check::Good(s) => s,
+            };
+            if !unlink {
+                return Ok(None);
+            }
+            let ours = fs::symlink_metadata(&l.dest)
+                .is_ok_and(|m| (m.dev(), m.ino()) == (s.dev(), s.ino()));
+            if !ours {
+                return Ok(None);
+            }
+            fs::remove_file(&l.dest).map_err(io_err(format!("removing {}", l.dest.display())))?;
+            match rec
+                .restamp(&entry, &s)
+                .map_err(io_err(format!("checking {}", entry.display())))?
+            {
+                Ok(_) => Ok(None),
+                Err(what) => {
+                    rec.remove(&entry)
+                        .map_err(io_err(format!("removing {}", entry.display())))?;
+                    Ok(Some(format!(
+                        "node cache: {} changed as this job's link was removed ({what}); the entry was removed",
+                        l.what
+                    )))
+                }
+            }
+        })();
+        match r {
+            Ok(w) => w,
+            Err(e) => {
+                // Unchecked: a later hit finds the stamp stale (the link
+                // is removed with the work directory) and downloads again.
+                let w = format!("node cache: could not check {} after the job: {e}", l.what);
+                tracing::warn!("{w}");
+                Some(w)
+            }
+        }
+    }
+
     fn insert_blocking(
         &self,
         file_id: &str,
@@ -557,22 +837,36 @@ impl Inner {
         expected: u64,
     ) -> Result<bool, CacheError> {
         let layout = &self.layout;
+        let timeout = self.cfg.lock_timeout;
         let name = layout::entry_name(file_id, sha256);
         let entry = layout.entry(&name);
         let io_err = |what: String| move |e| CacheError::io(file_id, what, e);
 
         let use_path = layout.use_lock(&name);
-        let _hold = FileLock::acquire(&use_path, Mode::Shared)
+        let _hold = FileLock::acquire_within(&use_path, Mode::Shared, timeout)
             .map_err(io_err(format!("locking {}", use_path.display())))?;
-        if exists(&entry).map_err(io_err(format!("checking {}", entry.display())))? {
-            return Ok(false);
-        }
         let dl_path = layout.download_lock(&name);
-        let dl = FileLock::acquire(&dl_path, Mode::Exclusive)
+        let dl = FileLock::acquire_within(&dl_path, Mode::Exclusive, timeout)
             .map_err(io_err(format!("locking {}", dl_path.display())))?;
-        if exists(&entry).map_err(io_err(format!("checking {}", entry.display())))? {
-            release(dl);
-            return Ok(false);
+        {
+            let rec = Record::lock(layout, &name, timeout)
+                .map_err(io_err(format!("locking {}", layout.stamp(&name).display())))?;
+            match rec
+                .check(&entry)
+                .map_err(io_err(format!("checking {}", entry.display())))?
+            {
+                Check::Good(_) => {
+                    drop(rec);
+                    release(dl);
+                    return Ok(false);
+                }
+                Check::Changed(what) => {
+                    tracing::warn!(file_id, entry = %entry.display(), "cache entry changed since it was stored ({what}); replacing it with the uploaded output");
+                    rec.remove(&entry)
+                        .map_err(io_err(format!("removing {}", entry.display())))?;
+                }
+                Check::Absent => {}
+            }
         }
         space::remove_tmp_of(layout, &name)
             .map_err(io_err(format!("cleaning {}", layout.tmp.display())))?;
@@ -587,11 +881,7 @@ impl Inner {
                 ),
             });
         }
-        let policy = Policy {
-            max_bytes: self.cfg.max_bytes,
-            min_free_bytes: self.cfg.min_free_bytes,
-        };
-        let placeholder = match space::reserve(layout, policy, &name, size, None) {
+        let placeholder = match space::reserve(layout, self.policy(), &name, size, None) {
             Ok(Reserved::Tmp(t)) => t,
             Ok(Reserved::OverBudget) => return Ok(false),
             // Write-through is an optimization: no room is not an error.
@@ -601,19 +891,61 @@ impl Inner {
         // A hard link costs nothing; the placeholder keeps the space
         // reserved until the link exists.
         let linked = layout.new_tmp(&name, size);
-        let tmp = match fs::hard_link(local, &linked) {
-            Ok(()) => TempFile::adopt(linked),
+        let (tmp, is_link) = match fs::hard_link(local, &linked) {
+            Ok(()) => (TempFile::adopt(linked), true),
             Err(_) => {
                 fs::copy(local, placeholder.path()).map_err(io_err(format!(
                     "copying {} into the cache",
                     local.display()
                 )))?;
-                placeholder
+                (placeholder, false)
             }
         };
+        // The bytes come from the job's directory, where a process of the
+        // job could still write: vouch for them only after hashing them
+        // again, read-only, against what was uploaded.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o444))
+            .map_err(io_err(format!("protecting {}", tmp.path().display())))?;
+        let before = Stamp::of(
+            &fs::symlink_metadata(tmp.path())
+                .map_err(io_err(format!("reading {}", tmp.path().display())))?,
+        );
+        let actual =
+            sha256_of(tmp.path()).map_err(io_err(format!("hashing {}", tmp.path().display())))?;
+        if !sha256.is_empty() && !actual.eq_ignore_ascii_case(sha256) {
+            tracing::warn!(file_id, "output changed after its upload; not cached");
+            return Ok(false);
+        }
+        let rec = Record::lock(layout, &name, timeout)
+            .map_err(io_err(format!("locking {}", layout.stamp(&name).display())))?;
         tmp.publish(&entry)
             .map_err(io_err(format!("publishing {}", entry.display())))?;
+        match rec
+            .restamp(&entry, &before)
+            .map_err(io_err(format!("checking {}", entry.display())))?
+        {
+            Ok(_) => {}
+            Err(what) => {
+                tracing::warn!(
+                    file_id,
+                    "output changed while it was cached ({what}); not cached"
+                );
+                rec.remove(&entry)
+                    .map_err(io_err(format!("removing {}", entry.display())))?;
+                return Ok(false);
+            }
+        }
+        drop(rec);
         release(dl);
+        if is_link && let Ok(mut w) = self.written.lock() {
+            // Its name in the work directory is a link to the entry, taken
+            // back by `finish` like an input's.
+            w.push(Linked {
+                name,
+                what: format!("output {}", local.display()),
+                dest: local.to_path_buf(),
+            });
+        }
         tracing::debug!(
             file_id,
             bytes = size,
@@ -624,6 +956,125 @@ impl Inner {
 }
 
 // === helpers ===
+
+/// What looking for an entry (under its stamp lock) found.
+#[derive(Debug)]
+enum Found {
+    /// Good, and placed at the destination; `linked` when as a hard link.
+    Placed { linked: bool },
+    /// Not there.
+    Absent,
+    /// There but changed since stamped: removed, with the warning to give.
+    Changed(String),
+}
+
+/// One staged input.
+struct One {
+    hold: Option<FileLock>,
+    outcome: Outcome,
+    linked: bool,
+    warning: Option<String>,
+}
+
+impl One {
+    fn private(n: u64) -> One {
+        One {
+            hold: None,
+            outcome: Outcome::Private(n),
+            linked: false,
+            warning: None,
+        }
+    }
+}
+
+/// Locks the stamp of entry `name` and, if the entry is there as stamped,
+/// places it at `dest`; if it changed, removes it and says so.
+fn hand_out(
+    layout: &Layout,
+    name: &str,
+    fid: &str,
+    dest: &Path,
+    writable: bool,
+    timeout: Duration,
+) -> Result<Found, CacheError> {
+    let entry = layout.entry(name);
+    let rec = Record::lock(layout, name, timeout)
+        .map_err(|e| CacheError::io(fid, format!("locking {}", layout.stamp(name).display()), e))?;
+    let checked = rec
+        .check(&entry)
+        .map_err(|e| CacheError::io(fid, format!("checking {}", entry.display()), e))?;
+    match checked {
+        Check::Absent => Ok(Found::Absent),
+        Check::Changed(what) => Ok(changed(&rec, &entry, fid, &what)?),
+        Check::Good(s) => place_checked(&rec, &entry, &s, fid, dest, writable),
+    }
+}
+
+/// Removes a changed entry (under its stamp lock) and words the warning.
+fn changed(rec: &Record, entry: &Path, fid: &str, what: &str) -> Result<Found, CacheError> {
+    rec.remove(entry)
+        .map_err(|e| CacheError::io(fid, format!("removing {}", entry.display()), e))?;
+    let w = format!(
+        "node cache: the cached copy of {fid} had changed since it was stored ({what}); it was removed and the file downloaded again"
+    );
+    tracing::warn!(entry = %entry.display(), "{w}");
+    Ok(Found::Changed(w))
+}
+
+/// Places the entry, checked as `s` under `rec`, at `dest`, and stamps it
+/// again: a link changes its ctime, and anything else that changed between
+/// the check and now is someone else's doing (the entry is then removed,
+/// and so is what was placed).
+fn place_checked(
+    rec: &Record,
+    entry: &Path,
+    s: &Stamp,
+    fid: &str,
+    dest: &Path,
+    writable: bool,
+) -> Result<Found, CacheError> {
+    let linked = place(entry, dest, writable).map_err(|e| {
+        CacheError::io(
+            fid,
+            format!("placing {} at {}", entry.display(), dest.display()),
+            e,
+        )
+    })?;
+    let checking = |e| CacheError::io(fid, format!("checking {}", entry.display()), e);
+    let after = if linked {
+        let same_inode =
+            fs::symlink_metadata(dest).is_ok_and(|m| (m.dev(), m.ino()) == (s.dev(), s.ino()));
+        if same_inode {
+            rec.restamp(entry, s).map_err(checking)?
+        } else {
+            Err("it was replaced while being linked".into())
+        }
+    } else {
+        // A copy changes nothing of the entry: it must be exactly as
+        // checked (the stamp is written again to record the use).
+        match rec.check(entry).map_err(checking)? {
+            Check::Good(now) if now == *s => rec.write(s).map(|()| Ok(*s)).map_err(checking)?,
+            Check::Good(_) | Check::Absent => Err("it changed while being copied".into()),
+            Check::Changed(what) => Err(what),
+        }
+    };
+    match after {
+        Ok(_) => Ok(Found::Placed { linked }),
+        Err(what) => {
+            let _ = fs::remove_file(dest);
+            changed(rec, entry, fid, &what)
+        }
+    }
+}
+
+/// The lowercase hex SHA-256 of a file.
+fn sha256_of(path: &Path) -> io::Result<String> {
+    use sha2::{Digest, Sha256};
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(hex::encode(h.finalize()))
+}
 
 /// Checks every destination and resolves it inside `work_dir`.
 fn destinations(inputs: &[CacheInput], work_dir: &Path) -> Result<Vec<PathBuf>, CacheError> {
@@ -684,22 +1135,11 @@ async fn private_download(
     Ok(t.size)
 }
 
-/// Records the use of `entry` and places it at `dest`.
-fn link_in(file_id: &str, entry: &Path, dest: &Path, writable: bool) -> Result<(), CacheError> {
-    touch(entry);
-    place(entry, dest, writable).map_err(|e| {
-        CacheError::io(
-            file_id,
-            format!("placing {} at {}", entry.display(), dest.display()),
-            e,
-        )
-    })
-}
-
 /// Puts `entry` at `dest`: a hard link (read-only, shared with the cache),
 /// or a private writable copy. Falls back to a read-only copy when the work
-/// directory is on another filesystem or links are not permitted.
-fn place(entry: &Path, dest: &Path, writable: bool) -> io::Result<()> {
+/// directory is on another filesystem or links are not permitted. True when
+/// `dest` is a link.
+fn place(entry: &Path, dest: &Path, writable: bool) -> io::Result<bool> {
     if let Some(dir) = dest.parent() {
         fs::create_dir_all(dir)?;
     }
@@ -710,7 +1150,7 @@ fn place(entry: &Path, dest: &Path, writable: bool) -> io::Result<()> {
     }
     if !writable {
         match fs::hard_link(entry, dest) {
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(true),
             Err(e)
                 if matches!(
                     e.raw_os_error(),
@@ -721,46 +1161,8 @@ fn place(entry: &Path, dest: &Path, writable: bool) -> io::Result<()> {
     }
     fs::copy(entry, dest)?;
     let mode = if writable { 0o644 } else { 0o444 };
-    fs::set_permissions(dest, fs::Permissions::from_mode(mode))
-}
-
-/// Records a use of `entry` for LRU eviction (its access time). Best effort:
-/// a failure only makes the entry look older.
-fn touch(entry: &Path) {
-    let r = fs::File::open(entry)
-        .and_then(|f| f.set_times(fs::FileTimes::new().set_accessed(SystemTime::now())));
-    if let Err(e) = r {
-        tracing::debug!(entry = %entry.display(), error = %e, "could not record cache entry use");
-    }
-}
-
-/// What a lookup of an entry found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum EntryState {
-    /// There, with the expected size (when known).
-    Good,
-    /// Not there.
-    Absent,
-    /// There with the wrong size: a job changed it through its link (a job
-    /// running as the cache's owner can chmod the read-only inode).
-    Corrupt,
-}
-
-fn check_entry(entry: &Path, size: Option<u64>) -> io::Result<EntryState> {
-    match fs::metadata(entry) {
-        Ok(m) if size.is_some_and(|s| s != m.len()) => Ok(EntryState::Corrupt),
-        Ok(_) => Ok(EntryState::Good),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(EntryState::Absent),
-        Err(e) => Err(e),
-    }
-}
-
-fn exists(p: &Path) -> io::Result<bool> {
-    match fs::symlink_metadata(p) {
-        Ok(_) => Ok(true),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(e),
-    }
+    fs::set_permissions(dest, fs::Permissions::from_mode(mode))?;
+    Ok(false)
 }
 
 /// Releases a download lock, deleting its file so lock files do not pile up

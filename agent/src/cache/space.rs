@@ -17,6 +17,7 @@ use std::time::{Duration, SystemTime};
 
 use super::layout::{self, Layout};
 use super::lock::{FileLock, Mode};
+use super::stamp::Record;
 
 /// Default free-space margin as a fraction of the filesystem (5%)...
 const DEFAULT_MARGIN_PERCENT: u64 = 5;
@@ -34,6 +35,8 @@ pub(crate) struct Policy {
     /// Without `max_bytes`: free space to leave on the filesystem (on top of
     /// other attempts' reservations). `None` for the default.
     pub min_free_bytes: Option<u64>,
+    /// The longest wait for `space.lock`; a job on the node can hold it.
+    pub lock_timeout: Duration,
 }
 
 /// The outcome of asking for room.
@@ -144,7 +147,13 @@ impl Reservation {
         let tmp = layout
             .reservations
             .join(format!(".tmp-{pid}-{rand:08x}-{bytes}"));
-        let lock = FileLock::acquire(&tmp, Mode::Exclusive)?;
+        // A fresh random name: nobody else holds it, unless on purpose.
+        let lock = FileLock::try_acquire(&tmp, Mode::Exclusive)?.ok_or_else(|| {
+            io::Error::other(format!(
+                "{} is locked by another process before this agent created it",
+                tmp.display()
+            ))
+        })?;
         fs::rename(&tmp, &path)?;
         Ok(Reservation {
             path,
@@ -222,11 +231,16 @@ pub(crate) fn scan(layout: &Layout) -> io::Result<Scan> {
             Err(err) => return Err(err),
         };
         s.entry_bytes += md.len();
+        // The last use is when the stamp was last written (touching the
+        // entry would change its ctime); no stamp: oldest.
+        let accessed = fs::metadata(layout.stamp(&name))
+            .and_then(|m| m.modified())
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         s.entries.push(EntryInfo {
             name,
             len: md.len(),
             nlink: md.nlink(),
-            accessed: md.accessed().unwrap_or(SystemTime::UNIX_EPOCH),
+            accessed,
         });
     }
     for e in fs::read_dir(&layout.tmp)? {
@@ -261,7 +275,8 @@ pub(crate) fn reserve(
     size: u64,
     own_reservation: Option<&Path>,
 ) -> io::Result<Reserved> {
-    let _space = FileLock::acquire(&layout.space_lock(), Mode::Exclusive)?;
+    let _space =
+        FileLock::acquire_within(&layout.space_lock(), Mode::Exclusive, policy.lock_timeout)?;
     sweep_tmp(layout)?;
     let mut scan = scan(layout)?;
     match policy.max_bytes {
@@ -337,6 +352,10 @@ fn evict(
         let Some(lock) = FileLock::try_acquire(&layout.use_lock(&e.name), Mode::Exclusive)? else {
             continue;
         };
+        // Whoever holds the stamp is checking or stamping it: skip it too.
+        let Some(rec) = Record::try_lock(layout, &e.name)? else {
+            continue;
+        };
         match fs::remove_file(layout.entry(&e.name)) {
             Ok(()) => {
                 freed += gain;
@@ -345,6 +364,7 @@ fn evict(
             Err(err) if err.kind() == io::ErrorKind::NotFound => {}
             Err(err) => return Err(err),
         }
+        rec.delete()?;
         lock.remove()?;
     }
     Ok(freed)
@@ -409,6 +429,24 @@ pub(crate) fn sweep_tmp(layout: &Layout) -> io::Result<()> {
     Ok(())
 }
 
+/// The bytes written so far by downloads of entry `name` (the progress a
+/// waiter for its download lock watches).
+pub(crate) fn tmp_bytes_of(layout: &Layout, name: &str) -> u64 {
+    let Ok(rd) = fs::read_dir(&layout.tmp) else {
+        return 0;
+    };
+    rd.filter_map(Result::ok)
+        .filter(|e| {
+            e.file_name()
+                .to_str()
+                .and_then(layout::parse_tmp)
+                .is_some_and(|t| t.entry == name)
+        })
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
 /// Removes the temporary files of entry `name`. Only for the holder of its
 /// download lock, for whom every such file is debris.
 pub(crate) fn remove_tmp_of(layout: &Layout, name: &str) -> io::Result<()> {
@@ -439,7 +477,10 @@ pub(crate) fn sweep_locks(layout: &Layout) -> io::Result<()> {
         let Some(name) = file_name.to_str() else {
             continue;
         };
-        let orphan = if let Some(entry) = name.strip_suffix(".use") {
+        let of_entry = name
+            .strip_suffix(".use")
+            .or_else(|| name.strip_suffix(".stamp"));
+        let orphan = if let Some(entry) = of_entry {
             !layout.entry(entry).exists()
         } else {
             name.ends_with(".dl")
@@ -448,8 +489,9 @@ pub(crate) fn sweep_locks(layout: &Layout) -> io::Result<()> {
             continue;
         }
         if let Some(l) = FileLock::try_acquire(&e.path(), Mode::Exclusive)? {
-            // Holding the use lock exclusively, nobody can create the entry.
-            let still_orphan = match name.strip_suffix(".use") {
+            // Holding the use (or stamp) lock exclusively, nobody can
+            // create the entry.
+            let still_orphan = match of_entry {
                 Some(entry) => !layout.entry(entry).exists(),
                 None => true,
             };
