@@ -619,7 +619,8 @@ pub(crate) mod tests {
     #[test]
     fn the_token_is_in_a_secret_the_job_owns_and_not_in_the_job() {
         let naming = Naming::new("alice", "0123abcd-0000", 2);
-        let l = launch(false);
+        let mut l = launch(false);
+        l.agent_token = "tok-0f7c1d2e".into();
         let job = build_job(&config(), &naming, "http://10.0.0.5:7070", &l);
         let text = serde_json::to_string(&job).unwrap_or_default();
         assert!(!text.contains(&l.agent_token), "{text}");
@@ -648,8 +649,8 @@ pub(crate) mod tests {
         assert_eq!(owner["uid"], "uid-1");
         assert_eq!(owner["name"], s["metadata"]["name"]);
         assert_eq!(s["immutable"], true);
-        // base64 of "secret".
-        assert_eq!(s["data"][TOKEN_KEY], "c2VjcmV0");
+        // base64 of the token.
+        assert_eq!(s["data"][TOKEN_KEY], "dG9rLTBmN2MxZDJl");
     }
 
     #[test]
