@@ -66,9 +66,6 @@ mod tests {
             .env("TOIL_HARDEN_CHILD", "1")
             .output();
         let out = out.map_err(|e| e.to_string());
-        assert!(
-            out.as_ref().is_ok_and(|o| o.status.success()),
-            "{out:?}"
-        );
+        assert!(out.as_ref().is_ok_and(|o| o.status.success()), "{out:?}");
     }
 }

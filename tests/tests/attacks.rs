@@ -178,8 +178,14 @@ fn a_job_cannot_read_its_local_agents_token() {
     let r = sb.spawn(cmd, "leader").wait(T);
     r.expect_code(0);
     let out = &r.stdout;
-    assert!(out.contains("probe: no token in the job's environment"), "{out}");
-    assert!(out.contains("probe: the parent is ") && out.contains("toil-agent run"), "{out}");
+    assert!(
+        out.contains("probe: no token in the job's environment"),
+        "{out}"
+    );
+    assert!(
+        out.contains("probe: the parent is ") && out.contains("toil-agent run"),
+        "{out}"
+    );
     assert!(out.contains("probe: read its own environment"), "{out}");
     assert!(
         out.contains("probe: reading the agent's environment failed: cat: /proc/")

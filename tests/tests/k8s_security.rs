@@ -123,8 +123,14 @@ async fn a_workflow_runs_in_a_restricted_namespace_and_nobody_finds_the_agents_t
     assert!(token.len() >= 16, "a real token: {secret:?}");
     let job_json = serde_json::to_string(job).unwrap_or_default();
     let pod_json = serde_json::to_string(&pod).unwrap_or_default();
-    assert!(!job_json.contains(&token), "the token is in the Job: {job_json}");
-    assert!(!pod_json.contains(&token), "the token is in the pod: {pod_json}");
+    assert!(
+        !job_json.contains(&token),
+        "the token is in the Job: {job_json}"
+    );
+    assert!(
+        !pod_json.contains(&token),
+        "the token is in the pod: {pod_json}"
+    );
     assert!(
         job_json.contains(&format!(
             r#"{{"name":"TOIL_AGENT_TOKEN","valueFrom":{{"secretKeyRef":{{"key":"token","name":"{job_name}","optional":false}}}}}}"#
@@ -133,7 +139,10 @@ async fn a_workflow_runs_in_a_restricted_namespace_and_nobody_finds_the_agents_t
     );
     // The Secret goes with its Job, and the reader cannot read it.
     let owner = &secret.metadata.owner_references.clone().unwrap_or_default()[0];
-    assert_eq!((owner.kind.as_str(), owner.name.as_str()), ("Job", job_name.as_str()));
+    assert_eq!(
+        (owner.kind.as_str(), owner.name.as_str()),
+        ("Job", job_name.as_str())
+    );
     assert_eq!(Some(&owner.uid), job.metadata.uid.as_ref());
     let denied = Api::<Secret>::namespaced(reader, NS).get(&job_name).await;
     assert!(
@@ -145,7 +154,10 @@ async fn a_workflow_runs_in_a_restricted_namespace_and_nobody_finds_the_agents_t
     // The pod passed "restricted": it runs hardened.
     let sc = serde_json::to_value(&pod.spec).unwrap_or_default();
     assert_eq!(sc["securityContext"]["runAsNonRoot"], true, "{sc}");
-    assert_eq!(sc["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(
+        sc["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
     assert_eq!(
         sc["containers"][0]["securityContext"]["capabilities"]["drop"],
         json!(["ALL"])
@@ -160,7 +172,10 @@ async fn a_workflow_runs_in_a_restricted_namespace_and_nobody_finds_the_agents_t
     assert_eq!(status.code(), Some(0), "{out}");
     // What the job saw: no token in its environment, and its agent's
     // environment and memory closed to it.
-    assert!(out.contains("probe: no token in the job's environment"), "{out}");
+    assert!(
+        out.contains("probe: no token in the job's environment"),
+        "{out}"
+    );
     assert!(out.contains("probe: the parent is toil-agent run"), "{out}");
     // /proc reads work in the pod (the job reads its own): the agent's are
     // closed because the agent is not dumpable.

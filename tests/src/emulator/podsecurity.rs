@@ -448,7 +448,10 @@ fn restricted_volumes(spec: &PodSpec) -> Option<Violation> {
 }
 
 fn run_as_non_root(spec: &PodSpec) -> Option<Violation> {
-    let pod = spec.security_context.as_ref().and_then(|s| s.run_as_non_root);
+    let pod = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.run_as_non_root);
     let mut setters = Vec::new();
     if pod == Some(false) {
         setters.push("pod".to_string());
@@ -634,7 +637,10 @@ mod tests {
         );
         assert_eq!(
             admit(&ns("baseline"), &none, &spec(v)),
-            Err("violates PodSecurity \"baseline:latest\": hostPath volumes (volume \"workdir\")".into())
+            Err(
+                "violates PodSecurity \"baseline:latest\": hostPath volumes (volume \"workdir\")"
+                    .into()
+            )
         );
 
         let mut v = hardened();
@@ -652,9 +658,21 @@ mod tests {
             Err("violates PodSecurity \"restricted:v1.32\": forbidden AppArmor profiles (container \"agent\" and annotation must not set AppArmor profile type to \"Unconfined\", \"container.apparmor.security.beta.kubernetes.io/agent=\\\"unconfined\\\"\"), privileged (container \"agent\" must not set securityContext.privileged=true), allowPrivilegeEscalation != false (container \"agent\" must set securityContext.allowPrivilegeEscalation=false), unrestricted capabilities (container \"agent\" must set securityContext.capabilities.drop=[\"ALL\"]), runAsUser=0 (pod must not set runAsUser=0)".into())
         );
         // Baseline: the privileged container and AppArmor only.
-        let got = admit(&ns("baseline"), &notes, &spec(v)).err().unwrap_or_default();
-        assert!(got.starts_with("violates PodSecurity \"baseline:latest\": forbidden AppArmor profiles"), "{got}");
-        assert!(got.ends_with("privileged (container \"agent\" must not set securityContext.privileged=true)"), "{got}");
+        let got = admit(&ns("baseline"), &notes, &spec(v))
+            .err()
+            .unwrap_or_default();
+        assert!(
+            got.starts_with(
+                "violates PodSecurity \"baseline:latest\": forbidden AppArmor profiles"
+            ),
+            "{got}"
+        );
+        assert!(
+            got.ends_with(
+                "privileged (container \"agent\" must not set securityContext.privileged=true)"
+            ),
+            "{got}"
+        );
     }
 
     #[test]

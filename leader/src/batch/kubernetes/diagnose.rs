@@ -250,7 +250,8 @@ pub fn own_secret_missing(pod: &Pod, message: &str) -> bool {
             .or_else(|| l.get("job-name"))
     });
     job.is_some_and(|j| {
-        message == format!("secret {j:?} not found") || message == format!("secrets {j:?} not found")
+        message == format!("secret {j:?} not found")
+            || message == format!("secrets {j:?} not found")
     })
 }
 

@@ -22,15 +22,15 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::ByteString;
+use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, EnvVar,
-    EnvVarSource, HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext,
-    PodSpec, PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements, Secret,
-    SecretKeySelector, SecretVolumeSource, SeccompProfile, SecurityContext,
-    Toleration as KubeToleration, Volume, VolumeMount,
+    Affinity, AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration as KubeToleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
@@ -664,9 +664,15 @@ pub(crate) mod tests {
         let v = serde_json::to_value(build_job(&cfg, &naming, "http://l:1", &launch(false)))
             .unwrap_or_default();
         let pod = &v["spec"]["template"]["spec"];
-        assert_eq!(pod["containers"][0]["volumeMounts"][0]["subPath"], "owner-alice");
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"][0]["subPath"],
+            "owner-alice"
+        );
         assert!(pod["securityContext"]["runAsNonRoot"].is_null());
-        assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
         let sc = &pod["containers"][0]["securityContext"];
         assert_eq!(sc["allowPrivilegeEscalation"], false);
         assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));

@@ -115,7 +115,7 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
         cgroup.as_ref(),
         launch.privileges,
     )
-        .map_err(|e| format!("invalid mount or working directory: {e}"))?;
+    .map_err(|e| format!("invalid mount or working directory: {e}"))?;
     let writer =
         LogWriter::open(&launch.log).map_err(|e| format!("cannot open the log file: {e}"))?;
     let mut cmd = tokio::process::Command::new(&launch.argv[0]);

@@ -529,8 +529,11 @@ impl PreExec {
                     d.permitted &= k;
                     d.inheritable &= k;
                 }
-                if libc::syscall(libc::SYS_capset, &mut header as *mut CapHeader, data.as_ptr())
-                    != 0
+                if libc::syscall(
+                    libc::SYS_capset,
+                    &mut header as *mut CapHeader,
+                    data.as_ptr(),
+                ) != 0
                 {
                     return Err(err());
                 }

@@ -163,8 +163,7 @@ async fn create(s: &Shared, agent_id: &str, job: &Job, mut secret: Secret) -> Re
                 Some(j)
                     if j.labels().get(names::AGENT) == Some(&names::label_value(agent_id))
                         && j.labels().get(names::WORKFLOW) == Some(&s.naming.workflow_id)
-                        && j.labels().get(names::EPOCH)
-                            == Some(&s.naming.epoch.to_string()) =>
+                        && j.labels().get(names::EPOCH) == Some(&s.naming.epoch.to_string()) =>
                 {
                     j
                 }

@@ -210,7 +210,9 @@ impl Batch {
                     super::cleanup::delete_secrets(&self.shared.client, &self.shared.ns, &selector)
                         .await
                 {
-                    tracing::warn!("could not delete the agents' token Secrets (the garbage collector removes them with their Jobs): {e}");
+                    tracing::warn!(
+                        "could not delete the agents' token Secrets (the garbage collector removes them with their Jobs): {e}"
+                    );
                 }
             }
             Err(e) => crate::say!(
