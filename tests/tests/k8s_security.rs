@@ -322,4 +322,11 @@ async fn owners_get_their_own_directory_of_the_host_path() {
     // Bob's pod did not see Alice's directory; Alice's second run found
     // her own again on the same node.
     assert_eq!(seen, ["alice", "bob", "alice"]);
+    // On the node: one directory per owner under the host path.
+    let root = c.emu.host_path("node-1", &host);
+    for owner in ["alice", "bob"] {
+        let mark = root.join(format!("owner-{owner}")).join("owner.txt");
+        let text = std::fs::read_to_string(&mark).unwrap_or_else(|e| panic!("{mark:?}: {e}"));
+        assert_eq!(text.trim(), owner);
+    }
 }
