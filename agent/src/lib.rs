@@ -4,6 +4,8 @@
 //! - [`run`]: the main loop (report idle, take an assignment, report done);
 //! - [`attempt`]: one attempt: stage, pull, run, upload, record;
 //! - [`exec`]: the command in its own process group, measured;
+//! - [`harden`]: non-dumpable at start, token out of the environment, so
+//!   the job cannot read the agent's credential;
 //! - [`logstream`]: output to the leader in acknowledged, spooled chunks;
 //! - [`outputs`]: declared outputs into the job store;
 //! - [`cache`]: the node-wide input cache shared by every agent on a node;
@@ -17,6 +19,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod exec;
+pub mod harden;
 pub mod images;
 pub mod logstream;
 pub mod outputs;

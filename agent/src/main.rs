@@ -24,9 +24,10 @@ enum Command {
     PullImage(PullImageArgs),
 }
 
-// One thread is plenty for one job's plumbing, and starts faster.
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
+    // Before anything else: a job runs as this process's user and could
+    // otherwise read the token from /proc/PID/environ.
+    let undumpable = toil_agent::harden::make_undumpable();
     let cli = Cli::parse();
     let filter = std::env::var("TOIL_AGENT_LOG")
         .ok()
@@ -36,12 +37,33 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .init();
+    if let Command::Run(_) = &cli.command {
+        if let Err(e) = undumpable {
+            eprintln!("toil-agent: {e}");
+            return ExitCode::from(70);
+        }
+        // SAFETY: no runtime yet, so this is the only thread.
+        unsafe { toil_agent::harden::forget_token() };
+    }
+    // One thread is plenty for one job's plumbing, and starts faster.
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("toil-agent: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let r = match cli.command {
         // Boxed: the whole agent as one future nests too deep for the
         // compiler to lay it out inline in main.
-        Command::Run(args) => return ExitCode::from(Box::pin(toil_agent::run::main(*args)).await),
-        Command::Stage(args) => stage_cmd::run(args).await,
-        Command::PullImage(args) => stage_cmd::run_pull(args).await,
+        Command::Run(args) => {
+            return ExitCode::from(rt.block_on(Box::pin(toil_agent::run::main(*args))));
+        }
+        Command::Stage(args) => rt.block_on(stage_cmd::run(args)),
+        Command::PullImage(args) => rt.block_on(stage_cmd::run_pull(args)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

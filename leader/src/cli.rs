@@ -295,7 +295,12 @@ pub struct RunArgs {
 
     /// A directory on each node, mounted at the work directory (--workDir,
     /// default /var/lib/toil) so the pods of a node share the input cache.
-    /// Default: each pod gets its own emptyDir.
+    /// Each owner (--kubernetesOwner) gets its own subdirectory, so
+    /// workflows of different owners share nothing. A hostPath volume is
+    /// refused in namespaces that enforce the Pod Security Standard
+    /// "baseline" or "restricted", and agents run as root with it (the
+    /// kubelet creates host directories owned by root). Default: each pod
+    /// gets its own emptyDir.
     #[arg(
         long = "kubernetesHostPath",
         env = "TOIL_KUBERNETES_HOST_PATH",
@@ -303,8 +308,8 @@ pub struct RunArgs {
     )]
     pub kubernetes_host_path: Option<String>,
 
-    /// A secret holding an AWS `credentials` file, mounted at /root/.aws in
-    /// every pod (for an aws: job store).
+    /// A secret holding an AWS `credentials` file, mounted at
+    /// /var/run/secrets/toil/aws in every pod (for an aws: job store).
     #[arg(
         long = "awsSecretName",
         env = "TOIL_AWS_SECRET_NAME",
@@ -333,7 +338,13 @@ pub struct RunArgs {
     #[arg(long = "kubernetesPendingTimeout", default_value = "15m", value_parser = humantime::parse_duration, help_heading = "Kubernetes")]
     pub kubernetes_pending_timeout: Duration,
 
-    /// Run job containers privileged (some Singularity set-ups need it).
+    /// Run job containers privileged. Jobs with their own `image:` run
+    /// through Singularity/Apptainer inside the agent's pod, which needs
+    /// user namespaces or setuid and FUSE mounts: the default pods (no
+    /// capabilities, no privilege escalation, seccomp RuntimeDefault, a
+    /// non-root user) refuse those. Pods are then no longer accepted in a
+    /// namespace that enforces the Pod Security Standard "baseline" or
+    /// "restricted".
     #[arg(long = "kubernetesPrivileged", help_heading = "Kubernetes")]
     pub kubernetes_privileged: bool,
 

@@ -66,6 +66,14 @@ fn main() -> ExitCode {
 
 /// The embedded agent, on the single-threaded runtime the agent uses.
 fn run_agent(a: toil_leader::cli::AgentArgs) -> ExitCode {
+    // As `toil-agent run` does: non-dumpable and the token out of the
+    // environment before anything runs, so a job cannot read the token.
+    if let Err(e) = toil_agent::harden::make_undumpable() {
+        eprintln!("toil-leader agent: {e}");
+        return ExitCode::from(70);
+    }
+    // SAFETY: no runtime yet, so this is the only thread.
+    unsafe { toil_agent::harden::forget_token() };
     let toil_leader::cli::AgentCommand::Run(args) = a.command;
     let filter = std::env::var("TOIL_AGENT_LOG").unwrap_or_else(|_| "info".into());
     tracing_subscriber::fmt()

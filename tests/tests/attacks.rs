@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 use toil_tests::harness;
@@ -130,7 +131,6 @@ fn a_jobs_escape_sequences_reach_the_terminal_escaped() {
 #[test]
 fn another_local_user_can_read_nothing_in_a_file_job_store() {
     use std::os::unix::fs::PermissionsExt;
-    use std::os::unix::process::CommandExt;
 
     let sb = Sandbox::new("attack-other-user");
     sb.write(
@@ -532,4 +532,81 @@ jobs:
     assert!(all.contains("staging failed"), "{all}");
     // Two attempts of about 2 s each, not an unbounded wait.
     assert!(took < Duration::from_secs(60), "{took:?}");
+}
+
+/// What a job on this machine can try for its agent's token: its own
+/// environment, and its agent's `/proc/PID/environ` and `/proc/PID/mem`.
+const PROBE: &str = r#"
+jobs:
+  probe:
+    cores: 0.1
+    memory: 32Mi
+    command: |
+      if env | grep -q '^TOIL_AGENT_TOKEN='; then echo "probe: the token is in the job's environment"; else echo "probe: no token in the job's environment"; fi
+      echo "probe: the parent is $(tr '\0' ' ' < /proc/$PPID/cmdline)"
+      if cat /proc/$$/environ > /dev/null; then echo "probe: read its own environment"; fi
+      if cat /proc/$PPID/environ > /dev/null 2> environ.err; then echo "probe: read the agent's environment"; else echo "probe: reading the agent's environment failed: $(cat environ.err)"; fi
+      if (exec 3< /proc/$PPID/mem) 2> mem.err; then echo "probe: opened the agent's memory"; else echo "probe: opening the agent's memory failed: $(cat mem.err)"; fi
+"#;
+
+/// Runs between fork and exec of the leader: empties the capability
+/// bounding set, so the leader, its agents and their jobs run as this uid
+/// with no capabilities (no CAP_SYS_PTRACE), as an ordinary user's do. The
+/// tests run as root, whose CAP_SYS_PTRACE would read any process's /proc.
+fn drop_capabilities() -> std::io::Result<()> {
+    let zero: libc::c_ulong = 0;
+    for cap in 0..64u32 {
+        // SAFETY: prctl is async-signal-safe; EINVAL past the last
+        // capability is expected and ignored.
+        unsafe {
+            libc::prctl(
+                libc::PR_CAPBSET_DROP,
+                libc::c_ulong::from(cap),
+                zero,
+                zero,
+                zero,
+            )
+        };
+    }
+    Ok(())
+}
+
+/// A job looks for its local agent's token: it is not in the job's
+/// environment, and the agent (non-dumpable from its first instruction)
+/// refuses the job's reads of its `/proc/PID/environ` and `/proc/PID/mem`
+/// with EACCES, while the job can read its own: the same user, no
+/// CAP_SYS_PTRACE.
+#[test]
+fn a_job_cannot_read_its_local_agents_token() {
+    let sb = Sandbox::new("attack-proc");
+    sb.write("wf.yaml", PROBE);
+    let mut cmd = sb.leader(&["run", "wf.yaml"]);
+    // SAFETY: drop_capabilities only calls prctl.
+    unsafe {
+        cmd.pre_exec(drop_capabilities);
+    }
+    let r = sb.spawn(cmd, "leader").wait(T);
+    r.expect_code(0);
+    let out = &r.stdout;
+    assert!(
+        out.contains("probe: no token in the job's environment"),
+        "{out}"
+    );
+    assert!(
+        out.contains("probe: the parent is ") && out.contains("toil-agent run"),
+        "{out}"
+    );
+    assert!(out.contains("probe: read its own environment"), "{out}");
+    assert!(
+        out.contains("probe: reading the agent's environment failed: cat: /proc/")
+            && out.contains("/environ: Permission denied"),
+        "{out}"
+    );
+    assert!(
+        out.contains("probe: opening the agent's memory failed:")
+            && out.contains("/mem: Permission denied"),
+        "{out}"
+    );
+    assert!(!out.contains("probe: read the agent's"), "{out}");
+    assert!(!out.contains("probe: opened the agent's"), "{out}");
 }

@@ -71,8 +71,13 @@ async fn pods_on_one_node_share_the_cache_through_the_host_path() {
         cache_line(&status).contains("cache 1 hits, 1 misses"),
         "{status}"
     );
-    // The entry lives in the node's directory, not in a pod's.
-    let cache = c.emu.host_path("node-1", "/toil-cache").join("cache");
+    // The entry lives in the node's directory, not in a pod's: in the
+    // owner's own part of it (the host path is mounted per owner).
+    let cache = c
+        .emu
+        .host_path("node-1", "/toil-cache")
+        .join("owner-tester")
+        .join("cache");
     assert!(cache.is_dir(), "{}", cache.display());
 
     // Without a host path each pod has its own emptyDir: both cold.

@@ -28,7 +28,7 @@ defaults:
 jobs:
   greet:
     command: |
-      test -s /root/.aws/credentials && echo "the AWS secret is mounted"
+      test -s "$AWS_SHARED_CREDENTIALS_FILE" && echo "the AWS secret is mounted"
       echo "hello from $TOIL_POD_NAME" > greeting.txt
     outputs:
       greeting: greeting.txt

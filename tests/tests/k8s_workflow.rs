@@ -71,9 +71,11 @@ async fn a_workflow_passes_files_through_a_claimed_job_store() {
         "{status}"
     );
 
-    // One create per job; nothing else per job (the watch is shared).
+    // Two creates per job (the Job, then its token Secret); nothing else
+    // per job (the watch is shared).
     let counts = c.emu.request_counts();
     assert_eq!(counts.get("create", "jobs"), 4, "{counts:?}");
+    assert_eq!(counts.get("create", "secrets"), 4, "{counts:?}");
     let per_job: u64 = counts
         .by_verb
         .iter()
@@ -81,7 +83,7 @@ async fn a_workflow_passes_files_through_a_claimed_job_store() {
         .flat_map(|(_, m)| m.values())
         .sum();
     assert!(
-        per_job <= 3 * 4,
+        per_job <= 4 * 4,
         "{per_job} requests besides the watch for 4 jobs: {counts:?}"
     );
     // The leader deleted its Jobs (with their pods) when it stopped.

@@ -16,6 +16,7 @@ use super::cluster::{Cluster, now_str, random_suffix, typed};
 use super::defaults;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
+use super::podsecurity;
 use super::resources::{self, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
 use super::store::{key_of, rv_of};
@@ -235,6 +236,16 @@ impl Cluster {
                     let errs = validation::validate_pod_spec(spec, "spec");
                     if !errs.is_empty() {
                         return Err(self.invalid(r, name, &errs));
+                    }
+                    // Pod Security admission runs after validation, on the
+                    // defaulted pod, as the API server's plugin does.
+                    let ns_labels = self
+                        .get(resources::core("namespaces"), "", ns)
+                        .map(|n| labels_of(&n))
+                        .unwrap_or_default();
+                    let annotations = pod.metadata.annotations.clone().unwrap_or_default();
+                    if let Err(why) = podsecurity::admit(&ns_labels, &annotations, spec) {
+                        return Err(ApiError::forbidden(&r.qualified(), name, &why));
                     }
                 }
                 to_value(&pod)
@@ -578,25 +589,38 @@ impl Cluster {
         .unwrap_or_else(|| Arc::new(obj.clone()))
     }
 
-    fn owned_pods(&self, ns: &str, owner_uid: &str) -> Vec<Arc<Value>> {
-        self.store()
-            .list(resources::core("pods"), Some(ns))
-            .into_iter()
-            .filter(|p| {
-                p.pointer("/metadata/ownerReferences")
+    /// The objects whose `ownerReferences` name `owner_uid`, by kind. The
+    /// garbage collector follows every kind; the emulator follows the ones
+    /// its users make dependents of: pods (of Jobs) and Secrets and
+    /// ConfigMaps (owned by a Job, like the agents' token Secrets).
+    fn dependents(&self, ns: &str, owner_uid: &str) -> Vec<(&'static ResourceType, Arc<Value>)> {
+        let mut out = Vec::new();
+        for kind in ["pods", "secrets", "configmaps"] {
+            let r = resources::core(kind);
+            for o in self.store().list(r, Some(ns)) {
+                let owned = o
+                    .pointer("/metadata/ownerReferences")
                     .and_then(Value::as_array)
-                    .is_some_and(|refs| refs.iter().any(|o| o["uid"] == json!(owner_uid)))
-            })
-            .collect()
+                    .is_some_and(|refs| refs.iter().any(|x| x["uid"] == json!(owner_uid)));
+                if owned {
+                    out.push((r, o));
+                }
+            }
+        }
+        out
     }
 
-    /// The garbage collector's Background/Foreground step: deletes the pods
-    /// an owner had.
+    /// The garbage collector's Background/Foreground step: deletes the
+    /// dependents an owner had (pods gracefully).
     pub fn delete_dependents(&self, ns: &str, owner_uid: &str) {
-        for p in self.owned_pods(ns, owner_uid) {
-            let (pns, pname) = key_of(&p);
-            if p.pointer("/metadata/deletionTimestamp").is_none() {
-                self.delete_pod(&pns, &pname, &p, None);
+        for (r, o) in self.dependents(ns, owner_uid) {
+            let (ons, oname) = key_of(&o);
+            if r.plural == "pods" {
+                if o.pointer("/metadata/deletionTimestamp").is_none() {
+                    self.delete_pod(&ons, &oname, &o, None);
+                }
+            } else {
+                self.remove(r, &ons, &oname);
             }
         }
     }
@@ -604,9 +628,9 @@ impl Cluster {
     /// The garbage collector's Orphan step: dependents lose their owner
     /// reference and live on.
     fn orphan_dependents(&self, ns: &str, owner_uid: &str) {
-        for p in self.owned_pods(ns, owner_uid) {
-            let (pns, pname) = key_of(&p);
-            self.mutate(resources::core("pods"), &pns, &pname, |v| {
+        for (r, o) in self.dependents(ns, owner_uid) {
+            let (ons, oname) = key_of(&o);
+            self.mutate(r, &ons, &oname, |v| {
                 if let Some(refs) = v["metadata"]["ownerReferences"].as_array_mut() {
                     refs.retain(|o| o["uid"] != json!(owner_uid));
                     if refs.is_empty()

@@ -14,6 +14,7 @@
 //! - [`store`], [`selector`], [`patch`], [`crud`], [`validation`],
 //!   [`defaults`]: the apiserver's storage and semantics;
 //! - [`rbac`]: authorization from Role/ClusterRole bindings;
+//! - [`podsecurity`]: Pod Security admission from namespace labels;
 //! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
 //!   and nodes;
 //! - [`faults`]: request faults and counters;
@@ -55,6 +56,7 @@ pub mod jobs;
 pub mod kubeconfig;
 pub mod kubelet;
 pub mod patch;
+pub mod podsecurity;
 pub mod quantity;
 pub mod rbac;
 pub mod resources;

@@ -4,9 +4,13 @@
 //!
 //! Jobs are deleted with `propagationPolicy: Background`: the API's
 //! default for batch/v1 Jobs orphans their pods, which then run on.
+//! The agents' token Secrets are owned by their Jobs, so the garbage
+//! collector deletes them too; they are also deleted by label, for those
+//! whose Job was deleted with `--cascade=orphan` and so that none outlives
+//! the leader while the collector catches up.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::Client;
 use kube::api::{DeleteParams, ListParams};
 
@@ -97,6 +101,24 @@ pub async fn delete_pods(
     .map(|names| names.len())
 }
 
+/// Deletes the agents' token Secrets matching `selector`; returns how many.
+pub async fn delete_secrets(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<usize, ApiError> {
+    delete_collection::<Secret>(
+        client,
+        namespace,
+        selector,
+        &DeleteParams::default(),
+        Target::new("deletecollection", "secrets", "", namespace),
+        &format!("deleting the agents' token Secrets labelled {selector}"),
+    )
+    .await
+    .map(|names| names.len())
+}
+
 /// `toil-leader cleanup-jobs`: removes an owner's Jobs (one workflow's,
 /// with `workflow`) left behind by a leader that died. Returns the exit code.
 pub async fn cleanup_jobs(
@@ -111,11 +133,12 @@ pub async fn cleanup_jobs(
     let selector = names::owner_selector(owner, workflow);
     let deleted = delete_jobs(&conn.client, &conn.namespace, &selector).await?;
     let pods = delete_pods(&conn.client, &conn.namespace, &selector).await?;
+    let secrets = delete_secrets(&conn.client, &conn.namespace, &selector).await?;
     let whose = match workflow {
         Some(w) => format!("owner {owner}, workflow {w}"),
         None => format!("owner {owner}"),
     };
-    if deleted.is_empty() && pods == 0 {
+    if deleted.is_empty() && pods == 0 && secrets == 0 {
         println!(
             "no Jobs of {whose} in namespace {} ({})",
             conn.namespace, conn.server
@@ -123,11 +146,16 @@ pub async fn cleanup_jobs(
         return Ok(0);
     }
     println!(
-        "deleted {} Job(s) of {whose} in namespace {}{}",
+        "deleted {} Job(s) of {whose} in namespace {}{}{}",
         deleted.len(),
         conn.namespace,
         if pods > 0 {
-            format!(" and {pods} orphaned pod(s)")
+            format!(", {pods} orphaned pod(s)")
+        } else {
+            String::new()
+        },
+        if secrets > 0 {
+            format!(", {secrets} token Secret(s)")
         } else {
             String::new()
         }

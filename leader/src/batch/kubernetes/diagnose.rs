@@ -189,6 +189,9 @@ pub fn observe(pod: &Pod, asked_memory: u64) -> PodState {
                     .stuck(),
                 );
             }
+            // The token Secret is created right after its Job: a kubelet
+            // that got there first retries, so this is not final.
+            "CreateContainerConfigError" if own_secret_missing(pod, &message) => {}
             "CreateContainerConfigError" | "CreateContainerError" | "RunContainerError" => {
                 return PodState::Doomed(
                     Diagnosis::new(CauseKind::ConfigError, format!("{reason}: {message}")).stuck(),
@@ -236,6 +239,52 @@ pub fn observe(pod: &Pod, asked_memory: u64) -> PodState {
             },
         },
     }
+}
+
+/// Whether `message` says that the pod's own token Secret (named like its
+/// Job) is missing: the kubelet's `secret "NAME" not found`.
+pub fn own_secret_missing(pod: &Pod, message: &str) -> bool {
+    let labels = pod.metadata.labels.as_ref();
+    let job = labels.and_then(|l| {
+        l.get("batch.kubernetes.io/job-name")
+            .or_else(|| l.get("job-name"))
+    });
+    job.is_some_and(|j| {
+        message == format!("secret {j:?} not found")
+            || message == format!("secrets {j:?} not found")
+    })
+}
+
+/// The refusal of a pod by Pod Security admission, from the Job
+/// controller's `FailedCreate` message, explained with what to change.
+/// `None` when the message is not such a refusal.
+///
+/// `level` and `why` are what the leader's settings need
+/// ([`super::podspec::security_level`]).
+pub fn pod_security_refusal(
+    message: &str,
+    namespace: &str,
+    level: &str,
+    why: &[&str],
+) -> Option<String> {
+    let at = message.find("violates PodSecurity ")?;
+    let rest = &message[at + "violates PodSecurity ".len()..];
+    let policy = rest.split('"').nth(1).unwrap_or("?");
+    let enforced = policy.split(':').next().unwrap_or(policy);
+    let violations = rest.split_once(": ").map(|(_, v)| v).unwrap_or("");
+    let fix = if why.is_empty() {
+        format!(
+            "the leader's pods are built to pass \"restricted\", so something else changed them (a mutating webhook, a LimitRange?): compare `kubectl get job -o yaml` with docs/kubernetes.md, or ask the cluster's administrator for a namespace labelled pod-security.kubernetes.io/enforce={level}"
+        )
+    } else {
+        format!(
+            "these pods need the \"{level}\" level because of {}: drop those options (then the pods pass \"restricted\"), or run in a namespace labelled pod-security.kubernetes.io/enforce={level}",
+            why.join(" and ")
+        )
+    };
+    Some(format!(
+        "namespace {namespace:?} enforces the Pod Security Standard {enforced:?} ({policy}) and refused the agent's pod: {violations}; {fix}"
+    ))
 }
 
 #[cfg(test)]
@@ -382,6 +431,45 @@ mod tests {
                 "CreateContainerConfigError: secret \"aws\" not found",
                 true
             )
+        );
+    }
+
+    #[test]
+    fn a_pod_waiting_for_its_own_token_secret_is_still_starting() {
+        let waiting = |message: &str| {
+            pod(json!({"metadata": {"labels": {
+                    "batch.kubernetes.io/job-name": "toil-a-1", "job-name": "toil-a-1"}},
+                "spec": {"nodeName": "n1"}, "status": {"phase": "Pending", "containerStatuses": [{
+                "name": "agent", "image": "toil-appliance:dev", "imageID": "", "ready": false, "restartCount": 0,
+                "state": {"waiting": {"reason": "CreateContainerConfigError", "message": message}}}]}}))
+        };
+        assert!(matches!(
+            observe(&waiting("secret \"toil-a-1\" not found"), 0),
+            PodState::Starting { .. }
+        ));
+        // Another secret missing is a configuration error, at once.
+        assert_eq!(
+            doomed(&waiting("secret \"aws\" not found")).0,
+            CauseKind::ConfigError
+        );
+    }
+
+    #[test]
+    fn pod_security_refusals_name_the_policy_and_the_fix() {
+        let m = "Error creating: pods \"toil-a-1-x7k2p\" is forbidden: violates PodSecurity \"restricted:latest\": restricted volume types (volume \"workdir\" uses restricted volume type \"hostPath\")";
+        let why = ["--kubernetesHostPath (a hostPath volume)"];
+        let got = pod_security_refusal(m, "toil", "privileged", &why).unwrap_or_default();
+        assert_eq!(
+            got,
+            "namespace \"toil\" enforces the Pod Security Standard \"restricted\" (restricted:latest) and refused the agent's pod: restricted volume types (volume \"workdir\" uses restricted volume type \"hostPath\"); these pods need the \"privileged\" level because of --kubernetesHostPath (a hostPath volume): drop those options (then the pods pass \"restricted\"), or run in a namespace labelled pod-security.kubernetes.io/enforce=privileged"
+        );
+        assert!(
+            pod_security_refusal(m, "toil", "restricted", &[])
+                .is_some_and(|g| g.contains("something else changed them"))
+        );
+        assert_eq!(
+            pod_security_refusal("exceeded quota: compute", "toil", "restricted", &[]),
+            None
         );
     }
 

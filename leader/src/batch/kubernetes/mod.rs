@@ -220,6 +220,9 @@ impl Cluster {
         cleanup::delete_pods(&self.conn.client, &self.conn.namespace, &sel)
             .await
             .map_err(|e| e.to_string())?;
+        cleanup::delete_secrets(&self.conn.client, &self.conn.namespace, &sel)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(jobs.len())
     }
 }

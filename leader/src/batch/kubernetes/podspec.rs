@@ -8,21 +8,34 @@
 //! the container's limit with the job. The leader retries, so the Job never does (`backoffLimit: 0`,
 //! `restartPolicy: Never`), and `ttlSecondsAfterFinished` removes it even if
 //! the leader is gone.
+//!
+//! The agent's token is not in the Job: it is in a Secret of the same name
+//! ([`token_secret`], created right after the Job and owned by it, so the
+//! garbage collector removes it with the Job), read into the agent's
+//! environment with `secretKeyRef`. Whoever may `get jobs` sees only the
+//! reference.
+//!
+//! Pods pass the Pod Security Standard "restricted" unless an option needs
+//! more ([`security_level`]): no privilege escalation, no capabilities,
+//! seccomp `RuntimeDefault`, and a non-root user ([`AGENT_UID`]) when no host
+//! path is mounted (the kubelet creates host directories owned by root).
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::ByteString;
 use k8s_openapi::api::batch::v1::{Job, JobSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, AppArmorProfile, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    Affinity, AppArmorProfile, Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HostPathVolumeSource, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm,
-    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSpec, PodTemplateSpec,
-    PreferredSchedulingTerm, ResourceRequirements, SecretVolumeSource, SecurityContext,
-    Toleration as KubeToleration, Volume, VolumeMount,
+    ObjectFieldSelector, PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec,
+    PodTemplateSpec, PreferredSchedulingTerm, ResourceRequirements, SeccompProfile, Secret,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Toleration as KubeToleration, Volume,
+    VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 
-use super::names::{JOB_ID_ANNOTATION, Naming};
+use super::names::{self, JOB_ID_ANNOTATION, Naming};
 use super::settings::KubernetesConfig;
 use crate::batch::AgentLaunch;
 
@@ -35,8 +48,15 @@ pub const AGENT_MEMORY: u64 = 16 << 20;
 
 /// The agent container's name.
 pub const CONTAINER: &str = "agent";
-/// Where the AWS credentials secret is mounted.
-pub const AWS_MOUNT: &str = "/root/.aws";
+/// Where the AWS credentials secret is mounted (not under `/root`, which a
+/// non-root agent cannot enter).
+pub const AWS_MOUNT: &str = "/var/run/secrets/toil/aws";
+/// The key of the agent's token in its Secret.
+pub const TOKEN_KEY: &str = "token";
+/// The user and group agents run as when no host path is mounted: the
+/// appliance image's `toil` user (`deploy/Dockerfile`), numeric so the
+/// kubelet can verify `runAsNonRoot`.
+pub const AGENT_UID: i64 = 1000;
 /// Seconds between SIGTERM and SIGKILL when a pod is deleted: the agent
 /// kills its job and reports within this.
 const GRACE_SECONDS: i64 = 30;
@@ -83,6 +103,48 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
+fn secret_env(name: &str, secret: &str, key: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: None,
+        value_from: Some(EnvVarSource {
+            secret_key_ref: Some(SecretKeySelector {
+                name: secret.into(),
+                key: key.into(),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The Pod Security Standard level agent pods need with these settings:
+/// `restricted` unless an option needs more, and why.
+pub fn security_level(cfg: &KubernetesConfig) -> (&'static str, Vec<&'static str>) {
+    let mut why = Vec::new();
+    if cfg.privileged {
+        why.push("--kubernetesPrivileged (a privileged container)");
+    }
+    if cfg.host_path.is_some() {
+        why.push("--kubernetesHostPath (a hostPath volume)");
+    }
+    if cfg.apparmor_unconfined {
+        why.push("--kubernetesAppArmorUnconfined (AppArmor unconfined)");
+    }
+    let level = if why.is_empty() {
+        "restricted"
+    } else {
+        "privileged"
+    };
+    (level, why)
+}
+
+/// The subPath of the host path a workflow of `owner` mounts: owners share
+/// no files (cache, job directories, images) on a node.
+pub fn owner_sub_path(owner: &str) -> String {
+    format!("owner-{}", names::label_value(owner))
+}
+
 fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
     VolumeMount {
         name: name.into(),
@@ -120,9 +182,8 @@ pub fn build_job(
     let mut vars = vec![
         env("TOIL_LEADER_ADDRESS", leader_address),
         env("TOIL_AGENT_ID", &l.agent_id),
-        // Readable by whoever may read Jobs in the namespace; it only lets
-        // its holder act as this one agent, and the Role keeps that small.
-        env("TOIL_AGENT_TOKEN", &l.agent_token),
+        // From the Job's own Secret: the Job holds only the reference.
+        secret_env("TOIL_AGENT_TOKEN", &name, TOKEN_KEY),
         env("TOIL_WORKDIR", &cfg.work_dir),
         env("TOIL_AGENT_MILLICORES", req.millicores.to_string()),
         env("TOIL_AGENT_MEMORY", req.memory.to_string()),
@@ -151,7 +212,12 @@ pub fn build_job(
         empty_dir: cfg.host_path.is_none().then(EmptyDirVolumeSource::default),
         ..Default::default()
     }];
-    let mut mounts = vec![mount("workdir", &cfg.work_dir, false)];
+    let mut work_mount = mount("workdir", &cfg.work_dir, false);
+    if cfg.host_path.is_some() {
+        // Each owner gets a directory of its own on the node.
+        work_mount.sub_path = Some(owner_sub_path(&cfg.owner));
+    }
+    let mut mounts = vec![work_mount];
     if let Some(secret) = &cfg.aws_secret {
         volumes.push(Volume {
             name: "aws-credentials".into(),
@@ -175,14 +241,45 @@ pub fn build_job(
         mounts.push(mount("jobstore", &c.mount_path, false));
     }
 
-    let security = (cfg.privileged || cfg.apparmor_unconfined).then(|| SecurityContext {
-        privileged: cfg.privileged.then_some(true),
-        app_armor_profile: cfg.apparmor_unconfined.then(|| AppArmorProfile {
-            type_: "Unconfined".into(),
+    let apparmor = cfg.apparmor_unconfined.then(|| AppArmorProfile {
+        type_: "Unconfined".into(),
+        localhost_profile: None,
+    });
+    // A privileged container has every capability and no seccomp filter
+    // anyway, and the API refuses allowPrivilegeEscalation=false with it.
+    let security = if cfg.privileged {
+        SecurityContext {
+            privileged: Some(true),
+            app_armor_profile: apparmor,
+            ..Default::default()
+        }
+    } else {
+        SecurityContext {
+            allow_privilege_escalation: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            app_armor_profile: apparmor,
+            ..Default::default()
+        }
+    };
+    // Non-root where the options allow: host directories are created by the
+    // kubelet owned by root, and a privileged container is root anyway.
+    let non_root = !cfg.privileged && cfg.host_path.is_none();
+    let pod_security = PodSecurityContext {
+        seccomp_profile: (!cfg.privileged).then(|| SeccompProfile {
+            type_: "RuntimeDefault".into(),
             localhost_profile: None,
         }),
+        run_as_non_root: non_root.then_some(true),
+        run_as_user: non_root.then_some(AGENT_UID),
+        run_as_group: non_root.then_some(AGENT_UID),
+        // Volumes that support ownership (emptyDir, most claims) become
+        // writable by the agent's group.
+        fs_group: non_root.then_some(AGENT_UID),
         ..Default::default()
-    });
+    };
     let mut pod_annotations = BTreeMap::from([(JOB_ID_ANNOTATION.to_string(), l.job_id.clone())]);
     if cfg.apparmor_unconfined {
         // Clusters before 1.30 read the annotation, newer ones the field;
@@ -204,7 +301,7 @@ pub fn build_job(
             claims: None,
         }),
         volume_mounts: Some(mounts),
-        security_context: security,
+        security_context: Some(security),
         ..Default::default()
     };
 
@@ -216,6 +313,7 @@ pub fn build_job(
         automount_service_account_token: Some(false),
         service_account_name: cfg.service_account.clone(),
         enable_service_links: Some(false),
+        security_context: Some(pod_security),
         termination_grace_period_seconds: Some(GRACE_SECONDS),
         volumes: Some(volumes),
         tolerations,
@@ -256,6 +354,36 @@ pub fn build_job(
             ..Default::default()
         }),
         status: None,
+    }
+}
+
+/// The Secret holding an agent's token, named like its Job and owned by it
+/// (`job_uid`), so the garbage collector deletes it with the Job (the TTL,
+/// the leader's deletion, `cleanup-jobs`). Immutable: nothing changes it,
+/// and kubelets need not watch it.
+pub fn token_secret(naming: &Naming, l: &AgentLaunch, job_uid: &str) -> Secret {
+    let name = naming.job_name(&l.agent_id, &l.job_id);
+    Secret {
+        metadata: ObjectMeta {
+            labels: Some(naming.labels(&l.agent_id, &l.job_id)),
+            owner_references: Some(vec![OwnerReference {
+                api_version: "batch/v1".into(),
+                kind: "Job".into(),
+                name: name.clone(),
+                uid: job_uid.into(),
+                controller: None,
+                block_owner_deletion: None,
+            }]),
+            name: Some(name),
+            ..Default::default()
+        },
+        data: Some(BTreeMap::from([(
+            TOKEN_KEY.to_string(),
+            ByteString(l.agent_token.clone().into_bytes()),
+        )])),
+        immutable: Some(true),
+        type_: Some("Opaque".into()),
+        ..Default::default()
     }
 }
 
@@ -420,11 +548,11 @@ pub(crate) mod tests {
         );
         assert_eq!(
             envs["AWS_SHARED_CREDENTIALS_FILE"]["value"],
-            "/root/.aws/credentials"
+            "/var/run/secrets/toil/aws/credentials"
         );
         assert_eq!(envs["TOIL_AGENT_LEASE"]["value"], "30s");
         let mounts = c["volumeMounts"].to_string();
-        assert!(mounts.contains("/var/lib/toil") && mounts.contains("/root/.aws"));
+        assert!(mounts.contains("/var/lib/toil") && mounts.contains(AWS_MOUNT));
         assert!(mounts.contains("/jobstore"));
         let vols = pod["volumes"].to_string();
         assert!(vols.contains("\"path\":\"/data/scratch\""), "{vols}");
@@ -469,12 +597,99 @@ pub(crate) mod tests {
         assert!(pod["volumes"][0]["emptyDir"].is_object());
         // Pod reuse: no deadline, the agent enforces each job's limit.
         assert!(v["spec"]["activeDeadlineSeconds"].is_null());
-        assert!(pod["containers"][0]["securityContext"].is_null());
+        // No host path, not privileged: the restricted profile, non-root.
+        let sc = &pod["containers"][0]["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        assert!(sc["privileged"].is_null() && sc["appArmorProfile"].is_null());
+        let psc = &pod["securityContext"];
+        assert_eq!(psc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(psc["runAsNonRoot"], true);
+        assert_eq!(psc["runAsUser"], AGENT_UID);
+        assert_eq!(psc["fsGroup"], AGENT_UID);
+        assert!(pod["containers"][0]["volumeMounts"][0]["subPath"].is_null());
+        assert_eq!(security_level(&cfg), ("restricted", vec![]));
         let envs = pod["containers"][0]["env"].to_string();
         assert!(
             envs.contains("\"name\":\"TOIL_AGENT_PREEMPTIBLE\",\"value\":\"true\""),
             "{envs}"
         );
+    }
+
+    #[test]
+    fn the_token_is_in_a_secret_the_job_owns_and_not_in_the_job() {
+        let naming = Naming::new("alice", "0123abcd-0000", 2);
+        let mut l = launch(false);
+        l.agent_token = "tok-0f7c1d2e".into();
+        let job = build_job(&config(), &naming, "http://10.0.0.5:7070", &l);
+        let text = serde_json::to_string(&job).unwrap_or_default();
+        assert!(!text.contains(&l.agent_token), "{text}");
+        let v = serde_json::to_value(&job).unwrap_or_default();
+        let env = &v["spec"]["template"]["spec"]["containers"][0]["env"];
+        let token = env
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|e| e["name"] == "TOIL_AGENT_TOKEN")
+            .cloned()
+            .unwrap_or_default();
+        assert!(token["value"].is_null());
+        let r = &token["valueFrom"]["secretKeyRef"];
+        assert_eq!(r["name"], "toil-alice-0123abcd-2-5-align-3");
+        assert_eq!(r["key"], TOKEN_KEY);
+        assert_eq!(r["optional"], false);
+
+        let secret = token_secret(&naming, &l, "uid-1");
+        let s = serde_json::to_value(&secret).unwrap_or_default();
+        assert_eq!(s["metadata"]["name"], "toil-alice-0123abcd-2-5-align-3");
+        assert_eq!(s["metadata"]["labels"], v["metadata"]["labels"]);
+        let owner = &s["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["kind"], "Job");
+        assert_eq!(owner["apiVersion"], "batch/v1");
+        assert_eq!(owner["uid"], "uid-1");
+        assert_eq!(owner["name"], s["metadata"]["name"]);
+        assert_eq!(s["immutable"], true);
+        // base64 of the token.
+        assert_eq!(s["data"][TOKEN_KEY], "dG9rLTBmN2MxZDJl");
+    }
+
+    #[test]
+    fn options_that_need_more_than_restricted_say_so() {
+        // The host path: mounted per owner, and the agent stays root (the
+        // kubelet makes host directories owned by root), but still without
+        // capabilities or privilege escalation.
+        let mut cfg = config();
+        cfg.apparmor_unconfined = false;
+        let naming = Naming::new("alice", "wf", 2);
+        let v = serde_json::to_value(build_job(&cfg, &naming, "http://l:1", &launch(false)))
+            .unwrap_or_default();
+        let pod = &v["spec"]["template"]["spec"];
+        assert_eq!(
+            pod["containers"][0]["volumeMounts"][0]["subPath"],
+            "owner-alice"
+        );
+        assert!(pod["securityContext"]["runAsNonRoot"].is_null());
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        let sc = &pod["containers"][0]["securityContext"];
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], serde_json::json!(["ALL"]));
+        let (level, why) = security_level(&cfg);
+        assert_eq!(level, "privileged");
+        assert_eq!(why, vec!["--kubernetesHostPath (a hostPath volume)"]);
+        assert_ne!(owner_sub_path("alice"), owner_sub_path("bob"));
+
+        cfg.privileged = true;
+        let v = serde_json::to_value(build_job(&cfg, &naming, "http://l:1", &launch(false)))
+            .unwrap_or_default();
+        let pod = &v["spec"]["template"]["spec"];
+        let sc = &pod["containers"][0]["securityContext"];
+        assert_eq!(sc["privileged"], true);
+        assert!(sc["allowPrivilegeEscalation"].is_null() && sc["capabilities"].is_null());
+        assert!(pod["securityContext"]["seccompProfile"].is_null());
+        assert_eq!(security_level(&cfg).1.len(), 2);
     }
 
     #[test]

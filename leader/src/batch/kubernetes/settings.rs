@@ -43,7 +43,7 @@ pub struct KubernetesConfig {
     pub host_path: Option<String>,
     /// Where the work volume is mounted in pods (`TOIL_WORKDIR`).
     pub work_dir: String,
-    /// A secret with AWS credentials, mounted at `/root/.aws`.
+    /// A secret with AWS credentials, mounted at `podspec::AWS_MOUNT`.
     pub aws_secret: Option<String>,
     /// The service account agent pods run as (`None`: the namespace's
     /// default); agents never call the API, so no token is mounted.

@@ -11,7 +11,7 @@ use nix::unistd::Pid;
 use tokio::sync::watch;
 
 use super::logs::LogWriter;
-use super::sandbox::{Cgroup, MemoryMode, Mount, PreExec, group_rss};
+use super::sandbox::{Cgroup, MemoryMode, Mount, PreExec, Privileges, group_rss};
 use crate::emulator::cluster::{lock, now_str};
 
 /// A request to stop a pod's containers.
@@ -40,6 +40,8 @@ pub struct Launch {
     pub log: PathBuf,
     /// Name of the container's cgroup (unique per run).
     pub cgroup_name: String,
+    /// Capabilities and privilege escalation, from its securityContext.
+    pub privileges: Privileges,
 }
 
 /// How a container ended.
@@ -107,8 +109,13 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
             .map_err(|e| format!("failed to create the container's memory cgroup: {e}"))?,
         None => None,
     };
-    let pre = PreExec::new(&launch.mounts, &launch.workdir, cgroup.as_ref())
-        .map_err(|e| format!("invalid mount or working directory: {e}"))?;
+    let pre = PreExec::new(
+        &launch.mounts,
+        &launch.workdir,
+        cgroup.as_ref(),
+        launch.privileges,
+    )
+    .map_err(|e| format!("invalid mount or working directory: {e}"))?;
     let writer =
         LogWriter::open(&launch.log).map_err(|e| format!("cannot open the log file: {e}"))?;
     let mut cmd = tokio::process::Command::new(&launch.argv[0]);

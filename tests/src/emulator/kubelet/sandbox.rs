@@ -1,6 +1,9 @@
 //! The container sandbox: a private mount namespace with the pod's volumes
-//! bind-mounted at their mountPaths, its own process group, and a memory
-//! cgroup carrying the container's limit.
+//! bind-mounted at their mountPaths, its own process group, a memory
+//! cgroup carrying the container's limit, and the container's
+//! `securityContext` as far as a process can carry it: `no_new_privs` for
+//! `allowPrivilegeEscalation: false` and the capability sets for
+//! `capabilities` (see [`Privileges`]).
 //!
 //! Everything the child runs between fork and exec is prepared up front as C
 //! strings, because only async-signal-safe calls are allowed there.
@@ -20,6 +23,139 @@ pub struct Mount {
     /// Remount read-only.
     pub read_only: bool,
 }
+
+/// The capability and privilege settings of a container process, as the
+/// container runtime applies them from its `securityContext`.
+///
+/// Like the real runtime, a container that drops capabilities keeps only
+/// the runtime's default set minus what it drops, plus what it adds
+/// (`privileged` keeps everything). A container that says nothing about
+/// capabilities keeps the emulator's own (usually all of them, the
+/// emulator runs as root): unlike a real runtime, which would give it the
+/// default set. `runAsUser`, `runAsGroup` and seccomp are not applied: the
+/// processes run as the emulator's user.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Privileges {
+    /// Set `PR_SET_NO_NEW_PRIVS` (`allowPrivilegeEscalation: false`).
+    pub no_new_privs: bool,
+    /// Keep only these capabilities (bit N = capability N); `None` keeps
+    /// the process's own.
+    pub keep_caps: Option<u64>,
+}
+
+/// containerd's default capabilities, by number (linux/capability.h).
+const DEFAULT_CAPS: &[(&str, u32)] = &[
+    ("CHOWN", 0),
+    ("DAC_OVERRIDE", 1),
+    ("FOWNER", 3),
+    ("FSETID", 4),
+    ("KILL", 5),
+    ("SETGID", 6),
+    ("SETUID", 7),
+    ("SETPCAP", 8),
+    ("NET_BIND_SERVICE", 10),
+    ("NET_RAW", 13),
+    ("SYS_CHROOT", 18),
+    ("MKNOD", 27),
+    ("AUDIT_WRITE", 29),
+    ("SETFCAP", 31),
+];
+
+/// Capability numbers by name, beyond the default set (for `add`).
+const OTHER_CAPS: &[(&str, u32)] = &[
+    ("DAC_READ_SEARCH", 2),
+    ("LINUX_IMMUTABLE", 9),
+    ("NET_BROADCAST", 11),
+    ("NET_ADMIN", 12),
+    ("IPC_LOCK", 14),
+    ("IPC_OWNER", 15),
+    ("SYS_MODULE", 16),
+    ("SYS_RAWIO", 17),
+    ("SYS_PTRACE", 19),
+    ("SYS_PACCT", 20),
+    ("SYS_ADMIN", 21),
+    ("SYS_BOOT", 22),
+    ("SYS_NICE", 23),
+    ("SYS_RESOURCE", 24),
+    ("SYS_TIME", 25),
+    ("SYS_TTY_CONFIG", 26),
+    ("LEASE", 28),
+    ("AUDIT_CONTROL", 30),
+    ("MAC_OVERRIDE", 32),
+    ("MAC_ADMIN", 33),
+    ("SYSLOG", 34),
+    ("WAKE_ALARM", 35),
+    ("BLOCK_SUSPEND", 36),
+    ("AUDIT_READ", 37),
+    ("PERFMON", 38),
+    ("BPF", 39),
+    ("CHECKPOINT_RESTORE", 40),
+];
+
+fn cap_bit(name: &str) -> Option<u64> {
+    let name = name.strip_prefix("CAP_").unwrap_or(name);
+    DEFAULT_CAPS
+        .iter()
+        .chain(OTHER_CAPS)
+        .find(|(n, _)| *n == name)
+        .map(|(_, b)| 1u64 << b)
+}
+
+impl Privileges {
+    /// What the runtime applies for a container's security context.
+    pub fn of(sc: Option<&k8s_openapi::api::core::v1::SecurityContext>) -> Privileges {
+        let Some(sc) = sc else {
+            return Privileges::default();
+        };
+        if sc.privileged == Some(true) {
+            return Privileges::default();
+        }
+        let keep_caps = sc.capabilities.as_ref().map(|k| {
+            let drop: Vec<&str> = k.drop.iter().flatten().map(String::as_str).collect();
+            let mut keep: u64 = if drop.contains(&"ALL") {
+                0
+            } else {
+                DEFAULT_CAPS.iter().fold(0, |m, (_, b)| m | (1 << b))
+            };
+            for d in &drop {
+                if let Some(bit) = cap_bit(d) {
+                    keep &= !bit;
+                }
+            }
+            for a in k.add.iter().flatten() {
+                if a == "ALL" {
+                    keep = u64::MAX;
+                } else if let Some(bit) = cap_bit(a) {
+                    keep |= bit;
+                }
+            }
+            keep
+        });
+        Privileges {
+            no_new_privs: sc.allow_privilege_escalation == Some(false),
+            keep_caps,
+        }
+    }
+}
+
+/// `struct __user_cap_header_struct`.
+#[repr(C)]
+struct CapHeader {
+    version: u32,
+    pid: libc::c_int,
+}
+
+/// `struct __user_cap_data_struct`.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct CapData {
+    effective: u32,
+    permitted: u32,
+    inheritable: u32,
+}
+
+/// `_LINUX_CAPABILITY_VERSION_3`: 64-bit sets in two words.
+const CAP_VERSION_3: u32 = 0x2008_0522;
 
 /// How memory limits are enforced on this machine, decided once at start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +336,7 @@ pub fn remove_parent(mode: &MemoryMode) {
 
 /// Everything the child does before exec, as C strings.
 pub struct PreExec {
+    privileges: Privileges,
     cgroup_procs: Option<CString>,
     mounts: Vec<(Vec<CString>, CString, CString, bool, bool)>,
     workdir_dirs: Vec<CString>,
@@ -218,7 +355,12 @@ fn ancestors_to_create(target: &Path) -> std::io::Result<Vec<CString>> {
 
 impl PreExec {
     /// Prepares the steps for a set of mounts and a working directory.
-    pub fn new(mounts: &[Mount], workdir: &Path, cgroup: Option<&Cgroup>) -> std::io::Result<Self> {
+    pub fn new(
+        mounts: &[Mount],
+        workdir: &Path,
+        cgroup: Option<&Cgroup>,
+        privileges: Privileges,
+    ) -> std::io::Result<Self> {
         let mut sorted: Vec<&Mount> = mounts.iter().collect();
         // Parents before children, so nested mountPaths land inside volumes.
         sorted.sort_by_key(|m| m.target.components().count());
@@ -238,6 +380,7 @@ impl PreExec {
             ));
         }
         Ok(Self {
+            privileges,
             cgroup_procs: cgroup.map(|c| cstr(&c.procs_path())).transpose()?,
             mounts: prepared,
             workdir_dirs: ancestors_to_create(workdir)?,
@@ -327,6 +470,73 @@ impl PreExec {
             }
             if libc::chdir(self.workdir.as_ptr()) != 0 {
                 return Err(err());
+            }
+            // Last: the mounts above need the capabilities dropped here.
+            if self.privileges.no_new_privs
+                && libc::prctl(
+                    libc::PR_SET_NO_NEW_PRIVS,
+                    1 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                    0 as libc::c_ulong,
+                ) != 0
+            {
+                return Err(err());
+            }
+            if let Some(keep) = self.privileges.keep_caps {
+                // Out of the bounding set, so exec cannot grant them back
+                // (a uid-0 exec gets the whole bounding set otherwise).
+                let zero: libc::c_ulong = 0;
+                for cap in 0..64u32 {
+                    if keep & (1u64 << cap) == 0 {
+                        // EINVAL past the kernel's last capability.
+                        libc::prctl(
+                            libc::PR_CAPBSET_DROP,
+                            libc::c_ulong::from(cap),
+                            zero,
+                            zero,
+                            zero,
+                        );
+                    }
+                }
+                libc::prctl(
+                    libc::PR_CAP_AMBIENT,
+                    libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                    zero,
+                    zero,
+                    zero,
+                );
+                let mut header = CapHeader {
+                    version: CAP_VERSION_3,
+                    pid: 0,
+                };
+                let mut data = [CapData {
+                    effective: 0,
+                    permitted: 0,
+                    inheritable: 0,
+                }; 2];
+                if libc::syscall(
+                    libc::SYS_capget,
+                    &mut header as *mut CapHeader,
+                    data.as_mut_ptr(),
+                ) != 0
+                {
+                    return Err(err());
+                }
+                for (i, d) in data.iter_mut().enumerate() {
+                    let k = (keep >> (32 * i)) as u32;
+                    d.effective &= k;
+                    d.permitted &= k;
+                    d.inheritable &= k;
+                }
+                if libc::syscall(
+                    libc::SYS_capset,
+                    &mut header as *mut CapHeader,
+                    data.as_ptr(),
+                ) != 0
+                {
+                    return Err(err());
+                }
             }
         }
         Ok(())

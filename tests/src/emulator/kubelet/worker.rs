@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::container::{self, Exit, Launch, StopRequest};
-use super::sandbox::Mount;
+use super::sandbox::{Mount, Privileges};
 use super::status::{self, container_status, set_condition, update_pod};
 use super::{env, logs, volumes};
 use crate::emulator::cluster::{Cluster, now_str, random_token};
@@ -367,6 +367,7 @@ async fn run_container(
             memory_limit: memory_limit(c),
             log: logs::log_path(&ctx.dir, &c.name, restarts),
             cgroup_name: format!("{}-{}-{restarts}", ctx.uid, c.name),
+            privileges: Privileges::of(c.security_context.as_ref()),
         };
         if let Err(why) = &cluster.kubelet.mount_ns_ok
             && !launch.mounts.is_empty()

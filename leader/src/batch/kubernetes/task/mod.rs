@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher;
 use kube::{Api, Client};
@@ -38,6 +38,10 @@ use crate::batch::{BatchCmd, BatchEvent};
 const TICK: Duration = Duration::from_secs(1);
 /// How long shutdown waits for creations in flight before deleting.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(15);
+/// A Job that has made no pod after this long has its events read once:
+/// a pod refused by Pod Security admission never comes, and the refusal is
+/// a configuration error to report now, not after --kubernetesPodTimeout.
+const NO_POD_LOOK: Duration = Duration::from_secs(3);
 /// How long a verdict waits for its pod to stop: the pod's grace period
 /// and some.
 const VERDICT_WAIT: Duration = Duration::from_secs(45);
@@ -53,6 +57,10 @@ struct Shared {
 
 impl Shared {
     fn jobs(&self) -> Api<Job> {
+        Api::namespaced(self.client.clone(), &self.ns)
+    }
+
+    fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 }
@@ -78,6 +86,12 @@ enum Done {
         job: String,
         result: Result<(), ApiError>,
     },
+    /// The Job's events were read for an admission refusal of its pod:
+    /// `Some` explains it (the agent fails, later launches too).
+    Admission {
+        agent_id: String,
+        refusal: Option<String>,
+    },
 }
 
 /// The batch task's state.
@@ -86,7 +100,8 @@ struct Batch {
     leader_address: String,
     events: mpsc::Sender<BatchEvent>,
     tracked: HashMap<String, Tracked>,
-    queue: VecDeque<(String, Job)>,
+    /// Jobs waiting for the rate limit, with their token Secrets.
+    queue: VecDeque<(String, Job, Box<Secret>)>,
     in_flight: usize,
     bucket: TokenBucket,
     /// Agents killed while their creation was in flight: delete on landing.
@@ -187,7 +202,19 @@ impl Batch {
         self.tasks.abort_all();
         let selector = self.shared.naming.epoch_selector();
         match super::cleanup::delete_jobs(&self.shared.client, &self.shared.ns, &selector).await {
-            Ok(gone) => tracing::info!(jobs = gone.len(), "deleted this leader's Jobs"),
+            Ok(gone) => {
+                tracing::info!(jobs = gone.len(), "deleted this leader's Jobs");
+                // The collector deletes them with their Jobs; this makes sure
+                // no token outlives the leader.
+                if let Err(e) =
+                    super::cleanup::delete_secrets(&self.shared.client, &self.shared.ns, &selector)
+                        .await
+                {
+                    tracing::warn!(
+                        "could not delete the agents' token Secrets (the garbage collector removes them with their Jobs): {e}"
+                    );
+                }
+            }
             Err(e) => crate::say!(
                 "toil-leader: could not delete this workflow's Jobs ({e}); they expire by themselves after --kubernetesJobTtl, or remove them with `toil-leader cleanup-jobs --owner {} --workflow {}`",
                 self.shared.naming.owner,
@@ -305,6 +332,29 @@ impl Batch {
                     Box::pin(self.on_pod(*pod, deleted)).await;
                 }
             }
+            Done::Admission { agent_id, refusal } => {
+                let Some(t) = self.tracked.get(&agent_id) else {
+                    return;
+                };
+                if t.pod.is_some() || t.explaining {
+                    return;
+                }
+                if let Some(why) = refusal {
+                    let message = format!("{why} (Job {})", t.job_name);
+                    // Every pod of this workflow is built alike: the next
+                    // launches fail at once with the same message.
+                    if self.refused.is_none() {
+                        self.refused = Some(message.clone());
+                    }
+                    self.report(
+                        &agent_id,
+                        Some(Cause::config_error(message)),
+                        String::new(),
+                        true,
+                    )
+                    .await;
+                }
+            }
             Done::Deleted { job, result } => {
                 if let Err(e) = result {
                     tracing::warn!(%job, "could not delete the Job (it expires by itself after --kubernetesJobTtl): {e}");
@@ -321,6 +371,7 @@ impl Batch {
         let mut unschedulable = Vec::new();
         let mut not_started = Vec::new();
         let mut overdue = Vec::new();
+        let mut admission = Vec::new();
         for (id, t) in &self.tracked {
             if let Some((since, c)) = &t.verdict {
                 if now.duration_since(*since) >= VERDICT_WAIT {
@@ -346,6 +397,11 @@ impl Batch {
                     );
                     not_started.push((id.clone(), pod, what));
                 }
+            } else if t.pod.is_none()
+                && !t.admission_checked
+                && now.duration_since(t.created_at) >= NO_POD_LOOK.min(cfg.pod_timeout)
+            {
+                admission.push(id.clone());
             } else if t.pod.is_none() && now.duration_since(t.created_at) >= cfg.pod_timeout {
                 let what = format!(
                     "Job {} created no pod within --kubernetesPodTimeout {} (a ResourceQuota, LimitRange or admission webhook may refuse it; see `kubectl describe job {}`)",
@@ -381,6 +437,9 @@ impl Batch {
         }
         for (id, object, what) in not_started {
             self.explain_start_timeout(&id, object, what);
+        }
+        for id in admission {
+            self.check_admission(&id);
         }
     }
 }

@@ -52,6 +52,9 @@ pub(super) struct Tracked {
     pub(super) pull_error: Option<String>,
     /// A lookup is under way that will report this agent's end.
     pub(super) explaining: bool,
+    /// The Job's events were read once for a refusal of its pod by
+    /// admission (it had made no pod after [`super::NO_POD_LOOK`]).
+    pub(super) admission_checked: bool,
     /// The Job was looked at for its deadline; pod events that came
     /// meanwhile wait here.
     pub(super) deadline_check: DeadlineCheck,
@@ -122,6 +125,7 @@ impl Tracked {
             starting_since: None,
             pull_error: None,
             explaining: false,
+            admission_checked: false,
             deadline_check: DeadlineCheck::NotYet,
             verdict: None,
         }

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::pods::{DeadlineCheck, Next};
 use super::{Batch, Done};
 use crate::batch::kubernetes::api::{self, Target};
-use crate::batch::kubernetes::names;
-use crate::batch::kubernetes::podspec::CONTAINER;
+use crate::batch::kubernetes::podspec::{self, CONTAINER};
+use crate::batch::kubernetes::{diagnose, names};
 
 /// Lines of an agent's log kept to explain its failure.
 const LOG_TAIL: i64 = 10;
@@ -205,6 +205,47 @@ impl Batch {
                 detail,
                 delete: false,
             }
+        });
+    }
+
+    /// Reads the events of a Job that has made no pod yet, once: a
+    /// `FailedCreate` from Pod Security admission fails the agent now with
+    /// the policy and the fix. Anything else waits for the pod timeout.
+    pub(super) fn check_admission(&mut self, agent_id: &str) {
+        let Some(t) = self.tracked.get_mut(agent_id) else {
+            return;
+        };
+        // Not `explaining`: pod events keep flowing meanwhile, and a pod
+        // that appears after all wins over what the events said.
+        t.admission_checked = true;
+        let s = self.shared.clone();
+        let job = t.job_name.clone();
+        let agent_id = agent_id.to_string();
+        self.tasks.spawn(async move {
+            let evs: Api<KubeEvent> = Api::namespaced(s.client.clone(), &s.ns);
+            let lp = ListParams::default().fields(&format!(
+                "involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
+            ));
+            let target = Target::new("list", "events", "", &s.ns);
+            let got = api::call(
+                &s.policy,
+                &target,
+                &format!("reading the events of Job {job}"),
+                || evs.list(&lp),
+            )
+            .await;
+            let (level, why) = podspec::security_level(&s.cfg);
+            let refusal = got.ok().and_then(|l| {
+                l.items.into_iter().find_map(|e| {
+                    diagnose::pod_security_refusal(
+                        e.message.as_deref().unwrap_or_default(),
+                        &s.ns,
+                        level,
+                        &why,
+                    )
+                })
+            });
+            Done::Admission { agent_id, refusal }
         });
     }
 
