@@ -107,7 +107,8 @@ struct Watched<T> {
 enum EarlyEnd {
     /// Ending before the shutdown is a failure (a server, a batch system).
     Fails,
-    /// It ends by itself when its inputs close (the persister).
+    /// It ends by itself when its inputs close (the persister, the
+    /// display).
     Allowed,
 }
 
@@ -383,9 +384,11 @@ pub(super) async fn start(
             server_stop.clone(),
         ),
     );
+    // It ends when the driver drops its progress channel, which may come
+    // just before the shutdown begins.
     let display = supervisor.spawn(
         "terminal display",
-        EarlyEnd::Fails,
+        EarlyEnd::Allowed,
         |_| None,
         crate::progress::run(meta.name.clone(), progress_rx, echo_rx, stop.clone()),
     );
