@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_support::{Cluster, OWNER, SELECTOR, config, signal};
 use nix::sys::signal::Signal;
-use toil_tests::emulator::NodeConfig;
+use toil_tests::emulator::{NodeConfig, RequestFault};
 use toil_tests::harness::bin;
 
 const T: Duration = Duration::from_secs(60);
@@ -141,4 +141,51 @@ async fn cleanup_jobs_and_restart_remove_what_a_killed_leader_left() {
         );
     }
     c.wait_jobs_gone(Duration::from_secs(10)).await;
+}
+
+/// Shutdown has one bound that holds: with an API server that answers every
+/// deletion of Jobs with 429 and `Retry-After: 60` (ten tries would take ten
+/// minutes), SIGTERM still ends the leader once the batch system's 30 s are
+/// spent, with a message naming what may remain and the command that
+/// removes it; that command then does.
+#[tokio::test]
+async fn shutdown_is_bounded_when_the_api_server_will_not_delete() {
+    let c = Cluster::start(config(vec![NodeConfig::new("node-1")])).await;
+    c.workflow("long", LONG);
+    let mut leader = c.spawn("long", &[]);
+    all_running(&c).await;
+    c.emu.fail_requests(RequestFault {
+        retry_after_seconds: 60,
+        ..RequestFault::too_many_requests(1000)
+            .verb("deletecollection")
+            .resource("jobs")
+    });
+    let t0 = std::time::Instant::now();
+    signal(&leader, Signal::SIGTERM);
+    let status = tokio::time::timeout(Duration::from_secs(120), leader.wait())
+        .await
+        .unwrap_or_else(|_| panic!("the leader did not stop within 120 s"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let took = t0.elapsed();
+    let out = c.output_of("long");
+    assert_eq!(status.code(), Some(130), "{out}");
+    assert!(
+        out.contains("the batch system did not stop within 30 s"),
+        "{out}"
+    );
+    assert!(out.contains("toil-leader cleanup-jobs --owner"), "{out}");
+    // The bound is 45 s for the whole shutdown; the margin is for a loaded
+    // machine, not for the ten minutes the retries would take.
+    assert!(took < Duration::from_secs(90), "{took:?}\n{out}");
+    assert_eq!(c.kube_jobs(SELECTOR).await.len(), 3, "nothing was deleted");
+
+    c.emu.clear_request_faults();
+    let cleanup = tokio::process::Command::new(bin("toil-leader"))
+        .args(["cleanup-jobs", "--owner", OWNER])
+        .env("KUBECONFIG", &c.kubeconfig)
+        .output()
+        .await
+        .unwrap();
+    assert!(cleanup.status.success(), "{cleanup:?}");
+    c.wait_jobs_gone(Duration::from_secs(30)).await;
 }
