@@ -144,8 +144,18 @@ pub async fn collect(
         for rel in matched {
             let key = format!("{prefix}{rel}");
             let path = work_dir.join(rel);
+            // The job may still change its directory (a leftover process):
+            // upload the file found now, through its descriptor, and never
+            // anything a symbolic link put in its place.
+            let file =
+                toil_jobstore::beneath::open_file(work_dir, Path::new(rel)).map_err(|e| {
+                    OutputError::Store {
+                        path: rel.clone(),
+                        source: toil_jobstore::Error::io(format!("opening output {rel}"), e),
+                    }
+                })?;
             let t = store
-                .put_file(&key, &path)
+                .put_file(&key, &toil_jobstore::beneath::fd_path(&file))
                 .await
                 .map_err(|e| OutputError::Store {
                     path: rel.clone(),

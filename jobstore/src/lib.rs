@@ -22,6 +22,7 @@
 //! the leader never carries data.
 
 pub mod backoff;
+pub mod beneath;
 pub mod error;
 pub mod file;
 pub mod layout;

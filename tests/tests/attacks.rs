@@ -610,3 +610,49 @@ fn a_job_cannot_read_its_local_agents_token() {
     assert!(!out.contains("probe: read the agent's"), "{out}");
     assert!(!out.contains("probe: opened the agent's"), "{out}");
 }
+
+/// Someone who can write in the output directory (a job on this machine,
+/// or another program) leaves symbolic links where the export will write,
+/// to send a workflow's output over another file: a link in place of a
+/// directory stops the export with a message naming it, and nothing is
+/// written through it; a link in place of the file is replaced by the file,
+/// and what it pointed at is untouched.
+#[test]
+fn the_export_never_writes_through_a_symbolic_link() {
+    use std::os::unix::fs::symlink;
+    let wf = "jobs:\n  a:\n    cores: 0.1\n    memory: 32Mi\n    command: \"mkdir -p sub && echo result > sub/a.txt\"\n    outputs: {a: sub/a.txt}\noutputs:\n  res: a.a\n";
+
+    // A directory on the way is a link to somewhere else.
+    let sb = Sandbox::new("attack-export-dir");
+    sb.write("wf.yaml", wf);
+    let elsewhere = sb.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    std::fs::create_dir_all(sb.output_dir().join("res")).unwrap();
+    symlink(&elsewhere, sb.output_dir().join("res/sub")).unwrap();
+    let r = sb.run(&["run", "wf.yaml"], T);
+    r.expect_code(1);
+    assert!(
+        r.stderr
+            .contains("res/sub goes through a symbolic link, which is not followed here"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0);
+
+    // The file itself is a link to a file of the user's.
+    let sb = Sandbox::new("attack-export-file");
+    sb.write("wf.yaml", wf);
+    let precious = sb.write("precious.txt", "keep me\n");
+    std::fs::create_dir_all(sb.output_dir().join("res/sub")).unwrap();
+    symlink(&precious, sb.output_dir().join("res/sub/a.txt")).unwrap();
+    sb.run(&["run", "wf.yaml"], T).expect_code(0);
+    assert_eq!(std::fs::read_to_string(&precious).unwrap(), "keep me\n");
+    let exported = sb.output_dir().join("res/sub/a.txt");
+    assert!(
+        std::fs::symlink_metadata(&exported)
+            .unwrap()
+            .file_type()
+            .is_file()
+    );
+    assert_eq!(std::fs::read_to_string(&exported).unwrap(), "result\n");
+}

@@ -115,6 +115,38 @@ pub(crate) async fn load_imports(store: &JobStore) -> anyhow::Result<HashMap<Pat
     crate::versions::decode_imports(obj.data)
 }
 
+/// Copies one stored file to `dir/name/PATH`. Every directory beneath
+/// `dir` is made and entered without following a symbolic link (a job, or
+/// anyone who can write in the output directory, may have left one to send
+/// the file elsewhere); the file is downloaded under a temporary name in
+/// the directory so reached, checked, and renamed over whatever has its
+/// name (a link there is replaced, never written through).
+async fn export_one(store: &JobStore, dir: &Path, name: &str, f: &FileRef) -> anyhow::Result<()> {
+    use toil_jobstore::beneath;
+    let rel = Path::new(name).join(&f.path);
+    let (Some(parent), Some(file_name)) = (rel.parent(), rel.file_name()) else {
+        anyhow::bail!("output path {:?} has no file name; not exported", f.path);
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dest_dir = beneath::make_dir(dir, parent)
+        .with_context(|| format!("exporting {}: making its directory", rel.display()))?;
+    let tmp_name = format!(".toil-export-{}", uuid::Uuid::new_v4().simple());
+    let tmp = beneath::fd_path(&dest_dir).join(&tmp_name);
+    store
+        .get_file_verified(&f.file_id, &tmp, &f.sha256)
+        .await
+        .with_context(|| format!("exporting {}", rel.display()))?;
+    nix::fcntl::renameat(&dest_dir, tmp_name.as_str(), &dest_dir, file_name).map_err(|e| {
+        let _ = nix::unistd::unlinkat(
+            &dest_dir,
+            tmp_name.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+        anyhow::anyhow!("exporting {}: {}", dir.join(&rel).display(), e.desc())
+    })?;
+    Ok(())
+}
+
 /// Copies the workflow's outputs to `dir/NAME/PATH`, verifying checksums.
 pub(super) async fn export_outputs(
     store: &JobStore,
@@ -143,15 +175,7 @@ pub(super) async fn export_outputs(
                             f.path
                         );
                     }
-                    let dest = dir.join(&out.name).join(&f.path);
-                    if let Some(parent) = dest.parent() {
-                        std::fs::create_dir_all(parent)
-                            .with_context(|| format!("creating {}", parent.display()))?;
-                    }
-                    store
-                        .get_file_verified(&f.file_id, &dest, &f.sha256)
-                        .await
-                        .with_context(|| format!("exporting {}", f.path))?;
+                    export_one(store, dir, &out.name, f).await?;
                     n += 1;
                 }
             }
