@@ -141,3 +141,12 @@ mod tests {
         assert!(second.wait().is_ok_and(|s| s.success()));
     }
 }
+
+/// The value of `name` in `pid`'s environment, if it is there and readable.
+pub fn env_var(pid: u32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|b| *b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
