@@ -11,8 +11,10 @@ use std::time::{Duration, Instant};
 use toil_jobstore::backoff::{Backoff, Budget};
 use toil_proto::v1::agent_service_client::AgentServiceClient;
 use toil_proto::v1::{SynchronizeRequest, SynchronizeResponse};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::{Code, Status};
+
+use crate::transport::{Target, pin_mismatch};
 
 /// Default lease until the leader announces one.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
@@ -60,17 +62,22 @@ struct Contact {
 }
 
 impl Leader {
-    /// Prepares a connection (connects on first use).
-    pub fn new(address: &str, fixed_lease: Option<Duration>) -> Result<Leader, String> {
-        let endpoint = Endpoint::from_shared(address.to_string())
-            .map_err(|e| format!("bad leader address {address:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_while_idle(true);
+    /// Prepares a connection (connects on first use): `unix:PATH`, or
+    /// `https://HOST:PORT` with the pinned certificate fingerprint `pin`.
+    pub fn new(
+        address: &str,
+        pin: Option<&str>,
+        fixed_lease: Option<Duration>,
+    ) -> Result<Leader, String> {
+        let channel = Target::parse(address, pin)?.channel(|e| {
+            e.connect_timeout(Duration::from_secs(5))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_while_idle(true)
+        })?;
         Ok(Leader {
             address: address.to_string(),
-            client: AgentServiceClient::new(endpoint.connect_lazy()),
+            client: AgentServiceClient::new(channel),
             state: Arc::new(Mutex::new(Contact {
                 last_ok: Instant::now(),
                 lease: fixed_lease.unwrap_or(DEFAULT_LEASE),
@@ -157,15 +164,31 @@ impl Leader {
                     tracing::debug!(error = %s, ?wait, "leader unreachable; retrying");
                     tokio::time::sleep(wait).await;
                 }
-                Err(s) => return Err(ClientError::Refused(s)),
+                Err(s) => return Err(refused(s)),
             }
         }
     }
 }
 
+/// A call that failed for good, with the reason spelled out when it is a
+/// certificate that is not the pinned one (whose status says only
+/// "transport error").
+pub fn refused(s: Status) -> ClientError {
+    match pin_mismatch(&s) {
+        Some(m) => ClientError::Refused(Status::unavailable(m.to_string())),
+        None => ClientError::Refused(s),
+    }
+}
+
 /// Transport trouble and a leader that is starting or stopping are worth
-/// retrying; refusals are not.
+/// retrying; refusals are not, and neither is a server that is not the
+/// leader: a new leader never takes over an earlier leader's agents (it
+/// settles their attempts when it starts), so waiting for the pinned
+/// certificate to come back only keeps the job's resources held.
 pub fn retryable(s: &Status) -> bool {
+    if pin_mismatch(s).is_some() {
+        return false;
+    }
     matches!(
         s.code(),
         Code::Unavailable

@@ -8,9 +8,14 @@ use std::time::Duration;
 /// Arguments of `toil-agent run`.
 #[derive(Clone, Debug, clap::Args)]
 pub struct RunArgs {
-    /// The leader's address, `http://HOST:PORT`.
+    /// The leader's address: `https://HOST:PORT`, or `unix:PATH` of its
+    /// socket on the leader's machine.
     #[arg(long, env = "TOIL_LEADER_ADDRESS")]
     pub leader: String,
+    /// The SHA-256 fingerprint of the leader's certificate, which the agent
+    /// pins (needed for https://; not a secret).
+    #[arg(long = "leaderCertSha256", env = "TOIL_LEADER_CERT_SHA256")]
+    pub leader_cert_sha256: Option<String>,
     /// This agent's identity, issued by the leader.
     #[arg(long, env = "TOIL_AGENT_ID")]
     pub agent_id: String,
@@ -108,12 +113,7 @@ pub fn parse_timeout(s: &str) -> Result<Duration, String> {
 impl RunArgs {
     /// Checks values that clap cannot, before anything connects.
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.leader.starts_with("http://") || self.leader.starts_with("https://")) {
-            return Err(format!(
-                "--leader / TOIL_LEADER_ADDRESS must be http://HOST:PORT, got {:?}",
-                self.leader
-            ));
-        }
+        crate::transport::Target::parse(&self.leader, self.leader_cert_sha256.as_deref())?;
         if self.agent_id.is_empty() || self.agent_token.is_empty() {
             return Err(
                 "TOIL_AGENT_ID and TOIL_AGENT_TOKEN must be set (the leader sets them when it starts an agent)"

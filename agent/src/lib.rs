@@ -11,6 +11,7 @@
 //! - [`cache`]: the node-wide input cache shared by every agent on a node;
 //! - [`images`]: Singularity/Apptainer images, one pull per image per node;
 //! - [`client`]: the lease-aware connection to the leader;
+//! - [`transport`]: a Unix socket or TLS with a pinned certificate to it;
 //! - [`signals`]: SIGINT and SIGTERM as a clean stop (the leader's too);
 //! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging;
 //! - [`workdir`]: attempts' work directories, emptied and reused by a reused agent.
@@ -26,4 +27,5 @@ pub mod outputs;
 pub mod run;
 pub mod signals;
 pub mod stage_cmd;
+pub mod transport;
 pub mod workdir;

@@ -33,7 +33,8 @@ pub enum Exit {
 /// Runs the agent until the leader lets it go.
 pub async fn run(args: RunArgs, terminate: CancellationToken) -> anyhow::Result<Exit> {
     args.validate().map_err(anyhow::Error::msg)?;
-    let leader = Leader::new(&args.leader, args.lease).map_err(anyhow::Error::msg)?;
+    let leader = Leader::new(&args.leader, args.leader_cert_sha256.as_deref(), args.lease)
+        .map_err(anyhow::Error::msg)?;
     let cache = NodeCache::open(
         &args.work_dir.join("cache"),
         CacheConfig {
@@ -161,7 +162,7 @@ async fn report_result(
     }
     match first {
         Ok(resp) => Ok(resp),
-        Err(s) if !crate::client::retryable(&s) => Err(ClientError::Refused(s)),
+        Err(s) if !crate::client::retryable(&s) => Err(crate::client::refused(s)),
         Err(_) => ctx.leader.sync(report.clone()).await,
     }
 }

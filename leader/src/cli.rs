@@ -206,9 +206,17 @@ pub struct RunArgs {
     pub listen: SocketAddr,
 
     /// Address agents and clients use to reach this leader, if not the bind
-    /// address (for example http://10.0.0.5:7070).
+    /// address (for example https://10.0.0.5:7070). The leader serves TLS
+    /// only. Local agents use the leader's Unix socket unless this is given.
     #[arg(long = "leaderAddress", env = "TOIL_LEADER_ADVERTISE")]
     pub advertise: Option<String>,
+
+    /// A directory of your own on the leader's machine for the client token
+    /// and the leader's Unix socket (kept out of the job store, which jobs
+    /// can read). Default: $XDG_RUNTIME_DIR/toil, else
+    /// $XDG_STATE_HOME/toil, else ~/.local/state/toil.
+    #[arg(long = "stateDir", env = "TOIL_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 
     /// An agent that stops reporting for this long is lost and its job is
     /// retried; an agent that cannot reach the leader this long kills its
@@ -630,6 +638,13 @@ impl RunArgs {
                 "--maxLogBytesPerAttempt 0 would keep no log at all: give a size such as 100Mi",
             ));
         }
+        if let Some(a) = &self.advertise
+            && (!a.starts_with("https://") || a.len() == "https://".len())
+        {
+            return Err(bad(format!(
+                "--leaderAddress / TOIL_LEADER_ADVERTISE {a:?}: the leader serves TLS only, so agents and clients dial https://HOST:PORT (for example https://10.0.0.5:7070)"
+            )));
+        }
         if self.agent_lease < Duration::from_secs(1) {
             return Err(bad("--agentLease must be at least 1s"));
         }
@@ -666,6 +681,7 @@ impl RunArgs {
                     agent_bin,
                     agent_args,
                     leader_address: String::new(),
+                    leader_cert_sha256: String::new(),
                     work_dir,
                     env,
                     agent_log: agent_log.into(),
@@ -693,6 +709,9 @@ impl RunArgs {
             journal_interval: Duration::from_millis(10),
             listen: self.listen,
             advertise: self.advertise,
+            state_dir: self
+                .state_dir
+                .unwrap_or_else(crate::run::private::default_state_dir),
             reuse_agents,
             real_time_logging: self.real_time_logging,
             max_log_bytes_per_attempt,

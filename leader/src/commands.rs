@@ -17,8 +17,9 @@ use tonic::transport::Channel;
 use crate::cli::{CleanArgs, LogsArgs, StatusArgs};
 use crate::core::{Core, JobIdx, RetryPolicy};
 use crate::driver::{job_proto, total_usage};
-use crate::run::{LeaderInfo, Meta, hostname};
+use crate::run::{LeaderInfo, Meta, hostname, token_verifier};
 use crate::workflow::{ResolvedDefaults, units};
+use toil_agent::transport::Target;
 
 async fn open(loc: &str) -> anyhow::Result<JobStore> {
     let locator = Locator::parse(loc)?;
@@ -49,21 +50,83 @@ async fn live_leader(store: &JobStore) -> anyhow::Result<Option<LeaderInfo>> {
 type Auth = Box<dyn FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Send>;
 type Client = WorkflowServiceClient<tonic::service::interceptor::InterceptedService<Channel, Auth>>;
 
-async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
-    // Stores written before `url` existed hold the URL in `address`.
-    let url = if !info.url.is_empty() {
-        info.url.clone()
-    } else if info.address.contains("://") {
-        info.address.clone()
-    } else {
-        format!("http://{}", info.address)
+/// The environment variable that carries the client token to clients not
+/// on the leader's machine (or not its user).
+pub const TOKEN_ENV: &str = "TOIL_CLIENT_TOKEN";
+
+/// The client token: `TOIL_CLIENT_TOKEN`, else the file the leader wrote
+/// on its own machine; checked against the verifier in `leader.json`.
+fn client_token(info: &LeaderInfo) -> anyhow::Result<String> {
+    let (token, from) = match std::env::var(TOKEN_ENV) {
+        Ok(t) if !t.trim().is_empty() => (t.trim().to_string(), TOKEN_ENV.to_string()),
+        _ => {
+            if info.token_file.is_empty() {
+                bail!(
+                    "the running leader (pid {} on {}) does not say where its client token is (it is older than this toil-leader); set {TOKEN_ENV}",
+                    info.pid,
+                    info.host
+                );
+            }
+            match std::fs::read_to_string(&info.token_file) {
+                Ok(t) => (t.trim().to_string(), info.token_file.clone()),
+                Err(_) if info.host != hostname() => bail!(
+                    "the workflow's leader runs on {}, and its client token is in {} on that machine, readable by the leader's user alone: copy it here into {TOKEN_ENV}",
+                    info.host,
+                    info.token_file
+                ),
+                Err(e) => bail!(
+                    "cannot read the client token {}: {e}. Only the user who started the leader (pid {}) can read it: run this as that user, or set {TOKEN_ENV}",
+                    info.token_file,
+                    info.pid
+                ),
+            }
+        }
     };
-    let channel = Channel::from_shared(url.clone())?
-        .connect()
+    if !info.client_token_sha256.is_empty() && token_verifier(&token) != info.client_token_sha256 {
+        bail!(
+            "the client token from {from} is not this leader's (its SHA-256 is not client_token_sha256 in state/leader.json): it belongs to another workflow or to an earlier leader of this one{}",
+            if from == TOKEN_ENV {
+                format!(
+                    "; unset {TOKEN_ENV} to use {} on {}",
+                    info.token_file, info.host
+                )
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(token)
+}
+
+/// How to reach the leader: its Unix socket when it runs on this machine,
+/// else TLS with its certificate from `leader.json` pinned.
+fn target(info: &LeaderInfo) -> anyhow::Result<Target> {
+    if let Some(path) = info.socket.strip_prefix("unix:")
+        && info.host == hostname()
+        && std::path::Path::new(path).exists()
+    {
+        return Ok(Target::Unix(path.into()));
+    }
+    if info.cert_sha256.is_empty() {
+        bail!(
+            "the running leader (pid {} on {}) publishes no certificate in state/leader.json (it is older than this toil-leader); use a toil-leader of its version",
+            info.pid,
+            info.host
+        );
+    }
+    Target::parse(&info.url, Some(&info.cert_sha256)).map_err(anyhow::Error::msg)
+}
+
+async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
+    let token = client_token(info)?;
+    let target = target(info)?;
+    let channel = target
+        .connect(|e| e.connect_timeout(std::time::Duration::from_secs(10)))
         .await
-        .with_context(|| format!("connecting to the leader at {url}"))?;
-    let header: tonic::metadata::MetadataValue<_> =
-        format!("Bearer {}", info.client_token).parse()?;
+        .map_err(anyhow::Error::msg)?;
+    let header: tonic::metadata::MetadataValue<_> = format!("Bearer {token}")
+        .parse()
+        .context("the client token is not a valid header value")?;
     let f: Auth = Box::new(move |mut req: tonic::Request<()>| {
         req.metadata_mut().insert("authorization", header.clone());
         Ok(req)

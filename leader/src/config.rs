@@ -65,6 +65,8 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// The address agents and jobs use, when not the listen address.
     pub advertise: Option<String>,
+    /// Where the client token and the Unix socket go (`--stateDir`).
+    pub state_dir: PathBuf,
     /// Hand finished agents new jobs.
     pub reuse_agents: bool,
     /// Show job output live.

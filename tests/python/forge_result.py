@@ -48,7 +48,11 @@ def main() -> None:
     attempt_id = os.environ["TOIL_ATTEMPT_ID"]
     attempt = attempt_id.rsplit(".", 1)[1]
     prefix = f"files/{job_id}/{attempt}/"
-    stub = agent_pb2_grpc.AgentServiceStub(grpc.insecure_channel(address))
+    # The agent's address is the leader's Unix socket (`unix:PATH`); gRPC
+    # would send the path as the HTTP/2 authority, which the leader refuses.
+    stub = agent_pb2_grpc.AgentServiceStub(
+        grpc.insecure_channel(address, options=[("grpc.default_authority", "localhost")])
+    )
 
     def forge(name: str, path: str, file_id: str) -> str:
         result = agent_pb2.AttemptResult(

@@ -30,7 +30,16 @@ MIB = 1 << 20
 
 def channel() -> grpc.Channel:
     target = os.environ["TOIL_LEADER_ADDRESS"].split("://", 1)[-1]
-    return grpc.insecure_channel(target, options=[("grpc.max_send_message_length", 8 * MIB)])
+    # A local job dials the leader's Unix socket (`unix:PATH`); gRPC would
+    # send the path as the authority, which the server refuses: say
+    # `localhost`.
+    return grpc.insecure_channel(
+        target,
+        options=[
+            ("grpc.max_send_message_length", 8 * MIB),
+            ("grpc.default_authority", "localhost"),
+        ],
+    )
 
 
 def stream(stub, seqs, size: int) -> str:

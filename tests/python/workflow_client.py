@@ -7,12 +7,16 @@ Generate the Python modules first:
 
 then run:
 
-    PYTHONPATH=GEN python tests/python/workflow_client.py JOB_STORE_DIR
+    PYTHONPATH=GEN python tests/python/workflow_client.py JOB_STORE_DIR [unix|tls [JOB_NAME]]
 
-It reads the leader's address and client token from state/leader.json in a
-file job store, adds a job, watches events until that job ends, follows its
-log, and prints one JSON line with what it saw. The end-to-end suite runs it
-against a real leader (tests/tests/local_clients.rs).
+It reads where the leader is from state/leader.json in a file job store:
+its Unix socket (`socket`, on the leader's machine) or its TLS address
+(`address`) with the certificate to trust (`cert_pem`). The client token is
+not in the job store: it is in the file `token_file` names (readable by the
+leader's user alone), or in TOIL_CLIENT_TOKEN. It adds a job, watches events
+until that job ends, follows its log, and prints one JSON line with what it
+saw. The end-to-end suite runs it against a real leader
+(tests/tests/local_clients.rs).
 """
 
 import json
@@ -26,12 +30,28 @@ from toil.v1 import common_pb2, workflow_pb2, workflow_pb2_grpc
 
 def main() -> None:
     store = sys.argv[1]
+    mode = sys.argv[2] if len(sys.argv) > 2 else "unix"
+    name = sys.argv[3] if len(sys.argv) > 3 else "from_python"
     with open(os.path.join(store, "state", "leader.json")) as f:
         info = json.load(f)
-    # `address` is a plain HOST:PORT target, as grpc.insecure_channel wants.
-    target = info["address"]
-    auth = [("authorization", "Bearer " + info["client_token"])]
-    stub = workflow_pb2_grpc.WorkflowServiceStub(grpc.insecure_channel(target))
+    token = os.environ.get("TOIL_CLIENT_TOKEN")
+    if not token:
+        with open(info["token_file"]) as f:
+            token = f.read().strip()
+    auth = [("authorization", "Bearer " + token)]
+    if mode == "tls":
+        # `address` is a plain HOST:PORT target; the leader's certificate is
+        # the only root trusted, and it names the address's host.
+        creds = grpc.ssl_channel_credentials(root_certificates=info["cert_pem"].encode())
+        channel = grpc.secure_channel(info["address"], creds)
+    else:
+        # `unix:PATH`, a target gRPC takes as it is. gRPC would send the
+        # socket's path as the HTTP/2 authority, which the leader's HTTP/2
+        # server refuses as malformed (PROTOCOL_ERROR): send `localhost`.
+        channel = grpc.insecure_channel(
+            info["socket"], options=[("grpc.default_authority", "localhost")]
+        )
+    stub = workflow_pb2_grpc.WorkflowServiceStub(channel)
 
     wf = stub.GetWorkflow(workflow_pb2.GetWorkflowRequest(), metadata=auth)
 
@@ -40,7 +60,7 @@ def main() -> None:
             relation=workflow_pb2.RELATION_ROOT,
             jobs=[
                 workflow_pb2.JobSpec(
-                    name="from_python",
+                    name=name,
                     shell="echo hello from python; echo second line >&2",
                     resources=common_pb2.Resources(
                         millicores=100, memory_bytes=32 << 20, disk_bytes=1 << 20
@@ -61,11 +81,11 @@ def main() -> None:
     for item in stub.WatchEvents(workflow_pb2.WatchEventsRequest(after_seq=0), metadata=auth):
         e = item.event
         kind = e.WhichOneof("kind")
-        if kind == "attempt_started" and e.attempt_started.job_id == "from_python":
+        if kind == "attempt_started" and e.attempt_started.job_id == name:
             placement = e.attempt_started.placement
-        if kind == "attempt_ended" and e.attempt_ended.job_id == "from_python":
+        if kind == "attempt_ended" and e.attempt_ended.job_id == name:
             ended = common_pb2.CauseKind.Name(e.attempt_ended.cause.kind)
-        if kind == "job_state_changed" and e.job_state_changed.job_id == "from_python":
+        if kind == "job_state_changed" and e.job_state_changed.job_id == name:
             state = common_pb2.JobState.Name(e.job_state_changed.to)
             states.append(state)
             if state in final:
@@ -74,10 +94,10 @@ def main() -> None:
     log = b"".join(
         piece.data
         for piece in stub.FollowLogs(
-            workflow_pb2.FollowLogsRequest(job_id="from_python", follow=True), metadata=auth
+            workflow_pb2.FollowLogsRequest(job_id=name, follow=True), metadata=auth
         )
     )
-    job = stub.GetJob(workflow_pb2.GetJobRequest(job_id="from_python"), metadata=auth).job
+    job = stub.GetJob(workflow_pb2.GetJobRequest(job_id=name), metadata=auth).job
 
     denied = None
     try:

@@ -21,19 +21,116 @@ pub struct Sandbox {
     dir: tempfile::TempDir,
 }
 
-/// What `state/leader.json` says about a running leader.
+/// What `state/leader.json` says about a running leader, plus the client
+/// token, read from the file `token_file` names (the token is not in the
+/// job store).
 #[derive(Clone, Debug, serde::Deserialize)]
 pub struct LeaderInfo {
-    /// gRPC target, `HOST:PORT`.
+    /// gRPC target, `HOST:PORT`, served with TLS.
     pub address: String,
-    /// The same as a URL, `http://HOST:PORT` (what tonic connects to).
+    /// The same as a URL, `https://HOST:PORT`.
     pub url: String,
-    /// Bearer token for WorkflowService.
+    /// The leader's certificate, PEM.
+    pub cert_pem: String,
+    /// Its SHA-256 fingerprint, hex.
+    pub cert_sha256: String,
+    /// The leader's Unix socket, `unix:PATH`.
+    pub socket: String,
+    /// Where the client token is, on the leader's machine.
+    pub token_file: String,
+    /// SHA-256 of the client token, hex.
+    pub client_token_sha256: String,
+    /// Bearer token for WorkflowService, read from `token_file` (never in
+    /// `leader.json`).
+    #[serde(skip)]
     pub client_token: String,
     /// The leader's pid.
     pub pid: u32,
     /// Its epoch.
     pub epoch: u64,
+}
+
+impl LeaderInfo {
+    /// Parses `leader.json` and reads the client token from the file it
+    /// names, checking it against the stored verifier.
+    pub fn parse(data: &[u8]) -> Result<LeaderInfo, String> {
+        let mut info: LeaderInfo = serde_json::from_slice(data).map_err(|e| e.to_string())?;
+        let token = std::fs::read_to_string(&info.token_file)
+            .map_err(|e| format!("{}: {e}", info.token_file))?;
+        info.client_token = token.trim().to_string();
+        let verifier = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            info.client_token.as_bytes(),
+        ));
+        if verifier != info.client_token_sha256 {
+            return Err("the token file does not match client_token_sha256 (yet)".into());
+        }
+        Ok(info)
+    }
+
+    /// A channel to the leader over TLS, trusting its certificate as a
+    /// root and checking the address's name in it, as `grpcurl -cacert`
+    /// does.
+    pub async fn channel(&self) -> Channel {
+        tls_channel(&self.url, &self.cert_pem)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to {}: {e}", self.url))
+    }
+}
+
+/// Connects to `url` (`https://HOST:PORT`) trusting only `cert_pem`, with
+/// the ordinary name check against the URL's host.
+pub async fn tls_channel(url: &str, cert_pem: &str) -> Result<Channel, String> {
+    use rustls::pki_types::pem::PemObject;
+    let cert = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes())
+        .map_err(|e| format!("certificate: {e}"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).map_err(|e| format!("root: {e}"))?;
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let config = std::sync::Arc::new(config);
+    let authority = url
+        .strip_prefix("https://")
+        .ok_or_else(|| format!("{url} is not https://"))?
+        .trim_end_matches('/')
+        .to_string();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or("").to_string(),
+        None => authority
+            .rsplit_once(':')
+            .map_or(authority.as_str(), |(h, _)| h)
+            .to_string(),
+    };
+    let name = rustls::pki_types::ServerName::try_from(host).map_err(|e| e.to_string())?;
+    let connector = tower::service_fn(move |_: tonic::transport::Uri| {
+        let config = config.clone();
+        let authority = authority.clone();
+        let name = name.clone();
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&authority).await?;
+            let tls = tokio_rustls::TlsConnector::from(config)
+                .connect(name, tcp)
+                .await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    tonic::transport::Endpoint::from_shared(url.to_string())
+        .map_err(|e| e.to_string())?
+        .connect_with_connector(connector)
+        .await
+        .map_err(|e| {
+            let mut msg = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                msg.push_str(&format!(": {s}"));
+                source = s.source();
+            }
+            msg
+        })
 }
 
 impl Sandbox {
@@ -81,6 +178,8 @@ impl Sandbox {
         let mut cmd = Command::new(harness::bin("toil-leader"));
         cmd.current_dir(self.path())
             .env("TOIL_WORKDIR", self.work_dir())
+            .env("TOIL_STATE_DIR", self.state_dir())
+            .env_remove("TOIL_CLIENT_TOKEN")
             .env("TOIL_AGENT_BINARY", harness::bin("toil-agent"))
             .env_remove("TOIL_JOBSTORE")
             .env_remove("RUST_LOG")
@@ -120,13 +219,19 @@ impl Sandbox {
         }
     }
 
+    /// Where leaders of this sandbox keep their client token and socket
+    /// (`TOIL_STATE_DIR`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
     /// Waits for the leader serving this sandbox's job store to publish its
-    /// address, and returns it.
+    /// address, and returns it with the client token from its token file.
     pub fn leader_info(&self, timeout: Duration) -> LeaderInfo {
         let path = self.job_store().join("state/leader.json");
         wait_for("the leader to publish state/leader.json", timeout, || {
             let data = std::fs::read(&path).map_err(|e| e.to_string())?;
-            serde_json::from_slice(&data).map_err(|e| e.to_string())
+            LeaderInfo::parse(&data)
         })
     }
 
@@ -270,13 +375,10 @@ impl tonic::service::Interceptor for Bearer {
 pub type Client =
     WorkflowServiceClient<tonic::service::interceptor::InterceptedService<Channel, Bearer>>;
 
-/// A WorkflowService client authenticated with `token`.
-pub async fn client(address: &str, token: &str) -> Client {
-    let channel = Channel::from_shared(address.to_string())
-        .unwrap_or_else(|e| panic!("bad address {address}: {e}"))
-        .connect()
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {address}: {e}"));
+/// A WorkflowService client of `info`'s leader (over TLS), authenticated
+/// with `token`.
+pub async fn client(info: &LeaderInfo, token: &str) -> Client {
+    let channel = info.channel().await;
     let value = format!("Bearer {token}")
         .parse()
         .unwrap_or_else(|e| panic!("bad token: {e}"));
@@ -301,7 +403,7 @@ impl Sandbox {
                 .get_object(&bucket, "state/leader.json")
                 .map_err(|e| format!("{e:#}"))?
                 .ok_or("no state/leader.json in the bucket yet")?;
-            serde_json::from_slice(&data).map_err(|e| e.to_string())
+            LeaderInfo::parse(&data)
         })
     }
 }

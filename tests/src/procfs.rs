@@ -76,6 +76,15 @@ pub fn has_env(pid: u32, entry: &str) -> bool {
         .is_ok_and(|env| env.split(|b| *b == 0).any(|e| e == entry.as_bytes()))
 }
 
+/// The value of `name` in `pid`'s environment, if it is there and readable.
+pub fn env_var(pid: u32, name: &str) -> Option<String> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let prefix = format!("{name}=");
+    env.split(|b| *b == 0)
+        .find_map(|e| e.strip_prefix(prefix.as_bytes()))
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
 /// Whether `pid` is blocked waiting for an `flock` another process holds:
 /// the kernel lists such a waiter in `/proc/locks` as `N: -> FLOCK ... PID`.
 pub fn waits_on_flock(pid: u32) -> bool {

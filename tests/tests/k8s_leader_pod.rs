@@ -143,7 +143,7 @@ async fn the_leader_runs_as_a_pod_under_the_shipped_role() {
     assert!(log.contains("workflow in-cluster succeeded"), "{log}");
     assert!(log.contains("[greet] the AWS secret is mounted"), "{log}");
     // Agents dialled the pod IP (127.0.0.1 on the emulator) on a real port.
-    assert!(log.contains("leader http://127.0.0.1:"), "{log}");
+    assert!(log.contains("leader https://127.0.0.1:"), "{log}");
     assert!(log.contains("(in-cluster service account"), "{log}");
 
     // The output is on the claim, written by an agent in another pod.

@@ -91,7 +91,7 @@ jobs:
     tokio::task::block_in_place(|| {
         wait_for("the first attempt to start", T, || when(mark.exists(), ()))
     });
-    let mut c = client(&info.url, &info.client_token).await;
+    let mut c = client(&info, &info.client_token).await;
     let job = c
         .get_job(GetJobRequest {
             job_id: "long".into(),

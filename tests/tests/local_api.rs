@@ -46,8 +46,8 @@ async fn log_lines_arrive_while_the_job_is_still_running() {
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
     // `address` is a bare target every gRPC library takes; `url` has the scheme.
     assert!(!info.address.contains("://"), "{}", info.address);
-    assert_eq!(info.url, format!("http://{}", info.address));
-    let mut c = client(&info.url, &info.client_token).await;
+    assert_eq!(info.url, format!("https://{}", info.address));
+    let mut c = client(&info, &info.client_token).await;
     let mut stream = c
         .follow_logs(FollowLogsRequest {
             job_id: "slow".into(),
@@ -110,7 +110,7 @@ async fn wrong_tokens_are_refused_on_both_services() {
     let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
     // Wait until the job runs, so its agent and attempt exist.
-    let c = client(&info.url, &info.client_token).await;
+    let c = client(&info, &info.client_token).await;
     wait_for_async("job slow to be running", T, || {
         let mut c = c.clone();
         async move {
@@ -127,9 +127,7 @@ async fn wrong_tokens_are_refused_on_both_services() {
         }
     })
     .await;
-    let mut agents = AgentServiceClient::connect(info.url.clone())
-        .await
-        .expect("connect");
+    let mut agents = AgentServiceClient::new(info.channel().await);
     let sync =
         |agent_id: &str, token: &str, attempt: &str, attempt_token: &str| SynchronizeRequest {
             agent_id: agent_id.into(),
@@ -172,20 +170,19 @@ async fn wrong_tokens_are_refused_on_both_services() {
 
     // WorkflowService: no token, or a wrong one.
     let mut anon =
-        toil_proto::v1::workflow_service_client::WorkflowServiceClient::connect(info.url.clone())
-            .await
-            .expect("connect");
+        toil_proto::v1::workflow_service_client::WorkflowServiceClient::new(info.channel().await);
     let err = anon
         .get_workflow(GetWorkflowRequest {})
         .await
         .expect_err("no token");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
+    // It says where the token is: the file on the leader's machine.
     assert!(
-        err.message().contains("state/leader.json"),
+        err.message().contains(&info.token_file) && err.message().contains("TOIL_CLIENT_TOKEN"),
         "{}",
         err.message()
     );
-    let mut wrong = client(&info.url, "not-the-token").await;
+    let mut wrong = client(&info, "not-the-token").await;
     let err = wrong
         .get_workflow(GetWorkflowRequest {})
         .await
@@ -280,11 +277,7 @@ async fn health_and_reflection_are_served_so_generic_tools_work() {
     let leader = sb.spawn(sb.leader(&["run", "gated.yaml"]), "leader");
     let info = tokio::task::block_in_place(|| sb.leader_info(T));
 
-    let channel = tonic::transport::Channel::from_shared(info.url.clone())
-        .expect("address")
-        .connect()
-        .await
-        .expect("connect");
+    let channel = info.channel().await;
     let mut health = HealthClient::new(channel.clone());
     for service in ["toil.v1.AgentService", "toil.v1.WorkflowService"] {
         let r = health

@@ -31,47 +31,53 @@ fn a_python_client_adds_a_job_watches_events_and_follows_its_log() {
     );
     let leader = sb.spawn(sb.leader(&["run", "wait.yaml"]), "leader");
     sb.leader_info(T);
-    let out = python(&generated)
-        .arg(script("workflow_client.py"))
-        .arg(sb.job_store())
-        .output()
-        .expect("python client");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "client failed\n{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
-    assert_eq!(v["workflow"], "waiting");
-    assert_eq!(v["epoch"], 1);
-    assert_eq!(v["added"], serde_json::json!(["from_python"]));
-    let states: Vec<&str> = v["states"]
-        .as_array()
-        .expect("states")
-        .iter()
-        .filter_map(|s| s.as_str())
-        .collect();
-    assert_eq!(
-        states,
-        [
-            "JOB_STATE_QUEUED",
-            "JOB_STATE_RUNNING",
-            "JOB_STATE_SUCCEEDED"
-        ]
-    );
-    assert_eq!(v["ended"], "CAUSE_KIND_SUCCEEDED");
-    // AttemptStarted names where the attempt runs, even on a new agent.
-    let placement = v["placement"].as_str().expect("an AttemptStarted event");
-    assert!(placement.starts_with("local pid "), "{placement:?}");
-    let log = v["log"].as_str().expect("log");
-    assert!(
-        log.contains("hello from python\n") && log.contains("second line\n"),
-        "{log}"
-    );
-    assert_eq!(v["job_state"], "JOB_STATE_SUCCEEDED");
-    assert_eq!(v["attempts"], 1);
-    assert_eq!(v["denied"], "UNAUTHENTICATED");
+    // Once on the leader's Unix socket, once over TLS trusting the
+    // certificate from leader.json (what `grpcurl -cacert` does).
+    for (mode, name) in [("unix", "from_python"), ("tls", "from_python_tls")] {
+        let out = python(&generated)
+            .arg(script("workflow_client.py"))
+            .arg(sb.job_store())
+            .args([mode, name])
+            .output()
+            .expect("python client");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "client ({mode}) failed\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("json");
+        assert_eq!(v["workflow"], "waiting");
+        assert_eq!(v["epoch"], 1);
+        assert_eq!(v["added"], serde_json::json!([name]));
+        let states: Vec<&str> = v["states"]
+            .as_array()
+            .expect("states")
+            .iter()
+            .filter_map(|s| s.as_str())
+            .collect();
+        assert_eq!(
+            states,
+            [
+                "JOB_STATE_QUEUED",
+                "JOB_STATE_RUNNING",
+                "JOB_STATE_SUCCEEDED"
+            ],
+            "{mode}"
+        );
+        assert_eq!(v["ended"], "CAUSE_KIND_SUCCEEDED");
+        // AttemptStarted names where the attempt runs, even on a new agent.
+        let placement = v["placement"].as_str().expect("an AttemptStarted event");
+        assert!(placement.starts_with("local pid "), "{placement:?}");
+        let log = v["log"].as_str().expect("log");
+        assert!(
+            log.contains("hello from python\n") && log.contains("second line\n"),
+            "{log}"
+        );
+        assert_eq!(v["job_state"], "JOB_STATE_SUCCEEDED");
+        assert_eq!(v["attempts"], 1);
+        assert_eq!(v["denied"], "UNAUTHENTICATED");
+    }
     std::fs::write(&gate, "").expect("gate");
     let r = leader.wait(T);
     r.expect_code(0);
@@ -80,7 +86,12 @@ fn a_python_client_adds_a_job_watches_events_and_follows_its_log() {
         "{}",
         r.stdout
     );
-    assert!(r.stderr.contains("2 jobs (2 succeeded)"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("[from_python_tls] hello from python"),
+        "{}",
+        r.stdout
+    );
+    assert!(r.stderr.contains("3 jobs (3 succeeded)"), "{}", r.stderr);
 }
 
 #[test]

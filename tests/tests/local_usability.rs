@@ -75,7 +75,7 @@ async fn a_cancelled_workflow_is_told_what_will_run_it_again() {
     );
     let leader = sb.spawn(sb.leader(&["run", "slow.yaml"]), "leader");
     let info = sb.leader_info(T);
-    let mut c = client(&info.url, &info.client_token).await;
+    let mut c = client(&info, &info.client_token).await;
     c.cancel_workflow(CancelWorkflowRequest {
         reason: "changed my mind".into(),
     })

@@ -28,8 +28,11 @@ pub struct LocalConfig {
     /// Arguments before the agent's own: `run`, or `agent run` for the
     /// leader's embedded agent.
     pub agent_args: Vec<String>,
-    /// Address agents use to reach the leader.
+    /// Address agents use to reach the leader: the leader's Unix socket
+    /// (`unix:PATH`), or `https://HOST:PORT` when `--leaderAddress` is given.
     pub leader_address: String,
+    /// The fingerprint agents pin when they dial `https://`.
+    pub leader_cert_sha256: String,
     /// Work directory shared by the agents (cache, job directories).
     pub work_dir: PathBuf,
     /// Extra environment for every agent (cache and engine settings).
@@ -126,6 +129,7 @@ fn spawn(
     let mut cmd = Command::new(&cfg.agent_bin);
     cmd.args(&cfg.agent_args)
         .env("TOIL_LEADER_ADDRESS", &cfg.leader_address)
+        .env(toil_agent::transport::PIN_ENV, &cfg.leader_cert_sha256)
         .env("TOIL_AGENT_ID", &l.agent_id)
         .env("TOIL_AGENT_TOKEN", &l.agent_token)
         .env("TOIL_WORKDIR", &cfg.work_dir)

@@ -353,6 +353,13 @@ impl Driver {
             "TOIL_LEADER_ADDRESS".into(),
             self.cfg.workflow_address.clone(),
         );
+        // Not secrets: what a job's own client needs to trust the leader
+        // when the address is https:// (a pod's job).
+        env.insert("TOIL_LEADER_CERT".into(), self.cfg.leader_cert_pem.clone());
+        env.insert(
+            toil_agent::transport::PIN_ENV.into(),
+            self.cfg.leader_cert_sha256.clone(),
+        );
         let assignment = Assignment {
             attempt_id: s.attempt_id.clone(),
             attempt_token: entry.token.clone(),

@@ -51,8 +51,14 @@ pub struct DriverConfig {
     pub reuse_agents: bool,
     /// Job store locator given to agents.
     pub job_store: String,
-    /// Address of WorkflowService given to jobs.
+    /// Address of WorkflowService given to jobs (`unix:PATH` or
+    /// `https://HOST:PORT`).
     pub workflow_address: String,
+    /// The leader's certificate, PEM, given to jobs (`TOIL_LEADER_CERT`)
+    /// so their TLS clients can trust it.
+    pub leader_cert_pem: String,
+    /// Its SHA-256 fingerprint (`TOIL_LEADER_CERT_SHA256`).
+    pub leader_cert_sha256: String,
     /// What the batch system offers at once.
     pub capacity: Capacity,
     /// How deep into the ready queue to look for a job that fits.

@@ -78,7 +78,9 @@ async fn start(names: &[&str], reuse: bool, max_jobs: Option<usize>) -> Harness 
             hold: Duration::from_secs(1),
             reuse_agents: reuse,
             job_store: "file:/unused".into(),
-            workflow_address: "http://127.0.0.1:1".into(),
+            workflow_address: "https://127.0.0.1:1".into(),
+            leader_cert_pem: String::new(),
+            leader_cert_sha256: String::new(),
             capacity: Capacity {
                 millicores: 4000,
                 memory: 8 << 30,

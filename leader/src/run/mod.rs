@@ -15,6 +15,7 @@
 //! runs, and the exit codes.
 
 pub(crate) mod files;
+pub mod private;
 mod records;
 mod resume;
 mod startup;
@@ -29,7 +30,7 @@ use toil_proto::v1::WorkflowState;
 use crate::config::{Batch, Clean, RunConfig};
 use crate::summary;
 pub(crate) use files::load_imports;
-pub use records::{Failure, LeaderInfo, Meta, RunSettings, exit};
+pub use records::{Failure, LeaderInfo, Meta, RunSettings, exit, token_verifier};
 pub(crate) use startup::{hostname, restore_workflow};
 
 /// Runs a workflow to the end. Returns the exit code.

@@ -69,23 +69,51 @@ impl RunSettings {
     }
 }
 
-/// What `state/leader.json` tells clients.
+/// What `state/leader.json` tells clients. Everything here is public:
+/// the job store is readable by every job, so the client token is not
+/// here, only its SHA-256 (to tell a client that holds the wrong token).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct LeaderInfo {
     /// gRPC target of the live leader, `HOST:PORT` with no scheme: the form
-    /// every gRPC library accepts (Python's rejects `http://`).
+    /// every gRPC library accepts (Python's rejects URLs). Served with TLS.
     pub address: String,
-    /// The same as a URL (`http://HOST:PORT`), for clients that want one.
+    /// The same as a URL (`https://HOST:PORT`), for clients that want one.
     #[serde(default)]
     pub url: String,
-    /// Bearer token for WorkflowService.
-    pub client_token: String,
+    /// The leader's certificate, PEM: the root a TLS client trusts
+    /// (`grpcurl -cacert`, `grpc.ssl_channel_credentials`).
+    #[serde(default)]
+    pub cert_pem: String,
+    /// That certificate's SHA-256 fingerprint, hex (what agents pin).
+    #[serde(default)]
+    pub cert_sha256: String,
+    /// A name the certificate holds whatever address is dialled, for
+    /// clients that check names (`grpcurl -authority`).
+    #[serde(default)]
+    pub tls_server_name: String,
+    /// The leader's Unix socket on `host` (`unix:PATH`), for clients on
+    /// that machine; only the leader's user can open it.
+    #[serde(default)]
+    pub socket: String,
+    /// Where on `host` the client token is (a file only the leader's user
+    /// can read); elsewhere pass it in `TOIL_CLIENT_TOKEN`.
+    #[serde(default)]
+    pub token_file: String,
+    /// SHA-256 of the client token, hex: a verifier, not the token.
+    #[serde(default)]
+    pub client_token_sha256: String,
     /// The leader's pid and host.
     pub pid: u32,
     /// Host name.
     pub host: String,
     /// The leader's epoch.
     pub epoch: u64,
+}
+
+/// The verifier stored for a client token.
+pub fn token_verifier(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 /// An error that maps to an exit code.

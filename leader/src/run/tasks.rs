@@ -27,7 +27,8 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::records::{LeaderInfo, Meta, exit};
+use super::private::PrivateDir;
+use super::records::{LeaderInfo, Meta, exit, fail, token_verifier};
 use super::resume::Prepared;
 use crate::batch::{self, BatchCmd, BatchEvent};
 use crate::config::{Batch, RunConfig};
@@ -35,7 +36,7 @@ use crate::driver::{Driver, DriverConfig, Msg, Outcome, Progress, TokenTable};
 use crate::events::EventHub;
 use crate::logs::LogHub;
 use crate::persist::PersistError;
-use crate::server::{AgentSvc, WorkflowSvc};
+use crate::server::{AgentSvc, LeaderCert, Listeners, WorkflowSvc};
 
 /// The whole shutdown, from the driver's end to the journal's last write,
 /// takes at most this long. What has not stopped by then is abandoned as
@@ -81,6 +82,8 @@ struct Tasks {
     driver_tx: mpsc::Sender<Msg>,
     display: Watched<()>,
     persist: Watched<Result<(), PersistError>>,
+    /// The client token and the socket, removed at the end.
+    private: PrivateDir,
 }
 
 /// Watches the run's tasks: the first one to fail stops the run and names
@@ -227,12 +230,34 @@ pub(super) async fn start(
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
-    let address = advertised(cfg, listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    let address = advertised(cfg, bound);
+    // What only this machine's user may see: the client token, and the
+    // socket local agents and clients use instead of TCP.
+    let private = PrivateDir::create(&cfg.state_dir, &meta.workflow_id)
+        .map_err(|e| fail(exit::BAD_INPUT, e))?;
+    let unix = private
+        .bind_socket()
+        .map_err(|e| fail(exit::BAD_INPUT, e))?;
+    let socket = format!("unix:{}", private.socket_path().display());
+    let mut names = vec![url_host(&address), host.to_string()];
+    if !bound.ip().is_unspecified() {
+        names.push(bound.ip().to_string());
+    }
+    let cert = LeaderCert::generate(&meta.workflow_id, &names)?;
     let tokens = Arc::new(TokenTable::new(crate::driver::new_token()));
+    let token_file = private
+        .write_token(tokens.client_token())
+        .map_err(|e| fail(exit::FAILED, e))?;
     let info = LeaderInfo {
         address: grpc_target(&address),
         url: address.clone(),
-        client_token: tokens.client_token().to_string(),
+        cert_pem: cert.pem.clone(),
+        cert_sha256: cert.pin.to_string(),
+        tls_server_name: toil_agent::transport::TLS_SERVER_NAME.to_string(),
+        socket: socket.clone(),
+        token_file: token_file.display().to_string(),
+        client_token_sha256: token_verifier(tokens.client_token()),
         pid: std::process::id(),
         host: host.to_string(),
         epoch,
@@ -244,6 +269,12 @@ pub(super) async fn start(
             Condition::Always,
         )
         .await?;
+    // Local agents and their jobs use the socket, unless told to dial an
+    // address (`--leaderAddress`); pods dial the advertised address.
+    let agent_address = match (&cfg.batch, &cfg.advertise) {
+        (Batch::Local(_), None) => socket.clone(),
+        _ => address.clone(),
+    };
     let capacity = match &cluster {
         Some(c) => c.capacity(&cfg.capacity),
         None => cfg.capacity.clone(),
@@ -317,7 +348,8 @@ pub(super) async fn start(
     let batch = match &cfg.batch {
         Batch::Local(local) => {
             let local = batch::local::LocalConfig {
-                leader_address: address.clone(),
+                leader_address: agent_address.clone(),
+                leader_cert_sha256: cert.pin.to_string(),
                 env: local.env.iter().cloned().chain(store_env).collect(),
                 ..local.clone()
             };
@@ -333,6 +365,12 @@ pub(super) async fn start(
                 bail!("the Kubernetes connection was lost before the batch system started");
             };
             cluster.cfg.env.extend(store_env);
+            // Every agent pins this leader's certificate. The fingerprint
+            // is not a secret: it goes in the Job like the address.
+            cluster.cfg.env.push((
+                toil_agent::transport::PIN_ENV.to_string(),
+                cert.pin.to_string(),
+            ));
             let id = batch::kubernetes::Identity {
                 workflow_id: meta.workflow_id.clone(),
                 epoch,
@@ -363,7 +401,11 @@ pub(super) async fn start(
         EarlyEnd::Fails,
         |r: &Result<(), tonic::transport::Error>| r.as_ref().err().map(|e| format!("{e:#}")),
         crate::server::serve(
-            listener,
+            Listeners {
+                tcp: listener,
+                unix: Some(unix),
+            },
+            cert.server_config.clone(),
             AgentSvc {
                 driver: driver_tx.clone(),
                 tokens: tokens.clone(),
@@ -380,6 +422,7 @@ pub(super) async fn start(
                     seconds: meta.created_ms / 1000,
                     nanos: 0,
                 },
+                token_file: format!("{} on {host}", token_file.display()),
             },
             server_stop.clone(),
         ),
@@ -394,10 +437,12 @@ pub(super) async fn start(
     );
     spawn_signal_handler(stop.clone(), stop_reason.clone());
     crate::say!(
-        "workflow {} ({} jobs) · job store {} · leader {address}",
+        "workflow {} ({} jobs) · job store {} · leader {address} (TLS, certificate SHA-256 {}) and {socket} · client token in {}",
         meta.name,
         core.job_count(),
-        cfg.locator
+        cfg.locator,
+        cert.pin,
+        token_file.display()
     );
 
     let driver = Driver::new(
@@ -407,7 +452,9 @@ pub(super) async fn start(
             hold: (cfg.agent_lease / 6).max(Duration::from_millis(500)),
             reuse_agents: cfg.reuse_agents,
             job_store: cfg.locator.to_string(),
-            workflow_address: address,
+            workflow_address: agent_address,
+            leader_cert_pem: cert.pem.clone(),
+            leader_cert_sha256: cert.pin.to_string(),
             capacity,
             window: 64,
         },
@@ -438,6 +485,7 @@ pub(super) async fn start(
             driver_tx,
             display,
             persist,
+            private,
         },
     })
 }
@@ -490,6 +538,7 @@ impl Running {
         stop.cancel();
         let _ = finish(&mut t.display, bound).await;
         let persisted = finish(&mut t.persist, bound).await.flatten();
+        t.private.remove();
         let reason = stop_reason
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -511,12 +560,24 @@ fn advertised(cfg: &RunConfig, local: SocketAddr) -> String {
     };
     match (&cfg.advertise, pod_ip) {
         (Some(a), _) => a.clone(),
-        (None, Some(ip)) => format!("http://{ip}:{}", local.port()),
-        (None, None) => format!("http://{local}"),
+        (None, Some(ip)) => format!("https://{ip}:{}", local.port()),
+        (None, None) => format!("https://{local}"),
     }
 }
 
-/// True if `url` (`http://HOST:PORT`) names a loopback host.
+/// The host of an advertised URL (`https://HOST:PORT`, `[V6]:PORT`).
+fn url_host(url: &str) -> String {
+    let rest = grpc_target(url);
+    match rest.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or("").to_string(),
+        None => rest
+            .rsplit_once(':')
+            .map_or(rest.as_str(), |(h, _)| h)
+            .to_string(),
+    }
+}
+
+/// True if `url` (`https://HOST:PORT`) names a loopback host.
 fn url_is_loopback(url: &str) -> bool {
     let host = url
         .split("://")
@@ -562,7 +623,7 @@ fn spawn_signal_handler(stop: CancellationToken, reason: StopReason) {
     });
 }
 
-/// `HOST:PORT` from an advertised URL (`http://HOST:PORT`).
+/// `HOST:PORT` from an advertised URL (`https://HOST:PORT`).
 fn grpc_target(url: &str) -> String {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);
     rest.trim_end_matches('/').to_string()

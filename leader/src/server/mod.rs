@@ -1,22 +1,27 @@
 //! The leader's gRPC server: AgentService, WorkflowService, health checking
-//! and reflection (so `grpcurl` works without the .proto files).
+//! and reflection (so `grpcurl` works without the .proto files), over TLS
+//! on TCP and plain on a private Unix socket ([`listen`]).
 
 pub mod agent_svc;
+pub mod listen;
+pub mod tls;
 pub mod workflow_svc;
 
 use std::time::Duration;
 
 use toil_proto::v1::agent_service_server::AgentServiceServer;
 use toil_proto::v1::workflow_service_server::WorkflowServiceServer;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use agent_svc::AgentSvc;
+pub use listen::Listeners;
+pub use tls::LeaderCert;
 pub use workflow_svc::WorkflowSvc;
 
 /// Serves until `stop` fires.
 pub async fn serve(
-    listener: TcpListener,
+    listeners: Listeners,
+    tls: std::sync::Arc<rustls::ServerConfig>,
     agents: AgentSvc,
     workflow: WorkflowSvc,
     stop: CancellationToken,
@@ -33,7 +38,6 @@ pub async fn serve(
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
     let mut builder = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .http2_keepalive_timeout(Some(Duration::from_secs(20)));
     let router = builder
@@ -47,11 +51,9 @@ pub async fn serve(
             router
         }
     };
-    // Small request/response messages on a fresh connection meet Nagle's
-    // algorithm and delayed ACKs (40 ms stalls) unless accepted sockets
-    // disable it; the builder's tcp_nodelay applies only to listeners tonic
-    // binds itself.
-    let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+    // Accepted TCP sockets get TCP_NODELAY in `listen` (the builder's
+    // setting applies only to listeners tonic binds itself).
+    let incoming = listen::incoming(listeners, tls, stop.clone());
     router
         .serve_with_incoming_shutdown(incoming, stop.cancelled())
         .await

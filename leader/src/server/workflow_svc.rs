@@ -32,6 +32,8 @@ pub struct WorkflowSvc {
     pub name: String,
     /// When it first started.
     pub started_at: prost_types::Timestamp,
+    /// Where the client token is (`PATH on HOST`), for error messages.
+    pub token_file: String,
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
@@ -43,9 +45,10 @@ impl WorkflowSvc {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| {
-                Status::unauthenticated(
-                    "missing bearer token: send `authorization: Bearer TOKEN` with the client token from state/leader.json in the job store (or TOIL_ATTEMPT_TOKEN inside a job)",
-                )
+                Status::unauthenticated(format!(
+                    "missing bearer token: send `authorization: Bearer TOKEN` with the workflow's client token, which the leader wrote to {} (readable by its user alone; elsewhere pass it in TOIL_CLIENT_TOKEN), or TOIL_ATTEMPT_TOKEN inside a job",
+                    self.token_file
+                ))
             })?;
         let token = header
             .strip_prefix("Bearer ")
@@ -57,9 +60,10 @@ impl WorkflowSvc {
             Some(Grant::Attempt { attempt_id, job_id }) => {
                 Ok(Caller::Attempt { attempt_id, job_id })
             }
-            None => Err(Status::unauthenticated(
-                "unknown token: use the client token from state/leader.json of this workflow's job store",
-            )),
+            None => Err(Status::unauthenticated(format!(
+                "unknown token: this leader's client token is in {} (a restarted leader writes a new one; state/leader.json holds its SHA-256 as client_token_sha256, to check a token against)",
+                self.token_file
+            ))),
         }
     }
 

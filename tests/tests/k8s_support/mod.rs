@@ -137,6 +137,7 @@ impl Cluster {
             .env("TOIL_APPLIANCE_SELF", IMAGE)
             .env("TOIL_KUBERNETES_OWNER", OWNER)
             .env("HOME", self.dir.path())
+            .env("TOIL_STATE_DIR", self.dir.path().join("state"))
             .stdin(Stdio::null())
             .kill_on_drop(true);
         for var in [
@@ -148,6 +149,7 @@ impl Cluster {
             "TOIL_KUBERNETES_NAMESPACE",
             "TOIL_KUBERNETES_CONTEXT",
             "TOIL_REUSE_AGENTS",
+            "TOIL_CLIENT_TOKEN",
             "RUST_LOG",
         ] {
             cmd.env_remove(var);
@@ -319,16 +321,10 @@ impl Cluster {
             .await
             .unwrap_or_else(|e| panic!("{e}"))
             .unwrap_or_else(|| panic!("no leader.json in the job store"));
-        let info: serde_json::Value =
-            serde_json::from_slice(&info.data).unwrap_or_else(|e| panic!("{e}"));
-        let address = info["url"].as_str().unwrap_or_default().to_string();
-        let token = format!(
-            "Bearer {}",
-            info["client_token"].as_str().unwrap_or_default()
-        );
-        let mut client = WorkflowServiceClient::connect(address)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        let info =
+            toil_tests::local::LeaderInfo::parse(&info.data).unwrap_or_else(|e| panic!("{e}"));
+        let token = format!("Bearer {}", info.client_token);
+        let mut client = WorkflowServiceClient::new(info.channel().await);
         let mut req = tonic::Request::new(ListJobsRequest {
             states: vec![],
             page_size: 1000,
