@@ -1,20 +1,36 @@
 //! A recording TCP relay: listens on 127.0.0.1, forwards every connection to
-//! a target address, and keeps a copy of the bytes each way. Tests put it
-//! between a client and a server to see what really crosses the wire (the
-//! requests an SDK sends, or what a sniffer on the network would learn).
+//! a target address, and keeps a copy of the bytes each way, per
+//! connection. Tests put it between a client and a server to see what
+//! really crosses the wire: the requests an SDK sends, or what a sniffer on
+//! the network path would learn.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
+
+/// The bytes of one relayed connection.
+#[derive(Clone, Debug, Default)]
+pub struct Recorded {
+    /// Client to server.
+    pub up: Vec<u8>,
+    /// Server to client.
+    pub down: Vec<u8>,
+}
+
+type Shared = Arc<Mutex<Recorded>>;
 
 /// A running relay. It stops accepting when dropped (its threads end with
 /// their connections).
 pub struct Relay {
     addr: SocketAddr,
-    upstream: Arc<Mutex<Vec<u8>>>,
-    downstream: Arc<Mutex<Vec<u8>>>,
-    stop: Arc<std::sync::atomic::AtomicBool>,
+    conns: Arc<Mutex<Vec<Shared>>>,
+    stop: Arc<AtomicBool>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Relay {
@@ -22,13 +38,12 @@ impl Relay {
     pub fn start(target: SocketAddr) -> std::io::Result<Relay> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let addr = listener.local_addr()?;
-        let upstream = Arc::new(Mutex::new(Vec::new()));
-        let downstream = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (up, down, halt) = (upstream.clone(), downstream.clone(), stop.clone());
+        let conns: Arc<Mutex<Vec<Shared>>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (all, halt) = (conns.clone(), stop.clone());
         thread::spawn(move || {
             for conn in listener.incoming() {
-                if halt.load(std::sync::atomic::Ordering::Relaxed) {
+                if halt.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(client) = conn else { continue };
@@ -37,16 +52,13 @@ impl Relay {
                 };
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
-                pump(&client, &server, up.clone());
-                pump(&server, &client, down.clone());
+                let rec: Shared = Arc::default();
+                lock(&all).push(rec.clone());
+                pump(&client, &server, rec.clone(), |r| &mut r.up);
+                pump(&server, &client, rec, |r| &mut r.down);
             }
         });
-        Ok(Relay {
-            addr,
-            upstream,
-            downstream,
-            stop,
-        })
+        Ok(Relay { addr, conns, stop })
     }
 
     /// Where clients connect.
@@ -59,35 +71,28 @@ impl Relay {
         format!("http://{}", self.addr)
     }
 
-    /// Every byte clients sent so far, in arrival order per connection
-    /// (connections interleave).
-    pub fn sent(&self) -> Vec<u8> {
-        self.upstream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Every connection so far, in the order they were accepted.
+    pub fn connections(&self) -> Vec<Recorded> {
+        lock(&self.conns).iter().map(|r| lock(r).clone()).collect()
     }
 
-    /// Every byte the server answered so far.
-    pub fn received(&self) -> Vec<u8> {
-        self.downstream
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+    /// Every byte clients sent so far, connection after connection.
+    pub fn sent(&self) -> Vec<u8> {
+        self.connections().into_iter().flat_map(|r| r.up).collect()
     }
 }
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         // Wake the accept loop so that it sees the flag.
         let _ = TcpStream::connect(self.addr);
     }
 }
 
-/// Copies `from` to `to` on a thread, appending each read to `log` whole
-/// (so that one read is never split by another connection's bytes).
-fn pump(from: &TcpStream, to: &TcpStream, log: Arc<Mutex<Vec<u8>>>) {
+/// Copies `from` to `to` on a thread, appending what it copies to the side
+/// of `rec` that `side` picks.
+fn pump(from: &TcpStream, to: &TcpStream, rec: Shared, side: fn(&mut Recorded) -> &mut Vec<u8>) {
     let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
         return;
     };
@@ -97,9 +102,7 @@ fn pump(from: &TcpStream, to: &TcpStream, log: Arc<Mutex<Vec<u8>>>) {
             match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
-                    log.lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .extend_from_slice(&buf[..n]);
+                    side(&mut lock(&rec)).extend_from_slice(&buf[..n]);
                     if to.write_all(&buf[..n]).is_err() {
                         break;
                     }

@@ -16,67 +16,14 @@ use toil_proto::v1::{GetWorkflowRequest, ListJobsRequest};
 use toil_tests::harness;
 use toil_tests::local::{LeaderInfo, Sandbox, client};
 use toil_tests::procfs;
+use toil_tests::relay::Relay;
 use toil_tests::wait::{wait_for, when};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
 const T: Duration = Duration::from_secs(120);
 
 /// `nobody`: another local user.
 const OTHER_UID: u32 = 65534;
-
-/// One relayed TCP connection's bytes, each way.
-#[derive(Default)]
-struct Recorded {
-    /// Client to server.
-    up: Vec<u8>,
-    /// Server to client.
-    down: Vec<u8>,
-}
-
-type Recordings = Arc<Mutex<Vec<Arc<Mutex<Recorded>>>>>;
-
-/// A TCP relay to `target` that records every byte both ways, as a sniffer
-/// on the network path would see them.
-async fn relay(target: SocketAddr) -> (SocketAddr, Recordings) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
-    let addr = listener.local_addr().expect("relay address");
-    let all: Recordings = Arc::default();
-    let conns = all.clone();
-    tokio::spawn(async move {
-        while let Ok((down, _)) = listener.accept().await {
-            let Ok(up) = TcpStream::connect(target).await else {
-                continue;
-            };
-            let rec = Arc::new(Mutex::new(Recorded::default()));
-            conns.lock().unwrap().push(rec.clone());
-            let (mut dr, mut dw) = down.into_split();
-            let (mut ur, mut uw) = up.into_split();
-            let r1 = rec.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 << 10];
-                while let Ok(n @ 1..) = dr.read(&mut buf).await {
-                    r1.lock().unwrap().up.extend_from_slice(&buf[..n]);
-                    if uw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = uw.shutdown().await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 << 10];
-                while let Ok(n @ 1..) = ur.read(&mut buf).await {
-                    rec.lock().unwrap().down.extend_from_slice(&buf[..n]);
-                    if dw.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-                let _ = dw.shutdown().await;
-            });
-        }
-    });
-    (addr, all)
-}
 
 /// A free port on loopback (bound, then released for the leader).
 fn free_port() -> u16 {
@@ -98,7 +45,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 async fn sniffed_traffic_between_agents_clients_and_the_leader_shows_no_secret() {
     let sb = Sandbox::new("sniffed");
     let leader_port = free_port();
-    let (relay_addr, recordings) = relay(format!("127.0.0.1:{leader_port}").parse().unwrap()).await;
+    let relay = Relay::start(format!("127.0.0.1:{leader_port}").parse().unwrap()).unwrap();
+    let relay_addr = relay.addr();
     let gate = sb.path().join("gate");
     let attempt_file = sb.path().join("attempt-token");
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -180,12 +128,11 @@ jobs:
     r.expect_code(0);
     assert!(r.stdout.contains(&log_marker), "{}", r.stdout);
 
-    let conns = recordings.lock().unwrap();
+    let conns = relay.connections();
     // The agent's connection and the client's, at least.
     assert!(conns.len() >= 2, "{} connections relayed", conns.len());
     let mut total = 0;
     for (i, rec) in conns.iter().enumerate() {
-        let rec = rec.lock().unwrap();
         total += rec.up.len() + rec.down.len();
         // Every connection opens with a TLS handshake record, never the
         // plaintext HTTP/2 preface.
