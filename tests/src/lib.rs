@@ -7,6 +7,7 @@
 //! - [`data`]: reproducible pseudo-random files and their SHA-256;
 //! - [`moto`]: an S3 server (moto) for job-store tests;
 //! - [`relay`]: a TCP relay that records what crosses the wire;
+//! - [`token_probe`]: a job that looks for its agent's token;
 //! - [`restart`]: the kill -9 restart scenarios, run on every job store;
 //! - [`emulator`]: the Kubernetes API emulator.
 
@@ -19,4 +20,5 @@ pub mod procfs;
 pub mod python;
 pub mod relay;
 pub mod restart;
+pub mod token_probe;
 pub mod wait;

@@ -39,6 +39,30 @@ pub fn stat(pid: u32) -> Option<(String, char, u32)> {
     Some((stat[open + 1..close].to_string(), state, ppid))
 }
 
+/// A process's CPU time in clock ticks from `/proc/PID/stat`: its own
+/// (utime + stime) and that of the children it has waited for (cutime +
+/// cstime); `None` once it is gone. [`ticks_per_second`] converts.
+pub fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After "(COMM)": utime is field 14, stime 15, cutime 16, cstime 17.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(4)
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
+}
+
+/// Clock ticks per second, the unit of [`cpu_ticks`].
+pub fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .map_or(100, |t| t.max(1) as u64)
+}
+
 /// Whether `pid` is a live process: it exists and is not a zombie (a
 /// zombie has exited; only its parent has not collected its status yet).
 pub fn alive(pid: u32) -> bool {

@@ -138,21 +138,10 @@ fn run(bins: &Path, dir: &Path, name: &str, command: &str) -> anyhow::Result<(u6
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bins = match args.bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("no directory for this program")?,
-    };
-    for b in ["toil-leader", "toil-agent"] {
-        if !bins.join(b).exists() {
-            bail!(
-                "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
-                bins.join(b).display()
-            );
-        }
-    }
+    let bins = toil_tests::harness::bins_for_program(
+        args.bin_dir.as_deref(),
+        &["toil-leader", "toil-agent"],
+    )?;
     let dir = tempfile::Builder::new()
         .prefix("bench-agent-footprint")
         .tempdir()?;

@@ -40,6 +40,7 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use prost::Message;
 use toil_proto::v1::{JournalRecord, journal_entry::Kind};
+use toil_tests::procfs;
 
 #[derive(Parser)]
 #[command(about = "Benchmark N trivial jobs through the local batch system")]
@@ -72,21 +73,6 @@ struct Run {
     /// jobs they waited for).
     children_cpu: Duration,
     store: PathBuf,
-}
-
-/// Reads utime+stime and cutime+cstime (in ticks) from /proc/PID/stat.
-fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name: utime is field 14, stime 15, cutime
-    // 16, cstime 17.
-    let rest = s.rsplit(')').next().unwrap_or("");
-    let f: Vec<u64> = rest
-        .split_whitespace()
-        .skip(11)
-        .take(4)
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
 }
 
 fn percentile(v: &mut [f64], p: f64) -> f64 {
@@ -131,10 +117,7 @@ fn run_leader(
     let t0 = Instant::now();
     let mut child = cmd.spawn().context("starting toil-leader")?;
     let pid = child.id();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as u64;
+    let ticks = procfs::ticks_per_second();
     let mut peak = 0u64;
     // Stderr is read on a thread so a chatty leader never blocks on it.
     let mut stderr = child.stderr.take().context("no stderr pipe")?;
@@ -166,7 +149,7 @@ fn run_leader(
         std::thread::sleep(Duration::from_millis(20));
     }
     let wall = t0.elapsed();
-    let (own, children) = cpu_ticks(pid).unwrap_or((0, 0));
+    let (own, children) = procfs::cpu_ticks(pid).unwrap_or((0, 0));
     let status = child.wait()?;
     let err = err_reader.join().unwrap_or_default();
     if !status.success() {

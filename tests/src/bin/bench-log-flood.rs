@@ -38,17 +38,6 @@ struct Args {
     bin_dir: Option<PathBuf>,
 }
 
-/// The leader's own CPU time (user + system), in clock ticks.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    // After ")": state is field 3, utime field 14, stime field 15.
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
 struct Figures {
     cpu: Duration,
     peak_rss_kb: u64,
@@ -88,13 +77,13 @@ fn run(bins: &Path, dir: &Path, name: &str, command: &str) -> anyhow::Result<Fig
     loop {
         match procfs::stat(pid) {
             Some((_, 'Z', _)) | None => {
-                ticks = cpu_ticks(pid).unwrap_or(ticks);
+                ticks = procfs::cpu_ticks(pid).map_or(ticks, |(own, _)| own);
                 break;
             }
             Some(_) => {}
         }
         peak = peak.max(procfs::vm_hwm_kb(pid).unwrap_or(0));
-        ticks = cpu_ticks(pid).unwrap_or(ticks);
+        ticks = procfs::cpu_ticks(pid).map_or(ticks, |(own, _)| own);
         std::thread::sleep(Duration::from_millis(10));
     }
     let status = child.wait()?;
@@ -107,8 +96,7 @@ fn run(bins: &Path, dir: &Path, name: &str, command: &str) -> anyhow::Result<Fig
         }
         bail!("the leader failed on {name} ({status}):\n{err}");
     }
-    // SAFETY: sysconf only reads a system constant.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let hz = procfs::ticks_per_second();
     Ok(Figures {
         cpu: Duration::from_millis(ticks * 1000 / hz),
         peak_rss_kb: peak,
@@ -118,21 +106,10 @@ fn run(bins: &Path, dir: &Path, name: &str, command: &str) -> anyhow::Result<Fig
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let bins = match args.bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .map(Path::to_path_buf)
-            .context("no directory for this program")?,
-    };
-    for b in ["toil-leader", "toil-agent"] {
-        if !bins.join(b).exists() {
-            bail!(
-                "{} not found: build with `cargo build --release --bins` (or pass --bin-dir)",
-                bins.join(b).display()
-            );
-        }
-    }
+    let bins = toil_tests::harness::bins_for_program(
+        args.bin_dir.as_deref(),
+        &["toil-leader", "toil-agent"],
+    )?;
     if !(args.scale > 0.0 && args.scale <= 10.0) {
         bail!("--scale must be above 0 and at most 10");
     }
