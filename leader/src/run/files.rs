@@ -132,19 +132,20 @@ async fn export_one(store: &JobStore, dir: &Path, name: &str, f: &FileRef) -> an
         .with_context(|| format!("exporting {}: making its directory", rel.display()))?;
     let tmp_name = format!(".toil-export-{}", uuid::Uuid::new_v4().simple());
     let tmp = beneath::fd_path(&dest_dir).join(&tmp_name);
-    store
-        .get_file_verified(&f.file_id, &tmp, &f.sha256)
-        .await
-        .with_context(|| format!("exporting {}", rel.display()))?;
-    nix::fcntl::renameat(&dest_dir, tmp_name.as_str(), &dest_dir, file_name).map_err(|e| {
+    let placed = match store.get_file_verified(&f.file_id, &tmp, &f.sha256).await {
+        Ok(_) => nix::fcntl::renameat(&dest_dir, tmp_name.as_str(), &dest_dir, file_name)
+            .map_err(|e| anyhow::anyhow!("exporting {}: {}", dir.join(&rel).display(), e.desc())),
+        Err(e) => Err(anyhow::Error::new(e).context(format!("exporting {}", rel.display()))),
+    };
+    if placed.is_err() {
+        // No partial download left behind under the temporary name.
         let _ = nix::unistd::unlinkat(
             &dest_dir,
             tmp_name.as_str(),
             nix::unistd::UnlinkatFlags::NoRemoveDir,
         );
-        anyhow::anyhow!("exporting {}: {}", dir.join(&rel).display(), e.desc())
-    })?;
-    Ok(())
+    }
+    placed
 }
 
 /// Copies the workflow's outputs to `dir/NAME/PATH`, verifying checksums.
