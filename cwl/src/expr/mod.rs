@@ -1,0 +1,1 @@
+//! CWL expressions: parameter references and JavaScript.

@@ -1,0 +1,2 @@
+//! One CommandLineTool or ExpressionTool invocation: building its command
+//! line and collecting its outputs.

@@ -1,0 +1,1 @@
+//! Driving a Workflow: steps run as their inputs become available.
