@@ -83,12 +83,13 @@ pub fn collect(
     ))
 }
 
+/// Reads a file's first bytes (`location`, at most `limit` bytes), for
+/// `loadContents` outside the agent.
+pub type ReadFile<'a> = dyn FnMut(&str, usize) -> Result<Vec<u8>, CwlError> + 'a;
+
 /// Evaluates an ExpressionTool. `read(location, limit)` returns a file's
 /// first bytes for `loadContents`.
-pub fn run_expression_tool(
-    inv: &Invocation,
-    read: &mut dyn FnMut(&str, usize) -> Result<Vec<u8>, CwlError>,
-) -> Result<Value, CwlError> {
+pub fn run_expression_tool(inv: &Invocation, read: &mut ReadFile<'_>) -> Result<Value, CwlError> {
     // STUB: replaced by the tool module (branch i11-tool).
     let _ = (inv, read);
     Err(CwlError::Unsupported(
