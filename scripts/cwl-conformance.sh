@@ -69,4 +69,4 @@ exec "$py" "$repo/scripts/cwl-conformance-check.py" \
   --tests "$spec/conformance_tests.yaml" --junit "$report/junit.xml" \
   --floor "$repo/cwl/conformance/floor" \
   --needs-container "$repo/cwl/conformance/needs-container" \
-  --table "$report/by-tag.md" $([ ${#extra[@]} -gt 0 ] && echo --partial)
+  --log "$report/cwltest.err" --table "$report/by-tag.md" $([ ${#extra[@]} -gt 0 ] && echo --partial)
