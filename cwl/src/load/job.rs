@@ -26,8 +26,10 @@ pub fn load_job_order_from_str(text: &str, path: &Path, doc: &Document) -> Resul
             .to_string(),
         )
     })?;
-    let mut loader = Loader::default();
-    loader.namespaces = doc.namespaces.clone();
+    let mut loader = Loader {
+        namespaces: doc.namespaces.clone(),
+        ..Loader::default()
+    };
     loader
         .given
         .insert(abs.to_string_lossy().into_owned(), text.to_string());

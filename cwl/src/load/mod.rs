@@ -307,7 +307,10 @@ impl Loader {
                 self.error(
                     pos,
                     format!("cannot read {}: {e}", path.display()),
-                    Some("check the path; relative paths are relative to the file that names them".into()),
+                    Some(
+                        "check the path; relative paths are relative to the file that names them"
+                            .into(),
+                    ),
                 );
                 None
             }
@@ -331,17 +334,27 @@ impl Loader {
         let Node { pos, v } = node;
         match v {
             V::Map(entries) => {
-                if let Some(e) = entries.iter().find(|e| e.key == "$import" || e.key == "$include") {
+                if let Some(e) = entries
+                    .iter()
+                    .find(|e| e.key == "$import" || e.key == "$include")
+                {
                     let key = e.key.clone();
                     let Some(target) = e.value.as_str().map(str::to_string) else {
-                        self.error(&e.value.pos, format!("`{key}` needs a path (a string)"), None);
+                        self.error(
+                            &e.value.pos,
+                            format!("`{key}` needs a path (a string)"),
+                            None,
+                        );
                         return Node::new(pos, V::Null);
                     };
                     if entries.len() > 1 {
                         self.error(
                             &pos,
                             format!("`{key}` must be the only field of its mapping"),
-                            Some("move the other fields into the imported file, or use `$mixin`".into()),
+                            Some(
+                                "move the other fields into the imported file, or use `$mixin`"
+                                    .into(),
+                            ),
                         );
                     }
                     let base = uri::path_to_uri(Path::new(&**file));
@@ -380,7 +393,10 @@ impl Loader {
                         .and_then(uri::uri_to_path)
                         .map(|p| self.import(&p, None, &m.pos));
                     match mixed {
-                        Some(Node { v: V::Map(base_entries), .. }) => {
+                        Some(Node {
+                            v: V::Map(base_entries),
+                            ..
+                        }) => {
                             let mut merged = base_entries;
                             for e in out {
                                 if let Some(x) = merged.iter_mut().find(|b| b.key == e.key) {
@@ -481,11 +497,21 @@ impl Loader {
                     let ids: Vec<String> = items
                         .iter()
                         .filter_map(|p| p.get_str("id"))
-                        .map(|id| format!("#{}", crate::load::uri::resolve_id(doc_uri, id).rsplit_once('#').map_or("", |x| x.1)))
+                        .map(|id| {
+                            format!(
+                                "#{}",
+                                crate::load::uri::resolve_id(doc_uri, id)
+                                    .rsplit_once('#')
+                                    .map_or("", |x| x.1)
+                            )
+                        })
                         .collect();
                     self.error(
                         pos,
-                        format!("{} has no process `#{want}` in its `$graph`", path.display()),
+                        format!(
+                            "{} has no process `#{want}` in its `$graph`",
+                            path.display()
+                        ),
                         Some(format!("name one of: {}", ids.join(", "))),
                     );
                     return None;
@@ -494,9 +520,7 @@ impl Loader {
             (found.clone(), true)
         } else {
             if let Some(f) = frag {
-                let own = root
-                    .get_str("id")
-                    .map(|id| uri::resolve_id(doc_uri, id));
+                let own = root.get_str("id").map(|id| uri::resolve_id(doc_uri, id));
                 if own.as_deref() != Some(target) {
                     match find_by_id(&root, doc_uri, target) {
                         Some(n) if n.get("class").is_some() => {
@@ -533,7 +557,9 @@ impl Loader {
         file_pos: &Pos,
     ) -> Option<Node> {
         let version = match (&info.version, raw.get("cwlVersion")) {
-            (_, Some(v)) if !in_graph => Some((v.as_str().unwrap_or("").to_string(), v.pos.clone())),
+            (_, Some(v)) if !in_graph => {
+                Some((v.as_str().unwrap_or("").to_string(), v.pos.clone()))
+            }
             (Some(v), _) => Some(v.clone()),
             (None, Some(v)) => Some((v.as_str().unwrap_or("").to_string(), v.pos.clone())),
             (None, None) => None,
@@ -586,7 +612,9 @@ fn find_by_id<'a>(node: &'a Node, doc_uri: &str, want: &str) -> Option<&'a Node>
             {
                 return Some(node);
             }
-            entries.iter().find_map(|e| find_by_id(&e.value, doc_uri, want))
+            entries
+                .iter()
+                .find_map(|e| find_by_id(&e.value, doc_uri, want))
         }
         V::Seq(items) => items.iter().find_map(|i| find_by_id(i, doc_uri, want)),
         _ => None,

@@ -305,11 +305,15 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ParseError> {
     if let Some(e) = b.error {
         return Err(e);
     }
-    Ok(b.root.unwrap_or_else(|| Node::new(Pos::start(file), V::Null)))
+    Ok(b.root
+        .unwrap_or_else(|| Node::new(Pos::start(file), V::Null)))
 }
 
 fn syntax_hint(text: &str, pos: &Pos, info: &str) -> Option<String> {
-    let line = text.lines().nth((pos.line as usize).saturating_sub(1)).unwrap_or("");
+    let line = text
+        .lines()
+        .nth((pos.line as usize).saturating_sub(1))
+        .unwrap_or("");
     if line.starts_with('\t') || line.contains("\t-") {
         return Some("indent with spaces: YAML does not allow tabs for indentation".into());
     }
@@ -530,9 +534,7 @@ impl Builder {
                                 self.error = Some(ParseError {
                                     pos: k.pos.clone(),
                                     msg: format!("a key must be a name, not {}", k.describe()),
-                                    hint: Some(
-                                        "quote a value that starts with `{` or `[`".into(),
-                                    ),
+                                    hint: Some("quote a value that starts with `{` or `[`".into()),
                                 });
                             }
                             continue;

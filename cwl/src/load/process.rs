@@ -6,7 +6,6 @@
 //! fields added after v1.0 are checked against the document's version.
 
 use std::path::Path;
-use std::sync::Arc;
 
 use super::node::{Entry, Node, Pos, V};
 use super::uri;
@@ -14,7 +13,16 @@ use super::{Loader, Version};
 
 /// The primitive type names, as written in documents.
 pub(crate) const PRIMITIVES: &[&str] = &[
-    "null", "boolean", "int", "long", "float", "double", "string", "File", "Directory", "Any",
+    "null",
+    "boolean",
+    "int",
+    "long",
+    "float",
+    "double",
+    "string",
+    "File",
+    "Directory",
+    "Any",
 ];
 
 const PROCESS_COMMON: &[&str] = &[
@@ -100,33 +108,124 @@ struct ReqSpec {
 }
 
 const REQUIREMENTS: &[ReqSpec] = &[
-    ReqSpec { class: "InlineJavascriptRequirement", fields: &["expressionLib"], required: &[], since: Version::V1_0 },
-    ReqSpec { class: "SchemaDefRequirement", fields: &["types"], required: &["types"], since: Version::V1_0 },
+    ReqSpec {
+        class: "InlineJavascriptRequirement",
+        fields: &["expressionLib"],
+        required: &[],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "SchemaDefRequirement",
+        fields: &["types"],
+        required: &["types"],
+        since: Version::V1_0,
+    },
     ReqSpec {
         class: "DockerRequirement",
-        fields: &["dockerPull", "dockerLoad", "dockerFile", "dockerImport", "dockerImageId", "dockerOutputDirectory"],
+        fields: &[
+            "dockerPull",
+            "dockerLoad",
+            "dockerFile",
+            "dockerImport",
+            "dockerImageId",
+            "dockerOutputDirectory",
+        ],
         required: &[],
         since: Version::V1_0,
     },
-    ReqSpec { class: "SoftwareRequirement", fields: &["packages"], required: &["packages"], since: Version::V1_0 },
-    ReqSpec { class: "InitialWorkDirRequirement", fields: &["listing"], required: &["listing"], since: Version::V1_0 },
-    ReqSpec { class: "EnvVarRequirement", fields: &["envDef"], required: &["envDef"], since: Version::V1_0 },
-    ReqSpec { class: "ShellCommandRequirement", fields: &[], required: &[], since: Version::V1_0 },
+    ReqSpec {
+        class: "SoftwareRequirement",
+        fields: &["packages"],
+        required: &["packages"],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "InitialWorkDirRequirement",
+        fields: &["listing"],
+        required: &["listing"],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "EnvVarRequirement",
+        fields: &["envDef"],
+        required: &["envDef"],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "ShellCommandRequirement",
+        fields: &[],
+        required: &[],
+        since: Version::V1_0,
+    },
     ReqSpec {
         class: "ResourceRequirement",
-        fields: &["coresMin", "coresMax", "ramMin", "ramMax", "tmpdirMin", "tmpdirMax", "outdirMin", "outdirMax"],
+        fields: &[
+            "coresMin",
+            "coresMax",
+            "ramMin",
+            "ramMax",
+            "tmpdirMin",
+            "tmpdirMax",
+            "outdirMin",
+            "outdirMax",
+        ],
         required: &[],
         since: Version::V1_0,
     },
-    ReqSpec { class: "SubworkflowFeatureRequirement", fields: &[], required: &[], since: Version::V1_0 },
-    ReqSpec { class: "ScatterFeatureRequirement", fields: &[], required: &[], since: Version::V1_0 },
-    ReqSpec { class: "MultipleInputFeatureRequirement", fields: &[], required: &[], since: Version::V1_0 },
-    ReqSpec { class: "StepInputExpressionRequirement", fields: &[], required: &[], since: Version::V1_0 },
-    ReqSpec { class: "LoadListingRequirement", fields: &["loadListing"], required: &[], since: Version::V1_1 },
-    ReqSpec { class: "WorkReuse", fields: &["enableReuse"], required: &[], since: Version::V1_1 },
-    ReqSpec { class: "NetworkAccess", fields: &["networkAccess"], required: &["networkAccess"], since: Version::V1_1 },
-    ReqSpec { class: "InplaceUpdateRequirement", fields: &["inplaceUpdate"], required: &["inplaceUpdate"], since: Version::V1_1 },
-    ReqSpec { class: "ToolTimeLimit", fields: &["timelimit"], required: &["timelimit"], since: Version::V1_1 },
+    ReqSpec {
+        class: "SubworkflowFeatureRequirement",
+        fields: &[],
+        required: &[],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "ScatterFeatureRequirement",
+        fields: &[],
+        required: &[],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "MultipleInputFeatureRequirement",
+        fields: &[],
+        required: &[],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "StepInputExpressionRequirement",
+        fields: &[],
+        required: &[],
+        since: Version::V1_0,
+    },
+    ReqSpec {
+        class: "LoadListingRequirement",
+        fields: &["loadListing"],
+        required: &[],
+        since: Version::V1_1,
+    },
+    ReqSpec {
+        class: "WorkReuse",
+        fields: &["enableReuse"],
+        required: &[],
+        since: Version::V1_1,
+    },
+    ReqSpec {
+        class: "NetworkAccess",
+        fields: &["networkAccess"],
+        required: &["networkAccess"],
+        since: Version::V1_1,
+    },
+    ReqSpec {
+        class: "InplaceUpdateRequirement",
+        fields: &["inplaceUpdate"],
+        required: &["inplaceUpdate"],
+        since: Version::V1_1,
+    },
+    ReqSpec {
+        class: "ToolTimeLimit",
+        fields: &["timelimit"],
+        required: &["timelimit"],
+        since: Version::V1_1,
+    },
 ];
 
 /// cwltool's v1.0 extensions that became standard in v1.1.
@@ -135,8 +234,14 @@ const V10_RENAMES: &[(&str, &str)] = &[
     ("http://arvados.org/cwl#ReuseRequirement", "WorkReuse"),
     ("http://commonwl.org/cwltool#TimeLimit", "ToolTimeLimit"),
     ("http://commonwl.org/cwltool#NetworkAccess", "NetworkAccess"),
-    ("http://commonwl.org/cwltool#InplaceUpdateRequirement", "InplaceUpdateRequirement"),
-    ("http://commonwl.org/cwltool#LoadListingRequirement", "LoadListingRequirement"),
+    (
+        "http://commonwl.org/cwltool#InplaceUpdateRequirement",
+        "InplaceUpdateRequirement",
+    ),
+    (
+        "http://commonwl.org/cwltool#LoadListingRequirement",
+        "LoadListingRequirement",
+    ),
 ];
 
 /// The kinds of process.
@@ -247,7 +352,11 @@ impl Loader {
         let names: Vec<&str> = kinds.iter().map(|k| k.name()).collect();
         self.error(
             &n.pos,
-            format!("`{what}` must be {}, not {}", names.join(" or "), n.describe()),
+            format!(
+                "`{what}` must be {}, not {}",
+                names.join(" or "),
+                n.describe()
+            ),
             None,
         );
         false
@@ -261,8 +370,10 @@ impl Loader {
         match n.as_str() {
             Some(s) if symbols.contains(&s) => {}
             Some(s) => {
-                let hint = uri::did_you_mean(s, symbols.iter().copied())
-                    .map_or_else(|| format!("use one of: {}", symbols.join(", ")), |m| format!("did you mean `{m}`?"));
+                let hint = uri::did_you_mean(s, symbols.iter().copied()).map_or_else(
+                    || format!("use one of: {}", symbols.join(", ")),
+                    |m| format!("did you mean `{m}`?"),
+                );
                 self.error(&n.pos, format!("`{what}` cannot be `{s}`"), Some(hint));
             }
             None => {
@@ -321,7 +432,11 @@ impl Loader {
                     e.key
                 ),
             };
-            self.error(&e.key_pos, format!("unknown field `{}` in {what}", e.key), Some(hint));
+            self.error(
+                &e.key_pos,
+                format!("unknown field `{}` in {what}", e.key),
+                Some(hint),
+            );
         }
         for r in required {
             if !entries.iter().any(|e| e.key == *r) {
@@ -388,7 +503,10 @@ impl Loader {
             _ => {
                 self.error(
                     &node.pos,
-                    format!("`{what}` must be a list or a mapping, not {}", node.describe()),
+                    format!(
+                        "`{what}` must be a list or a mapping, not {}",
+                        node.describe()
+                    ),
                     None,
                 );
                 Vec::new()
@@ -406,7 +524,9 @@ impl Loader {
             None => vec![&root],
         };
         for p in procs {
-            let scope = p.get_str("id").map_or_else(|| doc.clone(), |id| uri::resolve_id(&doc, id));
+            let scope = p
+                .get_str("id")
+                .map_or_else(|| doc.clone(), |id| uri::resolve_id(&doc, id));
             self.register_types(p, &scope);
         }
     }
@@ -414,7 +534,9 @@ impl Loader {
     /// Registers the named types of a process's SchemaDefRequirement.
     fn register_types(&mut self, process: &Node, scope: &str) {
         for field in ["requirements", "hints"] {
-            let Some(reqs) = process.get(field) else { continue };
+            let Some(reqs) = process.get(field) else {
+                continue;
+            };
             let list: Vec<&Node> = match &reqs.v {
                 V::Seq(items) => items.iter().collect(),
                 V::Map(entries) => entries
@@ -425,11 +547,15 @@ impl Loader {
                 _ => Vec::new(),
             };
             for r in list {
-                let is_schema_def = r.get_str("class").is_none_or(|c| c == "SchemaDefRequirement");
+                let is_schema_def = r
+                    .get_str("class")
+                    .is_none_or(|c| c == "SchemaDefRequirement");
                 if !is_schema_def {
                     continue;
                 }
-                let Some(types) = r.get("types").and_then(Node::items) else { continue };
+                let Some(types) = r.get("types").and_then(Node::items) else {
+                    continue;
+                };
                 for t in types {
                     if let Some(name) = t.get_str("name") {
                         let abs = uri::resolve_id(&def_base(&t.pos, name, scope), name);
@@ -479,13 +605,20 @@ impl Loader {
                 self.error(
                     &pos,
                     "the process has no `class`",
-                    Some("add `class: CommandLineTool`, `ExpressionTool`, `Workflow` or `Operation`".into()),
+                    Some(
+                        "add `class: CommandLineTool`, `ExpressionTool`, `Workflow` or `Operation`"
+                            .into(),
+                    ),
                 );
                 return None;
             }
             Some(c) => match c.as_str().and_then(Class::parse) {
                 Some(Class::Operation) if version < Version::V1_2 => {
-                    self.error(&c.pos, "`class: Operation` needs cwlVersion v1.2", Some("write `cwlVersion: v1.2`".into()));
+                    self.error(
+                        &c.pos,
+                        "`class: Operation` needs cwlVersion v1.2",
+                        Some("write `cwlVersion: v1.2`".into()),
+                    );
                     return None;
                 }
                 Some(cl) => cl,
@@ -511,7 +644,11 @@ impl Loader {
             },
             None => default_id.to_string(),
         };
-        let ctx = Ctx { id: id.clone(), version, class };
+        let ctx = Ctx {
+            id: id.clone(),
+            version,
+            class,
+        };
         self.register_types(&raw, &id);
 
         let mut allowed: Vec<&str> = PROCESS_COMMON.to_vec();
@@ -535,7 +672,11 @@ impl Loader {
             && let Some(e) = entries.iter().find(|e| e.key == "intent")
         {
             let p = e.key_pos.clone();
-            self.error(&p, "`intent` needs cwlVersion v1.2", Some("write `cwlVersion: v1.2`".into()));
+            self.error(
+                &p,
+                "`intent` needs cwlVersion v1.2",
+                Some("write `cwlVersion: v1.2`".into()),
+            );
         }
 
         let mut out = Node::map(&pos);
@@ -615,20 +756,15 @@ impl Loader {
                                     args.push(m);
                                 }
                                 V::Map(_) => args.push(self.norm_binding(a, &ctx, "argument")),
-                                V::Int(_) | V::Float(_) | V::Bool(_) => {
-                                    // salad reads them as strings.
-                                    let text = match &a.v {
-                                        V::Int(i) => i.to_string(),
-                                        V::Float(f) => f.to_string(),
-                                        V::Bool(b) => b.to_string(),
-                                        _ => String::new(),
-                                    };
-                                    let mut m = Node::map(&a.pos);
-                                    m.set("valueFrom", Node::str(&a.pos, text));
-                                    args.push(m);
-                                }
                                 _ => {
-                                    self.expect(&a, &[K::Str, K::Map], "arguments");
+                                    self.error(
+                                        &a.pos,
+                                        format!(
+                                            "an entry of `arguments` must be a string or a binding, not {}",
+                                            a.describe()
+                                        ),
+                                        Some("quote it: `\"1\"`".into()),
+                                    );
                                 }
                             }
                         }
@@ -636,20 +772,21 @@ impl Loader {
                     }
                 }
                 for k in ["stdin", "stdout", "stderr"] {
-                    if let Some(e) = take(&mut entries, k) {
-                        if self.expect(&e.value, &[K::Str, K::Null], k) && !e.value.is_null() {
-                            extra.push((k.into(), e.value));
-                        }
+                    if let Some(e) = take(&mut entries, k)
+                        && self.expect(&e.value, &[K::Str, K::Null], k)
+                        && !e.value.is_null()
+                    {
+                        extra.push((k.into(), e.value));
                     }
                 }
                 for k in ["successCodes", "temporaryFailCodes", "permanentFailCodes"] {
-                    if let Some(e) = take(&mut entries, k) {
-                        if self.expect(&e.value, &[K::Seq], k) {
-                            for i in e.value.items().unwrap_or(&[]).to_vec() {
-                                self.expect(&i, &[K::Int], k);
-                            }
-                            extra.push((k.into(), e.value));
+                    if let Some(e) = take(&mut entries, k)
+                        && self.expect(&e.value, &[K::Seq], k)
+                    {
+                        for i in e.value.items().unwrap_or(&[]).to_vec() {
+                            self.expect(&i, &[K::Int], k);
                         }
+                        extra.push((k.into(), e.value));
                     }
                 }
                 self.std_streams(&mut outputs, &inputs, &mut extra, &pos, &id);
@@ -690,7 +827,7 @@ impl Loader {
             out.set(&e.key, e.value);
         }
         if class == Class::Workflow {
-            self.check_workflow(&mut out, &ctx);
+            self.check_workflow(&mut out);
         }
         Some(out)
     }
@@ -706,13 +843,22 @@ impl Loader {
         tool_id: &str,
     ) {
         for o in outputs.iter_mut() {
-            let Some(t) = o.get_str("type").map(str::to_string) else { continue };
+            let Some(t) = o.get_str("type").map(str::to_string) else {
+                continue;
+            };
             if t != "stdout" && t != "stderr" {
                 continue;
             }
             let p = o.pos.clone();
             if o.get("outputBinding").is_some() {
-                self.error(&p, format!("an output of type `{t}` cannot have an `outputBinding`"), Some("remove the outputBinding; the file captured from the stream is the output".into()));
+                self.error(
+                    &p,
+                    format!("an output of type `{t}` cannot have an `outputBinding`"),
+                    Some(
+                        "remove the outputBinding; the file captured from the stream is the output"
+                            .into(),
+                    ),
+                );
             }
             let name = match extra.iter().find(|(k, _)| *k == t) {
                 Some((_, v)) => v.as_str().unwrap_or("").to_string(),
@@ -732,17 +878,29 @@ impl Loader {
                 let p = i.pos.clone();
                 let id = i.get_str("id").unwrap_or("");
                 if extra.iter().any(|(k, _)| k == "stdin") {
-                    self.error(&p, "a tool with a `stdin` input cannot also set `stdin`", None);
+                    self.error(
+                        &p,
+                        "a tool with a `stdin` input cannot also set `stdin`",
+                        None,
+                    );
                 }
-                extra.push(("stdin".into(), Node::str(&p, format!("$(inputs.{}.path)", super::shortname(id)))));
+                extra.push((
+                    "stdin".into(),
+                    Node::str(&p, format!("$(inputs.{}.path)", super::shortname(id))),
+                ));
             }
         }
         // Keep the inputs' `stdin` type readable for later parts as a File.
-        let _ = inputs;
     }
 
     /// Reports duplicate ids among `items`.
-    fn check_unique<'a>(&mut self, items: impl Iterator<Item = &'a Node>, key: &str, what: &str, _io: Io) {
+    fn check_unique<'a>(
+        &mut self,
+        items: impl Iterator<Item = &'a Node>,
+        key: &str,
+        what: &str,
+        _io: Io,
+    ) {
         let mut seen: Vec<(&str, &Pos)> = Vec::new();
         for n in items {
             if let Some(id) = n.get_str(key) {
@@ -750,7 +908,10 @@ impl Loader {
                     let line = first.line;
                     self.error(
                         &n.pos,
-                        format!("duplicate id `{}` in {what} (first at line {line})", super::shortname(id)),
+                        format!(
+                            "duplicate id `{}` in {what} (first at line {line})",
+                            super::shortname(id)
+                        ),
                         Some("give each input, output and step its own name".into()),
                     );
                 } else {
@@ -776,7 +937,11 @@ impl Loader {
     fn norm_param(&mut self, raw: Node, ctx: &Ctx, io: Io) -> Option<Node> {
         let pos = raw.pos.clone();
         if !raw.is_map() {
-            self.error(&pos, format!("a parameter must be a mapping, not {}", raw.describe()), Some("write `name: type` or `- id: name\n    type: type`".into()));
+            self.error(
+                &pos,
+                format!("a parameter must be a mapping, not {}", raw.describe()),
+                Some("write `name: type` or `- id: name\n    type: type`".into()),
+            );
             return None;
         }
         let mut allowed: Vec<&str> = Vec::new();
@@ -784,7 +949,11 @@ impl Loader {
         match io {
             Io::Input => {
                 what = "an input parameter";
-                allowed.extend(INPUT_FIELDS.iter().filter(|f| **f != "inputBinding" || ctx.class != Class::Operation));
+                allowed.extend(
+                    INPUT_FIELDS
+                        .iter()
+                        .filter(|f| **f != "inputBinding" || ctx.class != Class::Operation),
+                );
             }
             Io::Output => {
                 what = "an output parameter";
@@ -815,8 +984,12 @@ impl Loader {
         };
         let mut out = Node::map(&pos);
         out.set("id", Node::str(&pos, id.clone()));
-        for e in entries.drain(..).collect::<Vec<_>>() {
-            let Entry { key, key_pos, value } = e;
+        for e in std::mem::take(&mut entries) {
+            let Entry {
+                key,
+                key_pos,
+                value,
+            } = e;
             let v = match key.as_str() {
                 "type" => Some(self.norm_type(value, &id, ctx, io)),
                 "label" | "doc" => Some(value),
@@ -827,7 +1000,11 @@ impl Loader {
                 }
                 "loadListing" => {
                     if ctx.version < Version::V1_1 {
-                        self.error(&key_pos, "`loadListing` needs cwlVersion v1.1 or later", Some("write `cwlVersion: v1.2`".into()));
+                        self.error(
+                            &key_pos,
+                            "`loadListing` needs cwlVersion v1.1 or later",
+                            Some("write `cwlVersion: v1.2`".into()),
+                        );
                     }
                     self.expect_enum(&value, LOAD_LISTING, "loadListing");
                     Some(value)
@@ -859,9 +1036,17 @@ impl Loader {
                 }
                 "pickValue" => {
                     if ctx.version < Version::V1_2 {
-                        self.error(&key_pos, "`pickValue` needs cwlVersion v1.2", Some("write `cwlVersion: v1.2`".into()));
+                        self.error(
+                            &key_pos,
+                            "`pickValue` needs cwlVersion v1.2",
+                            Some("write `cwlVersion: v1.2`".into()),
+                        );
                     }
-                    self.expect_enum(&value, &["first_non_null", "the_only_non_null", "all_non_null"], "pickValue");
+                    self.expect_enum(
+                        &value,
+                        &["first_non_null", "the_only_non_null", "all_non_null"],
+                        "pickValue",
+                    );
                     Some(value)
                 }
                 k if uri::has_scheme(k) => Some(value),
@@ -917,7 +1102,12 @@ impl Loader {
         if ctx.version == Version::V1_0 {
             entries.retain(|e| {
                 if e.key != "loadContents" {
-                    tracing::warn!("{}: ignoring `{}`, which is not valid in a {:?} inputBinding", e.key_pos, e.key, ctx.class);
+                    tracing::warn!(
+                        "{}: ignoring `{}`, which is not valid in a {:?} inputBinding",
+                        e.key_pos,
+                        e.key,
+                        ctx.class
+                    );
                 }
                 e.key == "loadContents"
             });
@@ -932,7 +1122,13 @@ impl Loader {
             return Node::map(&pos);
         }
         let mut entries = into_entries(raw);
-        self.check_fields(&mut entries, &pos, "outputBinding", OUTPUT_BINDING_FIELDS, &[]);
+        self.check_fields(
+            &mut entries,
+            &pos,
+            "outputBinding",
+            OUTPUT_BINDING_FIELDS,
+            &[],
+        );
         for e in &entries {
             match e.key.as_str() {
                 "glob" => {
@@ -946,7 +1142,11 @@ impl Loader {
                 }
                 "loadListing" => {
                     if ctx.version < Version::V1_1 {
-                        self.error(&e.key_pos, "`loadListing` needs cwlVersion v1.1 or later", None);
+                        self.error(
+                            &e.key_pos,
+                            "`loadListing` needs cwlVersion v1.1 or later",
+                            None,
+                        );
                     }
                     self.expect_enum(&e.value, LOAD_LISTING, "loadListing");
                 }
@@ -990,7 +1190,13 @@ impl Loader {
                             Some("write the pattern as a string (\".bai\"), or declare `cwlVersion: v1.2`".into()),
                         );
                     }
-                    self.check_fields(&mut entries, &p, "a secondaryFiles entry", &["pattern", "required"], &["pattern"]);
+                    self.check_fields(
+                        &mut entries,
+                        &p,
+                        "a secondaryFiles entry",
+                        &["pattern", "required"],
+                        &["pattern"],
+                    );
                     if let Some(e) = entries.iter().find(|e| e.key == "pattern") {
                         let v = e.value.clone();
                         self.expect(&v, &[K::Str], "pattern");
@@ -999,7 +1205,11 @@ impl Loader {
                         let v = e.value.clone();
                         self.expect(&v, &[K::Bool, K::Str, K::Null], "required");
                     } else {
-                        entries.push(Entry { key: "required".into(), key_pos: p.clone(), value: Node::new(p.clone(), V::Null) });
+                        entries.push(Entry {
+                            key: "required".into(),
+                            key_pos: p.clone(),
+                            value: Node::new(p.clone(), V::Null),
+                        });
                     }
                     out.push(Node::new(p, V::Map(entries)));
                 }
@@ -1023,7 +1233,10 @@ impl Loader {
                 let full = self.expand_prefix(&s).unwrap_or(s);
                 Node::new(p, V::Str(full))
             }
-            V::Seq(items) => Node::new(raw.pos, V::Seq(items.into_iter().map(|i| self.norm_format(i)).collect())),
+            V::Seq(items) => Node::new(
+                raw.pos,
+                V::Seq(items.into_iter().map(|i| self.norm_format(i)).collect()),
+            ),
             v => {
                 let n = Node::new(raw.pos, v);
                 self.expect(&n, &[K::Str, K::Seq, K::Null], "format");
@@ -1059,11 +1272,22 @@ impl Loader {
             return None;
         }
         if !raw.is_map() {
-            self.error(&pos, format!("each entry of `{what}` must be a mapping with a `class`, not {}", raw.describe()), None);
+            self.error(
+                &pos,
+                format!(
+                    "each entry of `{what}` must be a mapping with a `class`, not {}",
+                    raw.describe()
+                ),
+                None,
+            );
             return None;
         }
         let Some(class_node) = raw.get("class").cloned() else {
-            self.error(&pos, format!("an entry of `{what}` has no `class`"), Some("add `class: NameOfTheRequirement`".into()));
+            self.error(
+                &pos,
+                format!("an entry of `{what}` has no `class`"),
+                Some("add `class: NameOfTheRequirement`".into()),
+            );
             return None;
         };
         let Some(class) = class_node.as_str().map(str::to_string) else {
@@ -1078,20 +1302,29 @@ impl Loader {
                 match full {
                     Some(full) => {
                         if ctx.version == Version::V1_0
-                            && let Some((_, to)) = V10_RENAMES.iter().find(|(f, _)| *f == full)
+                            && V10_RENAMES.iter().any(|(f, _)| *f == full)
                         {
-                            // Handled by the caller's rename; keep its fields.
+                            // Renamed by normalize_process; keep its fields.
                             raw.set("class", Node::str(&class_node.pos, full.clone()));
-                            let _ = to;
                             return Some(raw);
                         }
                         raw.set("class", Node::str(&class_node.pos, full.clone()));
-                        tracing::warn!("{}: ignoring unknown {} class `{full}`", class_node.pos, if hint { "hint" } else { "requirement" });
+                        tracing::warn!(
+                            "{}: ignoring unknown {} class `{full}`",
+                            class_node.pos,
+                            if hint { "hint" } else { "requirement" }
+                        );
                         return Some(raw);
                     }
                     None => {
                         let prefix = class.split(':').next().unwrap_or("");
-                        self.error(&class_node.pos, format!("unknown namespace prefix `{prefix}` in class `{class}`"), Some(format!("declare it: `$namespaces: {{{prefix}: http://...}}`")));
+                        self.error(
+                            &class_node.pos,
+                            format!("unknown namespace prefix `{prefix}` in class `{class}`"),
+                            Some(format!(
+                                "declare it: `$namespaces: {{{prefix}: http://...}}`"
+                            )),
+                        );
                         return None;
                     }
                 }
@@ -1102,7 +1335,11 @@ impl Loader {
                 return Some(raw);
             }
             match suggestion {
-                Some(m) => self.error(&class_node.pos, format!("unknown requirement `{class}`"), Some(format!("did you mean `{m}`?"))),
+                Some(m) => self.error(
+                    &class_node.pos,
+                    format!("unknown requirement `{class}`"),
+                    Some(format!("did you mean `{m}`?")),
+                ),
                 None => self.unsupported(
                     &class_node.pos,
                     format!("requirement `{class}` is not supported"),
@@ -1126,7 +1363,11 @@ impl Loader {
         out.set("class", Node::str(&class_node.pos, class.clone()));
         take(&mut entries, "class");
         for e in entries {
-            let Entry { key, key_pos, value } = e;
+            let Entry {
+                key,
+                key_pos: _,
+                value,
+            } = e;
             let v = match (class.as_str(), key.as_str()) {
                 ("InlineJavascriptRequirement", "expressionLib") => match value.v {
                     V::Str(_) => Node::new(value.pos.clone(), V::Seq(vec![value])),
@@ -1151,7 +1392,11 @@ impl Loader {
                     let mut types = Vec::new();
                     for t in items {
                         if t.get("name").is_none() {
-                            self.error(&t.pos, "a type in SchemaDefRequirement needs a `name`", Some("add `name: MyType`".into()));
+                            self.error(
+                                &t.pos,
+                                "a type in SchemaDefRequirement needs a `name`",
+                                Some("add `name: MyType`".into()),
+                            );
                             continue;
                         }
                         types.push(self.norm_type(t, &ctx.id, ctx, Io::Input));
@@ -1168,7 +1413,13 @@ impl Loader {
                             continue;
                         }
                         let mut es = into_entries(i);
-                        self.check_fields(&mut es, &ip, "a software package", &["package", "version", "specs"], &["package"]);
+                        self.check_fields(
+                            &mut es,
+                            &ip,
+                            "a software package",
+                            &["package", "version", "specs"],
+                            &["package"],
+                        );
                         pk.push(Node::new(ip, V::Map(es)));
                     }
                     Node::new(p, V::Seq(pk))
@@ -1183,7 +1434,13 @@ impl Loader {
                             continue;
                         }
                         let mut es = into_entries(i);
-                        self.check_fields(&mut es, &ip, "an envDef entry", &["envName", "envValue"], &["envName", "envValue"]);
+                        self.check_fields(
+                            &mut es,
+                            &ip,
+                            "an envDef entry",
+                            &["envName", "envValue"],
+                            &["envName", "envValue"],
+                        );
                         for e in &es {
                             let v = e.value.clone();
                             self.expect(&v, &[K::Str], &e.key);
@@ -1225,7 +1482,6 @@ impl Loader {
                 }
                 _ => value,
             };
-            let _ = key_pos;
             out.set(&key, v);
         }
         Some(out)
@@ -1238,7 +1494,11 @@ impl Loader {
             _ => false,
         };
         if negative {
-            self.error(&n.pos, format!("`{what}` cannot be negative"), Some("use zero or a positive number".into()));
+            self.error(
+                &n.pos,
+                format!("`{what}` cannot be negative"),
+                Some("use zero or a positive number".into()),
+            );
         }
     }
 
@@ -1255,7 +1515,13 @@ impl Loader {
                         V::Map(_) if i.get("class").is_some() => out.push(self.resolve_files(i)),
                         V::Map(_) => {
                             let mut es = into_entries(i);
-                            self.check_fields(&mut es, &ip, "a Dirent", &["entryname", "entry", "writable"], &["entry"]);
+                            self.check_fields(
+                                &mut es,
+                                &ip,
+                                "a Dirent",
+                                &["entryname", "entry", "writable"],
+                                &["entry"],
+                            );
                             for e in &es {
                                 let v = e.value.clone();
                                 match e.key.as_str() {
@@ -1317,7 +1583,9 @@ impl Loader {
             let t = self.norm_type_str(inner, pos, ctx);
             let mut items = vec![Node::str(pos, "null")];
             match t.v {
-                V::Seq(inner) => items.extend(inner.into_iter().filter(|x| x.as_str() != Some("null"))),
+                V::Seq(inner) => {
+                    items.extend(inner.into_iter().filter(|x| x.as_str() != Some("null")))
+                }
                 _ => items.push(t),
             }
             return Node::new(pos.clone(), V::Seq(items));
@@ -1333,7 +1601,8 @@ impl Loader {
             return Node::str(pos, s);
         }
         // Full URIs of primitives (cwltool --print-pre style input).
-        if let Some(short) = s.strip_prefix("http://www.w3.org/2001/XMLSchema#")
+        if let Some(short) = s
+            .strip_prefix("http://www.w3.org/2001/XMLSchema#")
             .or_else(|| s.strip_prefix("https://w3id.org/cwl/salad#"))
             .or_else(|| s.strip_prefix("https://w3id.org/cwl/cwl#"))
             && PRIMITIVES.contains(&short)
@@ -1377,7 +1646,10 @@ impl Loader {
             .or_else(|| {
                 // Last resort: a unique type with that short name.
                 let short = super::shortname(name);
-                let mut hits = self.raw_types.keys().filter(|k| super::shortname(k) == short);
+                let mut hits = self
+                    .raw_types
+                    .keys()
+                    .filter(|k| super::shortname(k) == short);
                 match (hits.next(), hits.next()) {
                     (Some(h), None) => Some(h.clone()),
                     _ => None,
@@ -1387,12 +1659,20 @@ impl Loader {
             return Some(t.clone());
         }
         if self.types_in_progress.contains(&found) {
-            self.error(pos, format!("type `{name}` refers to itself"), Some("CWL types cannot be recursive".into()));
+            self.error(
+                pos,
+                format!("type `{name}` refers to itself"),
+                Some("CWL types cannot be recursive".into()),
+            );
             return Some(Node::str(pos, "Any"));
         }
         let (raw, def_scope) = self.raw_types.get(&found)?.clone();
         self.types_in_progress.insert(found.clone());
-        let ctx = Ctx { id: def_scope, version: Version::V1_2, class: Class::Workflow };
+        let ctx = Ctx {
+            id: def_scope,
+            version: Version::V1_2,
+            class: Class::Workflow,
+        };
         let t = self.norm_type(raw, &found, &ctx, Io::Input);
         self.types_in_progress.remove(&found);
         self.types.insert(found, t.clone());
@@ -1402,7 +1682,11 @@ impl Loader {
     fn norm_type_map(&mut self, raw: Node, hint: &str, ctx: &Ctx, io: Io) -> Node {
         let pos = raw.pos.clone();
         let Some(kind_node) = raw.get("type").cloned() else {
-            self.error(&pos, "a type written as a mapping needs `type: record`, `enum` or `array`", None);
+            self.error(
+                &pos,
+                "a type written as a mapping needs `type: record`, `enum` or `array`",
+                None,
+            );
             return Node::str(&pos, "Any");
         };
         let kind = match kind_node.as_str() {
@@ -1412,23 +1696,58 @@ impl Loader {
                 if raw.entries().is_some_and(|e| e.len() == 1) {
                     return self.norm_type(kind_node, hint, ctx, io);
                 }
-                self.error(&kind_node.pos, "`type` of a type mapping must be `record`, `enum` or `array`", None);
+                self.error(
+                    &kind_node.pos,
+                    "`type` of a type mapping must be `record`, `enum` or `array`",
+                    None,
+                );
                 return Node::str(&pos, "Any");
             }
         };
         let mut entries = into_entries(raw);
         let (allowed, required): (&[&str], &[&str]) = match kind.as_str() {
-            "record" => (&["type", "fields", "name", "label", "doc", "inputBinding", "id"], &[]),
-            "enum" => (&["type", "symbols", "name", "label", "doc", "inputBinding", "id"], &["symbols"]),
-            _ => (&["type", "items", "name", "label", "doc", "inputBinding", "id"], &["items"]),
+            "record" => (
+                &[
+                    "type",
+                    "fields",
+                    "name",
+                    "label",
+                    "doc",
+                    "inputBinding",
+                    "id",
+                ],
+                &[],
+            ),
+            "enum" => (
+                &[
+                    "type",
+                    "symbols",
+                    "name",
+                    "label",
+                    "doc",
+                    "inputBinding",
+                    "id",
+                ],
+                &["symbols"],
+            ),
+            _ => (
+                &[
+                    "type",
+                    "items",
+                    "name",
+                    "label",
+                    "doc",
+                    "inputBinding",
+                    "id",
+                ],
+                &["items"],
+            ),
         };
         let what = format!("an {kind} type");
         self.check_fields(&mut entries, &pos, &what, allowed, required);
         let name = match take(&mut entries, "name") {
             Some(e) => match e.value.as_str() {
-                Some(n) => {
-                    uri::resolve_id(&def_base(&e.value.pos, n, &ctx.id), n)
-                }
+                Some(n) => uri::resolve_id(&def_base(&e.value.pos, n, &ctx.id), n),
                 None => hint.to_string(),
             },
             None => hint.to_string(),
@@ -1454,7 +1773,11 @@ impl Loader {
                         for s in value.items().unwrap_or(&[]) {
                             match s.as_str() {
                                 Some(t) => {
-                                    let short = if t.contains('#') { super::shortname(t) } else { t };
+                                    let short = if t.contains('#') {
+                                        super::shortname(t)
+                                    } else {
+                                        t
+                                    };
                                     syms.push(Node::str(&s.pos, short));
                                 }
                                 None => {
@@ -1497,9 +1820,21 @@ impl Loader {
             return None;
         }
         let mut entries = into_entries(raw);
-        self.check_fields(&mut entries, &pos, "a record field", FIELD_FIELDS, &["name", "type"]);
+        self.check_fields(
+            &mut entries,
+            &pos,
+            "a record field",
+            FIELD_FIELDS,
+            &["name", "type"],
+        );
         let name = take(&mut entries, "name")?.value;
-        let Some(name) = name.as_str().map(|n| if n.contains('#') { super::shortname(n).to_string() } else { n.to_string() }) else {
+        let Some(name) = name.as_str().map(|n| {
+            if n.contains('#') {
+                super::shortname(n).to_string()
+            } else {
+                n.to_string()
+            }
+        }) else {
             self.expect(&name, &[K::Str], "name");
             return None;
         };
@@ -1557,7 +1892,9 @@ pub(crate) fn resolve_files_in(node: &mut Node, base: Option<&str>) {
                 .map(str::to_string);
             if matches!(class.as_deref(), Some("File" | "Directory")) {
                 let base = base.map_or_else(|| file_uri(&node.pos), str::to_string);
-                let Some(entries) = node.entries_mut() else { return };
+                let Some(entries) = node.entries_mut() else {
+                    return;
+                };
                 if !entries.iter().any(|e| e.key == "location")
                     && let Some(i) = entries.iter().position(|e| e.key == "path")
                 {
@@ -1596,10 +1933,4 @@ pub(crate) fn resolve_files_in(node: &mut Node, base: Option<&str>) {
         }
         _ => {}
     }
-}
-
-/// A helper for tests and messages: the file name of a position.
-#[allow(dead_code)]
-pub(crate) fn file_of(pos: &Pos) -> Arc<str> {
-    pos.file.clone()
 }

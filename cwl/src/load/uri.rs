@@ -62,7 +62,9 @@ pub fn has_scheme(s: &str) -> bool {
     match s.find(':') {
         Some(i) if i > 0 => {
             let scheme = &s[..i];
-            scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
+            scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c))
                 && s[i + 1..].starts_with("//")
         }
         _ => false,
@@ -159,7 +161,10 @@ pub fn edit_distance(a: &str, b: &str) -> usize {
 }
 
 /// The closest of `candidates` to `word`, if close enough to be a typo.
-pub fn did_you_mean<'a>(word: &str, candidates: impl IntoIterator<Item = &'a str>) -> Option<&'a str> {
+pub fn did_you_mean<'a>(
+    word: &str,
+    candidates: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
     let limit = (word.chars().count() / 3).max(2);
     candidates
         .into_iter()
@@ -191,7 +196,10 @@ mod tests {
     #[test]
     fn ids_are_scoped() {
         assert_eq!(resolve_id("file:///t.cwl", "x"), "file:///t.cwl#x");
-        assert_eq!(resolve_id("file:///t.cwl#main", "x"), "file:///t.cwl#main/x");
+        assert_eq!(
+            resolve_id("file:///t.cwl#main", "x"),
+            "file:///t.cwl#main/x"
+        );
         assert_eq!(resolve_id("file:///t.cwl#main", "#y"), "file:///t.cwl#y");
     }
 

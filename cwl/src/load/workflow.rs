@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::node::{Entry, Node, Pos, V};
-use super::process::{Ctx, Io, K, file_uri, into_entries, take};
+use super::process::{Ctx, K, file_uri, into_entries, take};
 use super::{Loader, Version, shortname, uri};
 
 const STEP_FIELDS: &[&str] = &[
@@ -120,7 +120,11 @@ impl Loader {
         let mut scatter_method = None;
         let mut extensions = Vec::new();
         for e in entries {
-            let Entry { key, key_pos, value } = e;
+            let Entry {
+                key,
+                key_pos,
+                value,
+            } = e;
             match key.as_str() {
                 "requirements" | "hints" => {
                     let normalized = self.norm_requirements(value, &step_ctx, key == "hints");
@@ -182,10 +186,13 @@ impl Loader {
             None => None,
         };
         if let Some(run) = &run {
-            self.check_step_outs(&outs, run, &id, &pos);
+            self.check_step_outs(&outs, run, &id);
         }
         out.set("out", Node::new(pos.clone(), V::Seq(outs)));
-        out.set("run", run.unwrap_or_else(|| Node::new(pos.clone(), V::Null)));
+        out.set(
+            "run",
+            run.unwrap_or_else(|| Node::new(pos.clone(), V::Null)),
+        );
         if let Some(s) = scatter {
             self.check_scatter(&s, &out);
             out.set("scatter", s);
@@ -227,7 +234,13 @@ impl Loader {
             return None;
         }
         let mut entries = into_entries(raw);
-        self.check_fields(&mut entries, &pos, "a step input", STEP_INPUT_FIELDS, &["id"]);
+        self.check_fields(
+            &mut entries,
+            &pos,
+            "a step input",
+            STEP_INPUT_FIELDS,
+            &["id"],
+        );
         let id_node = take(&mut entries, "id")?.value;
         let Some(id) = id_node.as_str().map(|s| uri::resolve_id(&step.id, s)) else {
             self.expect(&id_node, &[K::Str], "id");
@@ -236,7 +249,11 @@ impl Loader {
         let mut out = Node::map(&pos);
         out.set("id", Node::str(&pos, id));
         for e in entries {
-            let Entry { key, key_pos, value } = e;
+            let Entry {
+                key,
+                key_pos,
+                value,
+            } = e;
             let v = match key.as_str() {
                 "source" => match &value.v {
                     V::Null => None,
@@ -305,9 +322,10 @@ impl Loader {
             }
             V::Map(_) => {
                 let default_id = format!("{step_id}/run");
-                let key = raw
-                    .get_str("id")
-                    .map_or_else(|| default_id.clone(), |i| uri::resolve_id(&file_uri(&raw.pos), i));
+                let key = raw.get_str("id").map_or_else(
+                    || default_id.clone(),
+                    |i| uri::resolve_id(&file_uri(&raw.pos), i),
+                );
                 if self.running.contains(&key) {
                     self.error(&raw.pos, format!("{key} runs itself"), None);
                     return None;
@@ -324,7 +342,7 @@ impl Loader {
         }
     }
 
-    fn check_step_outs(&mut self, outs: &[Node], run: &Node, step_id: &str, pos: &Pos) {
+    fn check_step_outs(&mut self, outs: &[Node], run: &Node, step_id: &str) {
         let declared: Vec<&str> = run
             .get("outputs")
             .and_then(Node::items)
@@ -340,7 +358,6 @@ impl Loader {
                     Some(m) => format!("did you mean `{m}`?"),
                     None => format!("the process declares the outputs: {}", declared.join(", ")),
                 };
-                let _ = pos;
                 self.error(
                     &o.pos,
                     format!(
@@ -367,11 +384,17 @@ impl Loader {
                 let short: Vec<&str> = ins.iter().map(|i| shortname(i)).collect();
                 let hint = match uri::did_you_mean(shortname(id), short.iter().copied()) {
                     Some(m) => format!("did you mean `{m}`?"),
-                    None => format!("scatter over one of the step's inputs: {}", short.join(", ")),
+                    None => format!(
+                        "scatter over one of the step's inputs: {}",
+                        short.join(", ")
+                    ),
                 };
                 self.error(
                     &s.pos,
-                    format!("`scatter` names `{}`, which is not an input of the step", shortname(id)),
+                    format!(
+                        "`scatter` names `{}`, which is not an input of the step",
+                        shortname(id)
+                    ),
                     Some(hint),
                 );
             }
@@ -381,7 +404,7 @@ impl Loader {
     /// Resolves `source`/`outputSource` references to absolute ids and
     /// checks they name workflow inputs or step outputs, then checks the
     /// types along every connection.
-    pub(crate) fn check_workflow(&mut self, wf: &mut Node, ctx: &Ctx) {
+    pub(crate) fn check_workflow(&mut self, wf: &mut Node) {
         // Every id a source may name, with its type (None for a step output
         // whose process type is unknown).
         let mut known: HashMap<String, Option<Node>> = HashMap::new();
@@ -394,15 +417,28 @@ impl Loader {
         for s in wf.get("steps").and_then(Node::items).unwrap_or(&[]) {
             let Some(sid) = s.get_str("id") else { continue };
             step_ids.push((sid.to_string(), s.pos.clone()));
-            let run_outputs = s.get("run").and_then(|r| r.get("outputs")).and_then(Node::items);
-            let scattered = s.get("scatter").and_then(Node::items).is_some_and(|x| !x.is_empty());
-            let nested = s.get("scatterMethod").and_then(Node::as_str) == Some("nested_crossproduct");
-            let n_scatter = s.get("scatter").and_then(Node::items).map_or(0, <[Node]>::len);
+            let run_outputs = s
+                .get("run")
+                .and_then(|r| r.get("outputs"))
+                .and_then(Node::items);
+            let scattered = s
+                .get("scatter")
+                .and_then(Node::items)
+                .is_some_and(|x| !x.is_empty());
+            let nested =
+                s.get("scatterMethod").and_then(Node::as_str) == Some("nested_crossproduct");
+            let n_scatter = s
+                .get("scatter")
+                .and_then(Node::items)
+                .map_or(0, <[Node]>::len);
             let conditional = s.get("when").is_some();
             for o in s.get("out").and_then(Node::items).unwrap_or(&[]) {
                 let Some(oid) = o.as_str() else { continue };
                 let t = run_outputs
-                    .and_then(|outs| outs.iter().find(|x| x.get_str("id").map(shortname) == Some(shortname(oid))))
+                    .and_then(|outs| {
+                        outs.iter()
+                            .find(|x| x.get_str("id").map(shortname) == Some(shortname(oid)))
+                    })
                     .and_then(|x| x.get("type"))
                     .map(|t| {
                         let mut t = t.clone();
@@ -444,8 +480,6 @@ impl Loader {
                 }
             }
         }
-        let reqs_multiple = has_req(wf, "MultipleInputFeatureRequirement");
-        let _ = reqs_multiple;
         // Step inputs.
         let mut checks: Vec<Connection> = Vec::new();
         if let Some(V::Seq(steps)) = wf.get_mut("steps").map(|s| &mut s.v) {
@@ -463,10 +497,14 @@ impl Loader {
                     .iter()
                     .filter_map(|x| x.as_str().map(str::to_string))
                     .collect();
-                let Some(V::Seq(ins)) = s.get_mut("in").map(|x| &mut x.v) else { continue };
+                let Some(V::Seq(ins)) = s.get_mut("in").map(|x| &mut x.v) else {
+                    continue;
+                };
                 for i in ins.iter_mut() {
                     let iid = i.get_str("id").unwrap_or("").to_string();
-                    let Some(src) = i.get_mut("source") else { continue };
+                    let Some(src) = i.get_mut("source") else {
+                        continue;
+                    };
                     let sources = self.resolve_refs(src, &iid, 2, &known);
                     let has_value_from = i.get("valueFrom").is_some();
                     let sink = run_inputs
@@ -482,7 +520,6 @@ impl Loader {
                             pos: i.pos.clone(),
                             link_merge: i.get_str("linkMerge").map(str::to_string),
                             pick_value: i.get_str("pickValue").is_some(),
-                            multiple: i.get("source").and_then(Node::items).is_some(),
                             scattered: scatter.contains(&iid),
                             what: format!("step input `{}`", shortname(&iid)),
                         });
@@ -494,7 +531,9 @@ impl Loader {
         if let Some(V::Seq(outs)) = wf.get_mut("outputs").map(|s| &mut s.v) {
             for o in outs.iter_mut() {
                 let oid = o.get_str("id").unwrap_or("").to_string();
-                let Some(src) = o.get_mut("outputSource") else { continue };
+                let Some(src) = o.get_mut("outputSource") else {
+                    continue;
+                };
                 let sources = self.resolve_refs(src, &oid, 1, &known);
                 if let Some(sink) = o.get("type").cloned() {
                     checks.push(Connection {
@@ -503,7 +542,6 @@ impl Loader {
                         pos: o.pos.clone(),
                         link_merge: o.get_str("linkMerge").map(str::to_string),
                         pick_value: o.get_str("pickValue").is_some(),
-                        multiple: o.get("outputSource").and_then(Node::items).is_some(),
                         scattered: false,
                         what: format!("workflow output `{}`", shortname(&oid)),
                     });
@@ -513,7 +551,6 @@ impl Loader {
         for c in checks {
             self.check_connection(&c, &known);
         }
-        let _ = ctx;
     }
 
     /// Resolves the references in `src` (one id or a list) in place.
@@ -537,7 +574,10 @@ impl Loader {
                         let names: Vec<String> = known.keys().map(|k| relative_name(k)).collect();
                         let hint = match uri::did_you_mean(r, names.iter().map(String::as_str)) {
                             Some(m) => format!("did you mean `{m}`?"),
-                            None => "name a workflow input (`name`) or a step output (`step/output`)".to_string(),
+                            None => {
+                                "name a workflow input (`name`) or a step output (`step/output`)"
+                                    .to_string()
+                            }
                         };
                         this.error(
                             &n.pos,
@@ -568,7 +608,6 @@ struct Connection {
     pos: Pos,
     link_merge: Option<String>,
     pick_value: bool,
-    multiple: bool,
     scattered: bool,
     what: String,
 }
@@ -591,14 +630,27 @@ impl Loader {
             .clone()
             .or_else(|| (c.sources.len() > 1).then(|| "merge_nested".to_string()));
         for s in &c.sources {
-            let Some(Some(t)) = known.get(s) else { continue };
+            let Some(Some(t)) = known.get(s) else {
+                continue;
+            };
             let t = t.to_json();
             let src = match link_merge.as_deref() {
                 Some("merge_nested") => serde_json::json!({"type": "array", "items": t}),
                 Some("merge_flattened") => merge_flatten_type(&t),
                 _ => t,
             };
-            if can_assign(&src, &sink) == Compat::No {
+            let verdict = can_assign(&src, &sink);
+            if verdict == Compat::Maybe {
+                tracing::warn!(
+                    "{}: {}: source `{}` of type {} may not match {}",
+                    c.pos,
+                    c.what,
+                    relative_name(s),
+                    type_name(&src),
+                    type_name(&sink)
+                );
+            }
+            if verdict == Compat::No {
                 self.error(
                     &c.pos,
                     format!(
@@ -608,11 +660,13 @@ impl Loader {
                         type_name(&src),
                         type_name(&sink)
                     ),
-                    Some("connect a source of a matching type, or convert it with `valueFrom`".into()),
+                    Some(
+                        "connect a source of a matching type, or convert it with `valueFrom`"
+                            .into(),
+                    ),
                 );
             }
         }
-        let _ = c.multiple;
     }
 }
 
@@ -759,7 +813,11 @@ fn resolve_ref(
     file: &str,
 ) -> Result<String, String> {
     if uri::has_scheme(r) {
-        return if known.contains_key(r) { Ok(r.to_string()) } else { Err(r.to_string()) };
+        return if known.contains_key(r) {
+            Ok(r.to_string())
+        } else {
+            Err(r.to_string())
+        };
     }
     if r.starts_with('#') {
         let abs = uri::resolve_uri(file, r);
@@ -767,7 +825,11 @@ fn resolve_ref(
             return Ok(abs);
         }
         let abs2 = uri::resolve_uri(from, r);
-        return if known.contains_key(&abs2) { Ok(abs2) } else { Err(abs) };
+        return if known.contains_key(&abs2) {
+            Ok(abs2)
+        } else {
+            Err(abs)
+        };
     }
     let (doc, frag) = uri::split_frag(from);
     let segs: Vec<&str> = frag.map(|f| f.split('/').collect()).unwrap_or_default();
@@ -786,14 +848,3 @@ fn resolve_ref(
     }
     Err(first.unwrap_or_else(|| format!("{doc}#{r}")))
 }
-
-fn has_req(wf: &Node, class: &str) -> bool {
-    ["requirements", "hints"].iter().any(|k| {
-        wf.get(k)
-            .and_then(Node::items)
-            .is_some_and(|rs| rs.iter().any(|r| r.get_str("class") == Some(class)))
-    })
-}
-
-#[allow(dead_code)]
-fn io_unused(_: Io) {}
