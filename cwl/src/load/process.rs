@@ -462,44 +462,48 @@ impl Loader {
         match node.v {
             V::Null => Vec::new(),
             V::Seq(items) => items,
-            V::Map(entries) => entries
-                .into_iter()
-                .map(|e| {
-                    let key = Node::str(&e.key_pos, e.key);
-                    match e.value.v {
-                        V::Map(mut inner) => {
-                            inner.retain(|x| x.key != subject);
-                            inner.insert(
-                                0,
-                                Entry {
-                                    key: subject.to_string(),
-                                    key_pos: key.pos.clone(),
-                                    value: key,
-                                },
-                            );
-                            Node::new(e.key_pos, V::Map(inner))
-                        }
-                        V::Null => {
-                            let mut m = Node::map(&e.key_pos);
-                            m.set(subject, key);
-                            m
-                        }
-                        _ => {
-                            let mut m = Node::map(&e.key_pos);
-                            m.set(subject, key);
-                            match predicate {
-                                Some(p) => m.set(p, e.value),
-                                None => self.error(
-                                    &e.value.pos,
-                                    format!("each entry of `{what}` must be a mapping"),
-                                    None,
-                                ),
+            V::Map(mut entries) => {
+                // Like schema-salad, the map form is read in key order.
+                entries.sort_by(|a, b| a.key.cmp(&b.key));
+                entries
+                    .into_iter()
+                    .map(|e| {
+                        let key = Node::str(&e.key_pos, e.key);
+                        match e.value.v {
+                            V::Map(mut inner) => {
+                                inner.retain(|x| x.key != subject);
+                                inner.insert(
+                                    0,
+                                    Entry {
+                                        key: subject.to_string(),
+                                        key_pos: key.pos.clone(),
+                                        value: key,
+                                    },
+                                );
+                                Node::new(e.key_pos, V::Map(inner))
                             }
-                            m
+                            V::Null => {
+                                let mut m = Node::map(&e.key_pos);
+                                m.set(subject, key);
+                                m
+                            }
+                            _ => {
+                                let mut m = Node::map(&e.key_pos);
+                                m.set(subject, key);
+                                match predicate {
+                                    Some(p) => m.set(p, e.value),
+                                    None => self.error(
+                                        &e.value.pos,
+                                        format!("each entry of `{what}` must be a mapping"),
+                                        None,
+                                    ),
+                                }
+                                m
+                            }
                         }
-                    }
-                })
-                .collect(),
+                    })
+                    .collect()
+            }
             _ => {
                 self.error(
                     &node.pos,

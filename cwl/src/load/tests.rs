@@ -223,12 +223,13 @@ fn tool_is_normalized() {
         doc["arguments"][1],
         json!({"valueFrom": "$(1)", "position": 2})
     );
+    // The map form is read in key order, like schema-salad does.
     assert_eq!(
-        doc["requirements"][0],
+        doc["requirements"][1],
         json!({"class": "ShellCommandRequirement"})
     );
     assert_eq!(
-        doc["requirements"][1],
+        doc["requirements"][0],
         json!({"class": "EnvVarRequirement", "envDef": [{"envName": "A", "envValue": "b"}]})
     );
     assert_eq!(doc["hints"][0]["class"], "DockerRequirement");
@@ -265,7 +266,7 @@ fn stdout_with_named_file_and_stdin_input() {
         "{TOOL_HEAD}stdout: out.txt\ninputs:\n  i: stdin\noutputs:\n  o: stdout\n  e: stderr\n"
     ))
     .unwrap();
-    assert_eq!(doc["outputs"][0]["outputBinding"]["glob"], "out.txt");
+    assert_eq!(doc["outputs"][1]["outputBinding"]["glob"], "out.txt");
     assert_eq!(doc["stdin"], "$(inputs.i.path)");
     assert!(doc["stderr"].as_str().unwrap().starts_with("stderr-"));
 }
@@ -711,4 +712,26 @@ fn arguments_must_be_strings_or_bindings() {
         ),
         "{e}"
     );
+}
+
+/// Writes the normalized form of every conformance document to
+/// `$CWL_DUMP_DIR` (a debugging aid for comparing with cwltool).
+#[test]
+#[ignore = "a debugging aid, not a test"]
+fn dump_conformance_documents() {
+    let out = PathBuf::from(std::env::var("CWL_DUMP_DIR").expect("set CWL_DUMP_DIR"));
+    std::fs::create_dir_all(&out).unwrap();
+    let mut index = Vec::new();
+    for (i, c) in conformance_cases().iter().enumerate() {
+        if let Ok(doc) = load_document(Path::new(&c.tool)) {
+            let f = out.join(format!("{i}.json"));
+            std::fs::write(&f, serde_json::to_string_pretty(&*doc.process).unwrap()).unwrap();
+            index.push(json!({"tool": c.tool, "file": f}));
+        }
+    }
+    std::fs::write(
+        out.join("index.json"),
+        serde_json::to_string(&index).unwrap(),
+    )
+    .unwrap();
 }
