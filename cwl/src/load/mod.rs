@@ -13,6 +13,7 @@
 //!   static type check of workflow connections.
 //! - `job`: input objects.
 
+mod checker;
 mod job;
 pub mod node;
 mod process;
@@ -168,6 +169,9 @@ pub(crate) struct Loader {
     pub(crate) raw_types: HashMap<String, (Node, String)>,
     pub(crate) types: HashMap<String, Node>,
     pub(crate) types_in_progress: HashSet<String>,
+    /// Requirement and hint classes of the enclosing workflows and steps,
+    /// innermost last (for the feature requirement checks).
+    pub(crate) req_stack: Vec<Vec<String>>,
     /// Texts given directly (path -> text) instead of read from disk.
     given: HashMap<String, String>,
 }

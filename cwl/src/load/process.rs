@@ -804,7 +804,14 @@ impl Loader {
             Class::Workflow => {
                 if let Some(e) = take(&mut entries, "steps") {
                     let p = e.value.pos.clone();
+                    let classes: Vec<String> = requirements
+                        .iter()
+                        .chain(hints.iter())
+                        .filter_map(|r| r.get_str("class").map(str::to_string))
+                        .collect();
+                    self.req_stack.push(classes);
                     let steps = self.norm_steps(e.value, &ctx);
+                    self.req_stack.pop();
                     extra.push(("steps".into(), Node::new(p, V::Seq(steps))));
                 }
             }

@@ -539,7 +539,9 @@ fn workflow_type_mismatch_is_an_error() {
     // s1.a is an int; feeding it the int[] input can never work.
     let e = invalid(&WF.replace("in: {a: x}", "in: {a: xs}"));
     assert!(
-        e.contains("step input `a`: source `xs` of type int[] can never be int"),
+        e.contains(
+            "t.cwl:18:10: step input `s1/a`: source `xs` gives int[], which can never be int"
+        ),
         "{e}"
     );
     // The workflow output type must fit the scattered step's output (int[]).
@@ -734,4 +736,62 @@ fn dump_conformance_documents() {
         serde_json::to_string(&index).unwrap(),
     )
     .unwrap();
+}
+
+#[test]
+fn json_with_tabs_and_unicode() {
+    let v = load_str("{\n\t\"cwlVersion\": \"v1.2\",\n\t\"class\": \"CommandLineTool\",\n\t\"inputs\": {\n\t\t\"x\": \"int\"\n\t},\n\t\"outputs\": [],\n\t\"doc\": \"caf\\u00e9 \\t tab\"\n}\n")
+        .unwrap();
+    assert_eq!(v["doc"], "café \t tab");
+}
+
+#[test]
+fn step_checks_follow_cwltool() {
+    // A required input of the run process left unconnected.
+    let e = invalid(&WF.replace("in: {a: x}", "in: {}"));
+    assert!(
+        e.contains("t.cwl:18:5: step `s1` does not connect the required input `a`"),
+        "{e}"
+    );
+    // Scatter without ScatterFeatureRequirement.
+    let e = invalid(&WF.replace("requirements: [{class: ScatterFeatureRequirement}]\n", ""));
+    assert!(
+        e.contains("t.cwl:19:3: step `s2` scatters, but ScatterFeatureRequirement"),
+        "{e}"
+    );
+    // ... which may also come from a hint or the step itself.
+    assert!(
+        load_str(&WF.replace(
+            "requirements: [{class: ScatterFeatureRequirement}]",
+            "hints: [{class: ScatterFeatureRequirement}]"
+        ))
+        .is_ok()
+    );
+    // Several scatter inputs need a scatterMethod.
+    let e = invalid(&WF.replace(
+        "      a: xs\n    scatter: a\n",
+        "      a: xs\n      b: xs\n    scatter: [a, b]\n",
+    ));
+    assert!(
+        e.contains("scatters over several inputs without a `scatterMethod`"),
+        "{e}"
+    );
+    // Steps feeding each other.
+    let e = invalid(&WF.replace("in: {a: x}", "in: {a: s1/y}"));
+    assert!(e.contains("depend on each other in a cycle: s1"), "{e}");
+    // all_non_null makes an array; a string output cannot hold it.
+    let cond = "cwlVersion: v1.2\nclass: Workflow\ninputs: {x: int}\n\
+        requirements: [{class: MultipleInputFeatureRequirement}, {class: InlineJavascriptRequirement}]\n\
+        outputs:\n  o:\n    type: int\n    outputSource: [s/y]\n    pickValue: all_non_null\n\
+        steps:\n  s:\n    run: {class: ExpressionTool, inputs: {a: int}, outputs: {y: int}, expression: \"$({'y': 1})\"}\n\
+        \x20   when: $(inputs.a > 1)\n    in: {a: x}\n    out: [y]\n";
+    let e = invalid(cond);
+    assert!(e.contains("workflow output `o`: source `s/y` gives int[] (merged into a list by linkMerge merge_nested, pickValue all_non_null), which can never be int"), "{e}");
+    assert!(
+        load_str(&cond.replace(
+            "type: int\n    outputSource",
+            "type: int[]\n    outputSource"
+        ))
+        .is_ok()
+    );
 }

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 
 use super::node::{Entry, Node, Pos, V};
 use super::process::{Ctx, K, file_uri, into_entries, take};
-use super::{Loader, Version, shortname, uri};
+use super::{Loader, Version, checker, shortname, uri};
 
 const STEP_FIELDS: &[&str] = &[
     "id",
@@ -73,7 +73,9 @@ impl Loader {
             class: ctx.class,
         };
         let mut ins = Vec::new();
+        let mut in_pos = pos.clone();
         if let Some(e) = take(&mut entries, "in") {
+            in_pos = e.key_pos.clone();
             let items = self.list_form(e.value, "id", Some("source"), "in");
             for i in items {
                 if let Some(n) = self.norm_step_input(i, &step_ctx) {
@@ -82,7 +84,7 @@ impl Loader {
             }
         }
         self.check_dup_ids(&ins, "the step's `in`");
-        out.set("in", Node::new(pos.clone(), V::Seq(ins)));
+        out.set("in", Node::new(in_pos, V::Seq(ins)));
         let mut outs = Vec::new();
         if let Some(e) = take(&mut entries, "out") {
             let items = match e.value.v {
@@ -181,13 +183,60 @@ impl Loader {
                 _ => {}
             }
         }
+        let classes: Vec<String> = requirements
+            .iter()
+            .chain(hints.iter())
+            .filter_map(|r| r.get_str("class").map(str::to_string))
+            .collect();
+        self.req_stack.push(classes);
         let run = match run {
             Some(r) => self.load_run(r, &id, ctx),
             None => None,
         };
         if let Some(run) = &run {
             self.check_step_outs(&outs, run, &id);
+            self.check_step_binds_required(&out, run, &id);
+            if run.get_str("class") == Some("Workflow")
+                && !self.has_feature("SubworkflowFeatureRequirement")
+            {
+                self.error(
+                    &pos,
+                    format!(
+                        "step `{}` runs a workflow, but SubworkflowFeatureRequirement is not in the requirements",
+                        shortname(&id)
+                    ),
+                    Some("add `SubworkflowFeatureRequirement: {}` to the workflow's requirements".into()),
+                );
+            }
         }
+        if scatter
+            .as_ref()
+            .is_some_and(|s| s.items().is_some_and(|x| !x.is_empty()))
+        {
+            if !self.has_feature("ScatterFeatureRequirement") {
+                self.error(
+                    &pos,
+                    format!(
+                        "step `{}` scatters, but ScatterFeatureRequirement is not in the requirements",
+                        shortname(&id)
+                    ),
+                    Some("add `ScatterFeatureRequirement: {}` to the workflow's requirements".into()),
+                );
+            }
+            if scatter
+                .as_ref()
+                .and_then(Node::items)
+                .is_some_and(|x| x.len() > 1)
+                && scatter_method.is_none()
+            {
+                self.error(
+                    &pos,
+                    format!("step `{}` scatters over several inputs without a `scatterMethod`", shortname(&id)),
+                    Some("add `scatterMethod: dotproduct` (or nested_crossproduct, flat_crossproduct)".into()),
+                );
+            }
+        }
+        self.req_stack.pop();
         out.set("out", Node::new(pos.clone(), V::Seq(outs)));
         out.set(
             "run",
@@ -211,6 +260,55 @@ impl Loader {
             out.set(&k, v);
         }
         Some(out)
+    }
+
+    /// Whether a feature requirement (or hint) is in force for the step
+    /// being normalized: its own or an enclosing workflow's or step's.
+    fn has_feature(&self, class: &str) -> bool {
+        self.req_stack.iter().flatten().any(|c| c == class)
+    }
+
+    /// cwltool rejects a step that leaves a required input of its process
+    /// (no `null` in its type, no default) unconnected.
+    fn check_step_binds_required(&mut self, step: &Node, run: &Node, step_id: &str) {
+        let bound: Vec<&str> = step
+            .get("in")
+            .and_then(Node::items)
+            .unwrap_or(&[])
+            .iter()
+            .filter_map(|i| i.get_str("id"))
+            .map(shortname)
+            .collect();
+        let mut missing = Vec::new();
+        for i in run.get("inputs").and_then(Node::items).unwrap_or(&[]) {
+            let Some(id) = i.get_str("id") else { continue };
+            if bound.contains(&shortname(id)) || i.get("default").is_some() {
+                continue;
+            }
+            let optional = match i.get("type").map(|t| &t.v) {
+                Some(V::Str(s)) => s.contains("null"),
+                Some(V::Seq(items)) => items.iter().any(|x| x.as_str() == Some("null")),
+                _ => false,
+            };
+            if !optional {
+                missing.push(shortname(id).to_string());
+            }
+        }
+        if !missing.is_empty() {
+            let pos = step
+                .get("in")
+                .map_or_else(|| step.pos.clone(), |n| n.pos.clone());
+            self.error(
+                &pos,
+                format!(
+                    "step `{}` does not connect the required input{} `{}` of its process",
+                    shortname(step_id),
+                    if missing.len() > 1 { "s" } else { "" },
+                    missing.join("`, `")
+                ),
+                Some("add it to the step's `in` (with a `source` or a `default`)".into()),
+            );
+        }
     }
 
     fn check_dup_ids(&mut self, items: &[Node], what: &str) {
@@ -403,14 +501,15 @@ impl Loader {
 
     /// Resolves `source`/`outputSource` references to absolute ids and
     /// checks they name workflow inputs or step outputs, then checks the
-    /// types along every connection.
+    /// types along every connection (cwltool's static checker) and that the
+    /// steps do not depend on each other in a cycle.
     pub(crate) fn check_workflow(&mut self, wf: &mut Node) {
-        // Every id a source may name, with its type (None for a step output
-        // whose process type is unknown).
-        let mut known: HashMap<String, Option<Node>> = HashMap::new();
+        // Every id a source may name: its parameter (type, secondaryFiles)
+        // and whether it comes from a conditional step.
+        let mut known: HashMap<String, Option<Src>> = HashMap::new();
         for i in wf.get("inputs").and_then(Node::items).unwrap_or(&[]) {
             if let Some(id) = i.get_str("id") {
-                known.insert(id.to_string(), i.get("type").cloned());
+                known.insert(id.to_string(), Some(Src::of(i, false)));
             }
         }
         let mut step_ids: Vec<(String, Pos)> = Vec::new();
@@ -421,43 +520,33 @@ impl Loader {
                 .get("run")
                 .and_then(|r| r.get("outputs"))
                 .and_then(Node::items);
-            let scattered = s
-                .get("scatter")
-                .and_then(Node::items)
-                .is_some_and(|x| !x.is_empty());
-            let nested =
-                s.get("scatterMethod").and_then(Node::as_str) == Some("nested_crossproduct");
             let n_scatter = s
                 .get("scatter")
                 .and_then(Node::items)
                 .map_or(0, <[Node]>::len);
+            let nested = s.get_str("scatterMethod") == Some("nested_crossproduct");
+            let depth = match n_scatter {
+                0 => 0,
+                n if nested => n,
+                _ => 1,
+            };
             let conditional = s.get("when").is_some();
             for o in s.get("out").and_then(Node::items).unwrap_or(&[]) {
                 let Some(oid) = o.as_str() else { continue };
-                let t = run_outputs
+                let src = run_outputs
                     .and_then(|outs| {
                         outs.iter()
                             .find(|x| x.get_str("id").map(shortname) == Some(shortname(oid)))
                     })
-                    .and_then(|x| x.get("type"))
-                    .map(|t| {
-                        let mut t = t.clone();
-                        if scattered {
-                            let depth = if nested { n_scatter } else { 1 };
-                            for _ in 0..depth {
-                                let mut m = Node::map(&t.pos);
-                                m.set("type", Node::str(&t.pos, "array"));
-                                m.set("items", t);
-                                t = m;
-                            }
+                    .map(|x| {
+                        let mut src = Src::of(x, conditional);
+                        for _ in 0..depth {
+                            src.param["type"] =
+                                serde_json::json!({"type": "array", "items": src.param["type"].take()});
                         }
-                        if conditional {
-                            let p = t.pos.clone();
-                            t = Node::new(p.clone(), V::Seq(vec![Node::str(&p, "null"), t]));
-                        }
-                        t
+                        src
                     });
-                known.insert(oid.to_string(), t);
+                known.insert(oid.to_string(), src);
             }
         }
         {
@@ -480,10 +569,18 @@ impl Loader {
                 }
             }
         }
-        // Step inputs.
         let mut checks: Vec<Connection> = Vec::new();
+        // Step -> the steps it takes inputs from, for the cycle check.
+        let mut deps: Vec<(String, Pos, Vec<String>)> = Vec::new();
+        let step_of = |id: &str| -> Option<String> {
+            step_ids
+                .iter()
+                .find(|(s, _)| id.starts_with(s.as_str()) && id[s.len()..].starts_with('/'))
+                .map(|(s, _)| s.clone())
+        };
         if let Some(V::Seq(steps)) = wf.get_mut("steps").map(|s| &mut s.v) {
             for s in steps.iter_mut() {
+                let sid = s.get_str("id").unwrap_or("").to_string();
                 let run_inputs: Vec<Node> = s
                     .get("run")
                     .and_then(|r| r.get("inputs"))
@@ -497,6 +594,7 @@ impl Loader {
                     .iter()
                     .filter_map(|x| x.as_str().map(str::to_string))
                     .collect();
+                let mut step_deps = Vec::new();
                 let Some(V::Seq(ins)) = s.get_mut("in").map(|x| &mut x.v) else {
                     continue;
                 };
@@ -506,28 +604,31 @@ impl Loader {
                         continue;
                     };
                     let sources = self.resolve_refs(src, &iid, 2, &known);
-                    let has_value_from = i.get("valueFrom").is_some();
+                    step_deps.extend(sources.iter().filter_map(|x| step_of(x)));
                     let sink = run_inputs
                         .iter()
-                        .find(|x| x.get_str("id").map(shortname) == Some(shortname(&iid)))
-                        .and_then(|x| x.get("type").cloned());
-                    if let Some(sink) = sink
-                        && !has_value_from
-                    {
+                        .find(|x| x.get_str("id").map(shortname) == Some(shortname(&iid)));
+                    if let Some(sink) = sink {
+                        let mut param = Src::of(sink, false).param;
+                        if scatter.contains(&iid) {
+                            param["type"] =
+                                serde_json::json!({"type": "array", "items": param["type"].take()});
+                        }
                         checks.push(Connection {
                             sources,
-                            sink,
+                            is_list: i.get("source").and_then(Node::items).is_some(),
+                            sink: param,
                             pos: i.pos.clone(),
                             link_merge: i.get_str("linkMerge").map(str::to_string),
-                            pick_value: i.get_str("pickValue").is_some(),
-                            scattered: scatter.contains(&iid),
-                            what: format!("step input `{}`", shortname(&iid)),
+                            pick_value: i.get_str("pickValue").map(str::to_string),
+                            value_from: i.get("valueFrom").is_some(),
+                            what: format!("step input `{}`", relative_name(&iid)),
                         });
                     }
                 }
+                deps.push((sid, s.pos.clone(), step_deps));
             }
         }
-        // Workflow outputs.
         if let Some(V::Seq(outs)) = wf.get_mut("outputs").map(|s| &mut s.v) {
             for o in outs.iter_mut() {
                 let oid = o.get_str("id").unwrap_or("").to_string();
@@ -535,21 +636,53 @@ impl Loader {
                     continue;
                 };
                 let sources = self.resolve_refs(src, &oid, 1, &known);
-                if let Some(sink) = o.get("type").cloned() {
-                    checks.push(Connection {
-                        sources,
-                        sink,
-                        pos: o.pos.clone(),
-                        link_merge: o.get_str("linkMerge").map(str::to_string),
-                        pick_value: o.get_str("pickValue").is_some(),
-                        scattered: false,
-                        what: format!("workflow output `{}`", shortname(&oid)),
-                    });
-                }
+                checks.push(Connection {
+                    sources,
+                    is_list: o.get("outputSource").and_then(Node::items).is_some(),
+                    sink: Src::of(o, false).param,
+                    pos: o.pos.clone(),
+                    link_merge: o.get_str("linkMerge").map(str::to_string),
+                    pick_value: o.get_str("pickValue").map(str::to_string),
+                    value_from: false,
+                    what: format!("workflow output `{}`", shortname(&oid)),
+                });
             }
         }
         for c in checks {
             self.check_connection(&c, &known);
+        }
+        self.check_cycles(&deps);
+    }
+
+    /// Reports steps that depend on each other in a cycle.
+    fn check_cycles(&mut self, deps: &[(String, Pos, Vec<String>)]) {
+        // Kahn's algorithm: whatever cannot be ordered is on or behind a cycle.
+        let mut done: HashSet<&str> = HashSet::new();
+        loop {
+            let before = done.len();
+            for (s, _, d) in deps {
+                if !done.contains(s.as_str()) && d.iter().all(|x| done.contains(x.as_str())) {
+                    done.insert(s);
+                }
+            }
+            if done.len() == before {
+                break;
+            }
+        }
+        let stuck: Vec<&(String, Pos, Vec<String>)> = deps
+            .iter()
+            .filter(|(s, _, _)| !done.contains(s.as_str()))
+            .collect();
+        if let Some((_, pos, _)) = stuck.first() {
+            let names: Vec<&str> = stuck.iter().map(|(s, _, _)| shortname(s)).collect();
+            self.error(
+                pos,
+                format!(
+                    "these steps depend on each other in a cycle: {}",
+                    names.join(", ")
+                ),
+                Some("a step cannot take its inputs, directly or not, from its own outputs".into()),
+            );
         }
     }
 
@@ -559,7 +692,7 @@ impl Loader {
         src: &mut Node,
         from: &str,
         strip: usize,
-        known: &HashMap<String, Option<Node>>,
+        known: &HashMap<String, Option<Src>>,
     ) -> Vec<String> {
         let mut out = Vec::new();
         let mut fix = |n: &mut Node, this: &mut Loader| {
@@ -601,194 +734,132 @@ impl Loader {
     }
 }
 
+/// A source's parameter object (`type`, `secondaryFiles`) for the checker.
+struct Src {
+    param: serde_json::Value,
+    conditional: bool,
+}
+
+impl Src {
+    fn of(p: &Node, conditional: bool) -> Src {
+        let mut param = serde_json::Map::new();
+        for k in ["type", "secondaryFiles"] {
+            if let Some(v) = p.get(k) {
+                param.insert(k.to_string(), v.to_json());
+            }
+        }
+        Src {
+            param: serde_json::Value::Object(param),
+            conditional,
+        }
+    }
+}
+
 /// One connection to type-check: sources flowing into a sink.
 struct Connection {
     sources: Vec<String>,
-    sink: Node,
+    is_list: bool,
+    sink: serde_json::Value,
     pos: Pos,
     link_merge: Option<String>,
-    pick_value: bool,
-    scattered: bool,
+    pick_value: Option<String>,
+    value_from: bool,
     what: String,
 }
 
 impl Loader {
-    /// cwltool's `check_types`, per source: merge_nested (the default for
-    /// several sources) wraps each source in an array, merge_flattened
-    /// wraps only non-arrays.
-    fn check_connection(&mut self, c: &Connection, known: &HashMap<String, Option<Node>>) {
-        if c.pick_value {
+    /// cwltool's `_check_all_types` for one sink.
+    fn check_connection(&mut self, c: &Connection, known: &HashMap<String, Option<Src>>) {
+        if c.value_from {
             return;
         }
-        let mut sink = c.sink.to_json();
-        if c.scattered {
-            // The sink receives one element at a time.
-            sink = serde_json::json!({"type": "array", "items": sink});
-        }
-        let link_merge = c
-            .link_merge
-            .clone()
-            .or_else(|| (c.sources.len() > 1).then(|| "merge_nested".to_string()));
+        let mut link_merge = c.link_merge.clone();
+        let mut params = Vec::new();
         for s in &c.sources {
-            let Some(Some(t)) = known.get(s) else {
+            let Some(Some(src)) = known.get(s) else {
                 continue;
             };
-            let t = t.to_json();
-            let src = match link_merge.as_deref() {
-                Some("merge_nested") => serde_json::json!({"type": "array", "items": t}),
-                Some("merge_flattened") => merge_flatten_type(&t),
-                _ => t,
-            };
-            let verdict = can_assign(&src, &sink);
-            if verdict == Compat::Maybe {
-                tracing::warn!(
+            let mut param = src.param.clone();
+            if !c.is_list && src.conditional {
+                let t = param["type"].take();
+                let mut members = match t {
+                    serde_json::Value::Array(m) => m,
+                    other => vec![other],
+                };
+                if !members.iter().any(|m| m == "null") {
+                    members.insert(0, serde_json::Value::from("null"));
+                }
+                param["type"] = serde_json::Value::Array(members);
+            }
+            params.push((s, param));
+        }
+        if c.is_list {
+            if link_merge.is_none() && c.sources.len() > 1 {
+                link_merge = Some("merge_nested".into());
+            }
+            match c.pick_value.as_deref() {
+                Some("first_non_null" | "the_only_non_null") => link_merge = None,
+                Some("all_non_null") if link_merge.is_none() => {
+                    link_merge = Some("merge_nested".into());
+                }
+                _ => {}
+            }
+        } else {
+            link_merge = None;
+        }
+        for (s, param) in params {
+            let verdict = checker::check_types(
+                &param,
+                &c.sink,
+                link_merge.as_deref(),
+                c.pick_value.as_deref(),
+            );
+            let src_t = param.get("type").cloned().unwrap_or_default();
+            let sink_t = c.sink.get("type").cloned().unwrap_or_default();
+            match verdict {
+                checker::Verdict::Pass => {}
+                checker::Verdict::Warning => tracing::warn!(
                     "{}: {}: source `{}` of type {} may not match {}",
                     c.pos,
                     c.what,
                     relative_name(s),
-                    type_name(&src),
-                    type_name(&sink)
-                );
-            }
-            if verdict == Compat::No {
-                self.error(
-                    &c.pos,
-                    format!(
-                        "{}: source `{}` of type {} can never be {}",
-                        c.what,
-                        relative_name(s),
-                        type_name(&src),
-                        type_name(&sink)
-                    ),
-                    Some(
-                        "connect a source of a matching type, or convert it with `valueFrom`"
-                            .into(),
-                    ),
-                );
-            }
-        }
-    }
-}
-
-/// cwltool's `merge_flatten_type`: arrays stay, anything else is wrapped.
-fn merge_flatten_type(t: &serde_json::Value) -> serde_json::Value {
-    match t {
-        serde_json::Value::Array(members) => {
-            serde_json::Value::Array(members.iter().map(merge_flatten_type).collect())
-        }
-        _ if t.get("type").and_then(|x| x.as_str()) == Some("array") => t.clone(),
-        _ => serde_json::json!({"type": "array", "items": t}),
-    }
-}
-
-/// Whether a source type fits a sink type.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Compat {
-    Yes,
-    Maybe,
-    No,
-}
-
-fn type_name(t: &serde_json::Value) -> String {
-    match t {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Array(a) => {
-            let parts: Vec<String> = a.iter().map(type_name).collect();
-            format!("({})", parts.join(" | "))
-        }
-        serde_json::Value::Object(o) => match o.get("type").and_then(|x| x.as_str()) {
-            Some("array") => format!("{}[]", o.get("items").map_or("?".into(), type_name)),
-            Some(k) => k.to_string(),
-            None => "?".into(),
-        },
-        _ => "?".into(),
-    }
-}
-
-/// cwltool's `can_assign_src_to_sink`, three-valued: a union source fits if
-/// any member may fit (a warning in cwltool when not all do).
-pub(crate) fn can_assign(src: &serde_json::Value, sink: &serde_json::Value) -> Compat {
-    use serde_json::Value as J;
-    if sink == "Any" || src == "Any" {
-        return Compat::Yes;
-    }
-    match (src, sink) {
-        (J::Array(members), _) => {
-            let results: Vec<Compat> = members
-                .iter()
-                .filter(|m| !(m.as_str() == Some("null") && sink_accepts_null(sink)))
-                .map(|m| can_assign(m, sink))
-                .collect();
-            if results.is_empty() || results.iter().all(|r| *r == Compat::Yes) {
-                Compat::Yes
-            } else if results.iter().any(|r| *r != Compat::No) {
-                Compat::Maybe
-            } else if members.iter().any(|m| m.as_str() == Some("null")) {
-                // Only the null branch could pass.
-                Compat::Maybe
-            } else {
-                Compat::No
-            }
-        }
-        (_, J::Array(members)) => {
-            let best = members.iter().map(|m| can_assign(src, m));
-            let mut out = Compat::No;
-            for r in best {
-                if r == Compat::Yes {
-                    return Compat::Yes;
-                }
-                if r == Compat::Maybe {
-                    out = Compat::Maybe;
+                    checker::type_name(&src_t),
+                    checker::type_name(&sink_t)
+                ),
+                checker::Verdict::Exception => {
+                    let (shown, how) = match link_merge.as_deref() {
+                        Some("merge_nested") => (
+                            serde_json::json!({"type": "array", "items": src_t}),
+                            " (merged into a list by linkMerge merge_nested",
+                        ),
+                        Some("merge_flattened") if src_t.get("type") != Some(&"array".into()) => (
+                            serde_json::json!({"type": "array", "items": src_t}),
+                            " (merged into a list by linkMerge merge_flattened",
+                        ),
+                        _ => (src_t.clone(), ""),
+                    };
+                    let how = match (how, c.pick_value.as_deref()) {
+                        ("", _) => String::new(),
+                        (h, Some(p)) => format!("{h}, pickValue {p})"),
+                        (h, None) => format!("{h})"),
+                    };
+                    self.error(
+                        &c.pos,
+                        format!(
+                            "{}: source `{}` gives {}{how}, which can never be {}",
+                            c.what,
+                            relative_name(s),
+                            checker::type_name(&shown),
+                            checker::type_name(&sink_t)
+                        ),
+                        Some(
+                            "connect a source of a matching type, or convert it with `valueFrom`"
+                                .into(),
+                        ),
+                    );
                 }
             }
-            out
         }
-        (J::Object(a), J::Object(b)) => {
-            let ka = a.get("type").and_then(|x| x.as_str());
-            let kb = b.get("type").and_then(|x| x.as_str());
-            match (ka, kb) {
-                (Some("array"), Some("array")) => match (a.get("items"), b.get("items")) {
-                    (Some(x), Some(y)) => can_assign(x, y),
-                    _ => Compat::Maybe,
-                },
-                (Some("record"), Some("record")) => Compat::Maybe,
-                (Some("enum"), Some("enum")) => Compat::Maybe,
-                _ => Compat::No,
-            }
-        }
-        (J::Object(a), J::String(s)) => {
-            let k = a.get("type").and_then(|x| x.as_str());
-            match (k, s.as_str()) {
-                (Some("enum"), "string") => Compat::Yes,
-                _ => Compat::No,
-            }
-        }
-        (J::String(s), J::Object(b)) => {
-            let k = b.get("type").and_then(|x| x.as_str());
-            match (s.as_str(), k) {
-                ("string", Some("enum")) => Compat::Maybe,
-                _ => Compat::No,
-            }
-        }
-        (J::String(a), J::String(b)) => {
-            if a == b {
-                return Compat::Yes;
-            }
-            let numeric = ["int", "long", "float", "double"];
-            if numeric.contains(&a.as_str()) && numeric.contains(&b.as_str()) {
-                return Compat::Yes;
-            }
-            Compat::No
-        }
-        _ => Compat::Maybe,
-    }
-}
-
-fn sink_accepts_null(sink: &serde_json::Value) -> bool {
-    match sink {
-        serde_json::Value::String(s) => s == "null" || s == "Any",
-        serde_json::Value::Array(a) => a.iter().any(sink_accepts_null),
-        _ => false,
     }
 }
 
@@ -809,7 +880,7 @@ fn resolve_ref(
     r: &str,
     from: &str,
     strip: usize,
-    known: &HashMap<String, Option<Node>>,
+    known: &HashMap<String, Option<Src>>,
     file: &str,
 ) -> Result<String, String> {
     if uri::has_scheme(r) {
