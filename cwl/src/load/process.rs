@@ -710,10 +710,11 @@ impl Loader {
             let mut na = Node::map(&pos);
             na.set("class", Node::str(&pos, "NetworkAccess"));
             na.set("networkAccess", Node::new(pos.clone(), V::Bool(true)));
-            hints.insert(0, ll);
+            // cwltool's updater order: LoadListingRequirement, then NetworkAccess.
             hints.insert(0, na);
+            hints.insert(0, ll);
         }
-        let inputs = match take(&mut entries, "inputs") {
+        let mut inputs = match take(&mut entries, "inputs") {
             Some(e) => self.norm_params(e.value, &ctx, Io::Input),
             None => Vec::new(),
         };
@@ -793,7 +794,7 @@ impl Loader {
                         extra.push((k.into(), e.value));
                     }
                 }
-                self.std_streams(&mut outputs, &inputs, &mut extra, &pos, &id);
+                self.std_streams(&mut outputs, &mut inputs, &mut extra, &pos, &id);
             }
             Class::ExpressionTool => {
                 if let Some(e) = take(&mut entries, "expression") {
@@ -848,7 +849,7 @@ impl Loader {
     fn std_streams(
         &mut self,
         outputs: &mut [Node],
-        inputs: &[Node],
+        inputs: &mut [Node],
         extra: &mut Vec<(String, Node)>,
         pos: &Pos,
         tool_id: &str,
@@ -884,9 +885,10 @@ impl Loader {
             ob.set("glob", Node::str(&p, name));
             o.set("outputBinding", ob);
         }
-        for i in inputs {
+        for i in inputs.iter_mut() {
             if i.get_str("type") == Some("stdin") {
                 let p = i.pos.clone();
+                i.set("type", Node::str(&p, "File"));
                 let id = i.get_str("id").unwrap_or("");
                 if extra.iter().any(|(k, _)| k == "stdin") {
                     self.error(
@@ -1547,7 +1549,8 @@ impl Loader {
                             }
                             out.push(Node::new(ip, V::Map(es)));
                         }
-                        V::Str(_) | V::Null | V::Seq(_) => out.push(i),
+                        V::Seq(_) => out.push(self.resolve_files(i)),
+                        V::Str(_) | V::Null => out.push(i),
                         _ => {
                             self.expect(&i, &[K::Str, K::Map], "listing");
                         }

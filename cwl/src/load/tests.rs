@@ -268,6 +268,7 @@ fn stdout_with_named_file_and_stdin_input() {
     .unwrap();
     assert_eq!(doc["outputs"][1]["outputBinding"]["glob"], "out.txt");
     assert_eq!(doc["stdin"], "$(inputs.i.path)");
+    assert_eq!(doc["inputs"][0]["type"], "File");
     assert!(doc["stderr"].as_str().unwrap().starts_with("stderr-"));
 }
 
@@ -298,7 +299,7 @@ fn records_enums_and_schema_defs() {
 fn file_literals_are_resolved() {
     let doc = load_str(&format!(
         "{TOOL_HEAD}inputs:\n  f:\n    type: File\n    default: {{class: File, path: data/x.txt, secondaryFiles: [{{class: File, location: y.idx}}]}}\n\
-         outputs: []\nrequirements:\n  InitialWorkDirRequirement:\n    listing:\n      - {{class: Directory, location: ../d}}\n      - {{entry: $(inputs.f), entryname: a}}\n"
+         outputs: []\nrequirements:\n  InitialWorkDirRequirement:\n    listing:\n      - {{class: Directory, location: ../d}}\n      - {{entry: $(inputs.f), entryname: a}}\n      - [{{class: File, location: z}}]\n"
     ))
     .unwrap();
     let d = &doc["inputs"][0]["default"];
@@ -311,6 +312,7 @@ fn file_literals_are_resolved() {
     let listing = &doc["requirements"][0]["listing"];
     assert_eq!(listing[0]["location"], "file:///virtual/d");
     assert_eq!(listing[1]["entryname"], "a");
+    assert_eq!(listing[2][0]["location"], "file:///virtual/dir/z");
 }
 
 #[test]
@@ -449,11 +451,11 @@ fn v10_documents_are_upgraded_and_checked() {
     let doc = load_str("cwlVersion: v1.0\nclass: CommandLineTool\ninputs:\n  f: {type: File, secondaryFiles: .bai}\noutputs: []\n").unwrap();
     assert_eq!(doc["cwlVersion"], "v1.2");
     assert_eq!(
-        doc["hints"][0],
+        doc["hints"][1],
         json!({"class": "NetworkAccess", "networkAccess": true})
     );
     assert_eq!(
-        doc["hints"][1],
+        doc["hints"][0],
         json!({"class": "LoadListingRequirement", "loadListing": "deep_listing"})
     );
     assert_eq!(
@@ -645,7 +647,7 @@ fn packed_graphs_and_run_references() {
         sub["id"],
         uri::path_to_uri(&dir.path().join("sub/tool.cwl"))
     );
-    assert_eq!(sub["hints"][0]["class"], "NetworkAccess");
+    assert_eq!(sub["hints"][1]["class"], "NetworkAccess");
     // A step whose run file is missing: error at the `run` value.
     std::fs::remove_file(dir.path().join("sub/tool.cwl")).unwrap();
     let e = load_document(&wf).unwrap_err();

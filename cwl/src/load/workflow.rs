@@ -420,10 +420,18 @@ impl Loader {
             }
             V::Map(_) => {
                 let default_id = format!("{step_id}/run");
-                let key = raw.get_str("id").map_or_else(
-                    || default_id.clone(),
-                    |i| uri::resolve_id(&file_uri(&raw.pos), i),
-                );
+                // Like schema-salad, an inline process's own id is scoped
+                // under `step/run`.
+                let mut raw = raw;
+                let key = match raw.get("id") {
+                    Some(n) if n.as_str().is_some() => {
+                        let abs = uri::resolve_id(&default_id, n.as_str().unwrap_or(""));
+                        let p = n.pos.clone();
+                        raw.set("id", Node::str(&p, abs.clone()));
+                        abs
+                    }
+                    _ => default_id.clone(),
+                };
                 if self.running.contains(&key) {
                     self.error(&raw.pos, format!("{key} runs itself"), None);
                     return None;
