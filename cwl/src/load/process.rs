@@ -1909,10 +1909,22 @@ pub(crate) fn resolve_files_in(node: &mut Node, base: Option<&str>) {
                 let Some(entries) = node.entries_mut() else {
                     return;
                 };
-                if !entries.iter().any(|e| e.key == "location")
-                    && let Some(i) = entries.iter().position(|e| e.key == "path")
+                // `path` is a file system path, `location` a URI: a path is
+                // percent-encoded as it becomes the location.
+                let path = entries
+                    .iter()
+                    .position(|e| e.key == "path")
+                    .map(|i| entries.remove(i));
+                let has_location = entries.iter().any(|e| e.key == "location");
+                if let Some(mut e) = path
+                    && !has_location
                 {
-                    let mut e = entries.remove(i);
+                    if let V::Str(s) = &e.value.v
+                        && !is_expression(s)
+                        && !uri::has_scheme(s)
+                    {
+                        e.value.v = V::Str(uri::escape_path(s));
+                    }
                     e.key = "location".into();
                     entries.push(e);
                 }
@@ -1922,7 +1934,7 @@ pub(crate) fn resolve_files_in(node: &mut Node, base: Option<&str>) {
                         && !is_expression(s)
                     {
                         let abs = if s.starts_with('/') {
-                            uri::path_to_uri(Path::new(s))
+                            format!("file://{s}")
                         } else {
                             uri::resolve_uri(&base, s)
                         };

@@ -680,7 +680,8 @@ fn job_orders_resolve_locations_and_formats() {
     let job = write(
         dir.path(),
         "j.yml",
-        "f: {class: File, path: in/a.txt, format: edam:format_1}\nd: {class: Directory, location: /abs/dir}\nn: 3\n",
+        "f: {class: File, path: in/a.txt, format: edam:format_1}\nd: {class: Directory, location: /abs/dir}\nn: 3\n\
+         s: {class: File, path: a b:c.txt}\nu: {class: File, location: A%3AB}\nt: {class: File, location: toilfile:XYZ}\n",
     );
     let v = load_job_order(&job, &doc).unwrap();
     let base = uri::path_to_uri(dir.path());
@@ -688,6 +689,13 @@ fn job_orders_resolve_locations_and_formats() {
     assert_eq!(v["f"]["format"], "http://edamontology.org/format_1");
     assert_eq!(v["d"]["location"], "file:///abs/dir");
     assert_eq!(v["n"], 3);
+    assert_eq!(v["s"]["location"], format!("{base}/a%20b:c.txt"));
+    assert_eq!(
+        uri::uri_to_path(v["s"]["location"].as_str().unwrap()).unwrap(),
+        dir.path().join("a b:c.txt")
+    );
+    assert_eq!(v["u"]["location"], format!("{base}/A%3AB"));
+    assert_eq!(v["t"]["location"], "toilfile:XYZ");
     let json_job = write(
         dir.path(),
         "j.json",

@@ -9,9 +9,12 @@ fn needs_escape(b: u8) -> bool {
 
 /// The `file://` URI of an absolute path.
 pub fn path_to_uri(path: &Path) -> String {
-    let s = path.to_string_lossy();
+    format!("file://{}", escape_path(&path.to_string_lossy()))
+}
+
+/// A file system path percent-encoded for use in a URI (`a b` -> `a%20b`).
+pub fn escape_path(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 8);
-    out.push_str("file://");
     for b in s.bytes() {
         if needs_escape(b) {
             out.push_str(&format!("%{b:02X}"));
@@ -56,7 +59,10 @@ pub fn split_frag(uri: &str) -> (&str, Option<&str>) {
 
 /// Whether `s` starts with a URI scheme (`http:`, `file:`, `_:` ...).
 pub fn has_scheme(s: &str) -> bool {
-    if s.starts_with("_:") {
+    if ["_:", "toilfile:", "toildir:"]
+        .iter()
+        .any(|p| s.starts_with(p))
+    {
         return true;
     }
     match s.find(':') {
