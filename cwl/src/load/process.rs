@@ -423,7 +423,21 @@ impl Loader {
                 }
                 continue;
             }
+            let misplaced = match e.key.as_str() {
+                "glob" | "outputEval" if allowed.contains(&"outputBinding") => {
+                    Some("outputBinding")
+                }
+                "position" | "prefix" | "separate" | "itemSeparator" | "shellQuote"
+                    if allowed.contains(&"inputBinding") =>
+                {
+                    Some("inputBinding")
+                }
+                _ => None,
+            };
             let hint = match uri::did_you_mean(&e.key, allowed.iter().copied()) {
+                _ if misplaced.is_some() => {
+                    format!("move `{}` under `{}`", e.key, misplaced.unwrap_or_default())
+                }
                 Some(m) => format!("did you mean `{m}`?"),
                 None if allowed.is_empty() => format!("{what} takes no fields"),
                 None => format!(

@@ -805,3 +805,24 @@ fn step_checks_follow_cwltool() {
         .is_ok()
     );
 }
+
+#[test]
+fn binding_fields_at_the_wrong_level_are_explained() {
+    let e = invalid(&format!(
+        "{TOOL_HEAD}inputs:\n  x:\n    type: int\n    prefix: -x\noutputs:\n  o:\n    type: File\n    glob: o.txt\n"
+    ));
+    assert!(e.contains("t.cwl:6:5: unknown field `prefix`"), "{e}");
+    assert!(
+        e.contains("hint: move `prefix` under `inputBinding`"),
+        "{e}"
+    );
+    assert!(e.contains("t.cwl:10:5: unknown field `glob`"), "{e}");
+    assert!(e.contains("hint: move `glob` under `outputBinding`"), "{e}");
+}
+
+#[test]
+fn tabs_are_explained() {
+    let e = invalid(&format!("{TOOL_HEAD}inputs:\n\tx: int\noutputs: []\n"));
+    assert!(e.contains("t.cwl:4:"), "{e}");
+    assert!(e.contains("tabs"), "{e}");
+}
