@@ -279,6 +279,7 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ParseError> {
         documents: 0,
         alias_nodes: 0,
         error: None,
+        last_is_block: false,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         Parser::new_from_str(text).load(&mut b, false)
@@ -305,8 +306,29 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ParseError> {
     if let Some(e) = b.error {
         return Err(e);
     }
-    Ok(b.root
-        .unwrap_or_else(|| Node::new(Pos::start(file), V::Null)))
+    let mut root = b
+        .root
+        .unwrap_or_else(|| Node::new(Pos::start(file), V::Null));
+    if b.last_is_block && !text.ends_with('\n') {
+        // A `|` or `>` block at the very end of a file without a final line
+        // break has no final line break either (yaml-rust2 adds one).
+        if let Some(s) = last_string(&mut root)
+            && s.ends_with('\n')
+        {
+            s.pop();
+        }
+    }
+    Ok(root)
+}
+
+/// The last value of a tree in document order, if it is a string.
+fn last_string(node: &mut Node) -> Option<&mut String> {
+    match &mut node.v {
+        V::Map(entries) => entries.last_mut().and_then(|e| last_string(&mut e.value)),
+        V::Seq(items) => items.last_mut().and_then(last_string),
+        V::Str(s) => Some(s),
+        _ => None,
+    }
 }
 
 fn syntax_hint(text: &str, pos: &Pos, info: &str) -> Option<String> {
@@ -387,6 +409,8 @@ struct Builder {
     documents: usize,
     alias_nodes: usize,
     error: Option<ParseError>,
+    /// Whether the last value seen was a `|` or `>` block scalar.
+    last_is_block: bool,
 }
 
 struct Frame {
@@ -418,6 +442,7 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Scalar(text, style, anchor, _tag) => {
+                self.last_is_block = matches!(style, TScalarStyle::Literal | TScalarStyle::Folded);
                 let v = if style == TScalarStyle::Plain {
                     plain_scalar(text)
                 } else {
@@ -425,12 +450,12 @@ impl MarkedEventReceiver for Builder {
                 };
                 self.finish(Node::new(pos, v), anchor);
             }
-            Event::SequenceStart(anchor, _) => self.stack.push(Frame {
+            Event::SequenceStart(anchor, _) => self.start(Frame {
                 pos,
                 anchor,
                 kind: FrameKind::Seq(Vec::new()),
             }),
-            Event::MappingStart(anchor, _) => self.stack.push(Frame {
+            Event::MappingStart(anchor, _) => self.start(Frame {
                 pos,
                 anchor,
                 kind: FrameKind::Map {
@@ -445,6 +470,7 @@ impl MarkedEventReceiver for Builder {
                 }
             }
             Event::Alias(id) => {
+                self.last_is_block = false;
                 let node = match self.anchors.get(&id) {
                     Some((n, size)) if self.alias_nodes + size <= ALIAS_BUDGET => {
                         self.alias_nodes += size;
@@ -473,6 +499,11 @@ impl MarkedEventReceiver for Builder {
 }
 
 impl Builder {
+    fn start(&mut self, frame: Frame) {
+        self.last_is_block = false;
+        self.stack.push(frame);
+    }
+
     fn pos_of(&self, mark: &Marker) -> Pos {
         Pos {
             file: self.file.clone(),

@@ -404,7 +404,9 @@ impl Loader {
         required: &[&str],
     ) {
         for e in entries.iter_mut() {
-            if allowed.contains(&e.key.as_str()) {
+            if allowed.contains(&e.key.as_str())
+                || matches!(e.key.as_str(), "$namespaces" | "$schemas" | "$base")
+            {
                 continue;
             }
             if e.key.contains(':') {

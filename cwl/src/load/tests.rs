@@ -826,3 +826,14 @@ fn tabs_are_explained() {
     assert!(e.contains("t.cwl:4:"), "{e}");
     assert!(e.contains("tabs"), "{e}");
 }
+
+#[test]
+fn block_scalar_at_end_of_file_without_newline() {
+    let file: std::sync::Arc<str> = std::sync::Arc::from("f.yml");
+    let root = node::parse("a: |\n  x\n  y", &file).unwrap();
+    assert_eq!(root.get_str("a"), Some("x\ny"));
+    let root = node::parse("a: |\n  x\n  y\n", &file).unwrap();
+    assert_eq!(root.get_str("a"), Some("x\ny\n"));
+    let root = node::parse("a: |\n  x\nb: [1]", &file).unwrap();
+    assert_eq!(root.get_str("a"), Some("x\n"));
+}
