@@ -437,6 +437,16 @@ impl Loader {
                 _ => None,
             };
             let hint = match uri::did_you_mean(&e.key, allowed.iter().copied()) {
+                _ if matches!(e.key.as_str(), "items" | "fields" | "symbols")
+                    && allowed.contains(&"type")
+                    && !allowed.contains(&"items") =>
+                {
+                    format!(
+                        "`{}` belongs to a type: write `type: {{type: array, items: string}}` (or \
+                         `type: string[]`), with the type mapping under `type`",
+                        e.key
+                    )
+                }
                 _ if misplaced.is_some() => {
                     format!("move `{}` under `{}`", e.key, misplaced.unwrap_or_default())
                 }

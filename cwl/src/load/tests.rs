@@ -837,3 +837,15 @@ fn block_scalar_at_end_of_file_without_newline() {
     let root = node::parse("a: |\n  x\nb: [1]", &file).unwrap();
     assert_eq!(root.get_str("a"), Some("x\n"));
 }
+
+#[test]
+fn type_fields_at_the_parameter_level_are_explained() {
+    let e = invalid(&format!(
+        "{TOOL_HEAD}inputs:\n  x:\n    type: array\n    items: string\noutputs: []\n"
+    ));
+    assert!(
+        e.contains("t.cwl:6:5: unknown field `items` in an input parameter"),
+        "{e}"
+    );
+    assert!(e.contains("with the type mapping under `type`"), "{e}");
+}
