@@ -6,19 +6,27 @@
 //!   line and column, so every error reads `FILE:LINE:COL: problem`.
 //! - this module: fetching files, `$import`/`$include`/`$mixin`,
 //!   `$namespaces`/`$schemas`, packed `$graph` documents, error collection.
+//! - `fields`: checking a mapping's fields (unknown ones with a "did you
+//!   mean", required ones, value kinds) and map/list forms.
 //! - `process`: per-class normalization and validation (field tables that
-//!   follow the spec's salad schema, map/list forms, ids, the type and
-//!   secondaryFiles DSLs, SchemaDefRequirement, `run:`), v1.0/v1.1 upgrades.
-//! - `workflow`: steps, `source`/`outputSource`/`scatter` references and the
-//!   static type check of workflow connections.
+//!   follow the spec's salad schema, ids, parameters, bindings, the
+//!   secondaryFiles DSL, File literals), v1.0/v1.1 upgrades.
+//! - `requirements`: requirements and hints.
+//! - `types`: the type DSL, records/enums/arrays, SchemaDefRequirement.
+//! - `workflow`: steps, `source`/`outputSource`/`scatter` references, the
+//!   step checks cwltool makes; `checker`: the static type check of
+//!   workflow connections.
 //! - `job`: input objects.
 
 mod checker;
+mod fields;
 mod job;
 pub mod node;
 mod process;
+mod requirements;
 #[cfg(test)]
 mod tests;
+mod types;
 pub mod uri;
 mod workflow;
 

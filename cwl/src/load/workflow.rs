@@ -4,8 +4,9 @@
 
 use std::collections::{HashMap, HashSet};
 
+use super::fields::K;
 use super::node::{Entry, Node, Pos, V};
-use super::process::{Ctx, K, file_uri, into_entries, take};
+use super::process::{Ctx, file_uri, into_entries, take};
 use super::{Loader, Version, checker, shortname, uri};
 
 const STEP_FIELDS: &[&str] = &[
