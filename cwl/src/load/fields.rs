@@ -15,6 +15,8 @@ pub(crate) enum K {
     Seq,
     Map,
     Null,
+    /// A string holding an expression: `$(...)` or `${...}`.
+    Expr,
 }
 
 impl K {
@@ -28,7 +30,7 @@ impl K {
                 | (K::Seq, V::Seq(_))
                 | (K::Map, V::Map(_))
                 | (K::Null, V::Null)
-        )
+        ) || (self == K::Expr && n.as_str().is_some_and(super::process::is_expression))
     }
     fn name(self) -> &'static str {
         match self {
@@ -39,11 +41,29 @@ impl K {
             K::Seq => "a list",
             K::Map => "a mapping",
             K::Null => "null",
+            K::Expr => "an expression ($(...) or ${...})",
         }
     }
 }
 
 impl Loader {
+    /// `label` is a string; `doc` a string or a list of strings.
+    pub(crate) fn check_label_doc(&mut self, key: &str, value: &Node) {
+        match key {
+            "label" => {
+                self.expect(value, &[K::Str], "label");
+            }
+            "doc" => {
+                if self.expect(value, &[K::Str, K::Seq], "doc") {
+                    for i in value.items().unwrap_or(&[]) {
+                        self.expect(i, &[K::Str], "doc");
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Reports an error unless `n` is one of `kinds`. Returns whether it is.
     pub(crate) fn expect(&mut self, n: &Node, kinds: &[K], what: &str) -> bool {
         if kinds.iter().any(|k| k.matches(n)) {

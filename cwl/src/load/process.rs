@@ -256,6 +256,7 @@ impl Loader {
         take(&mut entries, "id");
         for k in ["label", "doc", "intent"] {
             if let Some(e) = take(&mut entries, k) {
+                self.check_label_doc(k, &e.value);
                 out.set(k, e.value);
             }
         }
@@ -362,7 +363,7 @@ impl Loader {
             }
             Class::ExpressionTool => {
                 if let Some(e) = take(&mut entries, "expression") {
-                    self.expect(&e.value, &[K::Str], "expression");
+                    self.expect(&e.value, &[K::Expr], "expression");
                     extra.push(("expression".into(), e.value));
                 }
             }
@@ -569,7 +570,10 @@ impl Loader {
             } = e;
             let v = match key.as_str() {
                 "type" => Some(self.norm_type(value, &id, ctx, io)),
-                "label" | "doc" => Some(value),
+                "label" | "doc" => {
+                    self.check_label_doc(&key, &value);
+                    Some(value)
+                }
                 "secondaryFiles" => self.norm_secondary(value, ctx),
                 "streamable" | "loadContents" => {
                     self.expect(&value, &[K::Bool, K::Null], &key);
@@ -656,7 +660,7 @@ impl Loader {
                     if ctx.version < Version::V1_1 {
                         self.expect(&e.value, &[K::Int], "position");
                     } else {
-                        self.expect(&e.value, &[K::Int, K::Str], "position");
+                        self.expect(&e.value, &[K::Int, K::Expr], "position");
                     }
                 }
                 "prefix" | "itemSeparator" | "valueFrom" => {
@@ -715,7 +719,7 @@ impl Loader {
                     self.expect(&e.value, &[K::Bool], "loadContents");
                 }
                 "outputEval" => {
-                    self.expect(&e.value, &[K::Str], "outputEval");
+                    self.expect(&e.value, &[K::Expr], "outputEval");
                 }
                 "loadListing" => {
                     if ctx.version < Version::V1_1 {
@@ -780,7 +784,7 @@ impl Loader {
                     }
                     if let Some(e) = entries.iter().find(|e| e.key == "required") {
                         let v = e.value.clone();
-                        self.expect(&v, &[K::Bool, K::Str, K::Null], "required");
+                        self.expect(&v, &[K::Bool, K::Expr, K::Null], "required");
                     } else {
                         entries.push(Entry {
                             key: "required".into(),

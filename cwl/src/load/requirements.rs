@@ -353,14 +353,14 @@ impl Loader {
                 ("InitialWorkDirRequirement", "listing") => self.norm_listing(value),
                 ("ResourceRequirement", _) => {
                     if ctx.version < Version::V1_2 {
-                        self.expect(&value, &[K::Int, K::Str, K::Null], &key);
-                    } else if self.expect(&value, &[K::Num, K::Str, K::Null], &key) {
+                        self.expect(&value, &[K::Int, K::Expr, K::Null], &key);
+                    } else if self.expect(&value, &[K::Num, K::Expr, K::Null], &key) {
                         self.check_non_negative(&value, &key);
                     }
                     value
                 }
                 ("ToolTimeLimit", "timelimit") => {
-                    if self.expect(&value, &[K::Int, K::Str], "timelimit") {
+                    if self.expect(&value, &[K::Int, K::Expr], "timelimit") {
                         self.check_non_negative(&value, "timelimit");
                     }
                     value
@@ -407,7 +407,10 @@ impl Loader {
     fn norm_listing(&mut self, value: Node) -> Node {
         let p = value.pos.clone();
         match value.v {
-            V::Str(_) => value,
+            V::Str(_) => {
+                self.expect(&value, &[K::Expr, K::Seq], "listing");
+                value
+            }
             V::Seq(items) => {
                 let mut out = Vec::with_capacity(items.len());
                 for i in items {
@@ -438,7 +441,11 @@ impl Loader {
                             out.push(Node::new(ip, V::Map(es)));
                         }
                         V::Seq(_) => out.push(self.resolve_files(i)),
-                        V::Str(_) | V::Null => out.push(i),
+                        V::Str(_) => {
+                            self.expect(&i, &[K::Expr, K::Map], "listing");
+                            out.push(i);
+                        }
+                        V::Null => out.push(i),
                         _ => {
                             self.expect(&i, &[K::Str, K::Map], "listing");
                         }

@@ -849,3 +849,24 @@ fn type_fields_at_the_parameter_level_are_explained() {
     );
     assert!(e.contains("with the type mapping under `type`"), "{e}");
 }
+
+#[test]
+fn expression_fields_need_expressions_like_cwltool() {
+    let e = invalid(&format!(
+        "{TOOL_HEAD}inputs:\n  x: {{type: int, inputBinding: {{position: a}}}}\noutputs: []\n"
+    ));
+    assert!(e.contains("t.cwl:4:43: `position` must be an integer or an expression ($(...) or ${...}), not a string"), "{e}");
+    assert!(load_str(&format!("{TOOL_HEAD}inputs:\n  x: {{type: int, inputBinding: {{position: $(1)}}}}\noutputs: []\n")).is_ok());
+    let e = invalid(&format!(
+        "{TOOL_HEAD}inputs: []\noutputs: []\nrequirements:\n  ResourceRequirement: {{ramMin: lots}}\n"
+    ));
+    assert!(
+        e.contains("t.cwl:6:33: `ramMin` must be a number or an expression"),
+        "{e}"
+    );
+    let e = invalid(&format!(
+        "{TOOL_HEAD}inputs: []\noutputs: []\nlabel: [a]\ndoc: [a, 1]\n"
+    ));
+    assert!(e.contains("t.cwl:5:8: `label` must be a string"), "{e}");
+    assert!(e.contains("t.cwl:6:10: `doc` must be a string"), "{e}");
+}

@@ -146,7 +146,7 @@ impl Loader {
                             Some("write `cwlVersion: v1.2` to run steps conditionally".into()),
                         );
                     }
-                    self.expect(&value, &[K::Str], "when");
+                    self.expect(&value, &[K::Expr], "when");
                     when = Some(value);
                 }
                 "scatter" => {
@@ -179,7 +179,10 @@ impl Loader {
                     );
                     scatter_method = Some(value);
                 }
-                "label" | "doc" => out.set(&key, value),
+                "label" | "doc" => {
+                    self.check_label_doc(&key, &value);
+                    out.set(&key, value);
+                }
                 k if uri::has_scheme(k) => extensions.push((key, value)),
                 _ => {}
             }
