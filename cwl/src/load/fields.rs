@@ -53,11 +53,9 @@ impl Loader {
             "label" => {
                 self.expect(value, &[K::Str], "label");
             }
-            "doc" => {
-                if self.expect(value, &[K::Str, K::Seq], "doc") {
-                    for i in value.items().unwrap_or(&[]) {
-                        self.expect(i, &[K::Str], "doc");
-                    }
+            "doc" if self.expect(value, &[K::Str, K::Seq], "doc") => {
+                for i in value.items().unwrap_or(&[]) {
+                    self.expect(i, &[K::Str], "doc");
                 }
             }
             _ => {}
