@@ -870,3 +870,15 @@ fn expression_fields_need_expressions_like_cwltool() {
     assert!(e.contains("t.cwl:5:8: `label` must be a string"), "{e}");
     assert!(e.contains("t.cwl:6:10: `doc` must be a string"), "{e}");
 }
+
+#[test]
+fn a_type_named_inline_can_be_referred_to_later() {
+    let doc = load_str(&format!(
+        "{TOOL_HEAD}inputs:\n  - id: a\n    type: {{type: enum, name: Mode, symbols: [fast, slow]}}\n  - id: b\n    type: Mode[]\noutputs: []\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        doc["inputs"][1]["type"]["items"]["symbols"],
+        json!(["fast", "slow"])
+    );
+}

@@ -284,7 +284,9 @@ impl Loader {
         };
         let what = format!("an {kind} type");
         self.check_fields(&mut entries, &pos, &what, allowed, required);
-        let name = match take(&mut entries, "name") {
+        let given = take(&mut entries, "name");
+        let named = given.as_ref().is_some_and(|e| e.value.as_str().is_some());
+        let name = match given {
             Some(e) => match e.value.as_str() {
                 Some(n) => uri::resolve_id(&def_base(&e.value.pos, n, &ctx.id), n),
                 None => hint.to_string(),
@@ -349,6 +351,10 @@ impl Loader {
         }
         if kind == "record" && out.get("fields").is_none() {
             out.set("fields", Node::new(pos.clone(), V::Seq(Vec::new())));
+        }
+        if named && kind != "array" {
+            // A type named where it is used may be referred to later by name.
+            self.types.entry(name).or_insert_with(|| out.clone());
         }
         out
     }
