@@ -230,7 +230,11 @@ impl Loader {
             Some(f) => format!("{file_uri}#{f}"),
             None => file_uri.clone(),
         };
-        let pos = Pos::start(&Arc::from(path.to_string_lossy().as_ref()));
+        let pos = Pos {
+            line: 0,
+            col: 0,
+            ..Pos::start(&Arc::from(path.to_string_lossy().as_ref()))
+        };
         let process = self.load_process(&target, &pos);
         self.outcome()?;
         let process = process.ok_or_else(|| {

@@ -14,6 +14,9 @@ use serde_json::Value;
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 
+/// The deepest nesting of lists and mappings accepted.
+const MAX_DEPTH: usize = 256;
+
 /// The most values (plus text bytes) aliases may add to one document.
 const ALIAS_BUDGET: usize = 16 << 20;
 
@@ -41,6 +44,10 @@ impl Pos {
 
 impl fmt::Display for Pos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.line == 0 {
+            // The whole file (for example one that cannot be read).
+            return write!(f, "{}", self.file);
+        }
         write!(f, "{}:{}:{}", self.file, self.line, self.col)
     }
 }
@@ -280,6 +287,7 @@ pub fn parse(text: &str, file: &Arc<str>) -> Result<Node, ParseError> {
         alias_nodes: 0,
         error: None,
         last_is_block: false,
+        skipped: 0,
     };
     let outcome = catch_unwind(AssertUnwindSafe(|| {
         Parser::new_from_str(text).load(&mut b, false)
@@ -411,6 +419,8 @@ struct Builder {
     error: Option<ParseError>,
     /// Whether the last value seen was a `|` or `>` block scalar.
     last_is_block: bool,
+    /// Open collections beyond `MAX_DEPTH`, being skipped.
+    skipped: usize,
 }
 
 struct Frame {
@@ -430,6 +440,29 @@ enum FrameKind {
 impl MarkedEventReceiver for Builder {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let pos = self.pos_of(&mark);
+        // Past the depth limit, events are only counted, so no deep tree is
+        // built (or dropped) recursively.
+        if self.skipped > 0 {
+            match ev {
+                Event::SequenceStart(..) | Event::MappingStart(..) => self.skipped += 1,
+                Event::SequenceEnd | Event::MappingEnd => self.skipped -= 1,
+                _ => {}
+            }
+            return;
+        }
+        if matches!(ev, Event::SequenceStart(..) | Event::MappingStart(..))
+            && self.stack.len() >= MAX_DEPTH
+        {
+            self.skipped = 1;
+            if self.error.is_none() {
+                self.error = Some(ParseError {
+                    pos,
+                    msg: format!("lists and mappings are nested more than {MAX_DEPTH} deep"),
+                    hint: Some("no CWL document needs this much nesting".into()),
+                });
+            }
+            return;
+        }
         match ev {
             Event::DocumentStart => {
                 self.documents += 1;

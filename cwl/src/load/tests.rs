@@ -882,3 +882,33 @@ fn a_type_named_inline_can_be_referred_to_later() {
         json!(["fast", "slow"])
     );
 }
+
+#[test]
+fn a_missing_document_is_named_without_a_position() {
+    let e = load_document(Path::new("/nonexistent/dir/x.cwl")).unwrap_err();
+    assert!(matches!(e, CwlError::Invalid(_)), "{e:?}");
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/dir/x.cwl: cannot read /nonexistent/dir/x.cwl"),
+        "{e}"
+    );
+}
+
+#[test]
+fn absurd_nesting_is_an_error_not_a_crash() {
+    let text = format!("a: {}1{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let e = invalid(&text);
+    // yaml-rust2's own limit or ours, whichever is reached first.
+    assert!(
+        e.contains("nested more than 256 deep") || e.contains("recursion limit"),
+        "{e}"
+    );
+    let deep_block: String = (0..300)
+        .map(|i| format!("{}- \n", "  ".repeat(i)))
+        .collect();
+    let e = invalid(&deep_block);
+    assert!(
+        e.contains("nested more than 256 deep") || e.contains("recursion limit"),
+        "{e}"
+    );
+}
