@@ -46,6 +46,20 @@ pub fn load_job_order_from_str(text: &str, path: &Path, doc: &Document) -> Resul
             )));
         }
     }
+    // The job's own `$namespaces` add to the document's.
+    if let Some(ns) = tree.remove("$namespaces")
+        && let Some(entries) = ns.value.entries()
+    {
+        for e in entries {
+            if let Some(u) = e.value.as_str() {
+                loader
+                    .namespaces
+                    .entry(e.key.clone())
+                    .or_insert_with(|| Value::String(u.to_string()));
+            }
+        }
+    }
+    tree.remove("$schemas");
     tree.remove("cwl:tool");
     tree.remove("https://w3id.org/cwl/cwl#tool");
     resolve_files_in(&mut tree, Some(&uri::path_to_uri(&abs)));

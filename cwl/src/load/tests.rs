@@ -705,6 +705,16 @@ fn job_orders_resolve_locations_and_formats() {
         load_job_order(&json_job, &doc).unwrap()["f"]["location"],
         format!("{base}/b.txt")
     );
+    let own_ns = write(
+        dir.path(),
+        "ns.yml",
+        "$namespaces: {x: http://x.org/}\nf: {class: File, location: a, format: x:y}\n",
+    );
+    let v = load_job_order(&own_ns, &doc).unwrap();
+    assert_eq!(
+        v,
+        json!({"f": {"class": "File", "location": format!("{base}/a"), "format": "http://x.org/y"}})
+    );
     let empty = write(dir.path(), "e.json", "");
     assert_eq!(load_job_order(&empty, &doc).unwrap(), json!({}));
     let bad = write(dir.path(), "b.yml", "- 1\n");
