@@ -118,6 +118,14 @@ impl Loader {
     }
 
     fn norm_type_str(&mut self, s: &str, pos: &Pos, ctx: &Ctx) -> Node {
+        if s.len() > 1024 {
+            self.error(
+                pos,
+                "this type name is too long",
+                Some("name a type in SchemaDefRequirement".into()),
+            );
+            return Node::str(pos, "Any");
+        }
         if let Some(inner) = s.strip_suffix('?') {
             let t = self.norm_type_str(inner, pos, ctx);
             let mut items = vec![Node::str(pos, "null")];
