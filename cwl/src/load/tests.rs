@@ -117,6 +117,24 @@ fn every_conformance_document_loads() {
         rejected_should_fail.len(),
         rejected_should_fail.join("\n")
     );
+    // The should_fail tests whose documents cwltool's validator rejects too.
+    for id in [
+        "timelimit_invalid",
+        "all_non_null_multi_with_non_array_output",
+        "all_non_null_multi_with_non_array_output_nojs",
+        "invalid_syntax_v10_uses_v12_tool",
+        "invalid_syntax_v11_uses_v12_tool",
+        "invalid_syntax_v10_uses_v12_workflow",
+        "invalid_syntax_v11_uses_v12_workflow",
+        "invalid_syntax_mixed_v12_workflow",
+    ] {
+        assert!(
+            rejected_should_fail
+                .iter()
+                .any(|r| r.starts_with(&format!("{id}: "))),
+            "{id} should be rejected at load"
+        );
+    }
     assert!(
         failures.is_empty(),
         "{} failed:\n{}",
