@@ -230,7 +230,7 @@ fn exception_text<'js>(ctx: &Ctx<'js>, thrown: &rquickjs::Value<'js>) -> String 
             };
             let stack: Option<String> = obj.get("stack").ok();
             if let Some(stack) = stack.filter(|s| !s.trim().is_empty()) {
-                text.push_str("\n");
+                text.push('\n');
                 text.push_str(stack.trim_end());
             }
             return text;
