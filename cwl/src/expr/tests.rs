@@ -455,3 +455,25 @@ fn runtime_object_has_cwl_names() {
                "outdirSize": 10, "tmpdirSize": 20})
     );
 }
+
+#[test]
+fn standard_objects_are_available() {
+    let mut e = with_js(&[]);
+    assert_eq!(
+        ok(&mut e, "$(new Date(0).toISOString())"),
+        json!("1970-01-01T00:00:00.000Z")
+    );
+    assert_eq!(ok(&mut e, "$('a-b-c'.replace(/-/g, '+'))"), json!("a+b+c"));
+    assert_eq!(ok(&mut e, "$(JSON.parse('[1]')[0])"), json!(1));
+    assert_eq!(ok(&mut e, "$(new Map([[1, 2]]).get(1))"), json!(2));
+    assert_eq!(ok(&mut e, "$(Math.max(1, 5))"), json!(5));
+    assert_eq!(ok(&mut e, "$([3, 1, 2].sort())"), json!([1, 2, 3]));
+    assert_eq!(
+        ok(&mut e, "$(parseInt('12', 10) + Number('1.5'))"),
+        json!(13.5)
+    );
+    assert_eq!(
+        ok(&mut e, "$(Object.keys({b: 1, a: 2}))"),
+        json!(["b", "a"])
+    );
+}
