@@ -7,7 +7,7 @@
 //! in strict mode and converts the result back to JSON.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use rquickjs::context::intrinsic;
@@ -32,6 +32,38 @@ impl Default for JsLimits {
             timeout: Duration::from_secs(10),
             memory_bytes: 256 << 20,
         }
+    }
+}
+
+/// Process-wide defaults for new evaluators (0: the built-in default).
+static DEFAULT_TIMEOUT_MS: AtomicU64 = AtomicU64::new(0);
+static DEFAULT_MEMORY_BYTES: AtomicUsize = AtomicUsize::new(0);
+
+impl JsLimits {
+    /// The limits a new [`super::Evaluator`] starts with: those given to
+    /// [`JsLimits::set_default`], else 10 s and 256 MiB.
+    pub fn current_default() -> JsLimits {
+        let builtin = JsLimits::default();
+        let ms = DEFAULT_TIMEOUT_MS.load(Ordering::Relaxed);
+        let mem = DEFAULT_MEMORY_BYTES.load(Ordering::Relaxed);
+        JsLimits {
+            timeout: if ms == 0 {
+                builtin.timeout
+            } else {
+                Duration::from_millis(ms)
+            },
+            memory_bytes: if mem == 0 { builtin.memory_bytes } else { mem },
+        }
+    }
+
+    /// Sets the limits of every evaluator created afterwards in this
+    /// process (for a runner option such as `--eval-timeout`).
+    pub fn set_default(limits: JsLimits) {
+        let ms = u64::try_from(limits.timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        DEFAULT_TIMEOUT_MS.store(ms, Ordering::Relaxed);
+        DEFAULT_MEMORY_BYTES.store(limits.memory_bytes.max(1), Ordering::Relaxed);
     }
 }
 

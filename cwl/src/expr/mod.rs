@@ -169,7 +169,8 @@ pub fn runtime_object(rt: &Runtime) -> Value {
 }
 
 impl Evaluator {
-    /// An evaluator for a process with these effective requirements.
+    /// An evaluator for a process with these effective requirements, with
+    /// the limits of [`JsLimits::current_default`].
     /// JavaScript is enabled when one of them is `InlineJavascriptRequirement`
     /// (the last one wins, with its `expressionLib`, a list of strings).
     pub fn new(requirements: &[Value]) -> Result<Evaluator, CwlError> {
@@ -203,7 +204,7 @@ impl Evaluator {
         Ok(Evaluator {
             js: ijr.is_some(),
             lib,
-            limits: JsLimits::default(),
+            limits: JsLimits::current_default(),
             engine: None,
             legacy_escapes: false,
         })

@@ -477,3 +477,19 @@ fn standard_objects_are_available() {
         json!(["b", "a"])
     );
 }
+
+#[test]
+fn process_default_limits_apply_to_new_evaluators() {
+    // Close to the built-in values, so that tests running at the same time
+    // are not affected.
+    let limits = JsLimits {
+        timeout: Duration::from_millis(10_001),
+        memory_bytes: (256 << 20) + 4096,
+    };
+    JsLimits::set_default(limits);
+    assert_eq!(JsLimits::current_default(), limits);
+    let e = no_js();
+    assert_eq!(e.limits(), limits);
+    let e = Evaluator::with_limits(&[], JsLimits::default()).unwrap();
+    assert_eq!(e.limits(), JsLimits::default());
+}
