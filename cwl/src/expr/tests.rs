@@ -493,3 +493,37 @@ fn process_default_limits_apply_to_new_evaluators() {
     let e = Evaluator::with_limits(&[], JsLimits::default()).unwrap();
     assert_eq!(e.limits(), JsLimits::default());
 }
+
+/// Cases whose results were taken from the reference runner's
+/// interpolation (cwltool), to keep the two in step.
+#[test]
+fn interpolation_matches_the_reference_runner() {
+    let inputs = json!({"x": "hello", "n": 42, "arr": [1, 2, 3],
+                        "rec": {"b": 1, "a": [true, null]}, "f": 2.5});
+    let cases: &[(&str, Value)] = &[
+        (
+            "echo \\$(echo \\\n  x) '$(inputs.x)'",
+            json!("echo $(echo \\\n  x) 'hello'"),
+        ),
+        ("a\\\\\\$(inputs.x)", json!("a\\$(inputs.x)")),
+        ("\\\\\\\\$(inputs.n)", json!("\\\\42")),
+        ("x\\y$(inputs.n)\\", json!("x\\y42\\")),
+        ("$(inputs.x)$(inputs.n)", json!("hello42")),
+        (" $(inputs.n) ", json!(42)),
+        (
+            "a $(inputs.rec) $(inputs.arr)",
+            json!("a {\"a\": [true, null], \"b\": 1} [1, 2, 3]"),
+        ),
+        ("$$(inputs.n)", json!("$42")),
+        ("$(inputs.x)\\${x}", json!("hello${x}")),
+        ("$(inputs.f)x", json!("2.5x")),
+        ("\\\\$(inputs.n)\\\\", json!("\\42\\")),
+    ];
+    let mut e = no_js();
+    for (s, want) in cases {
+        let got = e
+            .eval(&json!(s), &inputs, &Value::Null, &json!({"outdir": "/out"}))
+            .unwrap_or_else(|err| panic!("{s:?}: {err}"));
+        assert_eq!(&got, want, "{s:?}");
+    }
+}
