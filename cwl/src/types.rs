@@ -23,8 +23,8 @@ fn short(name: &str) -> &str {
 
 /// True when `v` is a valid value of the (normalized) type `ty`.
 ///
-/// `int` and `long` accept any integer, `float` and `double` any number,
-/// `Any` anything but `null`; File and Directory objects are recognized by
+/// `int` accepts a 32-bit integer, `long` any integer, `float` and
+/// `double` any number, `Any` anything but `null`; File and Directory objects are recognized by
 /// their `class`; a record needs each of its fields to conform (a missing
 /// field counts as `null`, extra fields are allowed); an enum value is one of
 /// its symbols; a union accepts what any of its members accepts.
@@ -70,10 +70,14 @@ fn conforms_named(name: &str, v: &Value) -> bool {
     match name {
         "null" => v.is_null(),
         "boolean" => v.is_boolean(),
-        "int" | "long" => v.is_i64() || v.is_u64(),
+        // `int` is 32-bit, as the reference runner checks it.
+        "int" => v.as_i64().is_some_and(|i| i32::try_from(i).is_ok()),
+        "long" => v.is_i64() || v.is_u64(),
         "float" | "double" => v.is_number(),
         "string" => v.is_string(),
-        "File" => class_of(v) == Some("File"),
+        // `stdin`, `stdout` and `stderr` are File types with a shorthand
+        // meaning; the loader rewrites them, but they are Files either way.
+        "File" | "stdin" | "stdout" | "stderr" => class_of(v) == Some("File"),
         "Directory" => class_of(v) == Some("Directory"),
         "Any" => !v.is_null(),
         _ => false,
@@ -308,6 +312,10 @@ mod tests {
         assert!(conforms(&json!("int"), &json!(-3)));
         assert!(conforms(&json!("long"), &json!(12345678901234567890u64)));
         assert!(!conforms(&json!("int"), &json!(1.5)));
+        assert!(!conforms(&json!("int"), &json!(2.0)));
+        assert!(conforms(&json!("int"), &json!(-2147483648i64)));
+        assert!(!conforms(&json!("int"), &json!(3000000000u64)));
+        assert!(conforms(&json!("long"), &json!(3000000000u64)));
         assert!(!conforms(&json!("long"), &json!("1")));
         assert!(conforms(&json!("float"), &json!(1)));
         assert!(conforms(&json!("double"), &json!(1.5)));
@@ -335,6 +343,7 @@ mod tests {
         assert!(conforms(&json!("Directory"), &d));
         assert!(!conforms(&json!("File"), &json!({"location": "file:///a"})));
         assert!(!conforms(&json!("File"), &json!("file:///a")));
+        assert!(conforms(&json!("stdout"), &f));
     }
 
     #[test]
