@@ -527,3 +527,49 @@ fn interpolation_matches_the_reference_runner() {
         assert_eq!(&got, want, "{s:?}");
     }
 }
+
+fn spec_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("CWL_SPEC_DIR").map_or_else(
+        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cwl-v1.2"),
+        std::path::PathBuf::from,
+    );
+    assert!(
+        dir.join("conformance_tests.yaml").is_file(),
+        "the CWL v1.2 spec directory is not at {} (set CWL_SPEC_DIR)",
+        dir.display()
+    );
+    dir
+}
+
+#[test]
+fn a_real_expression_library_underscore_templates() {
+    // The conformance suite's template tool: underscore.js as expressionLib
+    // and a template rendered with the inputs.
+    let underscore = std::fs::read_to_string(spec_dir().join("tests/underscore.js")).unwrap();
+    let lib = [
+        underscore.as_str(),
+        "var t = function(s) { return _.template(s, {variable: 'data'})({'inputs': inputs}); };",
+    ];
+    let mut e = with_js(&lib);
+    let inputs = json!({"file1": {"class": "File", "path": "/staged/dir/whale.txt"}});
+    let v = e
+        .eval(
+            &json!(
+                "$(t(\"The file is <%= data.inputs.file1.path.split('/').slice(-1)[0] %>\\n\"))"
+            ),
+            &inputs,
+            &Value::Null,
+            &rt(),
+        )
+        .unwrap();
+    assert_eq!(v, json!("The file is whale.txt\n"));
+    let v = e
+        .eval(
+            &json!("$(_.map([1, 2], function(x) { return x + inputs.n; }))"),
+            &json!({"n": 1}),
+            &Value::Null,
+            &rt(),
+        )
+        .unwrap();
+    assert_eq!(v, json!([2, 3]));
+}
