@@ -249,6 +249,16 @@ impl Evaluator {
         self.legacy_escapes = legacy;
     }
 
+    /// Picks the backslash rules of the document's *original* `cwlVersion`
+    /// (before the loader upgraded it): v1.0 and v1.1 documents get the old
+    /// rules, as in the reference runner. Unknown versions get v1.2's.
+    pub fn set_cwl_version(&mut self, original_version: &str) {
+        self.legacy_escapes = matches!(
+            original_version,
+            "v1.0" | "v1.1" | "v1.1.0-dev1" | "v1.2.0-dev1" | "v1.2.0-dev2" | "v1.2.0-dev3"
+        );
+    }
+
     /// True when `s` holds an expression or parameter reference.
     pub fn is_expression(s: &str) -> bool {
         s.contains("$(") || s.contains("${")

@@ -238,8 +238,13 @@ fn backslash_escapes_follow_v1_2_rules() {
     // A lone `$` is text.
     assert_eq!(ok(&mut e, "$5 $(inputs.n) $"), json!("$5 42 $"));
     // v1.0 rules: a backslash always escapes the next character.
-    e.set_legacy_escapes(true);
+    e.set_cwl_version("v1.0");
     assert_eq!(ok(&mut e, "a\\nb \\$(inputs.n)"), json!("anb $(inputs.n)"));
+    e.set_cwl_version("v1.2");
+    assert_eq!(
+        ok(&mut e, "a\\nb \\$(inputs.n)"),
+        json!("a\\nb $(inputs.n)")
+    );
 }
 
 #[test]
@@ -251,6 +256,19 @@ fn unfinished_expressions_are_invalid() {
             other => panic!("{s}: {other:?}"),
         }
     }
+}
+
+#[test]
+fn parameter_references_never_start_the_engine() {
+    let mut e = with_js(&["function f() { return 1; }"]);
+    assert_eq!(
+        ok(&mut e, "$(inputs.arr.length) $(runtime.outdir)"),
+        json!("3 /out")
+    );
+    assert_eq!(ok(&mut e, "$(inputs.bar['b az'])"), json!(2));
+    assert!(!e.js_started());
+    assert_eq!(ok(&mut e, "$(f())"), json!(1));
+    assert!(e.js_started());
 }
 
 #[test]
