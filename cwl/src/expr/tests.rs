@@ -195,8 +195,11 @@ fn interpolation_of_several_references_and_types() {
 }
 
 #[test]
-fn numbers_print_in_plain_decimal() {
-    let n = |v: Value| to_interpolated_string(&v);
+fn format_number_is_plain_decimal() {
+    let n = |v: Value| match v {
+        Value::Number(n) => format_number(&n),
+        other => panic!("{other}"),
+    };
     assert_eq!(n(json!(0.00001)), "0.00001");
     assert_eq!(n(json!(1.23e-5)), "0.0000123");
     assert_eq!(n(json!(1.23e5)), "123000");
@@ -211,6 +214,45 @@ fn numbers_print_in_plain_decimal() {
     assert_eq!(n(json!(12345678901234567890u64)), "12345678901234567890");
     assert_eq!(n(json!(-9007199254740993i64)), "-9007199254740993");
     assert_eq!(n(json!(-0.0)), "0");
+}
+
+/// Expected texts are Python's `repr` and `json.dumps(sort_keys=True)`,
+/// which the reference runner uses for interpolation.
+#[test]
+fn interpolated_numbers_and_json_match_python() {
+    let n = |v: Value| to_interpolated_string(&v);
+    let cases = [
+        (json!(0.00001), "1e-05"),
+        (json!(1.23e-5), "1.23e-05"),
+        (json!(1.23e5), "123000.0"),
+        (json!(2.0), "2.0"),
+        (json!(2.3), "2.3"),
+        (json!(-0.5), "-0.5"),
+        (json!(4.2e42), "4.2e+42"),
+        (json!(1e16), "1e+16"),
+        (json!(1.5e16), "1.5e+16"),
+        (json!(0.0001), "0.0001"),
+        (json!(1234567890123456.0), "1234567890123456.0"),
+        (json!(123456789012345678.0), "1.2345678901234568e+17"),
+        (json!(-0.0), "-0.0"),
+        (json!(0.1 + 0.2), "0.30000000000000004"),
+        (json!(5e-324), "5e-324"),
+        (json!(1.7976931348623157e308), "1.7976931348623157e+308"),
+        (json!(12345678901234567890u64), "12345678901234567890"),
+        (json!(-9007199254740993i64), "-9007199254740993"),
+    ];
+    for (v, want) in cases {
+        assert_eq!(n(v.clone()), want, "{v}");
+    }
+    assert_eq!(
+        to_sorted_json(&json!({"b": "\u{e9}\u{2603}\u{1F600}\u{1}\u{7f}\"\\\n",
+                               "a": [1, 2.5, null, true]})),
+        "{\"a\": [1, 2.5, null, true], \"b\": \"\\u00e9\\u2603\\ud83d\\ude00\\u0001\\u007f\\\"\\\\\\n\"}"
+    );
+    // A double too big for an integer reads back exactly.
+    let text = to_interpolated_string(&json!({"d": 1e42}));
+    let back: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(back["d"].as_f64(), Some(1e42));
     let mut e = no_js();
     assert_eq!(ok(&mut e, "$(inputs.big)"), json!(12345678901234567890u64));
     assert_eq!(
@@ -218,6 +260,7 @@ fn numbers_print_in_plain_decimal() {
         json!("n=12345678901234567890")
     );
     assert_eq!(ok(&mut e, "n=$(inputs.neg)"), json!("n=-9007199254740993"));
+    assert_eq!(ok(&mut e, "f=$(inputs.f)"), json!("f=2.5"));
 }
 
 #[test]
@@ -307,6 +350,16 @@ fn javascript_expressions_and_bodies() {
         json!("x10.5y[1, 2]")
     );
     assert_eq!(ok(&mut e, "$(0.00001 * 1)"), json!(0.00001));
+    assert_eq!(ok(&mut e, "$(44.4)\n"), json!(44.4));
+    let v = e
+        .eval_keep_whitespace(
+            &json!("${ return 44.4; }\n"),
+            &inputs(),
+            &Value::Null,
+            &rt(),
+        )
+        .unwrap();
+    assert_eq!(v, json!("44.4\n"));
     // Parameter references still work, and a failed one gets JavaScript's
     // answer (a missing field is undefined, so null).
     assert_eq!(ok(&mut e, "$(inputs.bar['b az'])"), json!(2));
@@ -590,4 +643,22 @@ fn a_real_expression_library_underscore_templates() {
         )
         .unwrap();
     assert_eq!(v, json!([2, 3]));
+}
+
+#[test]
+fn json_dump_of_a_long_list_is_byte_identical_to_the_reference_runner() {
+    // The conformance suite's InitialWorkDir JSON dump (iwd-jsondump1-nl):
+    // its expected size and checksum come from the reference runner.
+    let mut e = with_js(&[]);
+    let entry = "${\n  var ls = [];\n  for (var i = 1; i < 10000; i++) {\n    \
+                 ls.push(\"example_input_file\"+i+\".txt\");\n  }\n  return ls;\n}\n";
+    let v = e
+        .eval_keep_whitespace(&json!(entry), &json!({}), &Value::Null, &rt())
+        .unwrap();
+    let text = v.as_str().unwrap();
+    assert_eq!(text.len(), 298864);
+    assert_eq!(
+        sha1_smol::Sha1::from(text).digest().to_string(),
+        "7307f027449371b3642c1f7c32124218af0e41b5"
+    );
 }
