@@ -47,6 +47,18 @@ pub struct Evaluator {
     legacy_escapes: bool,
 }
 
+impl std::fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Evaluator")
+            .field("js", &self.js)
+            .field("expression_lib_entries", &self.lib.len())
+            .field("limits", &self.limits)
+            .field("js_started", &self.engine.is_some())
+            .field("legacy_escapes", &self.legacy_escapes)
+            .finish()
+    }
+}
+
 /// A scanned piece of an expression-bearing string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Span {
