@@ -1,0 +1,1 @@
+//! Tests of the tool module: real commands in temporary directories.
