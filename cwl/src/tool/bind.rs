@@ -430,7 +430,7 @@ fn tostr(v: &Value) -> Result<String, CwlError> {
                 )));
             }
         },
-        Value::Number(n) => number_text(n),
+        Value::Number(n) => word_number(n),
         Value::Bool(true) => "True".into(),
         Value::Bool(false) => "False".into(),
         Value::Null => "None".into(),
@@ -438,7 +438,22 @@ fn tostr(v: &Value) -> Result<String, CwlError> {
     })
 }
 
-/// A number as Python's `str` writes it (`1.0`, `1e-05`, `1e+16`).
+/// A number on the command line as cwltool writes numbers read from YAML
+/// or JSON: integers as they are, other numbers in plain decimal notation
+/// (`1.0`, `0.00001`, never an exponent).
+fn word_number(n: &serde_json::Number) -> String {
+    if n.is_i64() || n.is_u64() {
+        return n.to_string();
+    }
+    let f = n.as_f64().unwrap_or(0.0);
+    if !f.is_finite() {
+        return python_float(f);
+    }
+    let s = format!("{f}");
+    if s.contains('.') { s } else { format!("{s}.0") }
+}
+
+/// A number as Python's `str` (and `json.dumps`) writes it (`1.0`, `1e-05`, `1e+16`).
 pub(crate) fn number_text(n: &serde_json::Number) -> String {
     if n.is_i64() || n.is_u64() {
         return n.to_string();

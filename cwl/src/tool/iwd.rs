@@ -46,7 +46,20 @@ pub(crate) fn stage(
             .is_some_and(|l| !l.starts_with("_:"))
             && item.get("path").is_none();
         if needs_local {
-            localize(&mut item, &mut stager)?;
+            // The entry's own name (entryname) is where it goes in the
+            // output directory, not a name to give its source.
+            let mut source = item.clone();
+            if let Value::Object(m) = &mut source {
+                m.remove("basename");
+                m.remove("secondaryFiles");
+            }
+            localize(&mut source, &mut stager)?;
+            if let (Value::Object(m), Some(p)) = (&mut item, source.get("path")) {
+                m.insert("path".into(), p.clone());
+                if !m.contains_key("basename") {
+                    m.insert("basename".into(), source["basename"].clone());
+                }
+            }
         }
         let Some(base) = item.get("basename").and_then(Value::as_str) else {
             return Err(fail(format!(
