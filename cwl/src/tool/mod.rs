@@ -16,6 +16,8 @@
 
 mod bind;
 mod collect;
+#[cfg(test)]
+mod conformance;
 mod glob;
 mod inputs;
 mod iwd;

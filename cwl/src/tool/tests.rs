@@ -43,6 +43,11 @@ fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
     }
 }
 
+/// YAML to JSON, for the conformance test list.
+pub(crate) fn yaml_to_json_pub(y: &yaml_rust2::Yaml) -> Value {
+    yaml_to_json(y)
+}
+
 /// The expected `output` of a conformance test, by id. Each test entry is
 /// parsed alone (yaml-rust2 rejects the flow style of a few other entries).
 pub(crate) fn expected_output(id: &str) -> Value {
