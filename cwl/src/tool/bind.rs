@@ -440,7 +440,9 @@ fn tostr(v: &Value) -> Result<String, CwlError> {
 
 /// A number on the command line as cwltool writes numbers read from YAML
 /// or JSON: integers as they are, other numbers in plain decimal notation
-/// (`1.0`, `0.00001`, never an exponent).
+/// (`1.0`, `0.00001`, never an exponent). cwltool keeps the written form
+/// (`1.23e5` gives `123000`, `1.0` gives `1.0`); from a double alone, whole
+/// numbers from 100000 on are taken as written with an exponent.
 fn word_number(n: &serde_json::Number) -> String {
     if n.is_i64() || n.is_u64() {
         return n.to_string();
@@ -450,7 +452,11 @@ fn word_number(n: &serde_json::Number) -> String {
         return python_float(f);
     }
     let s = format!("{f}");
-    if s.contains('.') { s } else { format!("{s}.0") }
+    if s.contains('.') || f.abs() >= 1e5 {
+        s
+    } else {
+        format!("{s}.0")
+    }
 }
 
 /// A number as Python's `str` (and `json.dumps`) writes it (`1.0`, `1e-05`, `1e+16`).

@@ -111,7 +111,19 @@ pub(crate) fn collect(
         }
         Value::Object(out)
     };
-    finalize(&mut result)?;
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(o) = rt.outdir.canonicalize() {
+        roots.push(o);
+    }
+    let mut job = prepared.job.clone();
+    files::walk_mut(&mut job, &mut |m| {
+        if let Some(p) = local_path(m)
+            && let Ok(c) = p.canonicalize()
+        {
+            roots.push(c);
+        }
+    });
+    finalize(&mut result, &roots)?;
     check_outputs(inv, result, false)
 }
 
@@ -165,10 +177,22 @@ fn local_path(m: &Map<String, Value>) -> Option<PathBuf> {
 }
 
 /// Fills checksums and sizes of local files and whole listings of local
-/// directories; drops the local-only `path` and `dirname`.
-fn finalize(v: &mut Value) -> Result<(), CwlError> {
+/// directories; drops the local-only `path` and `dirname`. Every output
+/// must be, after following links, under one of `roots` (the output
+/// directory and the inputs): a link the tool made to a file elsewhere is
+/// an error.
+fn finalize(v: &mut Value, roots: &[PathBuf]) -> Result<(), CwlError> {
     files::try_walk_mut(v, &mut |m| {
         if let Some(p) = local_path(m) {
+            if let Ok(real) = p.canonicalize()
+                && !roots.iter().any(|r| real.starts_with(r))
+            {
+                return Err(CwlError::Failed(format!(
+                    "the output {} leads to {}, outside the output directory and not an input;                      outputs must be written in the output directory",
+                    p.display(),
+                    real.display()
+                )));
+            }
             if !m.contains_key("location") {
                 m.insert("location".into(), json!(files::path_to_uri(&p)));
             }

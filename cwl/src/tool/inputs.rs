@@ -37,11 +37,18 @@ pub(crate) fn build_inputs(inv: &Invocation) -> Value {
 pub(crate) struct Stager {
     root: PathBuf,
     next: usize,
+    /// Locations given to Directory literals: their listing is what the
+    /// job wrote, kept whatever `loadListing` says.
+    pub(crate) literal_dirs: std::collections::HashSet<String>,
 }
 
 impl Stager {
     pub(crate) fn new(root: PathBuf) -> Stager {
-        Stager { root, next: 0 }
+        Stager {
+            root,
+            next: 0,
+            literal_dirs: Default::default(),
+        }
     }
 
     /// A new empty directory under the stage root.
@@ -222,18 +229,21 @@ fn localize_dir(m: &mut Map<String, Value>, st: &mut Stager) -> Result<(), CwlEr
             let base = str_field(m, "basename").unwrap_or("dir").to_string();
             let dir = st.new_dir()?.join(&base);
             fs::create_dir_all(&dir).map_err(|e| io_err("cannot create", &dir, e))?;
-            if let Some(Value::Array(items)) = m.get("listing") {
+            if let Some(Value::Array(items)) = m.get_mut("listing") {
                 for item in items {
-                    let (Some(p), Some(b)) = (
-                        item.get("path").and_then(Value::as_str),
-                        item.get("basename").and_then(Value::as_str),
-                    ) else {
+                    let Value::Object(im) = item else { continue };
+                    let (Some(p), Some(b)) = (str_field(im, "path"), str_field(im, "basename"))
+                    else {
                         continue;
                     };
-                    symlink(Path::new(p), &dir.join(b))?;
+                    let inside = dir.join(b);
+                    symlink(Path::new(p), &inside)?;
+                    files::set_path(im, &inside);
                 }
             }
-            m.insert("location".into(), json!(files::path_to_uri(&dir)));
+            let loc = files::path_to_uri(&dir);
+            st.literal_dirs.insert(loc.clone());
+            m.insert("location".into(), json!(loc));
             dir
         }
     };
@@ -389,6 +399,7 @@ pub(crate) fn apply_schemas(
     ctx: &mut Ctx<'_>,
     job: &mut Value,
     acc: &mut dyn Access,
+    literal_dirs: &std::collections::HashSet<String>,
 ) -> Result<(), CwlError> {
     let default_listing = find_requirement(ctx.inv, "LoadListingRequirement")
         .and_then(|(r, _)| r.get("loadListing").and_then(Value::as_str))
@@ -405,18 +416,29 @@ pub(crate) fn apply_schemas(
         let Some(name) = param_name(p) else { continue };
         let Some(v) = job.get_mut(name) else { continue };
         let ty = p.get("type").cloned().unwrap_or(Value::Null);
-        process(ctx, acc, &ty, &Extras::of(p), v, &default_listing, name)?;
+        let mut pass = Pass {
+            acc: &mut *acc,
+            default_listing: &default_listing,
+            literal_dirs,
+        };
+        process(ctx, &mut pass, &ty, &Extras::of(p), v, name)?;
     }
     Ok(())
 }
 
+/// What the schema pass carries down the input object.
+struct Pass<'p> {
+    acc: &'p mut dyn Access,
+    default_listing: &'p str,
+    literal_dirs: &'p std::collections::HashSet<String>,
+}
+
 fn process(
     ctx: &mut Ctx<'_>,
-    acc: &mut dyn Access,
+    pass: &mut Pass<'_>,
     ty: &Value,
     ex: &Extras,
     v: &mut Value,
-    default_listing: &str,
     name: &str,
 ) -> Result<(), CwlError> {
     if v.is_null() {
@@ -426,7 +448,7 @@ fn process(
         Value::Array(options) => {
             if let Some(t) = options.iter().find(|t| super::bind::matches_type(t, v)) {
                 let t = t.clone();
-                process(ctx, acc, &t, ex, v, default_listing, name)?;
+                process(ctx, pass, &t, ex, v, name)?;
             }
             Ok(())
         }
@@ -435,7 +457,7 @@ fn process(
                 let items = t.get("items").cloned().unwrap_or(Value::Null);
                 if let Value::Array(vs) = v {
                     for item in vs {
-                        process(ctx, acc, &items, ex, item, default_listing, name)?;
+                        process(ctx, pass, &items, ex, item, name)?;
                     }
                 }
                 Ok(())
@@ -448,7 +470,7 @@ fn process(
                     };
                     let Some(fv) = v.get_mut(fname) else { continue };
                     let fty = f.get("type").cloned().unwrap_or(Value::Null);
-                    process(ctx, acc, &fty, &Extras::of(&f), fv, default_listing, fname)?;
+                    process(ctx, pass, &fty, &Extras::of(&f), fv, fname)?;
                 }
                 Ok(())
             }
@@ -457,11 +479,11 @@ fn process(
         Value::String(s) if s == "File" => {
             let Value::Object(m) = v else { return Ok(()) };
             if ex.load_contents && !m.contains_key("contents") {
-                let c = acc.contents(m)?;
+                let c = pass.acc.contents(m)?;
                 m.insert("contents".into(), json!(c));
             }
             if let Some(sf) = &ex.secondary {
-                input_secondary_files(ctx, acc, sf, m, name)?;
+                input_secondary_files(ctx, &mut *pass.acc, sf, m, name)?;
             }
             if let Some(fmt) = &ex.format {
                 check_format(ctx, fmt, m, name)?;
@@ -470,8 +492,15 @@ fn process(
         }
         Value::String(s) if s == "Directory" => {
             let Value::Object(m) = v else { return Ok(()) };
-            let ll = ex.load_listing.as_deref().unwrap_or(default_listing);
-            apply_listing(acc, m, ll)
+            let literal = m
+                .get("location")
+                .and_then(Value::as_str)
+                .is_some_and(|l| pass.literal_dirs.contains(l));
+            if literal {
+                return Ok(());
+            }
+            let ll = ex.load_listing.as_deref().unwrap_or(pass.default_listing);
+            apply_listing(&mut *pass.acc, m, ll)
         }
         _ => Ok(()),
     }
@@ -541,8 +570,11 @@ fn input_secondary_files(
             ),
         };
         let self_ = Value::Object(m.clone());
+        // Absent means required; an expression that gives null means not
+        // required (as cwltool).
+        let was_given = !required.is_null();
         let required = match ctx.eval(&required, &self_)? {
-            Value::Null => true,
+            Value::Null => !was_given,
             Value::Bool(b) => b,
             other => {
                 return Err(CwlError::Failed(format!(
@@ -658,10 +690,11 @@ fn push_sf(m: &mut Map<String, Value>, sf: Value) {
 
 /// Checks a File's `format` against an input's allowed formats.
 ///
-/// Equal URIs match. The ontology named by `$schemas` is not loaded: a
-/// File format and an allowed format that are both under one of the
-/// document's `$namespaces` (for example two EDAM formats) are accepted,
-/// since one may be a subclass of the other.
+/// Equal URIs match. The ontologies named by `$schemas` are not loaded: a
+/// File format and an allowed format that are both under the document's
+/// `$namespaces` (for example two EDAM formats, or a Galaxy format declared
+/// equivalent to an EDAM one) are accepted, since the ontology may relate
+/// them.
 fn check_format(
     ctx: &mut Ctx<'_>,
     fmt: &Value,
@@ -704,10 +737,8 @@ fn check_format(
         .values()
         .filter_map(Value::as_str)
         .collect();
-    let ns_of = |u: &str| namespaces.iter().find(|n| u.starts_with(**n)).copied();
-    if let Some(ns) = ns_of(&actual)
-        && allowed.iter().any(|a| ns_of(a) == Some(ns))
-    {
+    let in_ontology = |u: &str| namespaces.iter().any(|n| u.starts_with(*n));
+    if in_ontology(&actual) && allowed.iter().any(|a| in_ontology(a)) {
         return Ok(());
     }
     Err(CwlError::Failed(format!(

@@ -179,7 +179,12 @@ pub fn prepare(inv: &Invocation, rt: &Runtime, use_container: bool) -> Result<Pr
     let mut job = inputs::build_inputs(inv);
     inputs::localize(&mut job, &mut stager)?;
     ctx.inputs = job.clone();
-    inputs::apply_schemas(&mut ctx, &mut job, &mut inputs::LocalAccess)?;
+    inputs::apply_schemas(
+        &mut ctx,
+        &mut job,
+        &mut inputs::LocalAccess,
+        &stager.literal_dirs,
+    )?;
     ctx.inputs = job;
 
     let mut prepared = Prepared {
@@ -391,7 +396,12 @@ pub fn run_expression_tool(inv: &Invocation, read: &mut ReadFile<'_>) -> Result<
     let mut job = inputs::build_inputs(inv);
     crate::files::walk_mut(&mut job, &mut crate::files::fill_names);
     ctx.inputs = job.clone();
-    inputs::apply_schemas(&mut ctx, &mut job, &mut inputs::CallbackAccess(read))?;
+    inputs::apply_schemas(
+        &mut ctx,
+        &mut job,
+        &mut inputs::CallbackAccess(read),
+        &Default::default(),
+    )?;
     ctx.inputs = job;
     let expression = inv.tool.get("expression").cloned().ok_or_else(|| {
         CwlError::Invalid(format!(

@@ -995,3 +995,59 @@ fn python_style_serializations() {
     assert_eq!(shell_quote("a-b_c.txt"), "a-b_c.txt");
     assert_eq!(shell_quote("a b"), "'a b'");
 }
+
+#[test]
+fn outputs_linking_outside_the_output_directory_are_rejected_unless_inputs() {
+    // As tests/symlink-illegal.cwl: a link to a file the tool wrote elsewhere.
+    let sb = Sandbox::new();
+    let elsewhere = sb.data.join("original.txt");
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [],
+        "outputs": [{"id": "file:///t.cwl#o", "type": "File",
+                     "outputBinding": {"glob": "symlink.txt"}}],
+        "baseCommand": ["sh", "-c", format!("echo x > {0}; ln -s {0} symlink.txt",
+                                             elsewhere.display())],
+    });
+    let err = run(&invocation(tool, json!({})), &sb).unwrap_err();
+    assert!(
+        err.to_string().contains("outside the output directory"),
+        "{err}"
+    );
+
+    // A link to an input (as InitialWorkDirRequirement makes) is fine.
+    let sb = Sandbox::new();
+    let f = sb.file("in.txt", "input\n");
+    let tool = json!({
+        "class": "CommandLineTool",
+        "requirements": [{"class": "InitialWorkDirRequirement", "listing": [f.clone()]}],
+        "inputs": [input("f", json!("File"), None)],
+        "outputs": [{"id": "file:///t.cwl#o", "type": "File",
+                     "outputBinding": {"glob": "in.txt"}}],
+        "baseCommand": ["true"],
+    });
+    let out = run(&invocation(tool, json!({"f": f})), &sb).unwrap();
+    assert_eq!(out["o"]["size"], 6);
+}
+
+#[test]
+fn directory_literals_keep_their_listing() {
+    let sb = Sandbox::new();
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [input("d", json!("Directory"), Some(json!({})))],
+        "outputs": [],
+        "baseCommand": ["ls"],
+    });
+    let job = json!({"d": {"class": "Directory", "basename": "lit", "listing": [
+        {"class": "File", "basename": "a.txt", "contents": "A"}]}});
+    let p = prepare(&invocation(tool, job), &sb.rt, false).unwrap();
+    let dir = PathBuf::from(&p.argv[1]);
+    assert!(dir.ends_with("lit"));
+    assert_eq!(fs::read_to_string(dir.join("a.txt")).unwrap(), "A");
+    assert_eq!(p.job["d"]["listing"][0]["basename"], "a.txt");
+    assert_eq!(
+        p.job["d"]["listing"][0]["path"],
+        dir.join("a.txt").to_str().unwrap()
+    );
+}
