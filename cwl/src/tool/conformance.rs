@@ -4,7 +4,8 @@
 //!
 //! Ignored by default (they take a while and need `python` on `PATH`):
 //! `cargo test -p toil-cwl conformance -- --ignored --nocapture`; set
-//! `CWL_TESTS=id1,id2` to run some only.
+//! `CWL_TESTS=id1,id2` to run some only, `CWL_TAG=tag1,tag2` (or `all`) for
+//! other tags than `command_line_tool`.
 
 use std::fs;
 use std::process::{Command, Stdio};
@@ -296,10 +297,10 @@ fn conformance_command_line_tools() {
             if !o.contains(&id) {
                 continue;
             }
-        } else if !t["tags"]
-            .as_array()
-            .is_some_and(|a| a.iter().any(|x| x == tag.as_str()))
-        {
+        } else if !t["tags"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|x| tag.split(',').any(|want| x == want || want == "all"))
+        }) {
             continue;
         }
         if t.get("unparsed").is_some() {

@@ -106,7 +106,18 @@ pub fn stage_dir(rt: &Runtime) -> PathBuf {
 pub fn resources(inv: &Invocation) -> Result<Resources, CwlError> {
     let mut ev = Evaluator::new(&effective_requirements(inv))?;
     let mut job = inputs::build_inputs(inv);
-    crate::files::walk_mut(&mut job, &mut crate::files::fill_names);
+    // Names, and sizes of local files that do not carry one (files in the
+    // job store always do), for expressions such as `$(inputs.f.size)`.
+    crate::files::walk_mut(&mut job, &mut |m| {
+        crate::files::fill_names(m);
+        if m.get("class").and_then(Value::as_str) == Some("File")
+            && !m.contains_key("size")
+            && let Some(p) = m.get("path").and_then(Value::as_str)
+            && let Ok(meta) = std::fs::metadata(p)
+        {
+            m.insert("size".into(), json!(meta.len()));
+        }
+    });
     let runtime = json!({});
     let mut out = Resources {
         cores: 1.0,
