@@ -1051,3 +1051,121 @@ fn directory_literals_keep_their_listing() {
         dir.join("a.txt").to_str().unwrap()
     );
 }
+
+/// An invocation of a tool with `InlineJavascriptRequirement`.
+fn js_invocation(mut tool: Value, job: Value) -> Invocation {
+    let reqs = tool
+        .get("requirements")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut reqs = reqs;
+    reqs.push(json!({"class": "InlineJavascriptRequirement"}));
+    tool["requirements"] = Value::Array(reqs);
+    invocation(tool, job)
+}
+
+#[test]
+#[ignore = "needs the expression evaluator (branch i11-expr)"]
+fn expressions_in_bindings_outputs_and_initial_workdir() {
+    let sb = Sandbox::new();
+    let f = sb.file("reads.fq", "ACGT\n");
+    let tool = json!({
+        "class": "CommandLineTool",
+        "requirements": [{"class": "InitialWorkDirRequirement", "listing": [
+            {"entryname": "obj.json", "entry": "$(inputs.obj)"},
+            {"entryname": "keep.txt", "entry": "$(inputs.word)\n"},
+            {"entry": "$(inputs.f)", "entryname": "$(inputs.word).fq"},
+        ]}],
+        "inputs": [
+            input("word", json!("string"),
+                  Some(json!({"position": "${return 2}", "valueFrom": "$(self.toUpperCase())"}))),
+            input("obj", json!({"type": "record", "name": "o", "fields": [
+                {"name": "b", "type": "int"}, {"name": "a", "type": "string"}]}), None),
+            input("f", json!("File"), Some(json!({"position": 1}))),
+        ],
+        "outputs": [
+            {"id": "file:///t.cwl#code", "type": "int",
+             "outputBinding": {"outputEval": "$(runtime.exitCode)"}},
+            {"id": "file:///t.cwl#names", "type": {"type": "array", "items": "string"},
+             "outputBinding": {"glob": "$(['*.json', '*.txt'])",
+                               "outputEval": "${return self.map(function(f){return f.basename})}"}},
+            {"id": "file:///t.cwl#fq", "type": "File", "format": "$(inputs.word)",
+             "outputBinding": {"glob": "$(inputs.word + '.fq')"}},
+        ],
+        "baseCommand": ["sh", "-c", "test \"$1\" = HELLO && exit 3", "sh"],
+        "successCodes": [3],
+    });
+    let inv = js_invocation(
+        tool,
+        json!({"word": "hello", "obj": {"b": 1, "a": "x"}, "f": f}),
+    );
+    let p = prepare(&inv, &sb.rt, false).unwrap();
+    // The input staged as hello.fq is given by its new path; word's
+    // position (2) puts it after f (1).
+    assert_eq!(
+        p.argv[4..],
+        [sb.rt.outdir.join("hello.fq").to_str().unwrap(), "HELLO"]
+    );
+    assert_eq!(
+        fs::read_to_string(sb.rt.outdir.join("obj.json")).unwrap(),
+        r#"{"a": "x", "b": 1}"#
+    );
+    assert_eq!(
+        fs::read_to_string(sb.rt.outdir.join("keep.txt")).unwrap(),
+        "hello\n"
+    );
+    let code = execute(&p, &sb.rt);
+    let out = collect(&inv, &p, &sb.rt, code).unwrap();
+    assert_eq!(out["code"], 3);
+    assert_eq!(out["names"], json!(["obj.json", "keep.txt"]));
+    assert_eq!(out["fq"]["format"], "hello");
+    assert_eq!(out["fq"]["size"], 5);
+}
+
+#[test]
+#[ignore = "needs the expression evaluator (branch i11-expr)"]
+fn secondary_files_required_by_expression() {
+    let sb = Sandbox::new();
+    let f = sb.file("ref.fa", ">r\n");
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [
+            {"id": "file:///t.cwl#fa", "type": "File", "inputBinding": {},
+             "secondaryFiles": [{"pattern": ".dat", "required": "$(inputs.need)"}]},
+            input("need", json!(["null", "boolean"]), None),
+        ],
+        "outputs": [],
+        "baseCommand": ["true"],
+    });
+    // null from the expression: not required.
+    let inv = js_invocation(tool.clone(), json!({"fa": f.clone(), "need": null}));
+    prepare(&inv, &sb.rt, false).unwrap();
+    let inv = js_invocation(tool, json!({"fa": f, "need": true}));
+    let err = prepare(&inv, &sb.rt, false).unwrap_err();
+    assert!(err.to_string().contains("ref.fa.dat"), "{err}");
+}
+
+#[test]
+#[ignore = "needs the expression evaluator (branch i11-expr)"]
+fn expression_tool_reads_contents_through_the_callback() {
+    let tool = json!({
+        "class": "ExpressionTool",
+        "inputs": [{"id": "file:///t.cwl#f", "type": "File", "loadContents": true}],
+        "outputs": [{"id": "file:///t.cwl#n", "type": "int"},
+                    {"id": "file:///t.cwl#name", "type": "string"}],
+        "expression": "${return {n: parseInt(inputs.f.contents), name: inputs.f.nameroot, extra: 1}}",
+    });
+    let inv = js_invocation(
+        tool,
+        json!({"f": {"class": "File", "location": "toilfile:abc", "basename": "n.txt"}}),
+    );
+    let mut asked = Vec::new();
+    let mut read = |loc: &str, limit: usize| -> Result<Vec<u8>, CwlError> {
+        asked.push((loc.to_string(), limit));
+        Ok(b"42\n".to_vec())
+    };
+    let out = run_expression_tool(&inv, &mut read).unwrap();
+    assert_eq!(out, json!({"n": 42, "name": "n"}));
+    assert_eq!(asked, [("toilfile:abc".to_string(), 64 * 1024 + 1)]);
+}
