@@ -1093,7 +1093,7 @@ fn expressions_in_bindings_outputs_and_initial_workdir() {
             {"id": "file:///t.cwl#fq", "type": "File", "format": "$(inputs.word)",
              "outputBinding": {"glob": "$(inputs.word + '.fq')"}},
         ],
-        "baseCommand": ["sh", "-c", "test \"$1\" = HELLO && exit 3", "sh"],
+        "baseCommand": ["sh", "-c", "test \"$2\" = HELLO && exit 3", "sh"],
         "successCodes": [3],
     });
     let inv = js_invocation(
