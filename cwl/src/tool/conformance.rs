@@ -155,8 +155,103 @@ fn run_test(t: &Value) -> Result<Value, String> {
             std::mem::forget(sb);
             Ok(out)
         }
+        Some("Workflow") | Some("Operation") => run_workflow(&doc, raw_job),
         other => Err(format!("skip: class {other:?}")),
     }
+}
+
+/// Runs each CommandLineTool invocation of a workflow in its own sandbox on
+/// this machine (the sandboxes are kept: outputs point into them).
+struct LocalExec;
+
+fn run_tool_locally(inv: Invocation) -> Result<Value, CwlError> {
+    let mut sb = Sandbox::new();
+    let res = resources(&inv)?;
+    sb.rt.cores = res.cores.ceil() as u32;
+    sb.rt.ram = res.ram_mib;
+    sb.rt.outdir_size = res.outdir_mib;
+    sb.rt.tmpdir_size = res.tmpdir_mib;
+    let p = prepare(&inv, &sb.rt, false)?;
+    let code = execute_with_limit(&p, &sb.rt);
+    let out = collect(&inv, &p, &sb.rt, code);
+    std::mem::forget(sb);
+    out
+}
+
+impl crate::Executor for LocalExec {
+    fn run_tool(
+        &self,
+        _key: String,
+        inv: Invocation,
+    ) -> futures::future::BoxFuture<'static, Result<Value, CwlError>> {
+        Box::pin(async move {
+            tokio::task::spawn_blocking(move || run_tool_locally(inv))
+                .await
+                .map_err(|e| CwlError::Failed(format!("tool task: {e}")))?
+        })
+    }
+
+    fn read_file(
+        &self,
+        location: String,
+        limit: usize,
+    ) -> futures::future::BoxFuture<'static, Result<Vec<u8>, CwlError>> {
+        Box::pin(async move {
+            let p = uri_to_path(&location)
+                .ok_or_else(|| CwlError::Failed(format!("not local: {location}")))?;
+            crate::files::read_prefix(&p, limit).map_err(|e| CwlError::Failed(e.to_string()))
+        })
+    }
+}
+
+fn run_workflow(doc: &crate::Document, job: Value) -> Result<Value, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let exec: std::sync::Arc<dyn crate::Executor> = std::sync::Arc::new(LocalExec);
+    // More fields may come with the engine.
+    #[allow(clippy::needless_update)]
+    let opts = crate::workflow::EngineOptions {
+        no_container: true,
+        ..Default::default()
+    };
+    let mut out = rt
+        .block_on(crate::workflow::run(doc, job, exec, &opts))
+        .map_err(|e| format!("workflow: {e}"))?;
+    materialize_literals(&mut out)?;
+    Ok(out)
+}
+
+/// Writes File literals of a final output (as the runner's export does).
+fn materialize_literals(v: &mut Value) -> Result<(), String> {
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?.keep();
+    let mut n = 0;
+    crate::files::try_walk_mut(v, &mut |m| {
+        if m.get("class").and_then(Value::as_str) == Some("File")
+            && !m.contains_key("location")
+            && let Some(c) = m.get("contents").and_then(Value::as_str)
+        {
+            n += 1;
+            let d = dir.join(n.to_string());
+            let base = m
+                .get("basename")
+                .and_then(Value::as_str)
+                .unwrap_or("literal")
+                .to_string();
+            let _ = fs::create_dir_all(&d);
+            let p = d.join(base);
+            fs::write(&p, c).map_err(|e| CwlError::Failed(e.to_string()))?;
+            let (sum, size) =
+                crate::files::sha1_file(&p).map_err(|e| CwlError::Failed(e.to_string()))?;
+            m.insert("location".into(), json!(crate::files::path_to_uri(&p)));
+            m.insert("checksum".into(), json!(sum));
+            m.insert("size".into(), json!(size));
+        }
+        Ok(())
+    })
+    .map_err(|e| e.to_string())
 }
 
 fn fail(e: &Value, a: &Value, why: &str) -> String {
