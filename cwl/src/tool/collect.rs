@@ -541,9 +541,11 @@ fn output_secondary_files(
     Ok(())
 }
 
+/// Whether an output of type `ty` may be null (cwltool lets `Any` be null
+/// in outputs too).
 fn accepts_null(ty: &Value) -> bool {
     match ty {
-        Value::String(s) => s == "null",
+        Value::String(s) => s == "null" || s == "Any",
         Value::Array(a) => a.iter().any(accepts_null),
         _ => false,
     }

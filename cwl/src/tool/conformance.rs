@@ -101,6 +101,15 @@ fn run_test(t: &Value) -> Result<Value, String> {
     };
     let process = (*doc.process).clone();
     let inputs = process["inputs"].as_array().cloned().unwrap_or_default();
+    // As the runner: the top-level inputs' secondary files are looked for
+    // beside them.
+    let reqs = process
+        .get("requirements")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let job =
+        discover_secondary_files(&process, &reqs, &job).map_err(|e| format!("inputs: {e}"))?;
     let raw_job = job.clone();
     let job = crate::types::validate_inputs(&inputs, &job).map_err(|e| format!("inputs: {e}"))?;
     let list = |k: &str| {

@@ -393,6 +393,17 @@ impl Extras {
     }
 }
 
+/// What the schema pass does.
+#[derive(Clone, Copy, Default)]
+pub(crate) struct PassOptions {
+    /// Look for secondary files beside their primary file (cwltool does
+    /// for the top-level process only; inside a workflow the inputs are
+    /// trusted).
+    pub(crate) discover: bool,
+    /// Only secondary files (no contents, listings or formats).
+    pub(crate) secondary_only: bool,
+}
+
 /// Applies each input's `loadContents`, `loadListing`, `secondaryFiles`
 /// and `format` to the input object (keyed by short names).
 pub(crate) fn apply_schemas(
@@ -400,6 +411,7 @@ pub(crate) fn apply_schemas(
     job: &mut Value,
     acc: &mut dyn Access,
     literal_dirs: &std::collections::HashSet<String>,
+    opts: PassOptions,
 ) -> Result<(), CwlError> {
     let default_listing = find_requirement(ctx.inv, "LoadListingRequirement")
         .and_then(|(r, _)| r.get("loadListing").and_then(Value::as_str))
@@ -420,6 +432,7 @@ pub(crate) fn apply_schemas(
             acc: &mut *acc,
             default_listing: &default_listing,
             literal_dirs,
+            opts,
         };
         process(ctx, &mut pass, &ty, &Extras::of(p), v, name)?;
     }
@@ -431,6 +444,7 @@ struct Pass<'p> {
     acc: &'p mut dyn Access,
     default_listing: &'p str,
     literal_dirs: &'p std::collections::HashSet<String>,
+    opts: PassOptions,
 }
 
 fn process(
@@ -478,20 +492,27 @@ fn process(
         },
         Value::String(s) if s == "File" => {
             let Value::Object(m) = v else { return Ok(()) };
-            if ex.load_contents && !m.contains_key("contents") {
+            let only_sf = pass.opts.secondary_only;
+            if ex.load_contents && !only_sf && !m.contains_key("contents") {
                 let c = pass.acc.contents(m)?;
                 m.insert("contents".into(), json!(c));
             }
             if let Some(sf) = &ex.secondary {
-                input_secondary_files(ctx, &mut *pass.acc, sf, m, name)?;
+                let discover = pass.opts.discover;
+                input_secondary_files(ctx, &mut *pass.acc, sf, m, name, discover)?;
             }
-            if let Some(fmt) = &ex.format {
+            if let Some(fmt) = &ex.format
+                && !only_sf
+            {
                 check_format(ctx, fmt, m, name)?;
             }
             Ok(())
         }
         Value::String(s) if s == "Directory" => {
             let Value::Object(m) = v else { return Ok(()) };
+            if pass.opts.secondary_only {
+                return Ok(());
+            }
             let literal = m
                 .get("location")
                 .and_then(Value::as_str)
@@ -544,21 +565,27 @@ fn apply_listing(
     Ok(())
 }
 
-/// Checks and completes an input File's secondary files: each pattern's
-/// file must be among `secondaryFiles` or beside the primary file (then it
-/// is added), unless `required` is false.
+/// Checks and completes an input File's secondary files, as cwltool: each
+/// pattern's file must be among `secondaryFiles` (or, with `discover`,
+/// beside the primary file: then it is added), unless `required` is false.
+/// Without `discover`, a File that already lists secondary files is trusted.
 fn input_secondary_files(
     ctx: &mut Ctx<'_>,
     acc: &mut dyn Access,
     specs: &Value,
     m: &mut Map<String, Value>,
     name: &str,
+    discover: bool,
 ) -> Result<(), CwlError> {
     let specs: Vec<Value> = match specs {
         Value::Array(a) => a.clone(),
         other => vec![other.clone()],
     };
-    if !m.contains_key("secondaryFiles") {
+    if m.contains_key("secondaryFiles") {
+        if !discover {
+            return Ok(());
+        }
+    } else {
         m.insert("secondaryFiles".into(), json!([]));
     }
     for spec in specs {
@@ -652,7 +679,12 @@ fn input_secondary_files(
                 Some(i) => format!("{}{}", &loc[..=i], files::percent_encode(&sf_base)),
                 None => sf_base.clone(),
             };
-            match acc.probe(&sf_loc) {
+            let probed = if discover {
+                acc.probe(&sf_loc)
+            } else {
+                Ok(None)
+            };
+            match probed {
                 Ok(Some(class)) => {
                     let mut o = Map::new();
                     o.insert("class".into(), json!(class));
@@ -669,7 +701,8 @@ fn input_secondary_files(
                 Ok(None) if required => {
                     return Err(CwlError::Failed(format!(
                         "input {name}: missing required secondary file {sf_base:?} of {}; give \
-                         it in the File's secondaryFiles or place it next to the file",
+                         it in the File's secondaryFiles (or, for the workflow's own inputs, \
+                         place it next to the file)",
                         loc
                     )));
                 }

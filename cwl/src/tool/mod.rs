@@ -195,6 +195,7 @@ pub fn prepare(inv: &Invocation, rt: &Runtime, use_container: bool) -> Result<Pr
         &mut job,
         &mut inputs::LocalAccess,
         &stager.literal_dirs,
+        inputs::PassOptions::default(),
     )?;
     ctx.inputs = job;
 
@@ -385,6 +386,56 @@ pub fn collect(
     collect::collect(inv, prepared, rt, exit_code)
 }
 
+/// Completes the secondary files of the top-level process's input object
+/// (`job`, keyed by short input names, `file://` locations), as cwltool
+/// does before a run: for each input with `secondaryFiles`, a file named by
+/// a pattern that lies beside its primary file is added to the primary's
+/// `secondaryFiles`; a required one that is neither listed nor found is an
+/// error. `process` is the normalized Workflow, CommandLineTool or
+/// ExpressionTool; `requirements` its effective requirements (for
+/// `InlineJavascriptRequirement` in patterns).
+///
+/// The runner calls this before importing the inputs. Steps inside a
+/// workflow do not look for secondary files: [`prepare`] only checks that
+/// required ones were given.
+pub fn discover_secondary_files(
+    process: &Value,
+    requirements: &[Value],
+    job: &Value,
+) -> Result<Value, CwlError> {
+    let inv = Invocation {
+        tool: process.clone(),
+        job: job.clone(),
+        requirements: requirements.to_vec(),
+        hints: Vec::new(),
+        namespaces: Map::new(),
+    };
+    let mut ctx = Ctx::new(&inv, json!({}))?;
+    let mut out = job.clone();
+    crate::files::walk_mut(&mut out, &mut |m| {
+        if !m.get("basename").is_some_and(Value::is_string)
+            && let Some(loc) = m.get("location").and_then(Value::as_str)
+        {
+            let base = crate::files::basename_of(loc);
+            m.insert("basename".into(), json!(base));
+        }
+    });
+    let mut view = out.clone();
+    crate::files::walk_mut(&mut view, &mut crate::files::fill_names);
+    ctx.inputs = view;
+    inputs::apply_schemas(
+        &mut ctx,
+        &mut out,
+        &mut inputs::LocalAccess,
+        &Default::default(),
+        inputs::PassOptions {
+            discover: true,
+            secondary_only: true,
+        },
+    )?;
+    Ok(out)
+}
+
 /// Reads a file's first bytes (`location`, at most `limit` bytes), for
 /// `loadContents` outside the agent.
 pub type ReadFile<'a> = dyn FnMut(&str, usize) -> Result<Vec<u8>, CwlError> + 'a;
@@ -412,6 +463,7 @@ pub fn run_expression_tool(inv: &Invocation, read: &mut ReadFile<'_>) -> Result<
         &mut job,
         &mut inputs::CallbackAccess(read),
         &Default::default(),
+        inputs::PassOptions::default(),
     )?;
     ctx.inputs = job;
     let expression = inv.tool.get("expression").cloned().ok_or_else(|| {

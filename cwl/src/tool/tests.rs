@@ -715,7 +715,15 @@ fn input_files_get_names_contents_and_secondary_files() {
         "outputs": [],
         "baseCommand": ["ls"],
     });
-    let inv = invocation(tool, json!({"reads": reads}));
+    // A step inside a workflow does not look beside the file: the required
+    // one is missing.
+    let bare = invocation(tool.clone(), json!({"reads": reads}));
+    let err = prepare(&bare, &sb.rt, false).unwrap_err();
+    assert!(err.to_string().contains("r.fastq.gz.fai"), "{err}");
+    // The runner completes the top-level inputs first.
+    let job = discover_secondary_files(&tool, &[], &json!({"reads": reads})).unwrap();
+    assert_eq!(job["reads"]["secondaryFiles"].as_array().unwrap().len(), 2);
+    let inv = invocation(tool, job);
     let p = prepare(&inv, &sb.rt, false).unwrap();
     let f = &p.job["reads"];
     assert_eq!(f["basename"], "r.fastq.gz");
@@ -735,9 +743,13 @@ fn input_files_get_names_contents_and_secondary_files() {
     // A required secondary file that is missing fails with its name.
     fs::remove_file(sb.data.join("r.bai")).unwrap();
     let reads = json!({"class": "File", "location": path_to_uri(&sb.data.join("r.fastq.gz"))});
-    let inv = invocation(inv.tool.clone(), json!({"reads": reads}));
-    let err = prepare(&inv, &sb.rt, false).unwrap_err();
+    let err = discover_secondary_files(&inv.tool, &[], &json!({"reads": reads})).unwrap_err();
     assert!(err.to_string().contains("r.bai"), "{err}");
+    // Listed secondary files are trusted inside a workflow.
+    let mut listed = reads.clone();
+    listed["secondaryFiles"] = json!([sb.file("other.idx", "i")]);
+    let inv = invocation(inv.tool.clone(), json!({"reads": listed}));
+    prepare(&inv, &sb.rt, false).unwrap();
 }
 
 #[test]
