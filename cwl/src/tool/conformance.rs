@@ -8,6 +8,7 @@
 //! other tags than `command_line_tool`.
 
 use std::fs;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,7 +19,25 @@ use super::*;
 use crate::files::uri_to_path;
 
 fn yaml_entries() -> Vec<Value> {
-    let text = fs::read_to_string(spec_dir().join("conformance_tests.yaml")).unwrap();
+    entries_of("conformance_tests.yaml")
+}
+
+/// The entries of a test index (relative to the spec directory), with
+/// `$import`ed indexes expanded and their tool and job paths made relative
+/// to the spec directory.
+fn entries_of(index: &str) -> Vec<Value> {
+    let text = fs::read_to_string(spec_dir().join(index)).unwrap();
+    let base = Path::new(index)
+        .parent()
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rebase = |p: &str| -> String {
+        if base.is_empty() {
+            p.to_string()
+        } else {
+            format!("{base}/{p}")
+        }
+    };
     let mut chunks: Vec<String> = Vec::new();
     for line in text.lines() {
         if line.starts_with("- ") || chunks.is_empty() {
@@ -30,13 +49,24 @@ fn yaml_entries() -> Vec<Value> {
     }
     let mut out = Vec::new();
     for c in chunks {
-        // A few entries use a flow style yaml-rust2 rejects: parse them as
-        // JSON after joining the flow lines is not worth it; they are
+        // A few entries use a flow style yaml-rust2 rejects; they are
         // reported as skipped.
         match yaml_rust2::YamlLoader::load_from_str(&c) {
             Ok(docs) if !docs.is_empty() => {
-                if let Value::Array(a) = super::tests::yaml_to_json_pub(&docs[0]) {
-                    out.extend(a);
+                let Value::Array(a) = super::tests::yaml_to_json_pub(&docs[0]) else {
+                    continue;
+                };
+                for mut e in a {
+                    if let Some(imp) = e.get("$import").and_then(Value::as_str) {
+                        out.extend(entries_of(&rebase(imp)));
+                        continue;
+                    }
+                    for k in ["tool", "job"] {
+                        if let Some(p) = e.get(k).and_then(Value::as_str) {
+                            e[k] = json!(rebase(p));
+                        }
+                    }
+                    out.push(e);
                 }
             }
             _ => {
