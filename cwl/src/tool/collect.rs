@@ -115,6 +115,12 @@ pub(crate) fn collect(
     if let Ok(o) = rt.outdir.canonicalize() {
         roots.push(o);
     }
+    roots.extend(
+        prepared
+            .initial_workdir_sources
+            .iter()
+            .filter_map(|p| p.canonicalize().ok()),
+    );
     let mut job = prepared.job.clone();
     files::walk_mut(&mut job, &mut |m| {
         if let Some(p) = local_path(m)
@@ -532,7 +538,19 @@ fn output_secondary_files(
             };
             obj.insert("class".into(), json!(class));
             obj.insert("location".into(), json!(files::path_to_uri(&path)));
+            // A basename the expression gave is the name the file is to
+            // have (the export names it so).
+            let given = obj
+                .get("basename")
+                .and_then(Value::as_str)
+                .map(str::to_string);
             files::set_path(&mut obj, &path);
+            if let Some(b) = given {
+                let (root, ext) = files::split_ext(&b);
+                obj.insert("basename".into(), json!(b));
+                obj.insert("nameroot".into(), json!(root));
+                obj.insert("nameext".into(), json!(ext));
+            }
             if let Some(Value::Array(sfs)) = pm.get_mut("secondaryFiles") {
                 sfs.push(Value::Object(obj));
             }

@@ -39,7 +39,32 @@ pub(crate) fn stage(
     let items = evaluate(ctx, &req)?;
     let mut stager = Stager::new(stage_dir(rt));
     let mut moved: HashMap<String, PathBuf> = HashMap::new();
+    let doc_dir = ctx
+        .inv
+        .tool
+        .get("id")
+        .and_then(Value::as_str)
+        .and_then(|id| id.split('#').next())
+        .and_then(|u| u.rsplit_once('/'))
+        .map(|(dir, _)| dir.to_string());
     for (i, mut item) in items.into_iter().enumerate() {
+        // A literal with a relative location (from an expression) is
+        // relative to the tool's document.
+        if let Some(dir) = &doc_dir {
+            files::walk_mut(&mut item, &mut |m| {
+                if let Some(loc) = m.get("location").and_then(Value::as_str)
+                    && !loc.contains(':')
+                    && !loc.starts_with('/')
+                {
+                    let joined = files::join_location(dir, &files::percent_encode(loc));
+                    let normalized = files::uri_to_path(&joined)
+                        .map(|p| files::path_to_uri(&super::glob::lexical_normalize(&p)))
+                        .unwrap_or(joined);
+                    m.insert("location".into(), json!(normalized));
+                    m.remove("path");
+                }
+            });
+        }
         let needs_local = item
             .get("location")
             .and_then(Value::as_str)
@@ -86,14 +111,28 @@ pub(crate) fn stage(
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_else(|| "entry".into()),
             );
-            stage_entry(&item, &host, writable, inplace, &mut moved)?;
+            stage_entry(
+                &item,
+                &host,
+                writable,
+                inplace,
+                &mut moved,
+                &mut prepared.initial_workdir_sources,
+            )?;
             prepared
                 .container_mounts
                 .push((host, base.clone(), writable));
             continue;
         }
         let target = rt.outdir.join(&base);
-        stage_entry(&item, &target, writable, inplace, &mut moved)?;
+        stage_entry(
+            &item,
+            &target,
+            writable,
+            inplace,
+            &mut moved,
+            &mut prepared.initial_workdir_sources,
+        )?;
     }
     if !moved.is_empty() {
         files::walk_mut(&mut ctx.inputs, &mut |m| {
@@ -348,6 +387,7 @@ fn stage_entry(
     writable: bool,
     inplace: bool,
     moved: &mut HashMap<String, PathBuf>,
+    sources: &mut Vec<PathBuf>,
 ) -> Result<(), CwlError> {
     if let Some(parent) = target.parent() {
         fs::create_dir_all(parent).map_err(|e| io("create", parent, e))?;
@@ -367,6 +407,9 @@ fn stage_entry(
     {
         return Ok(());
     }
+    if let Some(s) = &src {
+        sources.push(s.clone());
+    }
     clear(target)?;
     if is_file(item) {
         match &src {
@@ -383,7 +426,7 @@ fn stage_entry(
                 let Some(b) = sf.get("basename").and_then(Value::as_str) else {
                     continue;
                 };
-                stage_entry(sf, &dir.join(b), writable, inplace, moved)?;
+                stage_entry(sf, &dir.join(b), writable, inplace, moved, sources)?;
             }
         }
     } else if is_directory(item) {
@@ -397,7 +440,7 @@ fn stage_entry(
                         };
                         let w =
                             writable || e.get("writable").and_then(Value::as_bool) == Some(true);
-                        stage_entry(e, &target.join(b), w, inplace, moved)?;
+                        stage_entry(e, &target.join(b), w, inplace, moved, sources)?;
                     }
                 }
             }

@@ -77,6 +77,9 @@ pub struct Prepared {
     /// (allowed only in a container): host path, path in the container,
     /// writable. The container runner mounts them.
     pub container_mounts: Vec<(PathBuf, String, bool)>,
+    /// What `InitialWorkDirRequirement` linked or copied into the output
+    /// directory (local paths): outputs may lead there.
+    pub initial_workdir_sources: Vec<PathBuf>,
     /// `InplaceUpdateRequirement.inplaceUpdate`: writable
     /// `InitialWorkDirRequirement` entries were linked, not copied, so the
     /// tool changes the original files.
@@ -231,6 +234,14 @@ pub fn prepare(inv: &Invocation, rt: &Runtime, use_container: bool) -> Result<Pr
             .map(str::to_string);
     }
     let docker_required = docker.is_some_and(|(_, is_req)| is_req);
+    if docker_required && !use_container {
+        // As cwltool with --no-container.
+        return Err(CwlError::Unsupported(format!(
+            "{} has DockerRequirement under `requirements`, but containers are disabled \
+             (--no-container); run with a container engine, or make it a hint",
+            tool_id(inv)
+        )));
+    }
 
     // InitialWorkDirRequirement: staged before the command line is built, so
     // inputs staged into the output directory have their new paths there.

@@ -668,8 +668,19 @@ fn absolute_entryname_needs_a_container() {
         "outputs": [],
         "baseCommand": ["true"],
     });
-    let inv = invocation(tool, json!({}));
+    let inv = invocation(tool.clone(), json!({}));
+    // Without containers a required DockerRequirement is unsupported, as
+    // in cwltool.
     let err = prepare(&inv, &sb.rt, false).unwrap_err();
+    assert!(
+        matches!(&err, CwlError::Unsupported(m) if m.contains("--no-container")),
+        "{err}"
+    );
+    // As a hint it is ignored, and the absolute name is refused.
+    let mut hinted = tool.clone();
+    hinted["hints"] = json!([hinted["requirements"][0].take()]);
+    hinted["requirements"] = json!([hinted["requirements"][1].take()]);
+    let err = prepare(&invocation(hinted, json!({})), &sb.rt, false).unwrap_err();
     assert!(err.to_string().contains("absolute"), "{err}");
     let p = prepare(&inv, &sb.rt, true).unwrap();
     assert_eq!(p.image.as_deref(), Some("debian:stable-slim"));
