@@ -13,6 +13,25 @@
 //! 3. The caller runs [`Prepared::argv`].
 //! 4. [`collect`]: the exit code is classified, then `cwl.output.json` or
 //!    each output's `outputBinding` gives the output object (`collect.rs`).
+//!
+//! What callers must know:
+//!
+//! - The runner calls [`discover_secondary_files`] on the top-level input
+//!   object (after defaults are filled, before import): only the top-level
+//!   process looks for secondary files beside their primary file, as in
+//!   cwltool. [`prepare`] only checks that required ones are listed.
+//! - [`prepare`] writes renamed inputs, literals and gathered secondary
+//!   files under [`stage_dir`], a sibling of the output directory; the agent
+//!   removes it with the output directory.
+//! - Outputs that are inputs passed through keep the input's location (the
+//!   local path the agent staged it at); everything else is under the
+//!   output directory. Files there may be symbolic links to inputs
+//!   (`InitialWorkDirRequirement` links read-only entries); read through
+//!   them. A secondary file may carry a `basename` that differs from its
+//!   location's name: export it under its `basename`.
+//! - Without containers, a `DockerRequirement` under `requirements` is
+//!   [`CwlError::Unsupported`] (as cwltool with `--no-container`); as a
+//!   hint it is ignored.
 
 mod bind;
 mod collect;
