@@ -509,7 +509,39 @@ pub fn run_expression_tool(inv: &Invocation, read: &mut ReadFile<'_>) -> Result<
             tool_id(inv)
         )));
     };
-    collect::check_outputs(inv, Value::Object(result), true)
+    let mut result = Value::Object(result);
+    restore_listings(&inputs::build_inputs(inv), &mut result);
+    collect::check_outputs(inv, result, true)
+}
+
+/// Gives Directories of `out` that lost their `listing` to the tool's
+/// `loadListing` back the listing the input carried (a directory in the
+/// job store always carries its whole listing).
+fn restore_listings(original: &Value, out: &mut Value) {
+    let mut listings: std::collections::HashMap<String, Value> = Default::default();
+    let mut orig = original.clone();
+    crate::files::walk_mut(&mut orig, &mut |m| {
+        if m.get("class").and_then(Value::as_str) == Some("Directory")
+            && let (Some(loc), Some(l)) =
+                (m.get("location").and_then(Value::as_str), m.get("listing"))
+        {
+            listings.insert(loc.to_string(), l.clone());
+        }
+    });
+    if listings.is_empty() {
+        return;
+    }
+    crate::files::walk_mut(out, &mut |m| {
+        if m.get("class").and_then(Value::as_str) == Some("Directory")
+            && !m.contains_key("listing")
+            && let Some(l) = m
+                .get("location")
+                .and_then(Value::as_str)
+                .and_then(|loc| listings.get(loc))
+        {
+            m.insert("listing".into(), l.clone());
+        }
+    });
 }
 
 /// The state shared while one invocation is prepared or collected: its

@@ -1192,3 +1192,17 @@ fn expression_tool_reads_contents_through_the_callback() {
     assert_eq!(out, json!({"n": 42, "name": "n"}));
     assert_eq!(asked, [("toilfile:abc".to_string(), 64 * 1024 + 1)]);
 }
+
+#[test]
+fn expression_tool_outputs_keep_whole_listings() {
+    // An ExpressionTool passing its Directory input through gives it back
+    // without the listing its `loadListing` trimmed; the input's whole
+    // listing is put back, other directories are left alone.
+    let original = json!({"d": {"class": "Directory", "location": "toildir:k",
+                                "listing": [{"class": "File", "location": "toilfile:a"}]}});
+    let mut out = json!({"o": {"class": "Directory", "location": "toildir:k"},
+                         "p": {"class": "Directory", "location": "toildir:other"}});
+    super::restore_listings(&original, &mut out);
+    assert_eq!(out["o"]["listing"][0]["location"], "toilfile:a");
+    assert!(out["p"].get("listing").is_none());
+}
