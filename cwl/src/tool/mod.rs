@@ -326,6 +326,13 @@ pub fn prepare(inv: &Invocation, rt: &Runtime, use_container: bool) -> Result<Pr
             )));
         }
         let path = rt.outdir.join(&name);
+        if let Some(parent) = path.parent()
+            && !parent.exists()
+        {
+            std::fs::create_dir_all(parent).map_err(|e| {
+                CwlError::Failed(format!("cannot create {}: {e}", parent.display()))
+            })?;
+        }
         if key == "stdout" {
             prepared.stdout = Some(path);
         } else {
