@@ -1206,3 +1206,35 @@ fn expression_tool_outputs_keep_whole_listings() {
     assert_eq!(out["o"]["listing"][0]["location"], "toilfile:a");
     assert!(out["p"].get("listing").is_none());
 }
+
+#[test]
+fn globs_may_name_the_output_directory_itself_but_not_other_absolute_paths() {
+    let sb = Sandbox::new();
+    let outdir = sb.rt.outdir.to_string_lossy().into_owned();
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [],
+        "outputs": [
+            {"id": "file:///t.cwl#f", "type": "File",
+             "outputBinding": {"glob": format!("{outdir}/a.txt")}},
+            {"id": "file:///t.cwl#all", "type": "Directory",
+             "outputBinding": {"glob": "."}},
+        ],
+        "baseCommand": ["touch", "a.txt"],
+    });
+    let out = run(&invocation(tool, json!({})), &sb).unwrap();
+    assert_eq!(out["f"]["basename"], "a.txt");
+    assert_eq!(out["all"]["location"], path_to_uri(&sb.rt.outdir));
+    assert_eq!(out["all"]["listing"][0]["basename"], "a.txt");
+
+    let sb = Sandbox::new();
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [],
+        "outputs": [{"id": "file:///t.cwl#f", "type": "File",
+                     "outputBinding": {"glob": "/etc/hostname"}}],
+        "baseCommand": ["true"],
+    });
+    let err = run(&invocation(tool, json!({})), &sb).unwrap_err();
+    assert!(err.to_string().contains("absolute path"), "{err}");
+}
