@@ -318,6 +318,23 @@ pub fn list_dir(path: &Path, deep: bool) -> io::Result<Vec<Value>> {
     Ok(out)
 }
 
+/// A Directory object for a local directory with its whole listing,
+/// recursively (as a job-store Directory always carries it).
+pub fn directory_object(path: &Path) -> io::Result<Value> {
+    let mut obj = object_for_path(path)?;
+    if !is_directory(&obj) {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            format!("{} is not a directory", path.display()),
+        ));
+    }
+    let listing = list_dir(path, true)?;
+    if let Value::Object(m) = &mut obj {
+        m.insert("listing".into(), Value::Array(listing));
+    }
+    Ok(obj)
+}
+
 /// Applies a `secondaryFiles` pattern to a primary file's basename: each
 /// leading `^` strips one extension, the rest is appended
 /// (`^.bai` on `x.bam` gives `x.bai`; `.bai` gives `x.bam.bai`).
@@ -408,6 +425,9 @@ mod tests {
         assert_eq!(deep[1]["size"], 6);
         let shallow = list_dir(dir.path(), false).unwrap();
         assert!(shallow[0].get("listing").is_none());
+        let whole = directory_object(dir.path()).unwrap();
+        assert_eq!(whole["listing"], Value::Array(deep.clone()));
+        assert!(directory_object(&dir.path().join("b.txt")).is_err());
 
         fs::write(dir.path().join("big"), vec![b'x'; CONTENTS_LIMIT + 1]).unwrap();
         let err = load_contents(&dir.path().join("big")).unwrap_err();
