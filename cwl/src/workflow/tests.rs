@@ -241,6 +241,23 @@ fn expressions_available() -> bool {
     true
 }
 
+/// True once `tool::run_expression_tool` is the real one.
+fn expression_tools_available() -> bool {
+    let inv = Invocation {
+        tool: json!({"class": "ExpressionTool", "id": "file:///t/e.cwl", "inputs": [], "outputs": [], "expression": "$({})"}),
+        job: json!({}),
+        requirements: vec![json!({"class": "InlineJavascriptRequirement"})],
+        hints: Vec::new(),
+        namespaces: serde_json::Map::new(),
+    };
+    let r = crate::tool::run_expression_tool(&inv, &mut |_: &str, _: usize| Ok(Vec::new()));
+    if matches!(&r, Err(CwlError::Unsupported(m)) if m.contains("not built yet")) {
+        eprintln!("SKIPPED: tool::run_expression_tool is still a stub on this branch");
+        return false;
+    }
+    true
+}
+
 /// A workflow with one step `s` running `run`, scattering over `scatter`
 /// with `method`; every workflow input feeds the step input of the same
 /// name and every step output is a workflow output.
@@ -712,7 +729,7 @@ async fn pick_value_on_workflow_outputs_and_step_inputs() {
         &[
             ("a", json!(["null", "int"])),
             ("b", json!(["null", "int"])),
-            ("c", json!("Any")),
+            ("c", json!(["null", "int"])),
         ],
         vec![
             first,
@@ -1093,7 +1110,10 @@ async fn a_skipped_step_feeds_null_to_pick_value() {
         &[("n", json!("int"))],
         vec![o],
         vec![s1],
-        json!([{"class": "MultipleInputFeatureRequirement"}]),
+        json!([
+            {"class": "MultipleInputFeatureRequirement"},
+            {"class": "InlineJavascriptRequirement"}
+        ]),
     );
     assert_eq!(
         run_with(wf.clone(), json!({"n": 1}), &exec).await.unwrap(),
@@ -1246,7 +1266,7 @@ async fn keys_are_stable_and_encode_odd_step_names() {
 
 #[tokio::test]
 async fn an_expression_tool_step_is_evaluated_without_the_executor() {
-    if !expressions_available() {
+    if !expressions_available() || !expression_tools_available() {
         return;
     }
     let et = json!({
