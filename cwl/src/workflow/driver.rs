@@ -59,7 +59,13 @@ impl Engine {
             let id = id_of(input);
             let short = shortname(id);
             let mut v = job.get(short).cloned().unwrap_or(Value::Null);
-            if input.get("loadContents").and_then(Value::as_bool) == Some(true) {
+            // `inputBinding.loadContents` is the v1.0 spelling.
+            let load = input.get("loadContents").and_then(Value::as_bool) == Some(true)
+                || input
+                    .pointer("/inputBinding/loadContents")
+                    .and_then(Value::as_bool)
+                    == Some(true);
+            if load {
                 self.load_contents(&mut v, &format!("workflow input '{short}'"))
                     .await?;
             }

@@ -1309,3 +1309,31 @@ fn the_run_future_is_send() {
     let fut = run(&d, json!({}), e, &opts);
     assert_send(&fut);
 }
+
+#[tokio::test]
+async fn load_contents_on_workflow_inputs_in_both_spellings() {
+    let exec = Arc::new(
+        TestExec::new()
+            .file("toilfile:a", b"1")
+            .file("toilfile:b", b"2"),
+    );
+    let mut wf = workflow(
+        "wf",
+        &[("a", json!("File")), ("b", json!("File"))],
+        vec![
+            output("wf", "a", json!("File"), json!("a")),
+            output("wf", "b", json!("File"), json!("b")),
+        ],
+        vec![],
+        json!([]),
+    );
+    wf["inputs"][0]["loadContents"] = json!(true);
+    wf["inputs"][1]["inputBinding"] = json!({"loadContents": true});
+    let job = json!({
+        "a": {"class": "File", "location": "toilfile:a"},
+        "b": {"class": "File", "location": "toilfile:b"},
+    });
+    let out = run_with(wf, job, &exec).await.unwrap();
+    assert_eq!(out["a"]["contents"], "1");
+    assert_eq!(out["b"]["contents"], "2");
+}
