@@ -23,6 +23,12 @@
 //! then stops starting invocations and *drops* the futures of those still
 //! running; whether dropping a [`Executor::run_tool`] future cancels the job
 //! is up to the executor.
+//!
+//! For the executor: defaults written in the document (of workflow inputs,
+//! step inputs and tool inputs) are filled in by the engine, after the
+//! runner imported the input object, so their Files and Directories still
+//! carry `file://` locations; [`Executor::run_tool`] and
+//! [`Executor::read_file`] must accept those as well as job-store ones.
 
 mod driver;
 pub mod links;
