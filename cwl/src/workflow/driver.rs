@@ -164,6 +164,9 @@ impl Engine {
                 }
             }
         }
+        for v in sourced.values_mut() {
+            super::fill_names(v);
+        }
         let uses_value_from = array_of(step, "in")
             .iter()
             .any(|i| i.get("valueFrom").is_some_and(|v| !v.is_null()));

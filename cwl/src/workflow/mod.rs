@@ -35,6 +35,8 @@ pub mod links;
 pub mod reqs;
 
 #[cfg(test)]
+mod conformance;
+#[cfg(test)]
 mod tests;
 
 use std::collections::HashMap;
@@ -148,6 +150,67 @@ pub fn key_segment(name: &str) -> String {
         }
     }
     out
+}
+
+/// Fills the `basename` (from the `location`) of every File and Directory
+/// in `v` that has none, and the `nameroot` and `nameext` of every File, as
+/// expressions expect them (`$(inputs.f.nameext)`).
+pub fn fill_names(v: &mut Value) {
+    crate::files::walk_mut(v, &mut |m| {
+        if !m.get("basename").is_some_and(Value::is_string)
+            && let Some(loc) = m.get("location").and_then(Value::as_str)
+        {
+            let base = location_basename(loc);
+            m.insert("basename".to_string(), Value::String(base));
+        }
+        if m.get("class").and_then(Value::as_str) == Some("File")
+            && let Some(base) = m.get("basename").and_then(Value::as_str)
+            && !(m.contains_key("nameroot") && m.contains_key("nameext"))
+        {
+            let (root, ext) = split_ext(base);
+            m.insert("nameroot".to_string(), Value::String(root));
+            m.insert("nameext".to_string(), Value::String(ext));
+        }
+    });
+}
+
+/// The last segment of a location, percent-decoded (`file:///a/b%20c.txt`
+/// gives `b c.txt`; `toilfile:ID` gives `ID`).
+fn location_basename(location: &str) -> String {
+    let trimmed = location.trim_end_matches('/');
+    let last = match trimmed.rsplit_once('/') {
+        Some((_, last)) => last,
+        None => trimmed.split_once(':').map_or(trimmed, |(_, t)| t),
+    };
+    let bytes = last.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%'
+            && let Some(hex) = last.get(i + 1..i + 3)
+            && let Ok(b) = u8::from_str_radix(hex, 16)
+        {
+            out.push(b);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// `nameroot` and `nameext` of a basename, as Python's `os.path.splitext`
+/// (leading dots do not start an extension: `.bashrc` has none).
+fn split_ext(basename: &str) -> (String, String) {
+    let leading = basename.len() - basename.trim_start_matches('.').len();
+    match basename[leading..].rfind('.') {
+        Some(i) => (
+            basename[..leading + i].to_string(),
+            basename[leading + i..].to_string(),
+        ),
+        None => (basename.to_string(), String::new()),
+    }
 }
 
 /// A short rendering of a value for error messages.

@@ -1337,3 +1337,27 @@ async fn load_contents_on_workflow_inputs_in_both_spellings() {
     assert_eq!(out["a"]["contents"], "1");
     assert_eq!(out["b"]["contents"], "2");
 }
+
+#[test]
+fn names_are_filled_for_expressions() {
+    let mut v = json!([
+        {"class": "File", "location": "file:///d/a%20b.tar.gz"},
+        {"class": "File", "location": "toilfile:x", "basename": ".bashrc"},
+        {"class": "Directory", "location": "file:///d/sub/", "listing": [
+            {"class": "File", "location": "file:///d/sub/noext"}
+        ]},
+    ]);
+    fill_names(&mut v);
+    assert_eq!(v[0]["basename"], "a b.tar.gz");
+    assert_eq!(
+        (v[0]["nameroot"].as_str(), v[0]["nameext"].as_str()),
+        (Some("a b.tar"), Some(".gz"))
+    );
+    assert_eq!(
+        (v[1]["nameroot"].as_str(), v[1]["nameext"].as_str()),
+        (Some(".bashrc"), Some(""))
+    );
+    assert_eq!(v[2]["basename"], "sub");
+    assert!(v[2].get("nameext").is_none());
+    assert_eq!(v[2]["listing"][0]["nameroot"], "noext");
+}
