@@ -323,16 +323,7 @@ async fn run_one(t: &Value) -> Result<Value, CwlError> {
         None => json!({}),
     };
     let exec: Arc<dyn Executor> = Arc::new(LocalExec);
-    run(
-        &doc,
-        job,
-        exec,
-        &EngineOptions {
-            no_container: true,
-            ..EngineOptions::default()
-        },
-    )
-    .await
+    run(&doc, job, exec, &EngineOptions { no_container: true }).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

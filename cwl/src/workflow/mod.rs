@@ -56,25 +56,18 @@ pub const ROOT_KEY: &str = "main";
 pub const LOAD_CONTENTS_LIMIT: usize = 64 * 1024;
 
 /// Settings of a workflow run.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct EngineOptions {
     /// `--no-container`: ignore `DockerRequirement` (run on the host).
     pub no_container: bool,
-    /// At most this many jobs of one scatter are in flight at once (0: no
-    /// limit). The jobs past the limit are only built when earlier ones
-    /// finish, which keeps the memory of a huge scatter small; the default
-    /// (10,000) is more than a cluster runs at once.
-    pub scatter_window: usize,
 }
 
-impl Default for EngineOptions {
-    fn default() -> Self {
-        EngineOptions {
-            no_container: false,
-            scatter_window: 10_000,
-        }
-    }
-}
+/// At most this many jobs of one scatter are in flight at once under
+/// [`run`]: the jobs past it are only built when earlier ones finish, which
+/// keeps the memory of a huge scatter small. It is more than a cluster runs
+/// at once. (Not a field of [`EngineOptions`], which callers build with a
+/// struct literal; see [`run_with_window`].)
+pub const DEFAULT_SCATTER_WINDOW: usize = 10_000;
 
 /// Runs `doc` (a Workflow, CommandLineTool, ExpressionTool or Operation)
 /// with input object `job` and returns the output object. Every
@@ -89,12 +82,25 @@ pub async fn run(
     exec: Arc<dyn Executor>,
     opts: &EngineOptions,
 ) -> Result<Value, CwlError> {
+    run_with_window(doc, job, exec, opts, DEFAULT_SCATTER_WINDOW).await
+}
+
+/// [`run`] with at most `scatter_window` jobs of any one scatter in flight
+/// at once (0: no limit).
+pub async fn run_with_window(
+    doc: &Document,
+    job: Value,
+    exec: Arc<dyn Executor>,
+    opts: &EngineOptions,
+    scatter_window: usize,
+) -> Result<Value, CwlError> {
+    let _ = opts.no_container; // containers are the executor's business
     let (job, job_reqs) = split_job_requirements(job)?;
     let eff = Effective::top_level(&doc.process, &job_reqs);
     let engine = Engine {
         exec,
         namespaces: doc.namespaces.clone(),
-        scatter_window: opts.scatter_window,
+        scatter_window,
     };
     engine
         .run_process(&doc.process, job, ROOT_KEY.to_string(), eff)

@@ -1042,11 +1042,15 @@ async fn a_thousand_way_scatter_runs_as_tasks_within_the_window() {
     );
     let xs: Vec<i64> = (0..1000).collect();
     let e: Arc<dyn Executor> = exec.clone();
-    let opts = EngineOptions {
-        scatter_window: 100,
-        ..EngineOptions::default()
-    };
-    let out = run(&doc(wf), json!({"x": xs}), e, &opts).await.unwrap();
+    let out = run_with_window(
+        &doc(wf),
+        json!({"x": xs}),
+        e,
+        &EngineOptions::default(),
+        100,
+    )
+    .await
+    .unwrap();
     let want: Vec<i64> = (1..1001).collect();
     assert_eq!(out, json!({"out": want}));
     assert_eq!(exec.keys().len(), 1000);
