@@ -453,19 +453,20 @@ impl Run<'_> {
         let Some(sink) = self.streamer.as_ref().map(|s| s.sink()) else {
             return Err(Cause::config_error("no log stream"));
         };
-        let ex = match exec::run_redirected(cmd, sink, c.time_limit, self.kill.clone(), &c.redirects)
-            .await
-        {
-            Ok(ex) => ex,
-            Err(e) => {
-                let msg = format!(
-                    "cannot run {:?}: {e}",
-                    c.argv.first().map(String::as_str).unwrap_or("")
-                );
-                self.note(&msg).await;
-                return Err(Cause::config_error(msg));
-            }
-        };
+        let ex =
+            match exec::run_redirected(cmd, sink, c.time_limit, self.kill.clone(), &c.redirects)
+                .await
+            {
+                Ok(ex) => ex,
+                Err(e) => {
+                    let msg = format!(
+                        "cannot run {:?}: {e}",
+                        c.argv.first().map(String::as_str).unwrap_or("")
+                    );
+                    self.note(&msg).await;
+                    return Err(Cause::config_error(msg));
+                }
+            };
         self.usage.peak_rss_bytes = ex.peak_rss;
         self.usage.cpu_time = prost_types::Duration::try_from(ex.cpu_time).ok();
         self.usage.wall_time = prost_types::Duration::try_from(ex.wall).ok();

@@ -149,7 +149,11 @@ fn visit_top(v: &mut Value, n: &mut usize, f: &mut dyn FnMut(&mut Map<String, Va
     }
 }
 
-fn place(m: &mut Map<String, Value>, parent: &str, f: &mut dyn FnMut(&mut Map<String, Value>, &str)) {
+fn place(
+    m: &mut Map<String, Value>,
+    parent: &str,
+    f: &mut dyn FnMut(&mut Map<String, Value>, &str),
+) {
     let dest = format!("{parent}/{}", safe_basename(m));
     f(m, &dest);
     if let Some(Value::Array(sfs)) = m.get_mut("secondaryFiles") {
@@ -254,7 +258,10 @@ pub fn localize(job: &mut Value, work_dir: &Path) -> Result<Staged, String> {
             return;
         }
         let abs = work_dir.join(dest);
-        let location = m.get("location").and_then(Value::as_str).map(str::to_string);
+        let location = m
+            .get("location")
+            .and_then(Value::as_str)
+            .map(str::to_string);
         let is_dir = class(m) == Some("Directory");
         let r = (|| -> Result<(), String> {
             match location.as_deref() {
@@ -290,7 +297,10 @@ pub fn localize(job: &mut Value, work_dir: &Path) -> Result<Staged, String> {
                 }
             }
             m.insert("location".into(), Value::String(file_uri(&abs)));
-            m.insert("path".into(), Value::String(abs.to_string_lossy().into_owned()));
+            m.insert(
+                "path".into(),
+                Value::String(abs.to_string_lossy().into_owned()),
+            );
             if !m.contains_key("basename") {
                 m.insert("basename".into(), Value::String(safe_basename(m)));
             }
@@ -357,7 +367,11 @@ pub fn plan_outputs(
         if err.is_some() {
             return;
         }
-        let Some(loc) = m.get("location").and_then(Value::as_str).map(str::to_string) else {
+        let Some(loc) = m
+            .get("location")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+        else {
             return; // a literal: kept as it is
         };
         if loc.starts_with(TOILFILE) || loc.starts_with(TOILDIR) {
@@ -491,10 +505,7 @@ pub async fn store_outputs(
             let rel = u.path.strip_prefix(outdir).unwrap_or(&u.path);
             // Opened beneath the output directory: a symbolic link the tool
             // left cannot send another file in its place.
-            let file = match toil_jobstore::beneath::open_file(outdir, rel) {
-                Ok(f) => Some(f),
-                Err(_) => None,
-            };
+            let file = toil_jobstore::beneath::open_file(outdir, rel).ok();
             match file {
                 Some(f) => {
                     store
@@ -654,9 +665,10 @@ impl Run<'_> {
         } else {
             String::new()
         };
-        let time_limit = prepared
-            .time_limit
-            .or_else(|| a.time_limit.and_then(|d| std::time::Duration::try_from(d).ok()));
+        let time_limit = prepared.time_limit.or_else(|| {
+            a.time_limit
+                .and_then(|d| std::time::Duration::try_from(d).ok())
+        });
         let env: BTreeMap<String, String> = prepared.env.clone();
         let no_extra = HashMap::new();
         let ex = match self
@@ -763,7 +775,12 @@ mod tests {
         let inputs = staged_inputs(&job());
         let got: Vec<(&str, &str)> = inputs
             .iter()
-            .map(|s| (s.file.as_ref().unwrap().file_id.as_str(), s.dest_path.as_str()))
+            .map(|s| {
+                (
+                    s.file.as_ref().unwrap().file_id.as_str(),
+                    s.dest_path.as_str(),
+                )
+            })
             .collect();
         // serde_json keeps keys sorted: "n", "reads", "refs".
         assert_eq!(
@@ -789,20 +806,33 @@ mod tests {
         }
         let mut j = job();
         let staged = localize(&mut j, &wd).unwrap();
-        assert_eq!(j["reads"]["path"], json!(wd.join("in/0/r.fq").to_string_lossy()));
-        assert_eq!(j["reads"]["location"], json!(file_uri(&wd.join("in/0/r.fq"))));
+        assert_eq!(
+            j["reads"]["path"],
+            json!(wd.join("in/0/r.fq").to_string_lossy())
+        );
+        assert_eq!(
+            j["reads"]["location"],
+            json!(file_uri(&wd.join("in/0/r.fq")))
+        );
         assert_eq!(
             j["reads"]["secondaryFiles"][0]["path"],
             json!(wd.join("in/0/r.fq.idx").to_string_lossy())
         );
-        assert!(wd.join("in/1/ref/empty").is_dir(), "empty directories exist");
-        assert_eq!(std::fs::read_to_string(wd.join("in/2/lit.txt")).unwrap(), "hello");
+        assert!(
+            wd.join("in/1/ref/empty").is_dir(),
+            "empty directories exist"
+        );
+        assert_eq!(
+            std::fs::read_to_string(wd.join("in/2/lit.txt")).unwrap(),
+            "hello"
+        );
         assert_eq!(
             staged[&wd.join("in/1/ref/g.fa")]["location"],
             json!("toilfile:files/inputs/cc")
         );
         // A file the leader did not list is an error, not a silent gap.
-        let mut missing = json!({"x": {"class": "File", "location": "toilfile:files/zz", "basename": "z"}});
+        let mut missing =
+            json!({"x": {"class": "File", "location": "toilfile:files/zz", "basename": "z"}});
         let e = localize(&mut missing, &wd).unwrap_err();
         assert!(e.contains("was not staged"), "{e}");
     }
@@ -845,9 +875,16 @@ mod tests {
         let sub = &v["d"]["listing"][0];
         assert_eq!(sub["basename"], json!("sub"));
         assert_eq!(sub["location"], json!("toildir:files/j/1/d/sub"));
-        assert_eq!(sub["listing"][0]["location"], json!("toilfile:files/j/1/d/sub/b.txt"));
+        assert_eq!(
+            sub["listing"][0]["location"],
+            json!("toilfile:files/j/1/d/sub/b.txt")
+        );
         assert_eq!(sub["listing"][1]["class"], json!("Directory"));
-        assert_eq!(sub["listing"][1]["listing"], json!([]), "an empty directory stays representable");
+        assert_eq!(
+            sub["listing"][1]["listing"],
+            json!([]),
+            "an empty directory stays representable"
+        );
         assert_eq!(v["same"]["location"], json!("toilfile:files/inputs/aa"));
         assert!(v["same"].get("path").is_none());
     }
@@ -862,7 +899,10 @@ mod tests {
         };
         assert_eq!(exit_cause(&p, 3), None);
         assert_eq!(exit_cause(&p, 75).unwrap().kind, CauseKind::ExitCode as i32);
-        assert_eq!(exit_cause(&p, 9).unwrap().kind, CauseKind::ConfigError as i32);
+        assert_eq!(
+            exit_cause(&p, 9).unwrap().kind,
+            CauseKind::ConfigError as i32
+        );
         assert_eq!(exit_cause(&p, 1).unwrap().kind, CauseKind::ExitCode as i32);
         let d = toil_cwl::tool::Prepared::default();
         assert_eq!(exit_cause(&d, 0), None);
@@ -875,7 +915,11 @@ mod tests {
         assert_eq!(u, "file:///tmp/a%20b/c%23d.txt");
         assert_eq!(uri_path(&u).unwrap(), p);
         assert_eq!(
-            safe_basename(json!({"class": "File", "location": "toilfile:files/inputs/x%20y"}).as_object().unwrap()),
+            safe_basename(
+                json!({"class": "File", "location": "toilfile:files/inputs/x%20y"})
+                    .as_object()
+                    .unwrap()
+            ),
             "x y"
         );
     }

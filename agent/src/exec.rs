@@ -84,12 +84,18 @@ pub async fn run_redirected(
 ) -> std::io::Result<Execution> {
     let open_in = |p: &std::path::Path| {
         std::fs::File::open(p).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("opening {} for standard input: {e}", p.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("opening {} for standard input: {e}", p.display()),
+            )
         })
     };
     let create = |p: &std::path::Path| {
         std::fs::File::create(p).map_err(|e| {
-            std::io::Error::new(e.kind(), format!("creating {} for output: {e}", p.display()))
+            std::io::Error::new(
+                e.kind(),
+                format!("creating {} for output: {e}", p.display()),
+            )
         })
     };
     let stdin = match &redirects.stdin {

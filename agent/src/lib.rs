@@ -19,8 +19,8 @@
 pub mod attempt;
 pub mod cache;
 pub mod client;
-pub mod cwl;
 pub mod config;
+pub mod cwl;
 pub mod exec;
 pub mod harden;
 pub mod images;

@@ -875,35 +875,6 @@ impl RunArgs {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn reuse(args: &[&str]) -> bool {
-        let cli = Cli::try_parse_from(["toil-leader", "run", "wf.yaml"].iter().chain(args))
-            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
-        match cli.command {
-            Command::Run(r) => r.reuse_agents(),
-            other => panic!("parsed as {other:?}"),
-        }
-    }
-
-    #[test]
-    fn agents_are_reused_by_default_only_locally() {
-        assert!(reuse(&[]));
-        assert!(!reuse(&["--reuseAgents=false"]));
-        assert!(!reuse(&["--batchSystem", "kubernetes"]));
-        assert!(reuse(&["--batchSystem", "kubernetes", "--reuseAgents"]));
-        assert!(reuse(&["--batchSystem", "kubernetes", "--reuseAgents=yes"]));
-        // A bare flag must not swallow the workflow that follows it.
-        let cli = Cli::try_parse_from(["toil-leader", "run", "--reuseAgents", "wf.yaml"])
-            .expect("a bare --reuseAgents before the workflow");
-        assert!(
-            matches!(cli.command, Command::Run(r) if r.workflow == std::path::Path::new("wf.yaml"))
-        );
-    }
-}
-
 /// Runs the embedded agent (`toil-leader agent run`, and the same for
 /// `toil-cwl-runner`), on the single-threaded runtime the agent uses.
 pub fn run_agent(a: AgentArgs) -> std::process::ExitCode {
@@ -930,5 +901,34 @@ pub fn run_agent(a: AgentArgs) -> std::process::ExitCode {
             eprintln!("toil-leader agent: cannot start the async runtime: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reuse(args: &[&str]) -> bool {
+        let cli = Cli::try_parse_from(["toil-leader", "run", "wf.yaml"].iter().chain(args))
+            .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        match cli.command {
+            Command::Run(r) => r.reuse_agents(),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+
+    #[test]
+    fn agents_are_reused_by_default_only_locally() {
+        assert!(reuse(&[]));
+        assert!(!reuse(&["--reuseAgents=false"]));
+        assert!(!reuse(&["--batchSystem", "kubernetes"]));
+        assert!(reuse(&["--batchSystem", "kubernetes", "--reuseAgents"]));
+        assert!(reuse(&["--batchSystem", "kubernetes", "--reuseAgents=yes"]));
+        // A bare flag must not swallow the workflow that follows it.
+        let cli = Cli::try_parse_from(["toil-leader", "run", "--reuseAgents", "wf.yaml"])
+            .expect("a bare --reuseAgents before the workflow");
+        assert!(
+            matches!(cli.command, Command::Run(r) if r.workflow == std::path::Path::new("wf.yaml"))
+        );
     }
 }

@@ -3,6 +3,8 @@
 //! standard output is exactly the output object, and the files in
 //! `--outdir`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -49,9 +51,18 @@ fn output_object(f: &Finished) -> Value {
 
 /// The local path of an output File, checked to be in `outdir`.
 fn local_file(v: &Value, outdir: &Path) -> PathBuf {
-    let path = PathBuf::from(v["path"].as_str().unwrap_or_else(|| panic!("no path in {v}")));
+    let path = PathBuf::from(
+        v["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no path in {v}")),
+    );
     let outdir = std::fs::canonicalize(outdir).expect("outdir");
-    assert!(path.starts_with(&outdir), "{} is not in {}", path.display(), outdir.display());
+    assert!(
+        path.starts_with(&outdir),
+        "{} is not in {}",
+        path.display(),
+        outdir.display()
+    );
     assert_eq!(
         v["location"].as_str(),
         Some(format!("file://{}", path.display()).as_str())
@@ -78,7 +89,10 @@ fn a_tool_runs_and_its_output_is_exported() {
     assert_eq!(upper["basename"], "out.txt");
     assert_eq!(upper["size"], 17);
     let p = local_file(upper, &sb.output_dir());
-    assert_eq!(std::fs::read_to_string(p).expect("read"), "ALPHA\nBETA\nGAMMA\n");
+    assert_eq!(
+        std::fs::read_to_string(p).expect("read"),
+        "ALPHA\nBETA\nGAMMA\n"
+    );
     // The job store given is removed on success (the default --clean).
     assert!(!sb.job_store().exists(), "the job store was not cleaned up");
 }
@@ -100,19 +114,18 @@ fn a_scattered_three_step_workflow_runs() {
     f.expect_code(0);
     let out = output_object(&f);
     let p = local_file(&out["joined"], &sb.output_dir());
-    assert_eq!(std::fs::read_to_string(p).expect("read"), "apple\nfig\npear\n");
+    assert_eq!(
+        std::fs::read_to_string(p).expect("read"),
+        "apple\nfig\npear\n"
+    );
     // Five jobs ran (three scattered, then two), and `status` reads the
     // runner's job store like any other.
     let st = sb.run(
-        &["status", "--jobStore", sb.job_store().to_str().expect("utf-8")],
+        &["status", sb.job_store().to_str().expect("utf-8")],
         Duration::from_secs(30),
     );
     st.expect_code(0);
-    assert!(
-        st.stdout.contains("jobs: 5 (5 succeeded)"),
-        "{}",
-        st.stdout
-    );
+    assert!(st.stdout.contains("jobs: 5 (5 succeeded)"), "{}", st.stdout);
 }
 
 #[test]
@@ -158,7 +171,10 @@ fn an_invalid_document_exits_2_with_its_position() {
     // --validate says the same without running anything.
     let v = run(&sb, &["--validate", doc.to_str().expect("utf-8")]);
     v.expect_code(2);
-    let ok = run(&sb, &["--validate", fixture("fail.cwl").to_str().expect("utf-8")]);
+    let ok = run(
+        &sb,
+        &["--validate", fixture("fail.cwl").to_str().expect("utf-8")],
+    );
     ok.expect_code(0);
 }
 
@@ -168,7 +184,11 @@ fn an_unsupported_requirement_exits_33() {
     let f = run(&sb, &[fixture("unsupported.cwl").to_str().expect("utf-8")]);
     f.expect_code(33);
     assert_eq!(f.stdout, "");
-    assert!(f.stderr.contains("NoSuchRequirementAnywhere"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("NoSuchRequirementAnywhere"),
+        "{}",
+        f.stderr
+    );
 }
 
 #[test]

@@ -77,6 +77,10 @@ pub struct CwlArgs {
     /// directory (unless --workDir is given).
     #[arg(long = "tmp-outdir-prefix")]
     pub tmp_outdir_prefix: Option<String>,
+
+    /// `--clean` was given (else a temporary job store is always deleted).
+    #[arg(skip)]
+    pub clean_given: bool,
 }
 
 /// Splits the command line into what clap parses (options, the document,
@@ -87,13 +91,16 @@ pub fn split_args(argv: &[String]) -> (Vec<String>, Vec<String>) {
     let takes_value = |name: &str| -> Option<bool> {
         cmd.get_arguments()
             .find(|a| a.get_long() == Some(name))
-            .map(|a| a.get_action().takes_values() && a.get_num_args().is_none_or(|n| n.min_values() > 0))
+            .map(|a| {
+                a.get_action().takes_values() && a.get_num_args().is_none_or(|n| n.min_values() > 0)
+            })
     };
     let optional_value = |name: &str| -> bool {
         cmd.get_arguments()
             .find(|a| a.get_long() == Some(name))
             .is_some_and(|a| {
-                a.get_action().takes_values() && a.get_num_args().is_some_and(|n| n.min_values() == 0)
+                a.get_action().takes_values()
+                    && a.get_num_args().is_some_and(|n| n.min_values() == 0)
             })
     };
     let mut known = Vec::new();
@@ -196,16 +203,17 @@ pub fn inputs_from_flags(
         let (base, is_array) = element_type(ty);
         let value = match inline {
             Some(v) => Some(v),
-            None if base == "boolean"
-                && flags.get(i + 1).is_none_or(|n| n.starts_with("--")) =>
-            {
+            None if base == "boolean" && flags.get(i + 1).is_none_or(|n| n.starts_with("--")) => {
                 None
             }
             None => {
                 i += 1;
-                Some(flags.get(i).cloned().ok_or_else(|| {
-                    CwlError::Invalid(format!("--{name} needs a value"))
-                })?)
+                Some(
+                    flags
+                        .get(i)
+                        .cloned()
+                        .ok_or_else(|| CwlError::Invalid(format!("--{name} needs a value")))?,
+                )
             }
         };
         i += 1;
@@ -226,13 +234,18 @@ pub fn inputs_from_flags(
 /// and whether it is an array.
 fn element_type(ty: &Value) -> (String, bool) {
     match ty {
-        Value::String(s) => (s.trim_end_matches('?').trim_end_matches("[]").to_string(), s.contains("[]")),
+        Value::String(s) => (
+            s.trim_end_matches('?').trim_end_matches("[]").to_string(),
+            s.contains("[]"),
+        ),
         Value::Array(alts) => alts
             .iter()
             .find(|t| t.as_str() != Some("null"))
             .map_or(("string".into(), false), element_type),
         Value::Object(o) if o.get("type").and_then(Value::as_str) == Some("array") => {
-            let (b, _) = o.get("items").map_or(("string".into(), false), element_type);
+            let (b, _) = o
+                .get("items")
+                .map_or(("string".into(), false), element_type);
             (b, true)
         }
         _ => ("string".into(), false),
@@ -285,7 +298,14 @@ pub fn main_with(argv: Vec<String>) -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let (known, flags) = split_args(argv.get(1..).unwrap_or_default());
-    let mut clap_argv = vec![argv.first().cloned().unwrap_or_else(|| "toil-cwl-runner".into())];
+    let clean_given = known
+        .iter()
+        .any(|a| a == "--clean" || a.starts_with("--clean="));
+    let mut clap_argv = vec![
+        argv.first()
+            .cloned()
+            .unwrap_or_else(|| "toil-cwl-runner".into()),
+    ];
     clap_argv.extend(known);
     let matches = match CwlArgs::command().try_get_matches_from(clap_argv) {
         Ok(m) => m,
@@ -294,13 +314,14 @@ pub fn main_with(argv: Vec<String>) -> ExitCode {
             return ExitCode::from(if e.use_stderr() { exit::BAD_INPUT } else { 0 });
         }
     };
-    let args = match CwlArgs::from_arg_matches(&matches) {
+    let mut args = match CwlArgs::from_arg_matches(&matches) {
         Ok(a) => a,
         Err(e) => {
             let _ = e.print();
             return ExitCode::from(exit::BAD_INPUT);
         }
     };
+    args.clean_given = clean_given;
     crate::progress::ECHO_TO_STDERR.store(true, std::sync::atomic::Ordering::Relaxed);
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| args.run.log_filter().to_string());
     // Messages for the user unless --quiet.
@@ -397,7 +418,10 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
             .and_then(|p| Path::new(p).parent().map(Path::to_path_buf))
             .filter(|d| !d.as_os_str().is_empty())
             .unwrap_or_else(std::env::temp_dir);
-        let dir = match tempfile::Builder::new().prefix("toil-cwl-").tempdir_in(&base) {
+        let dir = match tempfile::Builder::new()
+            .prefix("toil-cwl-")
+            .tempdir_in(&base)
+        {
             Ok(d) => d.keep(),
             Err(e) => {
                 return fail(CwlError::Failed(format!(
@@ -408,6 +432,11 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         };
         args.run.job_store = Some(format!("file:{}", dir.join("jobstore").display()));
         temp_parent = Some(dir);
+        // Nobody can restart a store they were not told the name of
+        // (--quiet hides it), so a temporary one goes even after a failure.
+        if !args.clean_given {
+            args.run.clean = crate::config::Clean::Always;
+        }
     }
     let name = given
         .as_ref()
@@ -442,18 +471,15 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         outdir,
         exec,
     };
-    let frontfn: crate::run::FrontFn =
-        Box::new(move |fe| Box::pin(front::run(fe, start)));
+    let frontfn: crate::run::FrontFn = Box::new(move |fe| Box::pin(front::run(fe, start)));
     let code = match crate::run::run_with(cfg, Some(frontfn)).await {
         Ok(c) => c,
         Err(e) => report(e),
     };
-    if let Some(dir) = temp_parent {
-        if code == 0 {
-            let _ = std::fs::remove_dir_all(&dir);
-        } else if !dir.join("jobstore").exists() {
-            let _ = std::fs::remove_dir(&dir);
-        }
+    if let Some(dir) = temp_parent
+        && !dir.join("jobstore").exists()
+    {
+        let _ = std::fs::remove_dir_all(&dir);
     }
     code
 }
@@ -532,10 +558,14 @@ mod tests {
             {"id": "file:///t.cwl#tags", "type": {"type": "array", "items": "string"}}
         ]});
         let m = inputs_from_flags(&flags, &tool, Path::new("/w")).unwrap();
-        assert_eq!(m["reads"], json!({"class": "File", "location": "file:///w/r.fq"}));
+        assert_eq!(
+            m["reads"],
+            json!({"class": "File", "location": "file:///w/r.fq"})
+        );
         assert_eq!(m["n"], json!(3));
         assert_eq!(m["verbose"], json!(true));
-        let m = inputs_from_flags(&s(&["--tags", "a", "--tags", "b"]), &tool, Path::new("/")).unwrap();
+        let m =
+            inputs_from_flags(&s(&["--tags", "a", "--tags", "b"]), &tool, Path::new("/")).unwrap();
         assert_eq!(m["tags"], json!(["a", "b"]));
         let e = inputs_from_flags(&s(&["--nope", "1"]), &tool, Path::new("/")).unwrap_err();
         assert_eq!(e.exit_code(), 2);

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
 use toil_cwl::{CwlError, Executor, Invocation};
 use toil_jobstore::JobStore;
 use toil_proto::v1::workflow_event::Kind;
 use toil_proto::v1::{AddJobsRequest, JobSpec, JobState, Relation, Resources};
+use tokio::sync::{mpsc, oneshot};
 
 use super::files::{ImportCache, import};
 use crate::driver::{Caller, Msg};
@@ -239,7 +239,11 @@ impl Inner {
         })
     }
 
-    async fn run_tool(self: Arc<Self>, key: String, mut inv: Invocation) -> Result<Value, CwlError> {
+    async fn run_tool(
+        self: Arc<Self>,
+        key: String,
+        mut inv: Invocation,
+    ) -> Result<Value, CwlError> {
         let name = super::job_name(&key);
         let mut added = false;
         loop {
@@ -346,7 +350,8 @@ mod tests {
             namespaces: Default::default(),
         };
         assert_eq!(docker_image(&inv).as_deref(), Some("docker://debian:12"));
-        inv.requirements = vec![json!({"class": "DockerRequirement", "dockerImageId": "docker://x/y"})];
+        inv.requirements =
+            vec![json!({"class": "DockerRequirement", "dockerImageId": "docker://x/y"})];
         assert_eq!(docker_image(&inv).as_deref(), Some("docker://x/y"));
         inv.requirements.clear();
         inv.hints.clear();

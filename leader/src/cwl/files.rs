@@ -221,6 +221,100 @@ fn list_local(v: &mut Value) -> Result<Vec<PathBuf>, CwlError> {
     }
 }
 
+/// The name a `secondaryFiles` pattern gives for a primary file's name:
+/// each leading `^` drops one extension, the rest is appended. `None` for
+/// an expression (evaluated by the tool, not here).
+pub fn secondary_name(primary: &str, pattern: &str) -> Option<String> {
+    if pattern.contains("$(") || pattern.contains("${") {
+        return None;
+    }
+    let mut base = primary.to_string();
+    let mut rest = pattern;
+    while let Some(r) = rest.strip_prefix('^') {
+        if let Some(i) = base.rfind('.') {
+            base.truncate(i);
+        }
+        rest = r;
+    }
+    Some(format!("{base}{rest}"))
+}
+
+/// Adds to every local File of the input object the secondary files its
+/// input parameter's `secondaryFiles` patterns name that exist beside it,
+/// before the files are imported (in the job store, where names are
+/// content hashes, they could no longer be found).
+pub fn add_secondary_files(job: &mut Value, process: &Value) {
+    let Some(inputs) = process.get("inputs").and_then(Value::as_array) else {
+        return;
+    };
+    for input in inputs {
+        let Some(patterns) = input.get("secondaryFiles").and_then(Value::as_array) else {
+            continue;
+        };
+        let Some(id) = input.get("id").and_then(Value::as_str) else {
+            continue;
+        };
+        let name = toil_cwl::load::shortname(id);
+        let Some(v) = job.get_mut(name) else {
+            continue;
+        };
+        let mut files: Vec<&mut Map<String, Value>> = Vec::new();
+        match v {
+            Value::Object(m) if class(m) == Some("File") => files.push(m),
+            Value::Array(a) => {
+                for x in a.iter_mut() {
+                    if let Value::Object(m) = x
+                        && class(m) == Some("File")
+                    {
+                        files.push(m);
+                    }
+                }
+            }
+            _ => {}
+        }
+        for m in files {
+            let Some(p) = m.get("location").and_then(Value::as_str).and_then(uri_path) else {
+                continue;
+            };
+            let (Some(dir), Some(fname)) = (p.parent(), p.file_name()) else {
+                continue;
+            };
+            let fname = fname.to_string_lossy().into_owned();
+            for pat in patterns {
+                let pattern = match pat {
+                    Value::String(s) => s.as_str(),
+                    Value::Object(o) => o.get("pattern").and_then(Value::as_str).unwrap_or(""),
+                    _ => continue,
+                };
+                let Some(sname) = secondary_name(&fname, pattern) else {
+                    continue;
+                };
+                let sp = dir.join(&sname);
+                if !sp.exists() {
+                    continue;
+                }
+                let loc = file_uri(&sp);
+                let list = m
+                    .entry("secondaryFiles")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Value::Array(list) = list {
+                    let present = list.iter().any(|s| {
+                        s.get("location")
+                            .and_then(Value::as_str)
+                            .and_then(uri_path)
+                            .as_deref()
+                            == Some(sp.as_path())
+                    });
+                    if !present {
+                        let class = if sp.is_dir() { "Directory" } else { "File" };
+                        list.push(json!({"class": class, "location": loc}));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// A name in `dir` not yet used by this export: `name`, then `name_2`, ...
 fn free_name(dir: &Path, name: &str, used: &mut HashSet<PathBuf>) -> PathBuf {
     let mut cand = dir.join(name);
@@ -247,7 +341,10 @@ enum Step {
 
 /// Plans the export of one object to `dest` (rewriting it).
 fn plan_export(m: &mut Map<String, Value>, dest: &Path, steps: &mut Vec<Step>) {
-    let loc = m.get("location").and_then(Value::as_str).map(str::to_string);
+    let loc = m
+        .get("location")
+        .and_then(Value::as_str)
+        .map(str::to_string);
     if class(m) == Some("Directory") {
         steps.push(Step::Mkdir(dest.to_path_buf()));
         if let Some(Value::Array(items)) = m.get_mut("listing") {
@@ -300,7 +397,10 @@ fn plan_export(m: &mut Map<String, Value>, dest: &Path, steps: &mut Vec<Step>) {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     m.insert("location".into(), Value::String(file_uri(dest)));
-    m.insert("path".into(), Value::String(dest.to_string_lossy().into_owned()));
+    m.insert(
+        "path".into(),
+        Value::String(dest.to_string_lossy().into_owned()),
+    );
     m.insert("basename".into(), Value::String(name));
     m.remove("contents");
     if let Some(Value::Array(sfs)) = m.get_mut("secondaryFiles")
@@ -340,7 +440,8 @@ pub async fn export(store: &JobStore, out: &mut Value, outdir: &Path) -> Result<
             }
             Step::Write { contents, dest } => {
                 if let Some(p) = dest.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+                    std::fs::create_dir_all(p)
+                        .map_err(|e| fail(format!("{}: {e}", p.display())))?;
                 }
                 std::fs::write(&dest, contents)
                     .map_err(|e| fail(format!("{}: {e}", dest.display())))?;
@@ -359,7 +460,8 @@ pub async fn export(store: &JobStore, out: &mut Value, outdir: &Path) -> Result<
             }
             Step::Fetch { file_id, dest } => {
                 if let Some(p) = dest.parent() {
-                    std::fs::create_dir_all(p).map_err(|e| fail(format!("{}: {e}", p.display())))?;
+                    std::fs::create_dir_all(p)
+                        .map_err(|e| fail(format!("{}: {e}", p.display())))?;
                 }
                 store
                     .get_file(&file_id, &dest)
@@ -450,14 +552,24 @@ mod tests {
         let n = import(&js, &mut v, &cache).await.unwrap();
         assert_eq!(n, 3, "a.txt once, its index, d/b.txt");
         assert_eq!(v["f"]["location"], v["again"]["location"]);
-        assert!(v["f"]["location"].as_str().unwrap().starts_with("toilfile:files/inputs/"));
+        assert!(
+            v["f"]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("toilfile:files/inputs/")
+        );
         assert_eq!(v["f"]["size"], json!(3));
         assert_eq!(v["f"]["basename"], json!("a.txt"));
         assert_eq!(
             v["f"]["checksum"],
             json!("sha1$a9993e364706816aba3e25717850c26c9cd0d89d")
         );
-        assert!(v["d"]["location"].as_str().unwrap().starts_with("toildir:imports/"));
+        assert!(
+            v["d"]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("toildir:imports/")
+        );
         let names: Vec<&str> = v["d"]["listing"]
             .as_array()
             .unwrap()
@@ -465,7 +577,12 @@ mod tests {
             .map(|e| e["basename"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["b.txt", "empty"]);
-        assert!(v["d"]["listing"][0]["location"].as_str().unwrap().starts_with("toilfile:"));
+        assert!(
+            v["d"]["listing"][0]["location"]
+                .as_str()
+                .unwrap()
+                .starts_with("toilfile:")
+        );
         assert_eq!(v["d"]["listing"][1]["listing"], json!([]));
 
         // Reading goes to the store.
@@ -487,6 +604,30 @@ mod tests {
         assert_eq!(v["again"]["basename"], json!("a.txt_2"));
         assert_eq!(v["lit"]["size"], json!(2));
         assert_eq!(v["n"], json!(5));
+    }
+
+    #[test]
+    fn secondary_files_are_found_beside_their_primary() {
+        assert_eq!(
+            secondary_name("a.bam", ".bai").as_deref(),
+            Some("a.bam.bai")
+        );
+        assert_eq!(secondary_name("a.bam", "^.bai").as_deref(), Some("a.bai"));
+        assert_eq!(secondary_name("a.b.c", "^^.d").as_deref(), Some("a.d"));
+        assert_eq!(secondary_name("a", "$(self.basename).x"), None);
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("r.bam"), "x").unwrap();
+        std::fs::write(tmp.path().join("r.bai"), "y").unwrap();
+        let mut job =
+            json!({"bam": {"class": "File", "location": file_uri(&tmp.path().join("r.bam"))}});
+        let tool = json!({"inputs": [{"id": "file:///t.cwl#bam", "type": "File",
+            "secondaryFiles": [{"pattern": "^.bai", "required": true}, {"pattern": ".crai", "required": false}]}]});
+        add_secondary_files(&mut job, &tool);
+        add_secondary_files(&mut job, &tool);
+        assert_eq!(
+            job["bam"]["secondaryFiles"],
+            json!([{"class": "File", "location": file_uri(&tmp.path().join("r.bai"))}])
+        );
     }
 
     #[tokio::test]

@@ -170,7 +170,8 @@ mod tests {
             assert!(
                 !n.is_empty()
                     && n.len() <= 63
-                    && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+                    && n.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
                 "{n}"
             );
         }
@@ -224,10 +225,18 @@ mod tests {
         assert_eq!(check_result(&s, &r), Ok(()));
         r.cwl_outputs =
             r#"{"o": {"class": "File", "location": "toilfile:files/other/1/secret"}}"#.into();
-        assert!(check_result(&s, &r).unwrap_err().contains("files/other/1/secret"));
+        assert!(
+            check_result(&s, &r)
+                .unwrap_err()
+                .contains("files/other/1/secret")
+        );
         let mut yaml = s.clone();
         yaml.cwl_invocation = None;
-        assert!(check_result(&yaml, &r).unwrap_err().contains("not a CWL job"));
+        assert!(
+            check_result(&yaml, &r)
+                .unwrap_err()
+                .contains("not a CWL job")
+        );
         r.cwl_outputs = String::new();
         assert_eq!(check_result(&yaml, &r), Ok(()));
     }

@@ -49,8 +49,7 @@ pub struct FrontEnd {
 /// A front end's work: runs while the leader does, adding jobs through the
 /// driver, and returns the run's exit code. The workflow stays open until
 /// it returns.
-pub type FrontFn =
-    Box<dyn FnOnce(FrontEnd) -> futures::future::BoxFuture<'static, u8> + Send>;
+pub type FrontFn = Box<dyn FnOnce(FrontEnd) -> futures::future::BoxFuture<'static, u8> + Send>;
 
 /// Runs a workflow to the end. Returns the exit code.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
@@ -106,10 +105,16 @@ pub async fn run_with(cfg: RunConfig, front: Option<FrontFn>) -> anyhow::Result<
     };
 
     let meta = &opened.meta;
+    let runner = if cfg.cwl {
+        "toil-cwl-runner"
+    } else {
+        "toil-leader run"
+    };
     if let Some((code, message)) = stopped.reason {
         if code == exit::INTERRUPTED {
             crate::say!(
-                "{message}: stopped the running jobs. Resume with:\n  toil-leader run {} --restart --jobStore {}",
+                "{message}: stopped the running jobs. Resume with:\n  {} {} --restart --jobStore {}",
+                runner,
                 meta.source.display(),
                 cfg.locator
             );
@@ -126,7 +131,8 @@ pub async fn run_with(cfg: RunConfig, front: Option<FrontFn>) -> anyhow::Result<
         }
         None => {
             crate::say!(
-                "toil-leader: the journal writer did not finish; the last moments of the run may not be stored. Resume with:\n  toil-leader run {} --restart --jobStore {}",
+                "toil-leader: the journal writer did not finish; the last moments of the run may not be stored. Resume with:\n  {} {} --restart --jobStore {}",
+                runner,
                 opened.meta.source.display(),
                 cfg.locator
             );
@@ -175,14 +181,16 @@ pub async fn run_with(cfg: RunConfig, front: Option<FrontFn>) -> anyhow::Result<
     } else if state == WorkflowState::Cancelled {
         // A cancellation is journaled: --restart would only replay it.
         crate::say!(
-            "the workflow was cancelled and its job store is kept (status and logs work on it); --restart would not run the cancelled jobs again. To run it anew:\n  toil-leader clean {} && toil-leader run {} --jobStore {}",
+            "the workflow was cancelled and its job store is kept (status and logs work on it); --restart would not run the cancelled jobs again. To run it anew:\n  toil-leader clean {} && {} {} --jobStore {}",
             cfg.locator,
+            runner,
             meta.source.display(),
             cfg.locator
         );
     } else if code != exit::OK {
         crate::say!(
-            "the job store is kept; after fixing the problem, resume with:\n  toil-leader run {} --restart --jobStore {}",
+            "the job store is kept; after fixing the problem, resume with:\n  {} {} --restart --jobStore {}",
+            runner,
             meta.source.display(),
             cfg.locator
         );
