@@ -599,9 +599,14 @@ mod tests {
         assert_eq!(std::fs::read_to_string(out.join("d/b.txt")).unwrap(), "b");
         assert!(out.join("d/empty").is_dir());
         assert_eq!(std::fs::read_to_string(out.join("l.txt")).unwrap(), "hi");
-        assert_eq!(v["f"]["path"], json!(out.join("a.txt").to_string_lossy()));
-        assert_eq!(v["f"]["location"], json!(file_uri(&out.join("a.txt"))));
-        assert_eq!(v["again"]["basename"], json!("a.txt_2"));
+        // Keys in order: "again" takes the name first.
+        assert_eq!(v["again"]["path"], json!(out.join("a.txt").to_string_lossy()));
+        assert_eq!(v["again"]["location"], json!(file_uri(&out.join("a.txt"))));
+        assert_eq!(v["f"]["basename"], json!("a.txt_2"));
+        assert_eq!(
+            v["f"]["secondaryFiles"][0]["path"],
+            json!(out.join("a.txt.idx").to_string_lossy())
+        );
         assert_eq!(v["lit"]["size"], json!(2));
         assert_eq!(v["n"], json!(5));
     }
