@@ -57,7 +57,7 @@ fn timestamp(t: chrono::DateTime<chrono::Utc>) -> prost_types::Timestamp {
 }
 
 impl AgentCtx {
-    async fn store(&self, locator: &str) -> Result<JobStore, String> {
+    pub(crate) async fn store(&self, locator: &str) -> Result<JobStore, String> {
         let mut stores = self.stores.lock().await;
         if let Some(s) = stores.get(locator) {
             return Ok(s.clone());
@@ -146,6 +146,7 @@ impl AgentCtx {
             usage: ResourceUsage::default(),
             started: None,
             staged: None,
+            cwl_outputs: String::new(),
         };
         let (c, exit_code, outs) = run.body().await;
         // Check the cache entries the job had links to (a job can write to
@@ -170,6 +171,7 @@ impl AgentCtx {
         };
         heartbeat.abort();
         let usage = run.usage;
+        let cwl_outputs = std::mem::take(&mut run.cwl_outputs);
         if !self.args.keep_work_dir {
             self.work_dirs.release(&work_dir);
         }
@@ -181,6 +183,7 @@ impl AgentCtx {
             log_chunks: chunks,
             started_at: started.map(timestamp),
             ended_at: Some(timestamp(chrono::Utc::now())),
+            cwl_outputs,
         }
     }
 
@@ -229,25 +232,28 @@ fn concluded(c: Cause, usage: ResourceUsage, log_chunks: Option<u64>) -> Attempt
         log_chunks: log_chunks.unwrap_or(0),
         started_at: None,
         ended_at: Some(timestamp(chrono::Utc::now())),
+        cwl_outputs: String::new(),
     }
 }
 
 /// The mutable state of one attempt in progress.
-struct Run<'a> {
-    ctx: &'a Arc<AgentCtx>,
-    a: &'a Assignment,
-    work_dir: &'a Path,
-    streamer: Option<LogStreamer>,
-    phase: watch::Sender<AgentPhase>,
-    kill: watch::Receiver<Option<KillReason>>,
-    usage: ResourceUsage,
-    started: Option<chrono::DateTime<chrono::Utc>>,
+pub(crate) struct Run<'a> {
+    pub(crate) ctx: &'a Arc<AgentCtx>,
+    pub(crate) a: &'a Assignment,
+    pub(crate) work_dir: &'a Path,
+    pub(crate) streamer: Option<LogStreamer>,
+    pub(crate) phase: watch::Sender<AgentPhase>,
+    pub(crate) kill: watch::Receiver<Option<KillReason>>,
+    pub(crate) usage: ResourceUsage,
+    pub(crate) started: Option<chrono::DateTime<chrono::Utc>>,
     /// The staged inputs, held until the attempt ends.
-    staged: Option<Staged>,
+    pub(crate) staged: Option<Staged>,
+    /// A CWL tool's output object, as JSON (`AttemptResult.cwl_outputs`).
+    pub(crate) cwl_outputs: String,
 }
 
 impl Run<'_> {
-    async fn note(&self, line: &str) {
+    pub(crate) async fn note(&self, line: &str) {
         if let Some(s) = &self.streamer {
             s.sink().note(line).await;
         }
@@ -293,96 +299,31 @@ impl Run<'_> {
         }
         self.staged = Some(staged);
         let input_paths: HashSet<String> = inputs.iter().map(|i| i.dest_path.clone()).collect();
+        if !a.cwl_invocation.is_empty() {
+            return self.body_cwl(&store).await;
+        }
 
-        let mut cmd = if a.image.is_empty() {
-            let Some((program, args)) = a.argv.split_first() else {
-                return (
-                    Cause::config_error("the job has an empty command"),
-                    -1,
-                    vec![],
-                );
-            };
-            let mut c = Command::new(program);
-            c.args(args);
-            c
-        } else {
-            let images = match self.ctx.image_cache().await {
-                Ok(c) => c,
-                Err(e) => return (Cause::new(e.cause_kind(), e.cause_message()), -1, vec![]),
-            };
-            self.note(&format!("pulling image {}", a.image)).await;
-            let pulled = match images.pull(&a.image).await {
-                Ok(p) => p,
-                Err(e) => {
-                    self.note(&format!("image pull failed: {}", e.cause_message()))
-                        .await;
-                    return (Cause::new(e.cause_kind(), e.cause_message()), -1, vec![]);
-                }
-            };
-            let cc = images.exec_command(&pulled.path, self.work_dir, &a.argv);
-            let mut c = Command::new(&cc.program);
-            c.args(&cc.args);
-            c.envs(cc.env.iter().map(|(k, v)| (k, v)));
-            c
-        };
-        // The job gets the agent's environment minus the agent's secrets.
-        cmd.env_remove("TOIL_AGENT_TOKEN")
-            .env_remove("TOIL_AGENT_ID")
-            .envs(&a.env)
-            .env("TOIL_WORKDIR", &self.ctx.args.work_dir)
-            .current_dir(self.work_dir);
-
-        // --- running -------------------------------------------------------
-        let _ = self.phase.send(AgentPhase::Running);
-        self.started = Some(chrono::Utc::now());
         let time_limit = a.time_limit.and_then(|d| Duration::try_from(d).ok());
-        let sink = match &self.streamer {
-            Some(s) => s.sink(),
-            None => {
-                return (Cause::config_error("no log stream"), -1, vec![]);
-            }
-        };
-        let ex = match exec::run(cmd, sink, time_limit, self.kill.clone()).await {
+        let ex = match self
+            .run_command(CommandSpec {
+                argv: &a.argv,
+                image: &a.image,
+                clean_env: None,
+                extra_env: &a.env,
+                cwd: self.work_dir,
+                redirects: exec::Redirects::default(),
+                time_limit,
+            })
+            .await
+        {
             Ok(ex) => ex,
-            Err(e) => {
-                let msg = format!(
-                    "cannot run {:?}: {e}",
-                    a.argv.first().map(String::as_str).unwrap_or("")
-                );
-                self.note(&msg).await;
-                return (Cause::config_error(msg), -1, vec![]);
-            }
+            Err(c) => return (c, -1, vec![]),
         };
-        self.usage.peak_rss_bytes = ex.peak_rss;
-        self.usage.cpu_time = prost_types::Duration::try_from(ex.cpu_time).ok();
-        self.usage.wall_time = prost_types::Duration::try_from(ex.wall).ok();
         let exit_code = ex.status.code().unwrap_or(-1);
-        use std::os::unix::process::ExitStatusExt;
-        let ended = match (&ex.killed, ex.status.code(), ex.status.signal()) {
-            (Some(KillReason::Deadline(t)), _, _) => Some(Cause::new(
-                CauseKind::DeadlineExceeded,
-                format!(
-                    "ran longer than its time limit of {}",
-                    humantime::format_duration(*t)
-                ),
-            )),
-            (Some(KillReason::Leader(r)), _, _) => Some(Cause::cancelled(r.clone())),
-            (Some(KillReason::Agent(r)), _, _) => Some(Cause::agent_lost(r.clone())),
-            (None, Some(0), _) => None,
-            (None, Some(code), _) => Some(Cause::exit_code(code)),
-            (None, None, Some(9)) => {
-                let asked = a.resources.as_ref().map_or(0, |r| r.memory_bytes);
-                Some(Cause::with_code(
-                    CauseKind::OomKilled,
-                    137,
-                    format!(
-                        "killed by SIGKILL, most likely by the out-of-memory killer (the job asked for {} MiB and peaked at {} MiB)",
-                        asked >> 20,
-                        ex.peak_rss >> 20
-                    ),
-                ))
-            }
-            (None, None, sig) => Some(Cause::signaled(sig.unwrap_or(0))),
+        let ended = match (self.kill_cause(&ex), ex.status.code()) {
+            (Some(c), _) => Some(c),
+            (None, Some(0)) => None,
+            (None, code) => Some(Cause::exit_code(code.unwrap_or(-1))),
         };
         if let Some(c) = ended {
             self.note(&format!("job ended: {}", c.message)).await;
@@ -422,6 +363,145 @@ impl Run<'_> {
                     vec![],
                 )
             }
+        }
+    }
+}
+
+/// A command an attempt runs: the workflow's, or a CWL tool's.
+pub(crate) struct CommandSpec<'c> {
+    /// The argument vector.
+    pub(crate) argv: &'c [String],
+    /// Container image; empty to run on the host.
+    pub(crate) image: &'c str,
+    /// The command's whole environment (a CWL tool's); `None` for the
+    /// agent's own minus its secrets, plus `extra_env`.
+    pub(crate) clean_env: Option<&'c std::collections::BTreeMap<String, String>>,
+    /// Variables added to the agent's environment (when `clean_env` is
+    /// `None`).
+    pub(crate) extra_env: &'c HashMap<String, String>,
+    /// The working directory (inside the work directory).
+    pub(crate) cwd: &'c Path,
+    /// Standard streams to files.
+    pub(crate) redirects: exec::Redirects,
+    /// Kill after this long.
+    pub(crate) time_limit: Option<Duration>,
+}
+
+impl Run<'_> {
+    /// Pulls the image (if any), then runs the command with the attempt's
+    /// log, kill and limits. An error is the attempt's cause (the command
+    /// did not start).
+    pub(crate) async fn run_command(
+        &mut self,
+        c: CommandSpec<'_>,
+    ) -> Result<exec::Execution, Cause> {
+        let mut cmd = if c.image.is_empty() {
+            let Some((program, args)) = c.argv.split_first() else {
+                return Err(Cause::config_error("the job has an empty command"));
+            };
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            if let Some(env) = c.clean_env {
+                cmd.env_clear().envs(env);
+            }
+            cmd
+        } else {
+            let images = match self.ctx.image_cache().await {
+                Ok(i) => i,
+                Err(e) => return Err(Cause::new(e.cause_kind(), e.cause_message())),
+            };
+            self.note(&format!("pulling image {}", c.image)).await;
+            let pulled = match images.pull(c.image).await {
+                Ok(p) => p,
+                Err(e) => {
+                    self.note(&format!("image pull failed: {}", e.cause_message()))
+                        .await;
+                    return Err(Cause::new(e.cause_kind(), e.cause_message()));
+                }
+            };
+            let mut cc = images.exec_command(&pulled.path, self.work_dir, c.argv);
+            // The whole work directory is bound; the command starts in
+            // `cwd` within it.
+            if let Some(i) = cc.args.iter().position(|a| a == "--pwd")
+                && let Some(slot) = cc.args.get_mut(i + 1)
+            {
+                *slot = c.cwd.as_os_str().to_os_string();
+            }
+            let mut cmd = Command::new(&cc.program);
+            cmd.args(&cc.args);
+            if let Some(env) = c.clean_env {
+                cmd.env_clear();
+                if let Some(path) = std::env::var_os("PATH") {
+                    cmd.env("PATH", path);
+                }
+                cmd.envs(env);
+            }
+            cmd.envs(cc.env.iter().map(|(k, v)| (k, v)));
+            cmd
+        };
+        if c.clean_env.is_none() {
+            // The job gets the agent's environment minus the agent's secrets.
+            cmd.env_remove("TOIL_AGENT_TOKEN")
+                .env_remove("TOIL_AGENT_ID")
+                .envs(c.extra_env)
+                .env("TOIL_WORKDIR", &self.ctx.args.work_dir);
+        }
+        cmd.current_dir(c.cwd);
+
+        let _ = self.phase.send(AgentPhase::Running);
+        self.started = Some(chrono::Utc::now());
+        let Some(sink) = self.streamer.as_ref().map(|s| s.sink()) else {
+            return Err(Cause::config_error("no log stream"));
+        };
+        let ex =
+            match exec::run_redirected(cmd, sink, c.time_limit, self.kill.clone(), &c.redirects)
+                .await
+            {
+                Ok(ex) => ex,
+                Err(e) => {
+                    let msg = format!(
+                        "cannot run {:?}: {e}",
+                        c.argv.first().map(String::as_str).unwrap_or("")
+                    );
+                    self.note(&msg).await;
+                    return Err(Cause::config_error(msg));
+                }
+            };
+        self.usage.peak_rss_bytes = ex.peak_rss;
+        self.usage.cpu_time = prost_types::Duration::try_from(ex.cpu_time).ok();
+        self.usage.wall_time = prost_types::Duration::try_from(ex.wall).ok();
+        Ok(ex)
+    }
+
+    /// Why a command that did not simply exit ended: killed by the agent
+    /// (time limit, leader, agent stopping), by the kernel (out of memory)
+    /// or by another signal. `None` when it exited with a status.
+    pub(crate) fn kill_cause(&self, ex: &exec::Execution) -> Option<Cause> {
+        use std::os::unix::process::ExitStatusExt;
+        match (&ex.killed, ex.status.code(), ex.status.signal()) {
+            (Some(KillReason::Deadline(t)), _, _) => Some(Cause::new(
+                CauseKind::DeadlineExceeded,
+                format!(
+                    "ran longer than its time limit of {}",
+                    humantime::format_duration(*t)
+                ),
+            )),
+            (Some(KillReason::Leader(r)), _, _) => Some(Cause::cancelled(r.clone())),
+            (Some(KillReason::Agent(r)), _, _) => Some(Cause::agent_lost(r.clone())),
+            (None, Some(_), _) => None,
+            (None, None, Some(9)) => {
+                let asked = self.a.resources.as_ref().map_or(0, |r| r.memory_bytes);
+                Some(Cause::with_code(
+                    CauseKind::OomKilled,
+                    137,
+                    format!(
+                        "killed by SIGKILL, most likely by the out-of-memory killer (the job asked for {} MiB and peaked at {} MiB)",
+                        asked >> 20,
+                        ex.peak_rss >> 20
+                    ),
+                ))
+            }
+            (None, None, sig) => Some(Cause::signaled(sig.unwrap_or(0))),
         }
     }
 }

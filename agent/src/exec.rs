@@ -51,16 +51,68 @@ pub struct Execution {
     pub killed: Option<KillReason>,
 }
 
+/// Where a command's standard streams go instead of the defaults (no
+/// input; output and errors to the job's log).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Redirects {
+    /// Read standard input from this file.
+    pub stdin: Option<std::path::PathBuf>,
+    /// Write standard output to this file (created or truncated).
+    pub stdout: Option<std::path::PathBuf>,
+    /// Write standard error to this file (created or truncated).
+    pub stderr: Option<std::path::PathBuf>,
+}
+
 /// Runs `cmd` to completion. `kill` delivers a reason to stop it early.
 pub async fn run(
+    cmd: Command,
+    sink: LogSink,
+    time_limit: Option<Duration>,
+    kill: watch::Receiver<Option<KillReason>>,
+) -> std::io::Result<Execution> {
+    run_redirected(cmd, sink, time_limit, kill, &Redirects::default()).await
+}
+
+/// Like [`run`], with the standard streams sent where `redirects` says; a
+/// stream redirected to a file does not reach the log.
+pub async fn run_redirected(
     mut cmd: Command,
     sink: LogSink,
     time_limit: Option<Duration>,
     mut kill: watch::Receiver<Option<KillReason>>,
+    redirects: &Redirects,
 ) -> std::io::Result<Execution> {
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+    let open_in = |p: &std::path::Path| {
+        std::fs::File::open(p).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("opening {} for standard input: {e}", p.display()),
+            )
+        })
+    };
+    let create = |p: &std::path::Path| {
+        std::fs::File::create(p).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("creating {} for output: {e}", p.display()),
+            )
+        })
+    };
+    let stdin = match &redirects.stdin {
+        Some(p) => Stdio::from(open_in(p)?),
+        None => Stdio::null(),
+    };
+    let stdout = match &redirects.stdout {
+        Some(p) => Stdio::from(create(p)?),
+        None => Stdio::piped(),
+    };
+    let stderr = match &redirects.stderr {
+        Some(p) => Stdio::from(create(p)?),
+        None => Stdio::piped(),
+    };
+    cmd.stdin(stdin)
+        .stdout(stdout)
+        .stderr(stderr)
         .process_group(0);
     let started = Instant::now();
     let mut child = cmd.spawn()?;

@@ -15,10 +15,12 @@
 //! - [`signals`]: SIGINT and SIGTERM as a clean stop (the leader's too);
 //! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging;
 //! - [`workdir`]: attempts' work directories, emptied and reused by a reused agent.
+//! - [`cwl`]: one CWL tool invocation: staging its files, its command, its outputs.
 pub mod attempt;
 pub mod cache;
 pub mod client;
 pub mod config;
+pub mod cwl;
 pub mod exec;
 pub mod harden;
 pub mod images;

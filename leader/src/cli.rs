@@ -13,7 +13,7 @@ use crate::batch::kubernetes::KubernetesConfig;
 use crate::batch::local::LocalConfig;
 use crate::config::{self, Batch, Clean, RunConfig};
 use crate::run::{Failure, exit};
-use crate::workflow::{self, Machine, units};
+use crate::workflow::{self, Machine, Workflow, units};
 
 const ABOUT: &str = "Run workflows of command-line jobs on this machine or on Kubernetes.";
 
@@ -511,6 +511,18 @@ impl RunArgs {
     /// Checks every option and the workflow file, and builds the run's
     /// settings. Nothing is opened or bound yet.
     pub fn into_config(self) -> anyhow::Result<RunConfig> {
+        self.into_config_for(None)
+    }
+
+    /// The settings for a CWL run (`toil-cwl-runner`): `workflow` names the
+    /// CWL document, which is not parsed here; `wf` is the (jobless)
+    /// workflow the leader runs, `None` on a restart.
+    pub fn into_cwl_config(self, wf: Option<Workflow>) -> anyhow::Result<RunConfig> {
+        self.into_config_for(Some(wf))
+    }
+
+    fn into_config_for(self, cwl: Option<Option<Workflow>>) -> anyhow::Result<RunConfig> {
+        let is_cwl = cwl.is_some();
         let cwd = std::env::current_dir()?;
         let locator = match &self.job_store {
             Some(s) => Locator::parse_in(s, &cwd).map_err(|e| bad(e.to_string()))?,
@@ -558,7 +570,9 @@ impl RunArgs {
         };
         // On --restart the file as it is now is compared with the stored
         // one (edited jobs run again); without the file, the stored one runs.
-        let workflow = if self.restart && !self.workflow.exists() {
+        let workflow = if let Some(wf) = cwl {
+            wf
+        } else if self.restart && !self.workflow.exists() {
             None
         } else {
             let machine = Machine {
@@ -718,6 +732,7 @@ impl RunArgs {
             output_dir,
             clean: self.clean,
             batch,
+            cwl: is_cwl,
         })
     }
 
@@ -856,6 +871,35 @@ impl RunArgs {
             "info,kube_client=off"
         } else {
             "warn,kube_client=off"
+        }
+    }
+}
+
+/// Runs the embedded agent (`toil-leader agent run`, and the same for
+/// `toil-cwl-runner`), on the single-threaded runtime the agent uses.
+pub fn run_agent(a: AgentArgs) -> std::process::ExitCode {
+    // As `toil-agent run` does: non-dumpable and the token out of the
+    // environment before anything runs, so a job cannot read the token.
+    if let Err(e) = toil_agent::harden::make_undumpable() {
+        eprintln!("toil-leader agent: {e}");
+        return std::process::ExitCode::from(70);
+    }
+    // SAFETY: no runtime yet, so this is the only thread.
+    unsafe { toil_agent::harden::forget_token() };
+    let AgentCommand::Run(args) = a.command;
+    let filter = std::env::var("TOIL_AGENT_LOG").unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .init();
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => std::process::ExitCode::from(rt.block_on(toil_agent::run::main(*args))),
+        Err(e) => {
+            eprintln!("toil-leader agent: cannot start the async runtime: {e}");
+            std::process::ExitCode::FAILURE
         }
     }
 }

@@ -79,6 +79,9 @@ pub struct RunConfig {
     pub clean: Clean,
     /// The batch system.
     pub batch: Batch,
+    /// The workflow is a CWL document run by `toil-cwl-runner` (its jobs
+    /// are added as it runs; `workflow` holds none).
+    pub cwl: bool,
 }
 
 /// Run settings given explicitly on the command line (or through their

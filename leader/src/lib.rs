@@ -8,6 +8,8 @@
 //!   of a run and their shutdown, the stored records and exit codes;
 //!   [`commands`]: `status`, `logs`, `clean`;
 //! - [`workflow`]: the workflow file, parsed and validated with positions;
+//! - [`cwl`]: `toil-cwl-runner`, the CWL front end (jobs added as a CWL
+//!   document runs);
 //! - [`core`]: the pure scheduler (graph, retries, dynamic jobs, journal);
 //! - [`driver`]: the one task that owns the core and talks to everything;
 //! - [`persist`]: the journal and snapshots in the job store, and fencing;
@@ -24,6 +26,7 @@ pub mod cli;
 pub mod commands;
 pub mod config;
 pub mod core;
+pub mod cwl;
 pub mod driver;
 pub mod events;
 pub mod logs;

@@ -64,30 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// The embedded agent, on the single-threaded runtime the agent uses.
+/// The embedded agent (see `toil_leader::cli::run_agent`).
 fn run_agent(a: toil_leader::cli::AgentArgs) -> ExitCode {
-    // As `toil-agent run` does: non-dumpable and the token out of the
-    // environment before anything runs, so a job cannot read the token.
-    if let Err(e) = toil_agent::harden::make_undumpable() {
-        eprintln!("toil-leader agent: {e}");
-        return ExitCode::from(70);
-    }
-    // SAFETY: no runtime yet, so this is the only thread.
-    unsafe { toil_agent::harden::forget_token() };
-    let toil_leader::cli::AgentCommand::Run(args) = a.command;
-    let filter = std::env::var("TOIL_AGENT_LOG").unwrap_or_else(|_| "info".into());
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .init();
-    match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => ExitCode::from(rt.block_on(toil_agent::run::main(*args))),
-        Err(e) => {
-            eprintln!("toil-leader agent: cannot start the async runtime: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    toil_leader::cli::run_agent(a)
 }

@@ -419,6 +419,7 @@ mod tests {
                     values: ScatterValues::Range(n),
                 }),
                 resources_pos: Pos::default(),
+                cwl: None,
             }],
             outputs: vec![],
         }

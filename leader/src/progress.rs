@@ -81,6 +81,11 @@ pub async fn run(
     term.clear_status();
 }
 
+/// Set when standard output is not for job output: `toil-cwl-runner`
+/// prints only the output object there, so job output goes to stderr.
+pub static ECHO_TO_STDERR: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// Prints a batch of lines with one write: a flood of short lines written
 /// a line at a time costs a system call each.
 fn print_line(l: &EchoLine) {
@@ -92,7 +97,11 @@ fn print_line(l: &EchoLine) {
         text.push_str(&crate::terminal::escape_controls(line));
         text.push('\n');
     }
-    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    if ECHO_TO_STDERR.load(std::sync::atomic::Ordering::Relaxed) {
+        let _ = std::io::stderr().lock().write_all(text.as_bytes());
+    } else {
+        let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    }
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use toil_proto::v1::{AddJobsRequest, JobSpec, JobState, Relation};
 
 use super::{Core, CoreError, CoreEvent, Job, JobIdx, Request, Resolved, Template, TmplIdx};
 use crate::workflow::spec::{
-    Command, InputSource, InputSpec, JobTemplate, OutputDecl, Pos, Workflow,
+    Command, CwlStep, InputSource, InputSpec, JobTemplate, OutputDecl, Pos, Workflow,
 };
 
 /// A job ready to be inserted: its template and the templates it waits for.
@@ -80,6 +80,7 @@ impl Core {
                 outputs: None,
                 blocked_by: None,
                 cancel_requested: false,
+                cwl_outputs: None,
             });
         }
         self.counts[JobState::Waiting] += count as u64;
@@ -480,7 +481,32 @@ fn template_from_spec(
     id: String,
     after: Vec<String>,
 ) -> Result<JobTemplate, String> {
+    let cwl = if spec.cwl_invocation.is_empty() {
+        if !spec.staged_files.is_empty() {
+            return Err("staged_files is only for CWL jobs (with cwl_invocation)".into());
+        }
+        None
+    } else {
+        if !spec.argv.is_empty() || !spec.shell.is_empty() || !spec.outputs.is_empty() {
+            return Err(
+                "a CWL job (cwl_invocation) has no argv, shell or outputs: the agent builds them from the invocation".into(),
+            );
+        }
+        for s in &spec.staged_files {
+            if s.file.is_none() || !crate::driver::checks::plain_relative(&s.dest_path) {
+                return Err(format!(
+                    "staged file {:?} needs a file and a plain relative dest_path",
+                    s.dest_path
+                ));
+            }
+        }
+        Some(Box::new(CwlStep {
+            invocation: spec.cwl_invocation.clone(),
+            staged: spec.staged_files.clone(),
+        }))
+    };
     let command = match (spec.argv.is_empty(), spec.shell.is_empty()) {
+        _ if cwl.is_some() => Command::Argv(Vec::new()),
         (false, true) => Command::Argv(spec.argv.clone()),
         (true, false) => Command::Shell(spec.shell.clone()),
         (true, true) => return Err("give either argv or shell".into()),
@@ -569,5 +595,6 @@ fn template_from_spec(
         outputs,
         scatter: None,
         resources_pos: Pos::default(),
+        cwl,
     })
 }

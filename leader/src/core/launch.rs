@@ -33,7 +33,13 @@ pub struct LaunchSpec {
     pub inputs: Vec<StagedInput>,
     /// Outputs to collect.
     pub outputs: Vec<OutputSpec>,
+    /// For a CWL job: the invocation, as JSON (`Assignment.cwl_invocation`).
+    pub cwl_invocation: Option<String>,
 }
+
+/// The one output a CWL job declares: the agent reports every file it
+/// stored under this name (`AttemptResult.cwl_outputs` says what each is).
+pub const CWL_OUTPUT: &str = "cwl";
 
 /// Replaces the scatter placeholders in `s`, if the job is scattered.
 pub(super) fn render(s: &str, scatter: Option<(&str, &str, u64)>) -> String {
@@ -128,6 +134,30 @@ impl Core {
                 }
             }
         }
+        if let Some(cwl) = &spec.cwl {
+            let job_id = self.job_id(j);
+            let mut request = t.res.request.clone();
+            if let Some(a) = job.attempts.get(n as usize - 1) {
+                request.memory = a.memory;
+            }
+            return Ok(LaunchSpec {
+                attempt_id: attempt_id(&job_id, n),
+                job_id,
+                attempt: n,
+                argv: Vec::new(),
+                env: BTreeMap::new(),
+                image: t.res.image.clone(),
+                request,
+                time_limit: t.res.time_limit,
+                inputs: cwl.staged.clone(),
+                outputs: vec![OutputSpec {
+                    name: CWL_OUTPUT.into(),
+                    patterns: vec!["**".into()],
+                    optional: true,
+                }],
+                cwl_invocation: Some(cwl.invocation.clone()),
+            });
+        }
         let outputs = spec
             .outputs
             .iter()
@@ -153,6 +183,7 @@ impl Core {
             time_limit: t.res.time_limit,
             inputs,
             outputs,
+            cwl_invocation: None,
         })
     }
 

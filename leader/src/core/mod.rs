@@ -35,7 +35,7 @@ use toil_proto::StateCounts;
 use toil_proto::v1::{AddJobsRequest, Cause, FileRef, JobState, OutputFiles, ResourceUsage};
 
 use crate::workflow::spec::{JobTemplate, Workflow};
-pub use launch::LaunchSpec;
+pub use launch::{CWL_OUTPUT, LaunchSpec};
 pub use resume::{ResumePlan, StoredVersion};
 pub use retry::RetryPolicy;
 pub use transitions::{Ended, now_timestamp};
@@ -255,6 +255,8 @@ pub(crate) struct Job {
     pub(crate) blocked_by: Option<JobIdx>,
     /// A cancel arrived while an attempt ran: end as CANCELLED, never retry.
     pub(crate) cancel_requested: bool,
+    /// For a succeeded CWL job: its output object (`AttemptResult.cwl_outputs`).
+    pub(crate) cwl_outputs: Option<Box<str>>,
 }
 
 /// The job graph and its state.
@@ -288,6 +290,9 @@ pub struct Core {
     /// Attempts of jobs that an edited version removed, by job id, so that
     /// a later version bringing the job back never reuses an attempt number.
     pub(crate) retired: HashMap<String, Vec<Attempt>>,
+    /// A front end (the CWL runner) may still add jobs: the workflow is not
+    /// finished while this is set, even with every job in a final state.
+    pub(crate) held_open: bool,
 }
 
 impl Core {
@@ -315,6 +320,7 @@ impl Core {
             version: 0,
             versions: HashMap::new(),
             retired: HashMap::new(),
+            held_open: false,
         };
         core.build_static(wf);
         core
@@ -408,9 +414,29 @@ impl Core {
         false
     }
 
-    /// True once every job has reached a final state.
+    /// True once every job has reached a final state (and no front end
+    /// holds the workflow open, see [`Core::hold_open`]).
     pub fn is_finished(&self) -> bool {
-        self.counts.unfinished() == 0
+        self.counts.unfinished() == 0 && !self.held_open
+    }
+
+    /// Keeps the workflow running while a front end (the CWL runner) may
+    /// still add jobs, or lets it end (`false`) once every job has.
+    pub fn hold_open(&mut self, held: bool) {
+        self.held_open = held;
+        if held {
+            // A replayed workflow whose jobs had all ended announced its
+            // end; it is not over while held.
+            self.events.retain(|e| *e != CoreEvent::WorkflowEnded);
+            self.ended_announced = false;
+        } else {
+            self.announce_end();
+        }
+    }
+
+    /// The output object a succeeded CWL job reported.
+    pub fn cwl_outputs(&self, j: JobIdx) -> Option<&str> {
+        self.jobs[j as usize].cwl_outputs.as_deref()
     }
 
     /// The workflow's state as a whole.

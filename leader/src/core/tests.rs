@@ -33,6 +33,7 @@ fn job(name: &str, after: &[&str]) -> JobTemplate {
         outputs: vec![],
         scatter: None,
         resources_pos: Pos::default(),
+        cwl: None,
     }
 }
 

@@ -179,6 +179,8 @@ impl Core {
             }
         };
         let outputs = std::mem::take(&mut result.outputs);
+        let cwl_outputs = (kind == CauseKind::Succeeded && !result.cwl_outputs.is_empty())
+            .then(|| result.cwl_outputs.clone().into_boxed_str());
         result.cause = Some(cause.clone());
         result.outputs = outputs.clone();
         let placement = self.jobs[j as usize]
@@ -210,6 +212,7 @@ impl Core {
         match class {
             Class::Success => {
                 self.jobs[j as usize].outputs = Some(outputs.into_boxed_slice());
+                self.jobs[j as usize].cwl_outputs = cwl_outputs;
                 self.commit_staged(j, &staged);
                 self.set_state(j, JobState::Succeeded);
                 self.complete(j);
@@ -375,7 +378,7 @@ impl Core {
         }
     }
 
-    fn announce_end(&mut self) {
+    pub(crate) fn announce_end(&mut self) {
         if self.is_finished() && !self.ended_announced && !self.replaying {
             self.ended_announced = true;
             self.events.push(CoreEvent::WorkflowEnded);

@@ -382,6 +382,7 @@ impl Driver {
             job_store: self.cfg.job_store.clone(),
             workflow_address: self.cfg.workflow_address.clone(),
             output_prefix: layout::output_prefix(&s.job_id, s.attempt),
+            cwl_invocation: s.cwl_invocation.clone().unwrap_or_default(),
         };
         Ok(SynchronizeResponse {
             action: Some(Action::Assignment(assignment)),

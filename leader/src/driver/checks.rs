@@ -53,7 +53,7 @@ pub fn check_outputs(spec: &LaunchSpec, result: &AttemptResult) -> Result<(), St
             }
         }
     }
-    Ok(())
+    crate::cwl::check_result(spec, result)
 }
 
 #[cfg(test)]
@@ -79,6 +79,7 @@ mod tests {
             },
             time_limit: None,
             inputs: vec![],
+            cwl_invocation: None,
             outputs: vec![OutputSpec {
                 name: "p".into(),
                 patterns: vec!["p*.txt".into()],

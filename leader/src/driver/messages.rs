@@ -58,6 +58,9 @@ pub enum Msg {
     },
     /// Read something from the driver's state.
     Query(Box<dyn FnOnce(&Driver) + Send>),
+    /// Keep the workflow open while a front end (the CWL runner) may add
+    /// jobs (`true`), or let it end once every job has (`false`).
+    HoldOpen(bool),
 }
 
 /// How long an agent may wait before its next report.
@@ -133,6 +136,7 @@ impl Driver {
                 let _ = reply.send(());
             }
             Msg::Query(f) => f(self),
+            Msg::HoldOpen(held) => self.core.hold_open(held),
         }
     }
 

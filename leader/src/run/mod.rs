@@ -33,8 +33,33 @@ pub(crate) use files::load_imports;
 pub use records::{Failure, LeaderInfo, Meta, RunSettings, exit, token_verifier};
 pub(crate) use startup::{hostname, restore_workflow};
 
+/// What a front end gets while the leader runs: the way to add jobs and
+/// learn how they end. The CWL runner (`crate::cwl`) is one.
+pub struct FrontEnd {
+    /// The driver's inbox: `Msg::AddJobs` and `Msg::Query`.
+    pub driver: tokio::sync::mpsc::Sender<crate::driver::Msg>,
+    /// The workflow's events (job state changes).
+    pub events: std::sync::Arc<crate::events::EventHub>,
+    /// The job store.
+    pub store: JobStore,
+    /// True for a first run, false when resuming a stored workflow.
+    pub fresh: bool,
+}
+
+/// A front end's work: runs while the leader does, adding jobs through the
+/// driver, and returns the run's exit code. The workflow stays open until
+/// it returns.
+pub type FrontFn = Box<dyn FnOnce(FrontEnd) -> futures::future::BoxFuture<'static, u8> + Send>;
+
 /// Runs a workflow to the end. Returns the exit code.
 pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
+    run_with(cfg, None).await
+}
+
+/// Runs a workflow to the end with `front` (if any) adding jobs while it
+/// runs; the workflow ends when `front` has returned and every job has
+/// ended. Returns the exit code: the front end's when there is one.
+pub async fn run_with(cfg: RunConfig, front: Option<FrontFn>) -> anyhow::Result<u8> {
     let t0 = Instant::now();
     // On Kubernetes: connect and check the cluster (access, the job store's
     // volume, node sizes) before the job store is touched.
@@ -48,16 +73,48 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         .map_err(startup::front_door)?;
     let host = hostname();
     let (opened, lease) = startup::open_workflow(&store, &cfg, &host).await?;
-    let prepared = resume::prepare(&store, &cfg, &opened, lease, cluster.as_ref(), &host).await?;
+    let mut prepared =
+        resume::prepare(&store, &cfg, &opened, lease, cluster.as_ref(), &host).await?;
+    if front.is_some() {
+        prepared.core.hold_open(true);
+    }
     let running = tasks::start(&cfg, &store, &opened.meta, &host, cluster, prepared).await?;
     let logs = running.logs.clone();
+    let front_task = front.map(|f| {
+        let handle = FrontEnd {
+            driver: running.driver_sender(),
+            events: running.events.clone(),
+            store: store.clone(),
+            fresh: opened.fresh,
+        };
+        let tx = handle.driver.clone();
+        tokio::spawn(async move {
+            let code = f(handle).await;
+            let _ = tx.send(crate::driver::Msg::HoldOpen(false)).await;
+            code
+        })
+    });
     let stopped = running.run().await;
+    let front_code = match front_task {
+        Some(t) if stopped.reason.is_some() => {
+            t.abort();
+            None
+        }
+        Some(t) => Some(t.await.unwrap_or(exit::FAILED)),
+        None => None,
+    };
 
     let meta = &opened.meta;
+    let runner = if cfg.cwl {
+        "toil-cwl-runner"
+    } else {
+        "toil-leader run"
+    };
     if let Some((code, message)) = stopped.reason {
         if code == exit::INTERRUPTED {
             crate::say!(
-                "{message}: stopped the running jobs. Resume with:\n  toil-leader run {} --restart --jobStore {}",
+                "{message}: stopped the running jobs. Resume with:\n  {} {} --restart --jobStore {}",
+                runner,
                 meta.source.display(),
                 cfg.locator
             );
@@ -74,7 +131,8 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
         }
         None => {
             crate::say!(
-                "toil-leader: the journal writer did not finish; the last moments of the run may not be stored. Resume with:\n  toil-leader run {} --restart --jobStore {}",
+                "toil-leader: the journal writer did not finish; the last moments of the run may not be stored. Resume with:\n  {} {} --restart --jobStore {}",
+                runner,
                 opened.meta.source.display(),
                 cfg.locator
             );
@@ -83,8 +141,9 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     }
     let state = stopped.outcome.state;
     let core = stopped.outcome.core;
-    let mut code = match state {
-        WorkflowState::Succeeded => exit::OK,
+    let mut code = match (front_code, state) {
+        (Some(c), _) => c,
+        (None, WorkflowState::Succeeded) => exit::OK,
         _ => exit::FAILED,
     };
     // An edited version's exports are the ones that count.
@@ -122,14 +181,16 @@ pub async fn run(cfg: RunConfig) -> anyhow::Result<u8> {
     } else if state == WorkflowState::Cancelled {
         // A cancellation is journaled: --restart would only replay it.
         crate::say!(
-            "the workflow was cancelled and its job store is kept (status and logs work on it); --restart would not run the cancelled jobs again. To run it anew:\n  toil-leader clean {} && toil-leader run {} --jobStore {}",
+            "the workflow was cancelled and its job store is kept (status and logs work on it); --restart would not run the cancelled jobs again. To run it anew:\n  toil-leader clean {} && {} {} --jobStore {}",
             cfg.locator,
+            runner,
             meta.source.display(),
             cfg.locator
         );
     } else if code != exit::OK {
         crate::say!(
-            "the job store is kept; after fixing the problem, resume with:\n  toil-leader run {} --restart --jobStore {}",
+            "the job store is kept; after fixing the problem, resume with:\n  {} {} --restart --jobStore {}",
+            runner,
             meta.source.display(),
             cfg.locator
         );

@@ -40,6 +40,11 @@ pub struct Meta {
     /// offline `status` use these, not the current command line.
     #[serde(default)]
     pub settings: Option<RunSettings>,
+    /// True for a CWL workflow run by `toil-cwl-runner`: `source` is the CWL
+    /// document, the stored workflow file is its text, and every job was
+    /// added while it ran (see `crate::cwl`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cwl: bool,
 }
 
 /// Settings that decide how the journal replays.

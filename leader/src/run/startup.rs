@@ -246,6 +246,7 @@ async fn create_store(
             retries: cfg.defaults.retries,
             infra_retries: cfg.infra_retries,
         }),
+        cwl: cfg.cwl,
     };
     store
         .put_bytes(
@@ -275,6 +276,12 @@ pub(crate) async fn restore_workflow(store: &JobStore) -> anyhow::Result<(Workfl
             store.locator()
         ),
     };
+    if meta.cwl {
+        // A CWL run's jobs are all in the journal; `crate::cwl` keeps the
+        // document itself.
+        let wf = crate::cwl::stored_workflow(&meta);
+        return Ok((wf, meta, false));
+    }
     let text = store
         .get_bytes(layout::SPEC_KEY)
         .await?

@@ -64,6 +64,8 @@ pub(super) struct Running {
     stop_reason: StopReason,
     /// The job logs, which the summary reads after the tasks stop.
     pub(super) logs: Arc<LogHub>,
+    /// The workflow's events, for a front end.
+    pub(super) events: Arc<EventHub>,
     tasks: Tasks,
 }
 
@@ -445,6 +447,7 @@ pub(super) async fn start(
         token_file.display()
     );
 
+    let events_for_front = events.clone();
     let driver = Driver::new(
         core,
         DriverConfig {
@@ -473,6 +476,7 @@ pub(super) async fn start(
         stop,
         stop_reason,
         logs,
+        events: events_for_front,
         tasks: Tasks {
             supervisor,
             batch_tx,
@@ -491,6 +495,11 @@ pub(super) async fn start(
 }
 
 impl Running {
+    /// A sender to the driver's inbox, for a front end.
+    pub(super) fn driver_sender(&self) -> mpsc::Sender<Msg> {
+        self.tasks.driver_tx.clone()
+    }
+
     /// Runs the driver until the workflow ends or the run is stopped, then
     /// stops every task in order.
     pub(super) async fn run(self) -> Stopped {
@@ -501,6 +510,7 @@ impl Running {
             stop,
             stop_reason,
             logs: _,
+            events: _,
             tasks: t,
         } = self;
         let mut t = t;

@@ -109,6 +109,19 @@ pub struct JobTemplate {
     pub scatter: Option<Scatter>,
     /// Position of the resource fields, for "too large" diagnostics.
     pub resources_pos: Pos,
+    /// Set for a step of a CWL workflow added by `toil-cwl-runner` (never
+    /// from a workflow file): the agent builds the command from it.
+    pub cwl: Option<Box<CwlStep>>,
+}
+
+/// A CWL tool invocation run as a job (see `leader/src/cwl/`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct CwlStep {
+    /// The `toil_cwl::Invocation`, as JSON (`Assignment.cwl_invocation`).
+    pub invocation: String,
+    /// The job-store files to stage, each at its place in the work
+    /// directory.
+    pub staged: Vec<toil_proto::v1::StagedInput>,
 }
 
 /// Where an input file comes from.

@@ -385,6 +385,7 @@ impl Conv<'_> {
             outputs: Vec::new(),
             scatter: None,
             resources_pos: e.key_pos,
+            cwl: None,
         };
         let mut raw = RawJob {
             template: t.clone(),

@@ -1,0 +1,209 @@
+//! `toil-cwl-runner` end to end: real CWL documents (tests/fixtures/cwl/)
+//! run through the real leader and agents, checking the exit code, that
+//! standard output is exactly the output object, and the files in
+//! `--outdir`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::Value;
+use toil_tests::harness;
+use toil_tests::local::{Finished, Sandbox};
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn fixture(name: &str) -> PathBuf {
+    harness::repo_root().join("tests/fixtures/cwl").join(name)
+}
+
+/// `toil-cwl-runner ARGS` in the sandbox, with its own job store and work
+/// directory, outputs to `SANDBOX/out`.
+fn runner(sb: &Sandbox, args: &[&str]) -> Command {
+    let mut cmd = Command::new(harness::bin("toil-cwl-runner"));
+    cmd.current_dir(sb.path())
+        .env("TOIL_WORKDIR", sb.work_dir())
+        .env("TOIL_STATE_DIR", sb.state_dir())
+        .env("TOIL_AGENT_BINARY", harness::bin("toil-agent"))
+        .env_remove("TOIL_JOBSTORE")
+        .env_remove("RUST_LOG")
+        .arg("--outdir")
+        .arg(sb.output_dir())
+        .args(args);
+    cmd
+}
+
+fn run(sb: &Sandbox, args: &[&str]) -> Finished {
+    sb.spawn(runner(sb, args), "cwl").wait(TIMEOUT)
+}
+
+/// Standard output parsed: it must be the output object and nothing else.
+fn output_object(f: &Finished) -> Value {
+    serde_json::from_str(&f.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not one JSON object ({e})\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            f.stdout, f.stderr
+        )
+    })
+}
+
+/// The local path of an output File, checked to be in `outdir`.
+fn local_file(v: &Value, outdir: &Path) -> PathBuf {
+    let path = PathBuf::from(
+        v["path"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no path in {v}")),
+    );
+    let outdir = std::fs::canonicalize(outdir).expect("outdir");
+    assert!(
+        path.starts_with(&outdir),
+        "{} is not in {}",
+        path.display(),
+        outdir.display()
+    );
+    assert_eq!(
+        v["location"].as_str(),
+        Some(format!("file://{}", path.display()).as_str())
+    );
+    path
+}
+
+#[test]
+fn a_tool_runs_and_its_output_is_exported() {
+    let sb = Sandbox::new("cwl-tool");
+    let f = run(
+        &sb,
+        &[
+            "--jobStore",
+            sb.job_store().to_str().expect("utf-8"),
+            fixture("cat-tool.cwl").to_str().expect("utf-8"),
+            fixture("cat-job.yml").to_str().expect("utf-8"),
+        ],
+    );
+    f.expect_code(0);
+    let out = output_object(&f);
+    let upper = &out["upper"];
+    assert_eq!(upper["class"], "File");
+    assert_eq!(upper["basename"], "out.txt");
+    assert_eq!(upper["size"], 17);
+    let p = local_file(upper, &sb.output_dir());
+    assert_eq!(
+        std::fs::read_to_string(p).expect("read"),
+        "ALPHA\nBETA\nGAMMA\n"
+    );
+    // The job store given is removed on success (the default --clean).
+    assert!(!sb.job_store().exists(), "the job store was not cleaned up");
+}
+
+#[test]
+fn a_scattered_three_step_workflow_runs() {
+    let sb = Sandbox::new("cwl-scatter");
+    let f = run(
+        &sb,
+        &[
+            "--clean",
+            "never",
+            "--jobStore",
+            sb.job_store().to_str().expect("utf-8"),
+            fixture("scatter-wf.cwl").to_str().expect("utf-8"),
+            fixture("scatter-job.json").to_str().expect("utf-8"),
+        ],
+    );
+    f.expect_code(0);
+    let out = output_object(&f);
+    let p = local_file(&out["joined"], &sb.output_dir());
+    assert_eq!(
+        std::fs::read_to_string(p).expect("read"),
+        "apple\nfig\npear\n"
+    );
+    // Five jobs ran (three scattered, then two), and `status` reads the
+    // runner's job store like any other.
+    let st = sb.run(
+        &["status", sb.job_store().to_str().expect("utf-8")],
+        Duration::from_secs(30),
+    );
+    st.expect_code(0);
+    assert!(st.stdout.contains("jobs: 5 (5 succeeded)"), "{}", st.stdout);
+}
+
+#[test]
+fn inputs_can_be_given_as_flags_after_the_document() {
+    let sb = Sandbox::new("cwl-flags");
+    let f = run(
+        &sb,
+        &[
+            fixture("scatter-wf.cwl").to_str().expect("utf-8"),
+            "--words",
+            "b",
+            "--words",
+            "a",
+        ],
+    );
+    f.expect_code(0);
+    let out = output_object(&f);
+    let p = local_file(&out["joined"], &sb.output_dir());
+    assert_eq!(std::fs::read_to_string(p).expect("read"), "a\nb\n");
+}
+
+#[test]
+fn a_failing_tool_exits_1_with_its_reason() {
+    let sb = Sandbox::new("cwl-fail");
+    let f = run(&sb, &[fixture("fail.cwl").to_str().expect("utf-8")]);
+    f.expect_code(1);
+    assert_eq!(f.stdout, "", "nothing on stdout for a failed run");
+    assert!(f.stderr.contains("going down"), "{}", f.stderr);
+}
+
+#[test]
+fn an_invalid_document_exits_2_with_its_position() {
+    let sb = Sandbox::new("cwl-invalid");
+    let doc = fixture("invalid.cwl");
+    let f = run(&sb, &[doc.to_str().expect("utf-8")]);
+    f.expect_code(2);
+    assert_eq!(f.stdout, "");
+    assert!(
+        f.stderr.contains("invalid.cwl:6:"),
+        "no file:line:col in\n{}",
+        f.stderr
+    );
+    // --validate says the same without running anything.
+    let v = run(&sb, &["--validate", doc.to_str().expect("utf-8")]);
+    v.expect_code(2);
+    let ok = run(
+        &sb,
+        &["--validate", fixture("fail.cwl").to_str().expect("utf-8")],
+    );
+    ok.expect_code(0);
+}
+
+#[test]
+fn an_unsupported_requirement_exits_33() {
+    let sb = Sandbox::new("cwl-unsupported");
+    let f = run(&sb, &[fixture("unsupported.cwl").to_str().expect("utf-8")]);
+    f.expect_code(33);
+    assert_eq!(f.stdout, "");
+    assert!(
+        f.stderr.contains("NoSuchRequirementAnywhere"),
+        "{}",
+        f.stderr
+    );
+}
+
+#[test]
+fn version_prints_and_exits_0() {
+    let sb = Sandbox::new("cwl-version");
+    let f = sb
+        .spawn(
+            {
+                let mut c = Command::new(harness::bin("toil-cwl-runner"));
+                c.arg("--version");
+                c
+            },
+            "version",
+        )
+        .wait(TIMEOUT);
+    f.expect_code(0);
+    assert!(f.stdout.starts_with("toil-cwl-runner "), "{}", f.stdout);
+}
