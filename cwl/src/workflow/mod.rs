@@ -17,6 +17,8 @@
 //!   indices (`main/step1/3/inner/step2`), so a restarted leader finds the
 //!   invocations that already finished ([`key_segment`]).
 //! * Requirements and hints are resolved per invocation ([`reqs`]).
+//! * A scatter keeps at most [`DEFAULT_SCATTER_WINDOW`] jobs in flight (see
+//!   [`run_with_window`]); later jobs are built as earlier ones finish.
 //!
 //! Failure: the first failing step (or scatter job) fails the whole run with
 //! a message naming it (`step 'align' (scatter job 3): ...`). The engine
