@@ -1089,7 +1089,6 @@ fn js_invocation(mut tool: Value, job: Value) -> Invocation {
 }
 
 #[test]
-#[ignore = "needs the expression evaluator (branch i11-expr)"]
 fn expressions_in_bindings_outputs_and_initial_workdir() {
     let sb = Sandbox::new();
     let f = sb.file("reads.fq", "ACGT\n");
@@ -1147,7 +1146,6 @@ fn expressions_in_bindings_outputs_and_initial_workdir() {
 }
 
 #[test]
-#[ignore = "needs the expression evaluator (branch i11-expr)"]
 fn secondary_files_required_by_expression() {
     let sb = Sandbox::new();
     let f = sb.file("ref.fa", ">r\n");
@@ -1170,7 +1168,6 @@ fn secondary_files_required_by_expression() {
 }
 
 #[test]
-#[ignore = "needs the expression evaluator (branch i11-expr)"]
 fn expression_tool_reads_contents_through_the_callback() {
     let tool = json!({
         "class": "ExpressionTool",
