@@ -1235,3 +1235,32 @@ fn globs_may_name_the_output_directory_itself_but_not_other_absolute_paths() {
     let err = run(&invocation(tool, json!({})), &sb).unwrap_err();
     assert!(err.to_string().contains("absolute path"), "{err}");
 }
+
+#[test]
+fn secondary_files_given_by_expressions_are_placed_beside_the_primary() {
+    // As tests/secondaryfiles/rename-inputs.cwl: the pattern gives another
+    // input under a new name; the tool finds it next to the primary file.
+    let sb = Sandbox::new();
+    let primary = sb.file("a/secondary_file_test.txt", "primary\n");
+    let accessory = sb.file("b/secondary_file_test.txt.accessory", "accessory\n");
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [
+            {"id": "file:///t.cwl#p", "type": "File", "inputBinding": {},
+             "secondaryFiles": [{"pattern":
+                "${return [{'class': 'File', 'location': inputs.acc.location, 'basename': self.nameroot + '.accessory'}]}",
+                "required": null}]},
+            input("acc", json!("File"), None),
+        ],
+        "outputs": [],
+        "baseCommand": ["cat"],
+    });
+    let inv = js_invocation(tool, json!({"p": primary, "acc": accessory}));
+    let p = prepare(&inv, &sb.rt, false).unwrap();
+    let primary_path = PathBuf::from(&p.argv[1]);
+    assert_eq!(
+        fs::read_to_string(primary_path.with_file_name("secondary_file_test.accessory")).unwrap(),
+        "accessory\n"
+    );
+    assert_eq!(fs::read_to_string(&primary_path).unwrap(), "primary\n");
+}
