@@ -252,15 +252,30 @@ fn localize_dir(m: &mut Map<String, Value>, st: &mut Stager) -> Result<(), CwlEr
         m.insert("basename".into(), json!(files::basename_of(&loc)));
     }
     let base = str_field(m, "basename").unwrap_or_default().to_string();
-    if path
+    let dir = if path
         .file_name()
         .is_some_and(|n| n.to_string_lossy() == base)
     {
-        files::set_path(m, &path);
+        path
     } else {
         let staged = st.new_dir()?.join(&base);
         symlink(&path, &staged)?;
-        files::set_path(m, &staged);
+        staged
+    };
+    files::set_path(m, &dir);
+    // Entries of the listing that are in the directory have their path
+    // there.
+    if let Some(Value::Array(items)) = m.get_mut("listing") {
+        for item in items {
+            let Value::Object(im) = item else { continue };
+            let Some(b) = str_field(im, "basename").map(str::to_string) else {
+                continue;
+            };
+            let inside = dir.join(b);
+            if fs::symlink_metadata(&inside).is_ok() {
+                files::set_path(im, &inside);
+            }
+        }
     }
     Ok(())
 }

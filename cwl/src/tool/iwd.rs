@@ -261,7 +261,9 @@ fn evaluate(ctx: &mut Ctx<'_>, req: &Value) -> Result<Vec<Value>, CwlError> {
 /// Directory, a list of them, or any other value serialized as JSON).
 fn dirent(ctx: &mut Ctx<'_>, t: &Value, ls: &mut Vec<Value>) -> Result<(), CwlError> {
     let entry = t.get("entry").cloned().unwrap_or(Value::Null);
-    let v = ctx.eval(&entry, &Value::Null)?;
+    let v = ctx
+        .ev
+        .eval_keep_whitespace(&entry, &ctx.inputs, &Value::Null, &ctx.runtime)?;
     let writable = t.get("writable").and_then(Value::as_bool).unwrap_or(false);
     if v.is_null() {
         return Ok(());

@@ -219,6 +219,9 @@ pub fn prepare(inv: &Invocation, rt: &Runtime, use_container: bool) -> Result<Pr
         &stager.literal_dirs,
         inputs::PassOptions::default(),
     )?;
+    // Secondary files that patterns named by File objects (expressions)
+    // are placed beside their primary file now.
+    inputs::localize(&mut job, &mut stager)?;
     ctx.inputs = job;
 
     let mut prepared = Prepared {

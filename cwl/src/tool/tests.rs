@@ -1089,7 +1089,6 @@ fn js_invocation(mut tool: Value, job: Value) -> Invocation {
 }
 
 #[test]
-#[ignore = "needs the expression evaluator (branch i11-expr)"]
 fn expressions_in_bindings_outputs_and_initial_workdir() {
     let sb = Sandbox::new();
     let f = sb.file("reads.fq", "ACGT\n");
@@ -1147,7 +1146,6 @@ fn expressions_in_bindings_outputs_and_initial_workdir() {
 }
 
 #[test]
-#[ignore = "needs the expression evaluator (branch i11-expr)"]
 fn secondary_files_required_by_expression() {
     let sb = Sandbox::new();
     let f = sb.file("ref.fa", ">r\n");
@@ -1170,7 +1168,6 @@ fn secondary_files_required_by_expression() {
 }
 
 #[test]
-#[ignore = "needs the expression evaluator (branch i11-expr)"]
 fn expression_tool_reads_contents_through_the_callback() {
     let tool = json!({
         "class": "ExpressionTool",
@@ -1237,4 +1234,33 @@ fn globs_may_name_the_output_directory_itself_but_not_other_absolute_paths() {
     });
     let err = run(&invocation(tool, json!({})), &sb).unwrap_err();
     assert!(err.to_string().contains("absolute path"), "{err}");
+}
+
+#[test]
+fn secondary_files_given_by_expressions_are_placed_beside_the_primary() {
+    // As tests/secondaryfiles/rename-inputs.cwl: the pattern gives another
+    // input under a new name; the tool finds it next to the primary file.
+    let sb = Sandbox::new();
+    let primary = sb.file("a/secondary_file_test.txt", "primary\n");
+    let accessory = sb.file("b/secondary_file_test.txt.accessory", "accessory\n");
+    let tool = json!({
+        "class": "CommandLineTool",
+        "inputs": [
+            {"id": "file:///t.cwl#p", "type": "File", "inputBinding": {},
+             "secondaryFiles": [{"pattern":
+                "${return [{'class': 'File', 'location': inputs.acc.location, 'basename': self.nameroot + '.accessory'}]}",
+                "required": null}]},
+            input("acc", json!("File"), None),
+        ],
+        "outputs": [],
+        "baseCommand": ["cat"],
+    });
+    let inv = js_invocation(tool, json!({"p": primary, "acc": accessory}));
+    let p = prepare(&inv, &sb.rt, false).unwrap();
+    let primary_path = PathBuf::from(&p.argv[1]);
+    assert_eq!(
+        fs::read_to_string(primary_path.with_file_name("secondary_file_test.accessory")).unwrap(),
+        "accessory\n"
+    );
+    assert_eq!(fs::read_to_string(&primary_path).unwrap(), "primary\n");
 }
