@@ -5,7 +5,8 @@
 # toolchain (a Python venv with moto and grpcio-tools, and `buf`, both inside
 # the repository), then checks formatting and lints, builds every binary
 # once, and runs every test against real processes and servers: the leader
-# and agents, moto (S3), the Kubernetes API emulator, Python gRPC clients.
+# and agents, moto (S3), the Kubernetes API emulator, Python gRPC clients;
+# then the official CWL v1.2 conformance suite (scripts/cwl-conformance.sh).
 #
 # Usage: scripts/test.sh [extra arguments for `cargo test`]
 set -euo pipefail
@@ -35,3 +36,9 @@ cargo build --workspace --all-targets
 
 step "tests"
 cargo test --workspace "$@"
+
+# The official CWL v1.2 conformance suite against toil-cwl-runner, with the
+# binaries built above: every required test must pass and the pass count
+# may not fall below cwl/conformance/floor (see docs/cwl.md).
+step "CWL conformance"
+./scripts/cwl-conformance.sh -j 2

@@ -37,8 +37,75 @@ pub fn format_number_json(n: &Number) -> String {
         return u.to_string();
     }
     match n.as_f64() {
+        Some(f) if is_big_integer(f) => f.to_string(),
         Some(f) if f.is_finite() => python_float_repr(f),
         _ => n.to_string(),
+    }
+}
+
+/// A double that is a whole number too big for a 64-bit integer: almost
+/// always an integer literal of the document or job (`1000...000`) that
+/// JSON and YAML parsers could only keep as a double. The reference
+/// runner keeps such literals as integers and writes them as digits, and
+/// so do we (`4.2e42` becomes `4200000000000000000000000000000000000000000`,
+/// the shortest digits that read back to the same double).
+fn is_big_integer(f: f64) -> bool {
+    f.is_finite() && f.fract() == 0.0 && f.abs() >= 18446744073709551616.0
+}
+
+/// Serializes an output object for people and for tools that compare it
+/// (the runner's final output): indented JSON, keys in their order, numbers
+/// as [`serde_json`] writes them except whole doubles too big for a 64-bit
+/// integer, written as digits (see [`format_number_json`]), so that a
+/// literal `1000000000000000000000000000000000000000000` comes out as it
+/// went in.
+pub fn to_json_pretty(v: &Value) -> String {
+    let mut out = String::new();
+    write_pretty(v, 0, &mut out);
+    out
+}
+
+fn write_pretty(v: &Value, depth: usize, out: &mut String) {
+    let indent = |d: usize, out: &mut String| {
+        out.push('\n');
+        for _ in 0..d {
+            out.push_str("    ");
+        }
+    };
+    match v {
+        Value::Number(n) => match n.as_f64() {
+            Some(f) if !n.is_i64() && !n.is_u64() && is_big_integer(f) => {
+                out.push_str(&f.to_string());
+            }
+            _ => out.push_str(&n.to_string()),
+        },
+        Value::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                indent(depth + 1, out);
+                write_pretty(item, depth + 1, out);
+            }
+            indent(depth, out);
+            out.push(']');
+        }
+        Value::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (k, item)) in map.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                indent(depth + 1, out);
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push_str(": ");
+                write_pretty(item, depth + 1, out);
+            }
+            indent(depth, out);
+            out.push('}');
+        }
+        other => out.push_str(&other.to_string()),
     }
 }
 

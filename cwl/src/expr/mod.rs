@@ -24,7 +24,9 @@ use serde_json::Value;
 
 use crate::{CwlError, Runtime};
 
-pub use format::{format_number, format_number_json, to_interpolated_string, to_sorted_json};
+pub use format::{
+    format_number, format_number_json, to_interpolated_string, to_json_pretty, to_sorted_json,
+};
 pub use js::JsLimits;
 
 /// Longest expression text quoted in an error message.

@@ -322,6 +322,9 @@ async fn run_one(t: &Value) -> Result<Value, CwlError> {
         Some(j) => crate::load::load_job_order(&dir.join(j), &doc)?,
         None => json!({}),
     };
+    // What the runner does before importing the input object.
+    let reqs = super::reqs::list_of(&doc.process, "requirements");
+    let job = crate::tool::discover_secondary_files(&doc.process, reqs, &job)?;
     let exec: Arc<dyn Executor> = Arc::new(LocalExec);
     run(&doc, job, exec, &EngineOptions { no_container: true }).await
 }

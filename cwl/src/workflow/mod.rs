@@ -17,6 +17,8 @@
 //!   indices (`main/step1/3/inner/step2`), so a restarted leader finds the
 //!   invocations that already finished ([`key_segment`]).
 //! * Requirements and hints are resolved per invocation ([`reqs`]).
+//! * A scatter keeps at most [`DEFAULT_SCATTER_WINDOW`] jobs in flight (see
+//!   [`run_with_window`]); later jobs are built as earlier ones finish.
 //!
 //! Failure: the first failing step (or scatter job) fails the whole run with
 //! a message naming it (`step 'align' (scatter job 3): ...`). The engine
@@ -97,6 +99,7 @@ pub async fn run_with_window(
     let _ = opts.no_container; // containers are the executor's business
     let (job, job_reqs) = split_job_requirements(job)?;
     let eff = Effective::top_level(&doc.process, &job_reqs);
+    let job = with_discovered_defaults(&doc.process, &eff, job)?;
     let engine = Engine {
         exec,
         namespaces: doc.namespaces.clone(),
@@ -105,6 +108,52 @@ pub async fn run_with_window(
     engine
         .run_process(&doc.process, job, ROOT_KEY.to_string(), eff)
         .await
+}
+
+/// Puts into the top-level input object `job` the `default` of each input
+/// it does not give (or gives as null) whose default holds a File or
+/// Directory, with the secondary files its `secondaryFiles` patterns name
+/// found beside it (`tool::discover_secondary_files`). The runner discovers
+/// the secondary files of the inputs it is given before importing them;
+/// defaults come from the document, so they are completed here. Their
+/// locations stay `file://` (see the module documentation).
+fn with_discovered_defaults(
+    process: &Value,
+    eff: &Effective,
+    job: Value,
+) -> Result<Value, CwlError> {
+    let Value::Object(mut map) = job else {
+        return Ok(job);
+    };
+    let mut defaults = Map::new();
+    for input in array_of(process, "inputs") {
+        let name = crate::load::shortname(id_of(input));
+        let Some(default) = input.get("default").filter(|d| !d.is_null()) else {
+            continue;
+        };
+        if map.get(name).is_some_and(|v| !v.is_null()) {
+            continue;
+        }
+        let mut has_files = false;
+        crate::files::walk_mut(&mut default.clone(), &mut |_| has_files = true);
+        if has_files {
+            defaults.insert(name.to_string(), default.clone());
+        }
+    }
+    if defaults.is_empty() {
+        return Ok(Value::Object(map));
+    }
+    let found =
+        crate::tool::discover_secondary_files(process, &eff.requirements, &Value::Object(defaults))
+            .map_err(|e| in_context(e, "the defaults of the inputs"))?;
+    if let Value::Object(found) = found {
+        for (k, v) in found {
+            if !v.is_null() {
+                map.insert(k, v);
+            }
+        }
+    }
+    Ok(Value::Object(map))
 }
 
 /// Removes `cwl:requirements` from an input object and returns it apart.

@@ -222,42 +222,6 @@ fn add1_exec() -> TestExec {
     })
 }
 
-/// True once the expression evaluator is the real one (not the stub of the
-/// parallel branch): tests of expressions need it.
-fn expressions_available() -> bool {
-    let Ok(mut ev) = crate::expr::Evaluator::new(&[]) else {
-        return false;
-    };
-    let r = ev.eval(
-        &json!("$(inputs.x)"),
-        &json!({"x": 1}),
-        &Value::Null,
-        &json!({}),
-    );
-    if r != Ok(json!(1)) {
-        eprintln!("SKIPPED: the expression evaluator is still a stub on this branch");
-        return false;
-    }
-    true
-}
-
-/// True once `tool::run_expression_tool` is the real one.
-fn expression_tools_available() -> bool {
-    let inv = Invocation {
-        tool: json!({"class": "ExpressionTool", "id": "file:///t/e.cwl", "inputs": [], "outputs": [], "expression": "$({})"}),
-        job: json!({}),
-        requirements: vec![json!({"class": "InlineJavascriptRequirement"})],
-        hints: Vec::new(),
-        namespaces: serde_json::Map::new(),
-    };
-    let r = crate::tool::run_expression_tool(&inv, &mut |_: &str, _: usize| Ok(Vec::new()));
-    if matches!(&r, Err(CwlError::Unsupported(m)) if m.contains("not built yet")) {
-        eprintln!("SKIPPED: tool::run_expression_tool is still a stub on this branch");
-        return false;
-    }
-    true
-}
-
 /// A workflow with one step `s` running `run`, scattering over `scatter`
 /// with `method`; every workflow input feeds the step input of the same
 /// name and every step output is a workflow output.
@@ -793,9 +757,6 @@ async fn a_constant_value_from_replaces_the_input_and_needs_its_requirement() {
 
 #[tokio::test]
 async fn value_from_sees_self_and_inputs_before_value_from() {
-    if !expressions_available() {
-        return;
-    }
     let t = tool(
         "echo",
         &[("a", json!("Any")), ("b", json!("Any"))],
@@ -994,9 +955,6 @@ async fn scattering_a_non_array_fails_and_several_inputs_need_a_method() {
 
 #[tokio::test]
 async fn value_from_is_applied_after_scattering() {
-    if !expressions_available() {
-        return;
-    }
     let (t, exec) = pair_tool();
     let exec = Arc::new(exec);
     let arr = json!({"type": "array", "items": "string"});
@@ -1065,9 +1023,6 @@ async fn a_thousand_way_scatter_runs_as_tasks_within_the_window() {
 
 #[tokio::test]
 async fn when_false_gives_null_outputs_and_with_scatter_null_elements() {
-    if !expressions_available() {
-        return;
-    }
     let exec = Arc::new(add1_exec());
     let mut wf = scatter_wf(
         add1(),
@@ -1095,9 +1050,6 @@ async fn when_false_gives_null_outputs_and_with_scatter_null_elements() {
 
 #[tokio::test]
 async fn a_skipped_step_feeds_null_to_pick_value() {
-    if !expressions_available() {
-        return;
-    }
     let exec = Arc::new(add1_exec());
     let mut s1 = step(
         "wf",
@@ -1270,9 +1222,6 @@ async fn keys_are_stable_and_encode_odd_step_names() {
 
 #[tokio::test]
 async fn an_expression_tool_step_is_evaluated_without_the_executor() {
-    if !expressions_available() || !expression_tools_available() {
-        return;
-    }
     let et = json!({
         "class": "ExpressionTool",
         "cwlVersion": "v1.2",
@@ -1364,4 +1313,26 @@ fn names_are_filled_for_expressions() {
     assert_eq!(v[2]["basename"], "sub");
     assert!(v[2].get("nameext").is_none());
     assert_eq!(v[2]["listing"][0]["nameroot"], "noext");
+}
+
+#[tokio::test]
+async fn top_level_defaults_get_their_secondary_files_found_beside_them() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+    std::fs::write(dir.path().join("a.txt.2"), "2").unwrap();
+    let uri = |n: &str| format!("file://{}/{n}", dir.path().display());
+    let mut t = tool("echo", &[("f", json!("File"))], &[("out", json!("Any"))]);
+    t["inputs"][0]["secondaryFiles"] = json!([{"pattern": ".2", "required": true}]);
+    t["inputs"][0]["default"] = json!({"class": "File", "location": uri("a.txt")});
+    let exec = Arc::new(TestExec::new().tool("echo", |_| Ok(json!({"out": 1}))));
+    run_with(t, json!({}), &exec).await.unwrap();
+    let job = exec.call("main").job;
+    assert_eq!(job["f"]["location"], json!(uri("a.txt")));
+    let sf: Vec<&str> = job["f"]["secondaryFiles"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["location"].as_str())
+        .collect();
+    assert_eq!(sf, vec![uri("a.txt.2")]);
 }
