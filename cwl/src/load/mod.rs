@@ -69,6 +69,22 @@ pub fn load_document(path: &Path) -> Result<Document, CwlError> {
     loader.load_top(&abs, None, frag.as_deref())
 }
 
+/// The local file a document argument names: `path` without its
+/// `#fragment`, a `file://` URI turned into a path (percent-decoded), made
+/// absolute. For callers that read or record the document file themselves
+/// (`cwltest` passes `file:///dir/wf.cwl#main`).
+pub fn document_file(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    let file = match text.rsplit_once('#') {
+        Some((f, _)) if !f.is_empty() => f.to_string(),
+        _ => text.to_string(),
+    };
+    match uri::uri_to_path(&file) {
+        Some(p) if file.starts_with("file://") => absolute(&p),
+        _ => absolute(Path::new(&file)),
+    }
+}
+
 /// Like [`load_document`], with the document's text given: `path` names the
 /// file (for ids, relative references and messages) and need not exist.
 pub fn load_document_from_str(

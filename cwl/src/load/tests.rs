@@ -959,6 +959,8 @@ fn documents_and_jobs_may_be_named_by_file_uris() {
         doc2.to_string().contains("defines no process `#nope`"),
         "{doc2}"
     );
+    assert_eq!(document_file(Path::new(&format!("{uri}#main"))), tool);
+    assert_eq!(document_file(&tool), tool);
     let v = load_job_order(Path::new(&uri::path_to_uri(&job)), &doc).unwrap();
     assert_eq!(
         v["x"]["location"],
