@@ -48,7 +48,8 @@ pub fn shortname(id: &str) -> &str {
 }
 
 /// Loads, normalizes and checks a CWL document. `path` may end in
-/// `#fragment` to pick one process of a packed `$graph` (default `#main`).
+/// `#fragment` to pick one process of a packed `$graph` (default `#main`);
+/// it may also be a `file://` URI.
 ///
 /// Errors are [`CwlError::Invalid`] (with file, line, column and a hint) or
 /// [`CwlError::Unsupported`].
@@ -58,9 +59,30 @@ pub fn load_document(path: &Path) -> Result<Document, CwlError> {
         Some((f, fr)) if !f.is_empty() => (f.to_string(), Some(fr.to_string())),
         _ => (text.to_string(), None),
     };
-    let abs = absolute(Path::new(&file));
+    // cwltest (and users) may name the document by its `file://` URI.
+    let file = match uri::uri_to_path(&file) {
+        Some(p) if file.starts_with("file://") => p,
+        _ => PathBuf::from(file),
+    };
+    let abs = absolute(&file);
     let mut loader = Loader::default();
     loader.load_top(&abs, None, frag.as_deref())
+}
+
+/// The local file a document argument names: `path` without its
+/// `#fragment`, a `file://` URI turned into a path (percent-decoded), made
+/// absolute. For callers that read or record the document file themselves
+/// (`cwltest` passes `file:///dir/wf.cwl#main`).
+pub fn document_file(path: &Path) -> PathBuf {
+    let text = path.to_string_lossy();
+    let file = match text.rsplit_once('#') {
+        Some((f, _)) if !f.is_empty() => f.to_string(),
+        _ => text.to_string(),
+    };
+    match uri::uri_to_path(&file) {
+        Some(p) if file.starts_with("file://") => absolute(&p),
+        _ => absolute(Path::new(&file)),
+    }
 }
 
 /// Like [`load_document`], with the document's text given: `path` names the
@@ -75,11 +97,16 @@ pub fn load_document_from_str(
     loader.load_top(&abs, Some(text), fragment)
 }
 
-/// Loads an input object (YAML or JSON) for `doc`: `location`/`path`
+/// Loads an input object (YAML or JSON; `path` may be a `file://` URI)
+/// for `doc`: `location`/`path`
 /// resolved to absolute `file://` URIs against the file's directory,
 /// `format` expanded.
 pub fn load_job_order(path: &Path, doc: &Document) -> Result<Value, CwlError> {
-    let abs = absolute(path);
+    let text = path.to_string_lossy();
+    let abs = match uri::uri_to_path(&text) {
+        Some(p) if text.starts_with("file://") => absolute(&p),
+        _ => absolute(path),
+    };
     let text = std::fs::read_to_string(&abs).map_err(|e| {
         CwlError::Invalid(format!(
             "{}: cannot read the input object: {e}\n  hint: check the path of the job file",

@@ -940,3 +940,30 @@ fn absurd_nesting_is_an_error_not_a_crash() {
         "{e}"
     );
 }
+
+#[test]
+fn documents_and_jobs_may_be_named_by_file_uris() {
+    let dir = tempfile::tempdir().unwrap();
+    let tool = write(
+        dir.path(),
+        "a b.cwl",
+        &format!("{TOOL_HEAD}inputs: {{x: File}}\noutputs: []\n"),
+    );
+    let job = write(dir.path(), "j.yml", "x: {class: File, path: f.txt}\n");
+    let uri = uri::path_to_uri(&tool);
+    assert!(uri.contains("a%20b.cwl"), "{uri}");
+    let doc = load_document(Path::new(&uri)).unwrap();
+    assert_eq!(doc.process["id"], uri);
+    let doc2 = load_document(Path::new(&format!("{uri}#nope"))).unwrap_err();
+    assert!(
+        doc2.to_string().contains("defines no process `#nope`"),
+        "{doc2}"
+    );
+    assert_eq!(document_file(Path::new(&format!("{uri}#main"))), tool);
+    assert_eq!(document_file(&tool), tool);
+    let v = load_job_order(Path::new(&uri::path_to_uri(&job)), &doc).unwrap();
+    assert_eq!(
+        v["x"]["location"],
+        format!("{}/f.txt", uri::path_to_uri(dir.path()))
+    );
+}
