@@ -600,7 +600,10 @@ mod tests {
         assert!(out.join("d/empty").is_dir());
         assert_eq!(std::fs::read_to_string(out.join("l.txt")).unwrap(), "hi");
         // Keys in order: "again" takes the name first.
-        assert_eq!(v["again"]["path"], json!(out.join("a.txt").to_string_lossy()));
+        assert_eq!(
+            v["again"]["path"],
+            json!(out.join("a.txt").to_string_lossy())
+        );
         assert_eq!(v["again"]["location"], json!(file_uri(&out.join("a.txt"))));
         assert_eq!(v["f"]["basename"], json!("a.txt_2"));
         assert_eq!(
