@@ -459,6 +459,7 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         cwd.join(outdir)
     };
     let no_container = args.no_container;
+    let temporary_store = temp_parent.is_some();
     let cfg = match args.run.into_cwl_config(wf) {
         Ok(c) => c,
         Err(e) => return report(e),
@@ -472,6 +473,7 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         given,
         outdir,
         exec,
+        cancel_on_failure: temporary_store,
     };
     let frontfn: crate::run::FrontFn = Box::new(move |fe| Box::pin(front::run(fe, start)));
     let code = match crate::run::run_with(cfg, Some(frontfn)).await {
