@@ -218,10 +218,11 @@ fn restart_reruns_only_what_did_not_succeed() {
         &serde_json::json!({"log": log, "marker": marker}).to_string(),
     );
     let store = sb.job_store();
+    let doc = fixture("restart-wf.cwl");
     let args = [
         "--jobStore",
         store.to_str().unwrap(),
-        fixture("restart-wf.cwl").to_str().unwrap(),
+        doc.to_str().unwrap(),
         job.to_str().unwrap(),
     ];
     let first = run(&sb, &args);
