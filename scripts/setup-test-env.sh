@@ -2,7 +2,8 @@
 # Installs what the test suite needs beyond the Rust toolchain, inside the
 # repository (nothing system-wide except Debian packages when missing):
 #   .venv-test/        Python venv: moto[server] (S3), grpcio + grpcio-tools
-#                      (the Python client test)
+#                      (the Python client test), cwltest (the CWL
+#                      conformance suite's driver)
 #   .tools/            npm prefix holding `buf` (proto lint)
 # Idempotent: a second run only checks that everything is present.
 set -euo pipefail
@@ -12,11 +13,11 @@ log() { printf '[setup] %s\n' "$*"; }
 
 # --- Python venv -----------------------------------------------------------
 PY=${PYTHON:-python3}
-if ! .venv-test/bin/python -c 'import moto, grpc, grpc_tools' 2>/dev/null; then
-  log "creating .venv-test (moto[server], grpcio, grpcio-tools)"
+if ! .venv-test/bin/python -c 'import moto, grpc, grpc_tools, cwltest' 2>/dev/null; then
+  log "creating .venv-test (moto[server], grpcio, grpcio-tools, cwltest)"
   "$PY" -m venv .venv-test
   .venv-test/bin/pip install --quiet --disable-pip-version-check \
-    'moto[server]' grpcio grpcio-tools
+    'moto[server]' grpcio grpcio-tools cwltest
 fi
 log "python venv ok: $(.venv-test/bin/python -c 'import moto; print("moto", moto.__version__)')"
 
