@@ -388,11 +388,24 @@ pub fn plan_outputs(
             }
         };
         if let Some(orig) = staged.get(&canon) {
-            // An input passed through: the stored object as it came.
-            let keep_name = m.get("basename").cloned();
-            *m = orig.clone();
-            if let Some(b) = keep_name {
-                m.insert("basename".into(), b);
+            // An input passed through (or linked into the output
+            // directory): its stored location, size and checksum; what the
+            // tool says of it otherwise (basename, format, secondaryFiles,
+            // which the walk goes on to) is kept.
+            for key in ["location", "size", "checksum"] {
+                if let Some(v) = orig.get(key) {
+                    m.insert(key.into(), v.clone());
+                }
+            }
+            if class(m) == Some("Directory")
+                && let Some(l) = orig.get("listing")
+            {
+                m.insert("listing".into(), l.clone());
+            }
+            if !m.contains_key("basename")
+                && let Some(b) = orig.get("basename")
+            {
+                m.insert("basename".into(), b.clone());
             }
             m.remove("path");
             return;

@@ -403,6 +403,10 @@ fn plan_export(m: &mut Map<String, Value>, dest: &Path, steps: &mut Vec<Step>) {
     );
     m.insert("basename".into(), Value::String(name));
     m.remove("contents");
+    // Derived fields a reader computes from `path` (cwltool prints none).
+    for derived in ["dirname", "nameroot", "nameext"] {
+        m.remove(derived);
+    }
     if let Some(Value::Array(sfs)) = m.get_mut("secondaryFiles")
         && let Some(parent) = dest.parent()
     {
