@@ -282,10 +282,10 @@ pub fn localize(job: &mut Value, work_dir: &Path) -> Result<Staged, String> {
                     // Already local (a leader on this machine); kept.
                     return Ok(());
                 }
-                _ if is_dir => {
-                    std::fs::create_dir_all(&abs)
-                        .map_err(|e| format!("creating {}: {e}", abs.display()))?;
-                }
+                // A Directory literal stays one: the tool makes it from its
+                // listing (whose entries are placed under `dest` here) and
+                // keeps that listing whatever its LoadListingRequirement.
+                _ if is_dir => return Ok(()),
                 _ => {
                     let contents = m.get("contents").and_then(Value::as_str).unwrap_or("");
                     if let Some(parent) = abs.parent() {
@@ -818,7 +818,20 @@ mod tests {
             std::fs::write(&p, s.dest_path.as_bytes()).unwrap();
         }
         let mut j = job();
+        j["zdir"] = json!({"class": "Directory", "basename": "ld",
+                           "listing": [{"class": "File", "basename": "k.txt", "contents": "k"}]});
         let staged = localize(&mut j, &wd).unwrap();
+        // A Directory literal stays one (the tool makes it); its entries
+        // are placed.
+        assert!(j["zdir"].get("location").is_none());
+        assert_eq!(
+            std::fs::read_to_string(wd.join("in/3/ld/k.txt")).unwrap(),
+            "k"
+        );
+        assert_eq!(
+            j["zdir"]["listing"][0]["path"],
+            json!(wd.join("in/3/ld/k.txt").to_string_lossy())
+        );
         assert_eq!(
             j["reads"]["path"],
             json!(wd.join("in/0/r.fq").to_string_lossy())

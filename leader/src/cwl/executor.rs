@@ -271,7 +271,9 @@ impl Inner {
                     )));
                 }
                 Status::Unknown => {
-                    // Defaults from the document may still be local files.
+                    // Defaults from the document may still be local files
+                    // (with secondary files beside them).
+                    super::files::add_secondary_files(&mut inv.job, &inv.tool);
                     import(&self.store, &mut inv.job, &self.imports).await?;
                     let spec = self.job_spec(&name, &inv)?;
                     tracing::debug!(job = %name, %key, "adding CWL job");

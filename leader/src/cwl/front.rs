@@ -112,6 +112,7 @@ async fn document_and_job(
             "the job store holds no CWL document to restart; run the workflow again without --restart".into(),
         ));
     };
+    super::files::fill_defaults(&mut job, &doc.process);
     super::files::add_secondary_files(&mut job, &doc.process);
     exec.import(&mut job).await?;
     put_json(&fe.store, DOCUMENT_KEY, &document_json(&doc)).await?;
