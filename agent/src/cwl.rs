@@ -632,13 +632,18 @@ impl Run<'_> {
                 );
             }
         };
-        let staged = match localize(&mut inv.job, &work_dir) {
+        let mut staged = match localize(&mut inv.job, &work_dir) {
             Ok(s) => s,
             Err(e) => {
                 self.note(&e).await;
                 return (Cause::new(CauseKind::StagingFailed, e), -1, vec![]);
             }
         };
+        // A private (writable) copy may be changed by the tool (an in-place
+        // update): an output that is one is stored anew, not passed through.
+        for i in a.inputs.iter().filter(|i| i.writable) {
+            staged.remove(&work_dir.join(&i.dest_path));
+        }
         let rt = runtime(
             &work_dir,
             a.resources.as_ref(),
