@@ -282,10 +282,10 @@ pub fn localize(job: &mut Value, work_dir: &Path) -> Result<Staged, String> {
                     // Already local (a leader on this machine); kept.
                     return Ok(());
                 }
-                _ if is_dir => {
-                    std::fs::create_dir_all(&abs)
-                        .map_err(|e| format!("creating {}: {e}", abs.display()))?;
-                }
+                // A Directory literal stays one: the tool makes it from its
+                // listing (whose entries are placed under `dest` here) and
+                // keeps that listing whatever its LoadListingRequirement.
+                _ if is_dir => return Ok(()),
                 _ => {
                     let contents = m.get("contents").and_then(Value::as_str).unwrap_or("");
                     if let Some(parent) = abs.parent() {
@@ -388,11 +388,24 @@ pub fn plan_outputs(
             }
         };
         if let Some(orig) = staged.get(&canon) {
-            // An input passed through: the stored object as it came.
-            let keep_name = m.get("basename").cloned();
-            *m = orig.clone();
-            if let Some(b) = keep_name {
-                m.insert("basename".into(), b);
+            // An input passed through (or linked into the output
+            // directory): its stored location, size and checksum; what the
+            // tool says of it otherwise (basename, format, secondaryFiles,
+            // which the walk goes on to) is kept.
+            for key in ["location", "size", "checksum"] {
+                if let Some(v) = orig.get(key) {
+                    m.insert(key.into(), v.clone());
+                }
+            }
+            if class(m) == Some("Directory")
+                && let Some(l) = orig.get("listing")
+            {
+                m.insert("listing".into(), l.clone());
+            }
+            if !m.contains_key("basename")
+                && let Some(b) = orig.get("basename")
+            {
+                m.insert("basename".into(), b.clone());
             }
             m.remove("path");
             return;
@@ -619,13 +632,18 @@ impl Run<'_> {
                 );
             }
         };
-        let staged = match localize(&mut inv.job, &work_dir) {
+        let mut staged = match localize(&mut inv.job, &work_dir) {
             Ok(s) => s,
             Err(e) => {
                 self.note(&e).await;
                 return (Cause::new(CauseKind::StagingFailed, e), -1, vec![]);
             }
         };
+        // A private (writable) copy may be changed by the tool (an in-place
+        // update): an output that is one is stored anew, not passed through.
+        for i in a.inputs.iter().filter(|i| i.writable) {
+            staged.remove(&work_dir.join(&i.dest_path));
+        }
         let rt = runtime(
             &work_dir,
             a.resources.as_ref(),
@@ -805,7 +823,20 @@ mod tests {
             std::fs::write(&p, s.dest_path.as_bytes()).unwrap();
         }
         let mut j = job();
+        j["zdir"] = json!({"class": "Directory", "basename": "ld",
+                           "listing": [{"class": "File", "basename": "k.txt", "contents": "k"}]});
         let staged = localize(&mut j, &wd).unwrap();
+        // A Directory literal stays one (the tool makes it); its entries
+        // are placed.
+        assert!(j["zdir"].get("location").is_none());
+        assert_eq!(
+            std::fs::read_to_string(wd.join("in/3/ld/k.txt")).unwrap(),
+            "k"
+        );
+        assert_eq!(
+            j["zdir"]["listing"][0]["path"],
+            json!(wd.join("in/3/ld/k.txt").to_string_lossy())
+        );
         assert_eq!(
             j["reads"]["path"],
             json!(wd.join("in/0/r.fq").to_string_lossy())

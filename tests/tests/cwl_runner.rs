@@ -207,3 +207,38 @@ fn version_prints_and_exits_0() {
     f.expect_code(0);
     assert!(f.stdout.starts_with("toil-cwl-runner "), "{}", f.stdout);
 }
+
+#[test]
+fn restart_reruns_only_what_did_not_succeed() {
+    let sb = Sandbox::new("cwl-restart");
+    let log = sb.path().join("runs.log");
+    let marker = sb.path().join("marker");
+    let job = sb.write(
+        "job.json",
+        &serde_json::json!({"log": log, "marker": marker}).to_string(),
+    );
+    let store = sb.job_store();
+    let doc = fixture("restart-wf.cwl");
+    let args = [
+        "--jobStore",
+        store.to_str().unwrap(),
+        doc.to_str().unwrap(),
+        job.to_str().unwrap(),
+    ];
+    let first = run(&sb, &args);
+    first.expect_code(1);
+    assert!(store.exists(), "a named job store is kept after a failure");
+    std::fs::write(&marker, "").unwrap();
+    let mut again = vec!["--restart"];
+    again.extend(args);
+    let second = run(&sb, &again);
+    second.expect_code(0);
+    let out = output_object(&second);
+    let p = local_file(&out["done"], &sb.output_dir());
+    assert_eq!(std::fs::read_to_string(p).unwrap(), "one\n");
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        "ran\n",
+        "the first step, which had succeeded, ran again"
+    );
+}

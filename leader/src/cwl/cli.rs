@@ -360,7 +360,7 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
     };
     // On --restart the stored document is the one that runs; the given one
     // is loaded only when it exists (and is needed if the store has none).
-    let given = if args.run.restart && !doc_path.exists() {
+    let given = if args.run.restart && !doc_path.exists() && !args.validate {
         None
     } else {
         let doc = match toil_cwl::load::load_document(&doc_path) {
@@ -388,12 +388,6 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         }
         Some((doc, job))
     };
-    if args.validate {
-        return fail(CwlError::Invalid(format!(
-            "{} does not exist",
-            doc_path.display()
-        )));
-    }
     // cwltool's defaults where Toil's differ: a failed tool is not run
     // again unless --retryCount says so.
     if args.run.retry_count.is_none() {
@@ -449,7 +443,15 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
                 .map(|s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "cwl".into());
-    let wf = (!args.run.restart).then(|| super::empty_workflow(&name, &doc_path));
+    // `packed.cwl#main` names a process in a file: the file is what is
+    // stored.
+    let source_file = if doc_path.exists() {
+        doc_path.clone()
+    } else {
+        let s = doc_path.to_string_lossy();
+        PathBuf::from(s.rsplit_once('#').map_or(s.as_ref(), |(f, _)| f))
+    };
+    let wf = (!args.run.restart).then(|| super::empty_workflow(&name, &source_file));
     let outdir = args.outdir.clone().unwrap_or_else(|| cwd.clone());
     let outdir = if outdir.is_absolute() {
         outdir
@@ -457,6 +459,7 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         cwd.join(outdir)
     };
     let no_container = args.no_container;
+    let temporary_store = temp_parent.is_some();
     let cfg = match args.run.into_cwl_config(wf) {
         Ok(c) => c,
         Err(e) => return report(e),
@@ -470,6 +473,7 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         given,
         outdir,
         exec,
+        cancel_on_failure: temporary_store,
     };
     let frontfn: crate::run::FrontFn = Box::new(move |fe| Box::pin(front::run(fe, start)));
     let code = match crate::run::run_with(cfg, Some(frontfn)).await {

@@ -221,6 +221,20 @@ impl Inner {
         } else {
             docker_image(inv).unwrap_or_default()
         };
+        // A tool that updates its inputs in place gets private copies: the
+        // node cache's shared, read-only links must not change (and the
+        // job store's files never do, so the update is seen only by what
+        // the tool outputs).
+        let inplace = inv.requirements.iter().any(|r| {
+            r.get("class").and_then(Value::as_str) == Some("InplaceUpdateRequirement")
+                && r.get("inplaceUpdate").and_then(Value::as_bool) == Some(true)
+        });
+        let mut staged_files = toil_agent::cwl::staged_inputs(&inv.job);
+        if inplace {
+            for s in &mut staged_files {
+                s.writable = true;
+            }
+        }
         let invocation = serde_json::to_string(inv)
             .map_err(|e| CwlError::Failed(format!("encoding the invocation: {e}")))?;
         Ok(JobSpec {
@@ -234,7 +248,7 @@ impl Inner {
                 preemptible: false,
             }),
             cwl_invocation: invocation,
-            staged_files: toil_agent::cwl::staged_inputs(&inv.job),
+            staged_files,
             ..Default::default()
         })
     }
@@ -271,7 +285,9 @@ impl Inner {
                     )));
                 }
                 Status::Unknown => {
-                    // Defaults from the document may still be local files.
+                    // Defaults from the document may still be local files
+                    // (with secondary files beside them).
+                    super::files::add_secondary_files(&mut inv.job, &inv.tool);
                     import(&self.store, &mut inv.job, &self.imports).await?;
                     let spec = self.job_spec(&name, &inv)?;
                     tracing::debug!(job = %name, %key, "adding CWL job");

@@ -240,17 +240,15 @@ pub fn secondary_name(primary: &str, pattern: &str) -> Option<String> {
 }
 
 /// Adds to every local File of the input object the secondary files its
-/// input parameter's `secondaryFiles` patterns name that exist beside it,
-/// before the files are imported (in the job store, where names are
-/// content hashes, they could no longer be found).
+/// parameter's `secondaryFiles` patterns name that exist beside it (a
+/// parameter's own patterns, and those of record fields at any depth),
+/// before the files are imported: in the job store, where names are
+/// content hashes, they could no longer be found.
 pub fn add_secondary_files(job: &mut Value, process: &Value) {
     let Some(inputs) = process.get("inputs").and_then(Value::as_array) else {
         return;
     };
     for input in inputs {
-        let Some(patterns) = input.get("secondaryFiles").and_then(Value::as_array) else {
-            continue;
-        };
         let Some(id) = input.get("id").and_then(Value::as_str) else {
             continue;
         };
@@ -258,59 +256,151 @@ pub fn add_secondary_files(job: &mut Value, process: &Value) {
         let Some(v) = job.get_mut(name) else {
             continue;
         };
-        let mut files: Vec<&mut Map<String, Value>> = Vec::new();
+        discover(input, v, 0);
+    }
+}
+
+/// Secondary files for value `v` of the parameter or record field `param`
+/// (with `type` and maybe `secondaryFiles`).
+fn discover(param: &Value, v: &mut Value, depth: usize) {
+    if depth > 32 {
+        return;
+    }
+    if let Some(patterns) = param.get("secondaryFiles") {
+        let patterns: Vec<Value> = match patterns {
+            Value::Array(a) => a.clone(),
+            other => vec![other.clone()],
+        };
         match v {
-            Value::Object(m) if class(m) == Some("File") => files.push(m),
+            Value::Object(m) if class(m) == Some("File") => add_beside(m, &patterns),
             Value::Array(a) => {
                 for x in a.iter_mut() {
                     if let Value::Object(m) = x
                         && class(m) == Some("File")
                     {
-                        files.push(m);
+                        add_beside(m, &patterns);
                     }
                 }
             }
             _ => {}
         }
-        for m in files {
-            let Some(p) = m.get("location").and_then(Value::as_str).and_then(uri_path) else {
-                continue;
-            };
-            let (Some(dir), Some(fname)) = (p.parent(), p.file_name()) else {
-                continue;
-            };
-            let fname = fname.to_string_lossy().into_owned();
-            for pat in patterns {
-                let pattern = match pat {
-                    Value::String(s) => s.as_str(),
-                    Value::Object(o) => o.get("pattern").and_then(Value::as_str).unwrap_or(""),
-                    _ => continue,
+    }
+    if let Some(ty) = param.get("type") {
+        discover_type(ty, v, depth + 1);
+    }
+}
+
+/// Record fields (and arrays of records) inside a value of type `ty`.
+fn discover_type(ty: &Value, v: &mut Value, depth: usize) {
+    if depth > 32 {
+        return;
+    }
+    match ty {
+        Value::Array(alts) => {
+            for t in alts {
+                discover_type(t, v, depth + 1);
+            }
+        }
+        Value::Object(t) => match t.get("type").and_then(Value::as_str) {
+            Some("record") => {
+                let (Some(fields), Value::Object(m)) = (t.get("fields"), &mut *v) else {
+                    return;
                 };
-                let Some(sname) = secondary_name(&fname, pattern) else {
-                    continue;
+                let fields: Vec<Value> = match fields {
+                    Value::Array(a) => a.clone(),
+                    Value::Object(o) => o
+                        .iter()
+                        .map(|(k, f)| {
+                            let mut f = f.clone();
+                            if let Value::Object(fm) = &mut f {
+                                fm.insert("name".into(), Value::String(k.clone()));
+                            }
+                            f
+                        })
+                        .collect(),
+                    _ => return,
                 };
-                let sp = dir.join(&sname);
-                if !sp.exists() {
-                    continue;
-                }
-                let loc = file_uri(&sp);
-                let list = m
-                    .entry("secondaryFiles")
-                    .or_insert_with(|| Value::Array(Vec::new()));
-                if let Value::Array(list) = list {
-                    let present = list.iter().any(|s| {
-                        s.get("location")
-                            .and_then(Value::as_str)
-                            .and_then(uri_path)
-                            .as_deref()
-                            == Some(sp.as_path())
-                    });
-                    if !present {
-                        let class = if sp.is_dir() { "Directory" } else { "File" };
-                        list.push(json!({"class": class, "location": loc}));
+                for f in &fields {
+                    let Some(n) = f.get("name").and_then(Value::as_str) else {
+                        continue;
+                    };
+                    if let Some(fv) = m.get_mut(toil_cwl::load::shortname(n)) {
+                        discover(f, fv, depth + 1);
                     }
                 }
             }
+            Some("array") => {
+                if let (Some(items), Value::Array(a)) = (t.get("items"), &mut *v) {
+                    for x in a.iter_mut() {
+                        discover_type(items, x, depth + 1);
+                    }
+                }
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+}
+
+/// Adds the files `patterns` name beside File `m`, when they exist.
+fn add_beside(m: &mut Map<String, Value>, patterns: &[Value]) {
+    let Some(p) = m.get("location").and_then(Value::as_str).and_then(uri_path) else {
+        return;
+    };
+    let (Some(dir), Some(fname)) = (p.parent(), p.file_name()) else {
+        return;
+    };
+    let fname = fname.to_string_lossy().into_owned();
+    for pat in patterns {
+        let pattern = match pat {
+            Value::String(s) => s.as_str(),
+            Value::Object(o) => o.get("pattern").and_then(Value::as_str).unwrap_or(""),
+            _ => continue,
+        };
+        let Some(sname) = secondary_name(&fname, pattern) else {
+            continue;
+        };
+        let sp = dir.join(&sname);
+        if !sp.exists() {
+            continue;
+        }
+        let loc = file_uri(&sp);
+        let list = m
+            .entry("secondaryFiles")
+            .or_insert_with(|| Value::Array(Vec::new()));
+        if let Value::Array(list) = list {
+            let present = list.iter().any(|s| {
+                s.get("location")
+                    .and_then(Value::as_str)
+                    .and_then(uri_path)
+                    .as_deref()
+                    == Some(sp.as_path())
+            });
+            if !present {
+                let class = if sp.is_dir() { "Directory" } else { "File" };
+                list.push(json!({"class": class, "location": loc}));
+            }
+        }
+    }
+}
+
+/// Fills in the defaults of the inputs `job` lacks (as the engine would),
+/// so that their local files are imported with the rest.
+pub fn fill_defaults(job: &mut Value, process: &Value) {
+    let (Some(inputs), Value::Object(m)) = (process.get("inputs").and_then(Value::as_array), job)
+    else {
+        return;
+    };
+    for input in inputs {
+        let (Some(id), Some(d)) = (
+            input.get("id").and_then(Value::as_str),
+            input.get("default"),
+        ) else {
+            continue;
+        };
+        let name = toil_cwl::load::shortname(id);
+        if !m.contains_key(name) && !d.is_null() {
+            m.insert(name.to_string(), d.clone());
         }
     }
 }
@@ -403,6 +493,10 @@ fn plan_export(m: &mut Map<String, Value>, dest: &Path, steps: &mut Vec<Step>) {
     );
     m.insert("basename".into(), Value::String(name));
     m.remove("contents");
+    // Derived fields a reader computes from `path` (cwltool prints none).
+    for derived in ["dirname", "nameroot", "nameext"] {
+        m.remove(derived);
+    }
     if let Some(Value::Array(sfs)) = m.get_mut("secondaryFiles")
         && let Some(parent) = dest.parent()
     {
@@ -600,7 +694,10 @@ mod tests {
         assert!(out.join("d/empty").is_dir());
         assert_eq!(std::fs::read_to_string(out.join("l.txt")).unwrap(), "hi");
         // Keys in order: "again" takes the name first.
-        assert_eq!(v["again"]["path"], json!(out.join("a.txt").to_string_lossy()));
+        assert_eq!(
+            v["again"]["path"],
+            json!(out.join("a.txt").to_string_lossy())
+        );
         assert_eq!(v["again"]["location"], json!(file_uri(&out.join("a.txt"))));
         assert_eq!(v["f"]["basename"], json!("a.txt_2"));
         assert_eq!(
@@ -632,6 +729,18 @@ mod tests {
         assert_eq!(
             job["bam"]["secondaryFiles"],
             json!([{"class": "File", "location": file_uri(&tmp.path().join("r.bai"))}])
+        );
+        // In a record field, and with the primary given as a default.
+        std::fs::write(tmp.path().join("r.bam.s2"), "z").unwrap();
+        let tool = json!({"inputs": [{"id": "file:///t.cwl#rec", "type": {"type": "record", "fields": [
+            {"name": "file:///t.cwl#rec/f1", "type": "File", "secondaryFiles": [{"pattern": ".s2"}]}]},
+            "default": {"f1": {"class": "File", "location": file_uri(&tmp.path().join("r.bam"))}}}]});
+        let mut job = json!({});
+        fill_defaults(&mut job, &tool);
+        add_secondary_files(&mut job, &tool);
+        assert_eq!(
+            job["rec"]["f1"]["secondaryFiles"],
+            json!([{"class": "File", "location": file_uri(&tmp.path().join("r.bam.s2"))}])
         );
     }
 

@@ -27,6 +27,10 @@ pub struct Start {
     pub outdir: PathBuf,
     /// The executor's settings.
     pub exec: ExecOptions,
+    /// On a failure, cancel the jobs still queued or running instead of
+    /// letting them finish: for a temporary job store, which nobody will
+    /// restart.
+    pub cancel_on_failure: bool,
 }
 
 /// A document as stored in the job store.
@@ -108,6 +112,7 @@ async fn document_and_job(
             "the job store holds no CWL document to restart; run the workflow again without --restart".into(),
         ));
     };
+    super::files::fill_defaults(&mut job, &doc.process);
     super::files::add_secondary_files(&mut job, &doc.process);
     exec.import(&mut job).await?;
     put_json(&fe.store, DOCUMENT_KEY, &document_json(&doc)).await?;
@@ -118,9 +123,20 @@ async fn document_and_job(
 /// Runs the CWL workflow while the leader runs; returns the exit code
 /// (0, or [`CwlError::exit_code`]).
 pub async fn run(fe: FrontEnd, start: Start) -> u8 {
+    let cancel = start.cancel_on_failure;
     match run_inner(&fe, start).await {
         Ok(()) => 0,
         Err(e) => {
+            if cancel {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let msg = crate::driver::Msg::CancelWorkflow {
+                    reason: format!("the CWL workflow failed: {e}"),
+                    reply: tx,
+                };
+                if fe.driver.send(msg).await.is_ok() {
+                    let _ = rx.await;
+                }
+            }
             // The reason goes to stderr whatever the log level (--quiet
             // included): it is the run's result.
             eprintln!("toil-cwl-runner: {e}");

@@ -177,6 +177,92 @@ mod tests {
         }
     }
 
+    fn cwl_spec(name: &str) -> toil_proto::v1::JobSpec {
+        toil_proto::v1::JobSpec {
+            name: name.into(),
+            cwl_invocation: r#"{"tool": {}, "job": {}}"#.into(),
+            staged_files: vec![StagedInput {
+                file: Some(FileRef {
+                    file_id: "files/inputs/aa".into(),
+                    ..Default::default()
+                }),
+                dest_path: "in/0/a.txt".into(),
+                writable: false,
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn core() -> crate::core::Core {
+        let defaults = crate::workflow::ResolvedDefaults {
+            millicores: 1000,
+            memory: 1 << 30,
+            disk: 1 << 30,
+            retries: 0,
+        };
+        crate::core::Core::new(
+            &empty_workflow("w", std::path::Path::new("/w.cwl")),
+            defaults,
+            crate::core::RetryPolicy::default(),
+        )
+    }
+
+    #[test]
+    fn cwl_jobs_launch_with_their_invocation_and_keep_their_outputs_across_a_replay() {
+        use toil_proto::v1::{AddJobsRequest, Cause, JobState, Relation};
+        let mut c = core();
+        c.hold_open(true);
+        assert!(!c.is_finished(), "an empty CWL workflow is open while held");
+        let add = |c: &mut crate::core::Core, spec| {
+            c.add_root_jobs(AddJobsRequest {
+                jobs: vec![spec],
+                relation: Relation::Root as i32,
+                parent_job_id: String::new(),
+            })
+        };
+        add(&mut c, cwl_spec("step")).unwrap();
+        // A CWL job carries no command or outputs of its own.
+        let mut bad = cwl_spec("bad");
+        bad.shell = "echo".into();
+        assert!(add(&mut c, bad).is_err());
+        let mut bad = cwl_spec("bad");
+        bad.staged_files[0].dest_path = "../x".into();
+        assert!(add(&mut c, bad).is_err());
+
+        let j = c.lookup("step").unwrap();
+        let n = c.launch(j, "", 0, None).unwrap();
+        let spec = c.launch_spec(j, n).unwrap();
+        assert_eq!(
+            spec.cwl_invocation.as_deref(),
+            Some(r#"{"tool": {}, "job": {}}"#)
+        );
+        assert_eq!(spec.inputs[0].dest_path, "in/0/a.txt");
+        assert_eq!(spec.outputs[0].name, CWL_OUTPUT);
+        let result = AttemptResult {
+            cause: Some(Cause::succeeded()),
+            cwl_outputs: r#"{"o": 1}"#.into(),
+            ..Default::default()
+        };
+        c.finish(j, n, result, 0, std::time::Instant::now())
+            .unwrap();
+        assert_eq!(c.state(j), JobState::Succeeded);
+        assert_eq!(c.cwl_outputs(j), Some(r#"{"o": 1}"#));
+        assert!(!c.is_finished(), "still held");
+        c.hold_open(false);
+        assert!(c.is_finished());
+
+        // A restarted leader replays the journal: the job and its output
+        // object come back.
+        let mut again = core();
+        for e in c.drain_journal() {
+            again.replay(e, std::time::Instant::now()).unwrap();
+        }
+        again.finish_replay();
+        let j = again.lookup("step").unwrap();
+        assert_eq!(again.state(j), JobState::Succeeded);
+        assert_eq!(again.cwl_outputs(j), Some(r#"{"o": 1}"#));
+    }
+
     fn spec() -> LaunchSpec {
         LaunchSpec {
             job_id: "t".into(),

@@ -108,7 +108,9 @@ pub(super) async fn prepare(
         })?;
     if !fresh {
         settle_interrupted(store, &mut core).await;
-        if let Some(disk) = &cfg.workflow {
+        // A CWL run's jobs come from the document as it runs (the stored
+        // one): there is no file version to compare.
+        if let Some(disk) = cfg.workflow.as_ref().filter(|_| !cfg.cwl) {
             match crate::versions::resume_against(store, &mut core, disk).await {
                 Ok(None) => {}
                 Ok(Some(r)) => {
