@@ -63,6 +63,11 @@ TMPDIR="$report/work" "$repo/.venv-test/bin/cwltest" \
   > "$report/cwltest.out" 2> "$report/cwltest.err"
 set -e
 end=$(date +%s)
+if [ ! -s "$report/junit.xml" ]; then
+  echo "error: cwltest wrote no report; the end of its output:" >&2
+  tail -n 20 "$report/cwltest.err" >&2
+  exit 1
+fi
 tail -n 3 "$report/cwltest.err" || true
 echo "suite wall time: $((end - start)) s with -j $jobs"
 exec "$py" "$repo/scripts/cwl-conformance-check.py" \

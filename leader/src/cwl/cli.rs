@@ -353,6 +353,9 @@ pub fn main_with(argv: Vec<String>) -> ExitCode {
 /// leader. Returns the exit code.
 pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
     let doc_path = args.run.workflow.clone();
+    // The file the argument names: cwltest and other CWL tools pass
+    // `file:///dir/wf.cwl#main`; `packed.cwl#main` names a process in a file.
+    let source_file = toil_cwl::load::document_file(&doc_path);
     let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
     let fail = |e: CwlError| -> u8 {
         eprintln!("toil-cwl-runner: {e}");
@@ -360,7 +363,7 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
     };
     // On --restart the stored document is the one that runs; the given one
     // is loaded only when it exists (and is needed if the store has none).
-    let given = if args.run.restart && !doc_path.exists() && !args.validate {
+    let given = if args.run.restart && !source_file.exists() && !args.validate {
         None
     } else {
         let doc = match toil_cwl::load::load_document(&doc_path) {
@@ -438,19 +441,11 @@ pub async fn run(mut args: CwlArgs, flags: Vec<String>) -> u8 {
         .map(|id| toil_cwl::load::shortname(id).to_string())
         .filter(|n| !n.is_empty() && !n.starts_with("_anonymous"))
         .or_else(|| {
-            doc_path
+            source_file
                 .file_stem()
                 .map(|s| s.to_string_lossy().into_owned())
         })
         .unwrap_or_else(|| "cwl".into());
-    // `packed.cwl#main` names a process in a file: the file is what is
-    // stored.
-    let source_file = if doc_path.exists() {
-        doc_path.clone()
-    } else {
-        let s = doc_path.to_string_lossy();
-        PathBuf::from(s.rsplit_once('#').map_or(s.as_ref(), |(f, _)| f))
-    };
     let wf = (!args.run.restart).then(|| super::empty_workflow(&name, &source_file));
     let outdir = args.outdir.clone().unwrap_or_else(|| cwd.clone());
     let outdir = if outdir.is_absolute() {

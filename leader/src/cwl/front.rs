@@ -152,8 +152,9 @@ async fn run_inner(fe: &FrontEnd, start: Start) -> Result<(), CwlError> {
     let opts = toil_cwl::workflow::EngineOptions { no_container };
     let mut out = toil_cwl::workflow::run(&doc, job, Arc::new(exec), &opts).await?;
     super::files::export(&fe.store, &mut out, &start.outdir).await?;
-    let text = serde_json::to_string_pretty(&out)
-        .map_err(|e| CwlError::Failed(format!("printing the outputs: {e}")))?;
+    // Whole-valued doubles too large for an integer print as digits, as
+    // written in the document (CWL runners print `1e+42` as 1000...0).
+    let text = toil_cwl::expr::to_json_pretty(&out);
     let mut stdout = std::io::stdout().lock();
     writeln!(stdout, "{text}")
         .and_then(|()| stdout.flush())
