@@ -84,11 +84,8 @@ pub fn appliance_with_singularity(dir: &Path) {
     );
     let engine = dir.join("singularity");
     std::fs::write(&engine, script).unwrap_or_else(|e| panic!("{e}"));
-    std::fs::set_permissions(
-        &engine,
-        std::os::unix::fs::PermissionsExt::from_mode(0o755),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&engine, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// [`config`], with the appliance image's contents in `image_dir` (see
