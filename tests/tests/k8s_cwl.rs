@@ -127,6 +127,41 @@ async fn a_cwl_workflow_runs_each_tool_in_its_pod_with_images_and_the_node_cache
     assert_eq!(execs.len(), 1, "{engine}");
     assert!(execs[0].contains("--bind "), "{engine}");
     assert!(execs[0].contains("tr a-z A-Z"), "{engine}");
+    // The tool's paths (its inputs, staged as hard links into the work
+    // directory, and its working directory) lie in the directory bound at
+    // the same path in the container, so they are valid inside it.
+    let words: Vec<&str> = execs[0].split_whitespace().collect();
+    let after = |flag: &str| {
+        words
+            .iter()
+            .position(|w| *w == flag)
+            .and_then(|i| words.get(i + 1))
+            .copied()
+            .unwrap_or_else(|| panic!("no {flag} in {engine}"))
+    };
+    let bound = after("--bind")
+        .split_once(':')
+        .map(|(host, inside)| {
+            assert_eq!(host, inside, "{engine}");
+            host
+        })
+        .unwrap_or_else(|| panic!("{engine}"));
+    let pwd = after("--pwd");
+    assert!(pwd.starts_with(bound), "{engine}");
+    let sif = words
+        .iter()
+        .position(|w| *w == pwd)
+        .and_then(|i| words.get(i + 1))
+        .copied()
+        .unwrap_or_default();
+    let tool_paths: Vec<&&str> = words
+        .iter()
+        .skip_while(|w| **w != sif)
+        .skip(1)
+        .filter(|w| w.starts_with('/'))
+        .collect();
+    assert_eq!(tool_paths.len(), 2, "summary.txt and ref.tsv: {engine}");
+    assert!(tool_paths.iter().all(|p| p.starts_with(bound)), "{engine}");
 
     // The shared input went through the node cache on the host path: it
     // is an entry there, and the later tools found it (hits), while only
