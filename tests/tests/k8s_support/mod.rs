@@ -55,6 +55,49 @@ pub fn config(nodes: Vec<NodeConfig>) -> EmulatorConfig {
     cfg
 }
 
+/// Makes `dir` the contents of an appliance image that also holds a
+/// container engine: every program of target/debug (linked), and a
+/// `singularity` that runs the tests' stand-in (tests/fixtures/bin), its
+/// pulls recorded in `dir/pulls.jsonl` and each of its command lines in
+/// `dir/engine.log`. Give it to [`config_with_image_dir`].
+pub fn appliance_with_singularity(dir: &Path) {
+    let entries = std::fs::read_dir(bin_dir()).unwrap_or_else(|e| panic!("{e}"));
+    for e in entries.flatten() {
+        let p = e.path();
+        let is_program = p.is_file()
+            && p.extension().is_none()
+            && std::os::unix::fs::PermissionsExt::mode(
+                &p.metadata().unwrap_or_else(|e| panic!("{e}")).permissions(),
+            ) & 0o111
+                != 0;
+        if is_program {
+            std::os::unix::fs::symlink(&p, dir.join(e.file_name()))
+                .unwrap_or_else(|e| panic!("{e}"));
+        }
+    }
+    let stand_in = repo_root().join("tests/fixtures/bin/singularity");
+    let script = format!(
+        "#!/bin/sh\nprintf '%s\\n' \"$*\" >> '{log}'\nFAKE_SINGULARITY_LOG='{pulls}' FAKE_SINGULARITY_PULL_SECONDS=0.2 exec '{stand_in}' \"$@\"\n",
+        log = dir.join("engine.log").display(),
+        pulls = dir.join("pulls.jsonl").display(),
+        stand_in = stand_in.display(),
+    );
+    let engine = dir.join("singularity");
+    std::fs::write(&engine, script).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::set_permissions(&engine, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// [`config`], with the appliance image's contents in `image_dir` (see
+/// [`appliance_with_singularity`]) instead of target/debug.
+pub fn config_with_image_dir(nodes: Vec<NodeConfig>, image_dir: &Path) -> EmulatorConfig {
+    let mut cfg = config(nodes);
+    for i in cfg.images.iter_mut().filter(|i| i.name == IMAGE) {
+        i.path_dir = Some(image_dir.to_path_buf());
+    }
+    cfg
+}
+
 impl Cluster {
     /// Starts `cfg` and makes the claim.
     pub async fn start(cfg: EmulatorConfig) -> Cluster {
@@ -131,8 +174,37 @@ impl Cluster {
             .arg("--outputDir")
             .arg(self.dir.path().join(format!("{name}-output")))
             .args(["--clean", "never", "--agentLease", "10s"])
+            .args(extra);
+        self.leader_env(&mut cmd);
+        cmd
+    }
+
+    /// `toil-cwl-runner --batchSystem kubernetes` on `document` and `job`
+    /// with the same job store, claim, flags and environment as
+    /// [`Cluster::leader`] (containers left on: a DockerRequirement runs
+    /// through the agent's Singularity path), outputs to `--outdir
+    /// SCRATCH/NAME-output`; `extra` flags before the document.
+    pub fn cwl_runner(&self, name: &str, document: &Path, job: &Path, extra: &[&str]) -> Command {
+        let mut cmd = Command::new(bin("toil-cwl-runner"));
+        cmd.args(["--batchSystem", "kubernetes", "--jobStore"])
+            .arg(self.job_store(name))
+            .arg("--kubernetesJobStoreClaim")
+            .arg(format!("{CLAIM}:{}", self.dir.path().display()))
+            .arg("--outdir")
+            .arg(self.dir.path().join(format!("{name}-output")))
+            .args(["--clean", "never", "--agentLease", "10s"])
             .args(extra)
-            .current_dir(self.dir.path())
+            .arg(document)
+            .arg(job);
+        self.leader_env(&mut cmd);
+        cmd
+    }
+
+    /// The environment (and working directory, stdin) of a leader run by
+    /// a test: the leader's service account, the appliance image, the
+    /// tests' owner, and none of the caller's TOIL_* settings.
+    fn leader_env(&self, cmd: &mut Command) {
+        cmd.current_dir(self.dir.path())
             .env("KUBECONFIG", &self.kubeconfig)
             .env("TOIL_APPLIANCE_SELF", IMAGE)
             .env("TOIL_KUBERNETES_OWNER", OWNER)
@@ -154,7 +226,6 @@ impl Cluster {
         ] {
             cmd.env_remove(var);
         }
-        cmd
     }
 
     /// Runs a leader to the end; returns (exit code, stdout + stderr).
