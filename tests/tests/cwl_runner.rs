@@ -9,9 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use serde_json::Value;
 use toil_tests::harness;
-use toil_tests::local::{Finished, Sandbox};
+use toil_tests::local::{Finished, Sandbox, count_lines, log_lines};
+use toil_tests::wait::{wait_for, when};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -240,5 +242,140 @@ fn restart_reruns_only_what_did_not_succeed() {
         std::fs::read_to_string(&log).unwrap(),
         "ran\n",
         "the first step, which had succeeded, ran again"
+    );
+}
+
+/// `v` with the output directory (as the runner names it) replaced by
+/// `OUTDIR` in every string, so runs in different sandboxes compare equal.
+fn normalized(v: &Value, outdir: &Path) -> Value {
+    fn walk(v: &Value, dir: &str) -> Value {
+        match v {
+            Value::String(s) => Value::String(s.replace(dir, "OUTDIR")),
+            Value::Array(a) => Value::Array(a.iter().map(|x| walk(x, dir)).collect()),
+            Value::Object(m) => {
+                Value::Object(m.iter().map(|(k, x)| (k.clone(), walk(x, dir))).collect())
+            }
+            _ => v.clone(),
+        }
+    }
+    let dir = std::fs::canonicalize(outdir).expect("outdir");
+    walk(v, &dir.display().to_string())
+}
+
+/// The indices `I` of the lines `WHAT I` of a run log.
+fn indices(log: &[String], what: &str) -> Vec<usize> {
+    let mut v: Vec<usize> = log
+        .iter()
+        .filter_map(|l| l.strip_prefix(what)?.strip_prefix(' ')?.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+#[test]
+fn kill_9_mid_scatter_then_restart_runs_no_finished_invocation_again() {
+    const N: usize = 12;
+    let doc = fixture("restart-scatter-wf.cwl");
+    let doc = doc.to_str().unwrap();
+    let job = |sb: &Sandbox| {
+        let log = sb.path().join("runs.log");
+        let job = serde_json::json!({"log": log, "indices": (0..N).collect::<Vec<_>>()});
+        (log, sb.write("job.json", &job.to_string()))
+    };
+    // Four invocations at a time (0.5 of 2 cores each), 1.5 s each.
+    let common = ["--maxCores", "2", "--agentLease", "5s"];
+
+    // The same workflow, uninterrupted: the output object to get.
+    let reference = {
+        let sb = Sandbox::new("cwl-kill9-ref");
+        let (_, job) = job(&sb);
+        let mut args = common.to_vec();
+        args.extend([doc, job.to_str().unwrap()]);
+        let f = run(&sb, &args);
+        f.expect_code(0);
+        normalized(&output_object(&f), &sb.output_dir())
+    };
+    assert_eq!(reference["parts"].as_array().map(Vec::len), Some(N));
+
+    let sb = Sandbox::new("cwl-kill9");
+    let (log, job) = job(&sb);
+    let store = sb.job_store();
+    let mut args = common.to_vec();
+    args.extend([
+        "--jobStore",
+        store.to_str().unwrap(),
+        doc,
+        job.to_str().unwrap(),
+    ]);
+    let first = sb.spawn(runner(&sb, &args), "cwl");
+    // Killed once half the invocations have finished: a moment defined by
+    // progress, not by how fast this machine is.
+    wait_for("half the invocations to finish", TIMEOUT, || {
+        let log = log_lines(&log);
+        when(indices(&log, "end").len() >= N / 2, log)
+    });
+    first.signal(Signal::SIGKILL);
+    let killed = first.wait(TIMEOUT);
+    assert_eq!(
+        killed.status.code(),
+        None,
+        "the runner was killed mid-run\n{}",
+        killed.stderr
+    );
+    let at_kill = log_lines(&log);
+    let finished = indices(&at_kill, "end");
+    let running: Vec<usize> = indices(&at_kill, "start")
+        .into_iter()
+        .filter(|i| !finished.contains(i))
+        .collect();
+    assert!(
+        finished.len() < N,
+        "all had finished before the kill: {at_kill:?}"
+    );
+    // An orphaned agent may still finish its invocation and store the
+    // result; the restart must find it, not run it again.
+    sb.wait_agents_gone(TIMEOUT);
+
+    let mut again = vec!["--restart"];
+    again.extend(&args);
+    let second = run(&sb, &again);
+    second.expect_code(0);
+    let log = log_lines(&log);
+    for i in 0..N {
+        let (starts, ends) = (
+            count_lines(&log, &format!("start {i}")),
+            count_lines(&log, &format!("end {i}")),
+        );
+        if finished.contains(&i) {
+            assert_eq!(
+                (starts, ends),
+                (1, 1),
+                "index {i} had finished before the kill and ran again: {log:?}"
+            );
+        } else if running.contains(&i) {
+            // Running at the kill: its agent either finished it (and the
+            // restart recovered the result) or gave up, and then the
+            // restart ran it again.
+            assert!((1..=2).contains(&starts) && ends >= 1, "index {i}: {log:?}");
+        } else {
+            assert_eq!((starts, ends), (1, 1), "index {i}: {log:?}");
+        }
+    }
+    assert_eq!(
+        normalized(&output_object(&second), &sb.output_dir()),
+        reference,
+        "the restarted run's output object differs from an uninterrupted run's"
+    );
+    for (n, part) in output_object(&second)["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+    {
+        let p = local_file(part, &sb.output_dir());
+        assert_eq!(std::fs::read_to_string(p).unwrap(), format!("{n}\n"));
+    }
+    eprintln!(
+        "finished at the kill: {finished:?}; running at the kill: {running:?}; log after the restart: {log:?}"
     );
 }
