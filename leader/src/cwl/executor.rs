@@ -217,23 +217,6 @@ impl Inner {
         let memory = (res.ram_mib << 20).clamp(1 << 20, self.opts.max_memory.max(1 << 20));
         let disk = (res.outdir_mib + res.tmpdir_mib) << 20;
         let image = if self.opts.no_container {
-            // Decided here rather than on the agent, so that the run ends
-            // with "unsupported" (exit 33) and no job is started.
-            if inv
-                .requirements
-                .iter()
-                .any(|r| r.get("class").and_then(Value::as_str) == Some("DockerRequirement"))
-            {
-                return Err(CwlError::Unsupported(format!(
-                    "{} has DockerRequirement under `requirements`, but containers are \
-                     disabled (--no-container): run without --no-container (Singularity or \
-                     Apptainer on the nodes), or make it a hint",
-                    inv.tool
-                        .get("id")
-                        .and_then(Value::as_str)
-                        .unwrap_or("the tool")
-                )));
-            }
             String::new()
         } else {
             docker_image(inv).unwrap_or_default()
