@@ -316,23 +316,9 @@ pub fn localize(job: &mut Value, work_dir: &Path) -> Result<Staged, String> {
     }
 }
 
-/// SHA-1 (`sha1$HEX`) and size of a file.
-pub fn sha1_file(p: &Path) -> std::io::Result<(String, u64)> {
-    use std::io::Read;
-    let mut f = std::fs::File::open(p)?;
-    let mut h = sha1_smol::Sha1::new();
-    let mut buf = vec![0u8; 1 << 16];
-    let mut size = 0u64;
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        size += n as u64;
-        h.update(&buf[..n]);
-    }
-    Ok((format!("sha1${}", h.digest()), size))
-}
+/// SHA-1 (`sha1$HEX`) and size of a file (the CWL crate's, used by the
+/// leader's import too).
+pub use toil_cwl::files::sha1_file;
 
 /// A file to store: its job-store key and where it is.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -459,15 +459,8 @@ fn word_number(n: &serde_json::Number) -> String {
     }
 }
 
-/// A number as Python's `str` (and `json.dumps`) writes it (`1.0`, `1e-05`, `1e+16`).
-pub(crate) fn number_text(n: &serde_json::Number) -> String {
-    if n.is_i64() || n.is_u64() {
-        return n.to_string();
-    }
-    let f = n.as_f64().unwrap_or(0.0);
-    python_float(f)
-}
-
+/// A non-finite number as Python writes it (`nan`, `inf`, `-inf`), and a
+/// finite one as Python's `str` does (`1.0`, `1e-05`, `1e+16`).
 fn python_float(f: f64) -> String {
     if f.is_nan() {
         return "nan".into();
@@ -512,71 +505,6 @@ pub fn shell_quote(s: &str) -> String {
 /// ": " separators, non-ASCII escaped), which CWL v1.2 uses for
 /// `InitialWorkDirRequirement` entries that are not strings.
 pub fn python_json_dumps(v: &Value) -> String {
-    let mut out = String::new();
-    dump(v, &mut out);
-    out
-}
-
-fn dump(v: &Value, out: &mut String) {
-    match v {
-        Value::Null => out.push_str("null"),
-        Value::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-        Value::Number(n) => {
-            let s = number_text(n);
-            out.push_str(match s.as_str() {
-                "nan" => "NaN",
-                "inf" => "Infinity",
-                "-inf" => "-Infinity",
-                _ => &s,
-            })
-        }
-        Value::String(s) => dump_str(s, out),
-        Value::Array(a) => {
-            out.push('[');
-            for (i, x) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                dump(x, out);
-            }
-            out.push(']');
-        }
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m.keys().collect();
-            keys.sort();
-            out.push('{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push_str(", ");
-                }
-                dump_str(k, out);
-                out.push_str(": ");
-                dump(&m[k.as_str()], out);
-            }
-            out.push('}');
-        }
-    }
-}
-
-fn dump_str(s: &str, out: &mut String) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            '\u{8}' => out.push_str("\\b"),
-            '\u{c}' => out.push_str("\\f"),
-            c if (c as u32) < 0x20 || (c as u32) > 0x7f => {
-                let mut buf = [0u16; 2];
-                for unit in c.encode_utf16(&mut buf) {
-                    out.push_str(&format!("\\u{unit:04x}"));
-                }
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
+    // The expression module writes interpolated JSON the same way.
+    crate::expr::to_sorted_json(v)
 }
