@@ -12,7 +12,7 @@
 //! - [`server`]: HTTP(S), discovery, CRUD, watch, logs, kubectl tables,
 //!   the `/emulator/...` admin endpoints;
 //! - [`store`], [`selector`], [`patch`], [`crud`], [`validation`],
-//!   [`defaults`]: the apiserver's storage and semantics;
+//!   [`defaults`], [`fieldvalidation`]: the apiserver's storage and semantics;
 //! - [`rbac`]: authorization from Role/ClusterRole bindings;
 //! - [`podsecurity`]: Pod Security admission from namespace labels;
 //! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
@@ -51,6 +51,7 @@ pub mod defaults;
 pub mod disruption;
 pub mod error;
 pub mod faults;
+pub mod fieldvalidation;
 pub mod handle;
 pub mod jobs;
 pub mod kubeconfig;

@@ -15,7 +15,8 @@ use crate::emulator::cluster::Cluster;
 use crate::emulator::config::Identity;
 use crate::emulator::crud::DeleteOpts;
 use crate::emulator::error::ApiError;
-use crate::emulator::patch::PatchKind;
+use crate::emulator::fieldvalidation;
+use crate::emulator::patch::{self, PatchKind};
 use crate::emulator::rbac::{self, Attributes};
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::selector::{FieldSelector, LabelSelector};
@@ -139,6 +140,9 @@ async fn handle_inner(
 }
 
 fn non_resource(path: &str) -> Result<Response<Body>, ApiError> {
+    if let Some(doc) = super::openapi::document(path) {
+        return Ok(json_response(200, doc));
+    }
     let doc = match path.trim_end_matches('/') {
         "/api" => resources::api_versions(),
         "/apis" => resources::api_group_list(),
@@ -338,18 +342,24 @@ async fn resource(
             if rr.subresource == "eviction" {
                 return evict(&cluster, &rr, &v);
             }
+            let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
             if flag(&query, "dryRun") || query.get("dryRun").is_some_and(|d| d == "All") {
                 return Ok(json_response(201, &v));
             }
             let created = cluster.create(r, &rr.namespace, v)?;
-            Ok(json_response(201, &created))
+            let mut resp = json_response(201, &created);
+            fieldvalidation::add_warnings(&mut resp, &warnings);
+            Ok(resp)
         }
         "update" => {
             let body = read_body(req.into_body()).await?;
             let v = parse_json(&body)?;
+            let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
             let updated =
                 cluster.update(r, &rr.namespace, &rr.name, v, rr.subresource == "status")?;
-            Ok(json_response(200, &updated))
+            let mut resp = json_response(200, &updated);
+            fieldvalidation::add_warnings(&mut resp, &warnings);
+            Ok(resp)
         }
         "patch" => {
             let kind = PatchKind::from_content_type(&content_type).ok_or_else(|| {
@@ -359,6 +369,7 @@ async fn resource(
                 e
             })?;
             let body = read_body(req.into_body()).await?;
+            let warnings = patch_field_problems(&cluster, &rr, kind, &body, &query)?;
             let fm = query.get("fieldManager").map(String::as_str);
             let patched = cluster.patch(
                 r,
@@ -369,7 +380,9 @@ async fn resource(
                 rr.subresource == "status",
                 fm,
             )?;
-            Ok(json_response(200, &patched))
+            let mut resp = json_response(200, &patched);
+            fieldvalidation::add_warnings(&mut resp, &warnings);
+            Ok(resp)
         }
         "delete" => {
             let body = read_body(req.into_body()).await?;
@@ -408,6 +421,35 @@ async fn resource(
         }
         other => Err(ApiError::method_not_allowed(&r.qualified(), other)),
     }
+}
+
+/// `fieldValidation` for a PATCH: the patched object is checked (so patch
+/// directives never count as fields), and the body for duplicate keys.
+fn patch_field_problems(
+    cluster: &Cluster,
+    rr: &ResourceRequest,
+    kind: PatchKind,
+    body: &[u8],
+    query: &HashMap<String, String>,
+) -> Result<Vec<String>, ApiError> {
+    let mode = fieldvalidation::Mode::from_query(query)?;
+    if mode == fieldvalidation::Mode::Ignore {
+        return Ok(Vec::new());
+    }
+    // A body that does not parse or apply is refused by the patch itself.
+    let Ok(p) = patch::parse_body(kind, body) else {
+        return Ok(Vec::new());
+    };
+    let patched = match cluster.get(rr.resource, &rr.namespace, &rr.name) {
+        Some(current) => match patch::apply(kind, &current, &p) {
+            Ok(v) => v,
+            Err(_) => return Ok(Vec::new()),
+        },
+        None => p,
+    };
+    let json_body = (kind != PatchKind::Json).then_some(body);
+    let problems = fieldvalidation::problems(rr.resource, &patched, json_body);
+    fieldvalidation::enforce(rr.resource, mode, problems)
 }
 
 /// `POST pods/NAME/eviction`: the Eviction API (no PodDisruptionBudgets

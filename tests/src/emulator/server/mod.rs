@@ -5,6 +5,7 @@
 //! - [`handlers`]: get, list, create, update, patch, delete.
 //! - [`watch`]: watch streams with bookmarks and 410s.
 //! - [`logs`]: `pods/log`, including `follow`.
+//! - [`openapi`]: the OpenAPI v3 documents kubectl downloads.
 //! - [`table`]: the server-side `Table` rendering kubectl asks for.
 //! - [`admin`]: `/emulator/...` fault injection and counters.
 //! - [`tls`]: the CA and serving certificate.
@@ -12,6 +13,7 @@
 pub mod admin;
 pub mod handlers;
 pub mod logs;
+pub mod openapi;
 pub mod request;
 pub mod table;
 pub mod tls;
