@@ -345,7 +345,7 @@ fn kubectl_apply_validates_on_the_server_and_patches_on_the_second_apply() {
         "{out}"
     );
 
-    // A Job, applied, then edited (a label and an env value) and re-applied.
+    // A Job, applied, then edited (a label) and re-applied: patched.
     let job = |label: &str, value: &str, extra: &str| {
         format!(
             "apiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {OWNER}-edit\n  labels:\n    stage: {label}\nspec:\n  backoffLimit: 0\n{extra}  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {image}\n        command: [sh, -c, 'echo $GREETING; sleep 600']\n        env:\n        - name: GREETING\n          value: {value}\n        - name: KEEP\n          value: kept\n",
@@ -360,7 +360,7 @@ fn kubectl_apply_validates_on_the_server_and_patches_on_the_second_apply() {
         out.contains(&format!("job.batch/{OWNER}-edit created")),
         "{out}"
     );
-    std::fs::write(&file, job("two", "bonjour", "")).unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(&file, job("two", "hello", "")).unwrap_or_else(|e| panic!("{e}"));
     let out = k
         .run(&["apply", "-f", &file_s])
         .expect_ok("apply the edited Job");
@@ -368,20 +368,71 @@ fn kubectl_apply_validates_on_the_server_and_patches_on_the_second_apply() {
         out.contains(&format!("job.batch/{OWNER}-edit configured")),
         "{out}"
     );
-    let got = k
-        .run(&[
+    let get_job = || {
+        k.run(&[
             "get",
             "job",
             &format!("{OWNER}-edit"),
             "-o",
             "jsonpath={.metadata.labels.stage} {.spec.template.spec.containers[0].env[*].value}",
         ])
-        .expect_ok("get the patched Job");
-    assert_eq!(got, "two bonjour kept");
+        .expect_ok("get the patched Job")
+    };
+    assert_eq!(get_job(), "two hello kept");
+    let out = k.run(&["apply", "-f", &file_s]).expect_ok("apply it again");
+    assert!(
+        out.contains(&format!("job.batch/{OWNER}-edit unchanged")),
+        "{out}"
+    );
+    // A Job's pod template is immutable, as on a real cluster.
+    std::fs::write(&file, job("two", "bonjour", "")).unwrap_or_else(|e| panic!("{e}"));
+    let r = k.run(&["apply", "-f", &file_s]);
+    assert!(
+        !r.ok && r.stderr.contains("field is immutable"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    assert_eq!(get_job(), "two hello kept");
+
+    // A Service's ports merge by port: one edited, one removed
+    // ($setElementOrder and $patch: delete in kubectl's patch).
+    let svc = dir.path().join("svc.yaml");
+    let svc_s = svc.to_string_lossy().into_owned();
+    let service = |ports: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata:\n  name: {OWNER}-svc\nspec:\n  selector:\n    app: x\n  ports:\n{ports}"
+        )
+    };
+    std::fs::write(
+        &svc,
+        service("  - {name: a, port: 80, targetPort: 8080}\n  - {name: b, port: 81}\n"),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    k.run(&["apply", "-f", &svc_s]).expect_ok("apply a Service");
+    std::fs::write(&svc, service("  - {name: a, port: 80, targetPort: 9090}\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = k
+        .run(&["apply", "-f", &svc_s])
+        .expect_ok("apply the edited Service");
+    assert!(
+        out.contains(&format!("service/{OWNER}-svc configured")),
+        "{out}"
+    );
+    let ports = k
+        .run(&[
+            "get",
+            "service",
+            &format!("{OWNER}-svc"),
+            "-o",
+            "jsonpath={.spec.ports[*].port}:{.spec.ports[*].targetPort}",
+        ])
+        .expect_ok("get the Service");
+    assert_eq!(ports, "80:9090");
 
     // An unknown field: refused by the server with its own words, since
     // kubectl leaves validation to it (fieldValidation=Strict).
-    std::fs::write(&file, job("two", "bonjour", "  bogusField: 1\n"))
+    std::fs::write(&file, job("two", "hello", "  bogusField: 1\n"))
         .unwrap_or_else(|e| panic!("{e}"));
     let r = k.run(&["apply", "-f", &file_s]);
     assert!(!r.ok, "{}", r.stdout);
@@ -439,27 +490,20 @@ fn kubectl_apply_validates_on_the_server_and_patches_on_the_second_apply() {
     assert_eq!(got, "2");
 
     // The seed's cleanup pipeline, with more Jobs than one xargs batch.
-    for i in 0..12 {
-        k.run(&[
-            "create",
-            "job",
-            &format!("{OWNER}-extra-{i}"),
-            &format!("--image={}", manifest_image()),
-            "--",
-            "sleep",
-            "600",
-        ])
-        .expect_ok("kubectl create job");
-    }
-    k.run(&[
-        "create",
-        "job",
-        "someone-else",
-        &format!("--image={}", manifest_image()),
-        "--",
-        "true",
-    ])
-    .expect_ok("kubectl create job");
+    let job_doc = |name: &str, command: &str| {
+        format!(
+            "---\napiVersion: batch/v1\nkind: Job\nmetadata:\n  name: {name}\nspec:\n  template:\n    spec:\n      restartPolicy: Never\n      containers:\n      - name: main\n        image: {image}\n        command: [sh, -c, '{command}']\n",
+            image = manifest_image(),
+        )
+    };
+    let mut many: String = (0..12)
+        .map(|i| job_doc(&format!("{OWNER}-extra-{i}"), "sleep 600"))
+        .collect();
+    many.push_str(&job_doc("someone-else", "true"));
+    let many_file = dir.path().join("many.yaml");
+    std::fs::write(&many_file, many).unwrap_or_else(|e| panic!("{e}"));
+    k.run(&["apply", "-f", &many_file.to_string_lossy()])
+        .expect_ok("apply 13 Jobs");
     let r = k.shell(&format!(
         "kubectl get jobs | grep {OWNER} | cut -f1 -d' ' | xargs -n10 kubectl delete job"
     ));
