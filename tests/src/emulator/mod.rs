@@ -19,6 +19,7 @@
 //!   and nodes;
 //! - [`faults`]: request faults and counters;
 //! - [`quantity`]: resource quantities; [`yaml`]: manifests and YAML bodies;
+//!   [`protobuf`]: the protobuf bodies of `kubectl create secret|configmap`;
 //! - [`testkit`]: waits and object builders for tests.
 //!
 //! Typical use in a test (the emulator runs on its own thread and runtime;
@@ -58,6 +59,7 @@ pub mod kubeconfig;
 pub mod kubelet;
 pub mod patch;
 pub mod podsecurity;
+pub mod protobuf;
 pub mod quantity;
 pub mod rbac;
 pub mod resources;

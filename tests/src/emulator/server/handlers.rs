@@ -17,6 +17,7 @@ use crate::emulator::crud::DeleteOpts;
 use crate::emulator::error::ApiError;
 use crate::emulator::fieldvalidation;
 use crate::emulator::patch::{self, PatchKind};
+use crate::emulator::protobuf;
 use crate::emulator::rbac::{self, Attributes};
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::selector::{FieldSelector, LabelSelector};
@@ -47,6 +48,20 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })
+}
+
+/// Parses a create or update body: JSON or YAML, or the protobuf kubectl's
+/// typed commands send (for the kinds [`protobuf`] decodes; 415 otherwise).
+fn parse_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if !content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return parse_json(body);
+    }
+    protobuf::decode(body).map_err(|why| {
+        let mut e = ApiError::bad_request(why);
+        e.code = 415;
+        e.reason = "UnsupportedMediaType";
+        e
+    })
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
@@ -309,16 +324,6 @@ async fn resource(
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    if matches!(rr.verb, "create" | "update")
-        && content_type.starts_with("application/vnd.kubernetes.protobuf")
-    {
-        let mut e = ApiError::bad_request(
-            "the emulator does not decode protobuf request bodies (application/vnd.kubernetes.protobuf); send application/json",
-        );
-        e.code = 415;
-        e.reason = "UnsupportedMediaType";
-        return Err(e);
-    }
     match rr.verb {
         "get" if rr.subresource == "log" => logs::serve(cluster, &rr, &query).await,
         "get" => {
@@ -338,7 +343,7 @@ async fn resource(
         "watch" => watch::serve(cluster, &rr, &query, as_table),
         "create" => {
             let body = read_body(req.into_body()).await?;
-            let v = parse_json(&body)?;
+            let v = parse_object(&content_type, &body)?;
             if rr.subresource == "eviction" {
                 return evict(&cluster, &rr, &v);
             }
@@ -353,7 +358,7 @@ async fn resource(
         }
         "update" => {
             let body = read_body(req.into_body()).await?;
-            let v = parse_json(&body)?;
+            let v = parse_object(&content_type, &body)?;
             let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
             let updated =
                 cluster.update(r, &rr.namespace, &rr.name, v, rr.subresource == "status")?;
