@@ -258,7 +258,8 @@ fn the_seeds_leader_inside_kubernetes_walkthrough() {
     }
 
     // `kubectl exec -ti POD /bin/bash`, here a command instead of a shell
-    // session (no terminal in a test).
+    // session (no terminal in a test); it runs in the container, with the
+    // container's environment (TOIL_POD_NAME from the downward API).
     let out = k
         .run(&[
             "exec",
@@ -266,7 +267,7 @@ fn the_seeds_leader_inside_kubernetes_walkthrough() {
             "--",
             "sh",
             "-c",
-            "echo inside $HOSTNAME; test -d /proc/self",
+            "echo inside $TOIL_POD_NAME",
         ])
         .expect_ok("kubectl exec");
     assert_eq!(out, format!("inside {agent}\n"));
