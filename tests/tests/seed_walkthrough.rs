@@ -490,6 +490,39 @@ fn kubectl_apply_validates_on_the_server_and_patches_on_the_second_apply() {
         .expect_ok("get the configmap");
     assert_eq!(got, "2");
 
+    // `kubectl diff` previews with a dry-run PATCH, which stores nothing.
+    std::fs::write(
+        &cm,
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {OWNER}-ssa\ndata:\n  a: \"3\"\n"
+        ),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = k.run(&["diff", "-f", &cm_s]);
+    assert!(
+        !r.ok && r.stdout.contains("+  a: \"3\""),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let r = k.run(&["delete", "-f", &cm_s, "--dry-run=server"]);
+    assert!(
+        r.ok && r.stdout.contains("(server dry run)"),
+        "{}{}",
+        r.stdout,
+        r.stderr
+    );
+    let got = k
+        .run(&[
+            "get",
+            "configmap",
+            &format!("{OWNER}-ssa"),
+            "-o",
+            "jsonpath={.data.a}",
+        ])
+        .expect_ok("get the configmap after dry runs");
+    assert_eq!(got, "2");
+
     // The seed's cleanup pipeline, with more Jobs than one xargs batch.
     let job_doc = |name: &str, command: &str| {
         format!(

@@ -348,7 +348,7 @@ async fn resource(
                 return evict(&cluster, &rr, &v);
             }
             let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
-            if flag(&query, "dryRun") || query.get("dryRun").is_some_and(|d| d == "All") {
+            if dry_run(&query) {
                 return Ok(json_response(201, &v));
             }
             let created = cluster.create(r, &rr.namespace, v)?;
@@ -360,6 +360,13 @@ async fn resource(
             let body = read_body(req.into_body()).await?;
             let v = parse_object(&content_type, &body)?;
             let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
+            if dry_run(&query) {
+                cluster
+                    .get(r, &rr.namespace, &rr.name)
+                    .ok_or_else(|| ApiError::not_found(&r.qualified(), &rr.name))?;
+                let preview = (r.normalize)(v).map_err(ApiError::bad_request)?;
+                return Ok(json_response(200, &preview));
+            }
             let updated =
                 cluster.update(r, &rr.namespace, &rr.name, v, rr.subresource == "status")?;
             let mut resp = json_response(200, &updated);
@@ -375,6 +382,12 @@ async fn resource(
             })?;
             let body = read_body(req.into_body()).await?;
             let warnings = patch_field_problems(&cluster, &rr, kind, &body, &query)?;
+            if dry_run(&query) {
+                // `kubectl diff` previews with a dry-run PATCH: nothing is stored.
+                let mut resp = json_response(200, &dry_run_patch(&cluster, &rr, kind, &body)?);
+                fieldvalidation::add_warnings(&mut resp, &warnings);
+                return Ok(resp);
+            }
             let fm = query.get("fieldManager").map(String::as_str);
             let patched = cluster.patch(
                 r,
@@ -392,6 +405,18 @@ async fn resource(
         "delete" => {
             let body = read_body(req.into_body()).await?;
             let opts = delete_opts(&query, &body);
+            // kubectl puts it in the DeleteOptions body.
+            let in_body = serde_json::from_slice::<Value>(&body).is_ok_and(|v| {
+                v["dryRun"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x == "All"))
+            });
+            if dry_run(&query) || in_body {
+                let obj = cluster
+                    .get(r, &rr.namespace, &rr.name)
+                    .ok_or_else(|| ApiError::not_found(&r.qualified(), &rr.name))?;
+                return Ok(json_response(200, &obj));
+            }
             let gone = cluster.delete(r, &rr.namespace, &rr.name, &opts)?;
             Ok(json_response(200, &gone))
         }
@@ -426,6 +451,28 @@ async fn resource(
         }
         other => Err(ApiError::method_not_allowed(&r.qualified(), other)),
     }
+}
+
+/// Whether the request is a dry run (`dryRun=All`): answered, not stored.
+fn dry_run(query: &HashMap<String, String>) -> bool {
+    flag(query, "dryRun") || query.get("dryRun").is_some_and(|d| d == "All")
+}
+
+/// What a PATCH would make of the object, without storing it.
+fn dry_run_patch(
+    cluster: &Cluster,
+    rr: &ResourceRequest,
+    kind: PatchKind,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let r = rr.resource;
+    let p = patch::parse_body(kind, body)?;
+    let patched = match cluster.get(r, &rr.namespace, &rr.name) {
+        Some(current) => patch::apply(kind, &current, &p)?,
+        None if kind == PatchKind::Apply => p,
+        None => return Err(ApiError::not_found(&r.qualified(), &rr.name)),
+    };
+    (r.normalize)(patched).map_err(ApiError::bad_request)
 }
 
 /// `fieldValidation` for a PATCH: the patched object is checked (so patch
