@@ -523,6 +523,12 @@ fn kubectl_apply_validates_on_the_server_and_patches_on_the_second_apply() {
         .expect_ok("get the configmap after dry runs");
     assert_eq!(got, "2");
 
+    // `kubectl explain` reads the same OpenAPI documents.
+    let out = k
+        .run(&["explain", "job.spec.template.spec.containers.env"])
+        .expect_ok("kubectl explain");
+    assert!(out.contains("FIELD: env <[]EnvVar>"), "{out}");
+
     // The seed's cleanup pipeline, with more Jobs than one xargs batch.
     let job_doc = |name: &str, command: &str| {
         format!(
