@@ -163,7 +163,7 @@ fn known_image(cluster: &Cluster, image: &str) -> Option<Option<PathBuf>> {
         .map(|i| i.path_dir.clone())
 }
 
-fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>) -> Vec<(String, String)> {
+fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>, pod: &Pod) -> Vec<(String, String)> {
     // The API server as pods reach it: in-cluster address or the host's.
     let (host, port) = match ctx.cluster.pod_network().in_cluster_api() {
         Some(a) => (a.ip().to_string(), a.port()),
@@ -201,6 +201,9 @@ fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>) -> Vec<(String, String)> 
         ("KUBERNETES_PORT_443_TCP_PORT".to_string(), port),
         ("KUBERNETES_PORT_443_TCP_ADDR".to_string(), host.clone()),
     ];
+    if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+        v.extend(crate::emulator::services::link_env(&ctx.cluster, &ctx.ns));
+    }
     for name in &ctx.cluster.config.passthrough_env {
         if let Ok(val) = std::env::var(name) {
             v.push((name.clone(), val));
@@ -336,7 +339,7 @@ async fn run_container(
         else {
             return Outcome::NeverRan;
         };
-        let built = env::build_env(&cluster, &pod, c, &base_env(ctx, image_dir.as_ref()))
+        let built = env::build_env(&cluster, &pod, c, &base_env(ctx, image_dir.as_ref(), &pod))
             .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
         let (env_vars, argv) = match built {
             Ok(v) => v,
