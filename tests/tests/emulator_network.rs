@@ -197,6 +197,40 @@ print(host, port, os.environ["POD_IP"])
         leader.accept().err().map(|e| e.kind()),
         Some(std::io::ErrorKind::WouldBlock)
     );
+
+    // A hostNetwork pod lives in the host's network, with the node's IP.
+    let script = r#"
+import os, socket
+socket.create_connection(("127.0.0.1", int(os.environ["LEADER_PORT"])), timeout=5).close()
+print("leader reachable from", os.environ["POD_IP"])
+"#;
+    let env = json!([
+        {"name": "LEADER_PORT", "value": port.to_string()},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]);
+    let p: Pod = from_json(json!({
+        "metadata": {"name": "on-host"},
+        "spec": {"hostNetwork": true, "restartPolicy": "Never", "containers": [{
+            "name": "main", "image": IMAGE, "command": ["python3", "-c", script], "env": env,
+        }]},
+    }));
+    pods.create(&PostParams::default(), &p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let done = wait_for(&pods, "on-host", T, |p| {
+        matches!(phase(p).as_str(), "Succeeded" | "Failed")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let logs = pods
+        .logs("on-host", &LogParams::default())
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        (phase(&done).as_str(), logs.as_str()),
+        ("Succeeded", "leader reachable from 127.0.0.1\n")
+    );
+    assert!(leader.accept().is_ok());
     emu.shutdown();
 }
 

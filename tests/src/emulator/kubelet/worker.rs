@@ -367,7 +367,10 @@ async fn run_container(
             log: logs::log_path(&ctx.dir, &c.name, restarts),
             cgroup_name: format!("{}-{}-{restarts}", ctx.uid, c.name),
             privileges: Privileges::of(c.security_context.as_ref()),
-            netns: cluster.pod_network().netns_fd(),
+            netns: cluster
+                .pod_network()
+                .netns_fd()
+                .filter(|_| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)),
         };
         if let Err(why) = &cluster.kubelet.mount_ns_ok
             && !launch.mounts.is_empty()
@@ -518,7 +521,12 @@ pub async fn run(ctx: PodCtx) {
         return;
     }
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
-    let pod_ip = cluster.pod_network().assign_pod_ip(&ctx.uid).to_string();
+    // hostNetwork pods live in the host's network, with the node's IP.
+    let host_network = spec.host_network == Some(true);
+    let pod_ip = match host_network {
+        true => "127.0.0.1".to_string(),
+        false => cluster.pod_network().assign_pod_ip(&ctx.uid).to_string(),
+    };
     ctx.update(|p| {
         let st = p.status.get_or_insert_with(Default::default);
         st.host_ip = Some("127.0.0.1".into());
