@@ -59,16 +59,21 @@ subjects: [{kind: User, name: bob, apiGroup: rbac.authorization.k8s.io}]
 "#;
 
 /// A TCP echo server that serves connections one after another.
-const ECHO: &str = "import socket,sys\n\
-s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(8)\n\
-while True:\n\
-    c,_=s.accept()\n\
-    while True:\n\
-        d=c.recv(65536)\n\
-        if not d: break\n\
-        c.sendall(d)\n\
-    c.close()\n";
+const ECHO: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        c.sendall(d)
+    c.close()
+"#;
 
 fn kubectl_present() {
     let ok = Command::new("kubectl")

@@ -116,7 +116,7 @@ const DICT_TAIL: &str = concat!(
     "203 Non-Authoritative Information204 No Content301 Moved Permanently400 Bad Request",
     "401 Unauthorized403 Forbidden404 Not Found500 Internal Server Error501 Not Implemented",
     "503 Service Unavailable",
-    "Jan Feb Mar Apr May Jun Jul Aug Sep Oct Nov Dec 00:00:00 ",
+    "Jan Feb Mar Apr May Jun Jul Aug Sept Oct Nov Dec 00:00:00 ",
     "Mon, Tue, Wed, Thu, Fri, Sat, Sun, GMT",
     "chunked,text/html,image/png,image/jpg,image/gif,application/xml,application/xhtml+xml,",
     "text/plain,text/javascript,publicprivatemax-age=gzip,deflate,sdch",
@@ -580,8 +580,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dictionary_has_the_spec_length() {
+    fn dictionary_is_the_one_go_clients_name() {
         assert_eq!(dictionary().len(), 1423);
+        // The DICTID in the zlib header of kubectl's first header block.
+        let adler = Compress::new(Compression::default(), true)
+            .set_dictionary(&dictionary())
+            .ok();
+        assert_eq!(adler, Some(0xE3C6_A7C2));
     }
 
     #[test]

@@ -431,7 +431,7 @@ async fn exec_session(
                 break;
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(websocket::normal_close()).await;
     });
     let mut proc: ExecProcess = match exec::start(container_pid, &req) {
         Ok(p) => p,
@@ -532,7 +532,7 @@ async fn portforward_ws(ws: Ws, target: PodTarget, ports: Vec<u16>) {
                 break;
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(websocket::normal_close()).await;
     });
     let mut to_pod: Vec<Option<mpsc::Sender<Bytes>>> = Vec::new();
     let mut from_pod = Vec::new();

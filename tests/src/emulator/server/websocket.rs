@@ -13,6 +13,8 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 use super::{Body, full};
 
@@ -130,6 +132,15 @@ pub fn channel_message(channel: u8, payload: &[u8]) -> Message {
     Message::binary(v)
 }
 
+/// A normal-closure close frame (1000): Go clients read it as the end of
+/// every channel, where a close without a status is an error.
+pub fn normal_close() -> Message {
+    Message::Close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+}
+
 /// Turns a WebSocket into a plain byte stream: each binary message read is
 /// appended to the stream; each write goes out as one binary message (the
 /// framing of SPDY tunneled in WebSocket, `SPDY/3.1+portforward.k8s.io`).
@@ -163,7 +174,7 @@ pub fn into_byte_stream(ws: Ws) -> DuplexStream {
                 }
             }
         }
-        let _ = sink.close().await;
+        let _ = sink.send(normal_close()).await;
     });
     theirs
 }
