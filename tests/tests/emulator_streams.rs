@@ -368,12 +368,17 @@ async fn echo_through(addr: &str, payload: &[u8]) -> Vec<u8> {
     back
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kubectl_port_forward_carries_several_connections() {
+/// `kubectl port-forward` through the emulator: by default SPDY/3.1
+/// tunneled in WebSocket; with `websockets` false, kubectl's fallback, a
+/// plain `Upgrade: SPDY/3.1`. Checks which one kubectl used from its `-v=6`
+/// request log.
+async fn kubectl_port_forward(websockets: bool) {
     kubectl_present();
     let f = fixture().await;
     let kc = f.kubeconfig("alice");
     let mut child = Command::new("kubectl")
+        .env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets.to_string())
+        .arg("-v=6")
         .arg("--kubeconfig")
         .arg(&kc)
         .args(["port-forward", "pod/echo", &format!(":{}", f.echo_port)])
@@ -422,7 +427,31 @@ async fn kubectl_port_forward_carries_several_connections() {
     );
     assert_eq!(b, small);
     let _ = child.kill();
+    let mut log = String::new();
+    let _ = child.stderr.take().map(|mut e| e.read_to_string(&mut log));
     let _ = child.wait();
+    let (method, status) = if websockets {
+        ("GET", "101 Switching Protocols")
+    } else {
+        ("POST", "101 Switching Protocols")
+    };
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("{method} https://"))
+                && l.contains("/pods/echo/portforward")
+                && l.contains(status)),
+        "kubectl did not port-forward with {method}: {log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_spdy_tunneled_in_websocket() {
+    kubectl_port_forward(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_port_forward_plain_spdy_fallback() {
+    kubectl_port_forward(false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -495,6 +524,71 @@ async fn kube_rs_port_forward_and_exec() {
         })
         .and_then(|c| c.message);
     assert_eq!(code.as_deref(), Some("5"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_exec_with_a_terminal_follows_resizes() {
+    use futures::SinkExt;
+    let f = fixture().await;
+    let pods = f.pods_as("alice").await;
+    let ap = AttachParams::interactive_tty();
+    let mut proc = pods
+        .exec("shell", ["sh", "-c", "read x; stty size; tty"], &ap)
+        .await
+        .unwrap_or_else(|e| panic!("exec: {e}"));
+    let mut size = proc
+        .terminal_size()
+        .unwrap_or_else(|| panic!("no resize channel"));
+    size.send(kube::api::TerminalSize {
+        width: 123,
+        height: 45,
+    })
+    .await
+    .unwrap_or_else(|e| panic!("resize: {e}"));
+    let mut stdin = proc.stdin().unwrap_or_else(|| panic!("no stdin"));
+    let mut stdout = proc.stdout().unwrap_or_else(|| panic!("no stdout"));
+    stdin
+        .write_all(b"go\n")
+        .await
+        .unwrap_or_else(|e| panic!("stdin: {e}"));
+    let mut screen = String::new();
+    stdout
+        .read_to_string(&mut screen)
+        .await
+        .unwrap_or_else(|e| panic!("stdout: {e}"));
+    let lines: Vec<&str> = screen.lines().map(|l| l.trim_end_matches('\r')).collect();
+    assert!(
+        lines.contains(&"45 123"),
+        "the terminal was not resized: {screen:?}"
+    );
+    assert!(
+        lines.iter().any(|l| l.starts_with("/dev/pts/")),
+        "no terminal: {screen:?}"
+    );
+    let st = proc
+        .take_status()
+        .unwrap_or_else(|| panic!("no status"))
+        .await;
+    assert_eq!(st.and_then(|s| s.status).as_deref(), Some("Success"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_ends_when_the_pod_is_deleted() {
+    let f = fixture().await;
+    let pods = f.pods().await;
+    let mut proc = pods
+        .exec("shell", ["sleep", "600"], &AttachParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("exec: {e}"));
+    let status = proc.take_status().unwrap_or_else(|| panic!("no status"));
+    pods.delete("shell", &Default::default())
+        .await
+        .unwrap_or_else(|e| panic!("delete: {e}"));
+    let st = tokio::time::timeout(T, status)
+        .await
+        .unwrap_or_else(|_| panic!("the exec outlived its container"))
+        .unwrap_or_else(|| panic!("no status sent"));
+    assert_eq!(st.reason.as_deref(), Some("NonZeroExitCode"), "{st:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
