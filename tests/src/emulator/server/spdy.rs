@@ -478,11 +478,7 @@ where
                         l.task.abort();
                     }
                 }
-                PING => {
-                    if out.send(Out::Ping(be32(&payload, 0))).await.is_err() {
-                        break;
-                    }
-                }
+                PING if out.send(Out::Ping(be32(&payload, 0))).await.is_err() => break,
                 GOAWAY => break,
                 // SETTINGS, HEADERS, WINDOW_UPDATE, CREDENTIAL: nothing to do.
                 _ => {}
