@@ -146,10 +146,13 @@ async fn fixture() -> Fixture {
     let shell: Pod = serde_json::from_value(json!({
         "metadata": {"name": "shell"},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
-            "name": "main", "image": IMAGE, "command": ["sleep", "3600"],
+            "name": "main", "image": IMAGE,
+            "command": ["sh", "-c", "cat /proc/self/cgroup > /mnt/exec-vol/cgroup.tmp && mv /mnt/exec-vol/cgroup.tmp /mnt/exec-vol/cgroup && exec sleep 3600"],
             "env": [{"name": "GREETING", "value": "hello from the pod"}],
             "workingDir": "/tmp/exec-wd",
-        }]},
+            "resources": {"limits": {"memory": "256Mi"}},
+            "volumeMounts": [{"name": "vol", "mountPath": "/mnt/exec-vol"}],
+        }], "volumes": [{"name": "vol", "emptyDir": {}}]},
     }))
     .unwrap_or_else(|e| panic!("{e}"));
     let echo: Pod = serde_json::from_value(json!({
@@ -276,6 +279,35 @@ async fn kubectl_exec_streams_stdin_exit_codes_and_context() {
     .await;
     assert_eq!(out.code, Some(0), "stderr: {}", out.stderr);
     assert_eq!(out.stdout, "hello from the pod\n/tmp/exec-wd\n");
+
+    // The container's mounts (an emptyDir only its mount namespace has) and
+    // its memory cgroup.
+    let out = kubectl_async(
+        kc.clone(),
+        strings(&[
+            "exec",
+            "shell",
+            "--",
+            "sh",
+            "-c",
+            "until [ -f /mnt/exec-vol/cgroup ]; do sleep 0.05; done; \
+             cmp /proc/self/cgroup /mnt/exec-vol/cgroup && echo same-cgroup",
+        ]),
+        Vec::new(),
+    )
+    .await;
+    assert_eq!(
+        out.code,
+        Some(0),
+        "stdout {} stderr {}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(out.stdout, "same-cgroup\n");
+    assert!(
+        !Path::new("/mnt/exec-vol/cgroup").exists(),
+        "the pod's volume leaked into the host's mount namespace"
+    );
 
     let out = kubectl_async(
         kc,

@@ -7,17 +7,21 @@
 //! the emulator's), its root (`/proc/PID/root`, entered with `chroot` where
 //! it differs) and its working directory (`/proc/PID/cwd`). With `tty` the
 //! process gets a pseudo-terminal as its controlling terminal (resizable);
-//! otherwise pipes. Not carried over: the container's memory cgroup and
-//! capability limits (exec'd processes run with the emulator's).
+//! otherwise pipes. The process joins the container's memory cgroup (its
+//! memory counts against the container's limit, and it dies with the
+//! container). Not carried over: the container's capability limits.
 
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+
+use super::sandbox::MemoryMode;
 
 /// What to run and which streams to connect.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -158,8 +162,25 @@ fn open_file(path: &str) -> std::io::Result<OwnedFd> {
     Ok(OwnedFd::from(File::open(path)?))
 }
 
+/// The `cgroup.procs` file of the memory cgroup the kubelet made for the
+/// container whose main process is `pid`, if it has one.
+pub fn container_cgroup(mode: &MemoryMode, pid: i32) -> Option<PathBuf> {
+    let (MemoryMode::CgroupV1(base) | MemoryMode::CgroupV2(base)) = mode else {
+        return None;
+    };
+    let want = pid.to_string();
+    std::fs::read_dir(base)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("cgroup.procs"))
+        .find(|procs| {
+            std::fs::read_to_string(procs).is_ok_and(|t| t.lines().any(|l| l.trim() == want))
+        })
+}
+
 /// The file descriptors the child uses to enter the container.
 struct Enter {
+    cgroup: Option<OwnedFd>,
     net: Option<OwnedFd>,
     mnt: Option<OwnedFd>,
     root: Option<OwnedFd>,
@@ -168,7 +189,7 @@ struct Enter {
 }
 
 impl Enter {
-    fn of(pid: i32, tty: bool) -> std::io::Result<Self> {
+    fn of(pid: i32, tty: bool, cgroup: Option<&Path>) -> std::io::Result<Self> {
         let p = |s: &str| format!("/proc/{pid}/{s}");
         let differs = |s: &str| !same_file(&p(s), &format!("/proc/self/{s}"));
         let net = if differs("ns/net") {
@@ -186,7 +207,14 @@ impl Enter {
         } else {
             None
         };
+        let cgroup = match cgroup {
+            Some(p) => Some(OwnedFd::from(
+                std::fs::OpenOptions::new().write(true).open(p)?,
+            )),
+            None => None,
+        };
         Ok(Self {
+            cgroup,
             net,
             mnt,
             root,
@@ -202,6 +230,13 @@ impl Enter {
         // SAFETY: plain syscalls on descriptors owned by `self`, alive for
         // the whole call.
         unsafe {
+            if let Some(fd) = &self.cgroup {
+                let mut buf = [0u8; 24];
+                let n = write_decimal(&mut buf, libc::getpid() as u64);
+                if libc::write(fd.as_raw_fd(), buf.as_ptr().cast(), n) < 0 {
+                    return Err(err());
+                }
+            }
             if libc::setsid() < 0 {
                 return Err(err());
             }
@@ -280,15 +315,32 @@ pub fn start_error(argv0: &str, e: &std::io::Error) -> String {
     )
 }
 
-/// Starts `req` inside the container whose main process is `pid`.
-pub fn start(pid: i32, req: &ExecRequest) -> Result<ExecProcess, String> {
+/// Writes `n` in decimal into `buf`, returning the length (no allocation:
+/// it runs between fork and exec).
+fn write_decimal(buf: &mut [u8; 24], mut n: u64) -> usize {
+    let mut len = 0;
+    loop {
+        buf[len] = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    buf[..len].reverse();
+    len
+}
+
+/// Starts `req` inside the container whose main process is `pid`, in its
+/// memory cgroup (`cgroup`: its `cgroup.procs`) if it has one.
+pub fn start(pid: i32, req: &ExecRequest, cgroup: Option<&Path>) -> Result<ExecProcess, String> {
     let Some(argv0) = req.argv.first() else {
         return Err("you must specify at least one command for the container".into());
     };
     let env = container_env(pid).map_err(|e| {
         format!("cannot read the container's environment (/proc/{pid}/environ): {e}")
     })?;
-    let enter = Enter::of(pid, req.tty)
+    let enter = Enter::of(pid, req.tty, cgroup)
         .map_err(|e| format!("cannot open the container's namespaces (/proc/{pid}): {e}"))?;
     let mut cmd = tokio::process::Command::new(argv0);
     cmd.args(&req.argv[1..])
@@ -389,6 +441,15 @@ mod tests {
                 ("A".to_string(), "b=c".to_string()),
             ]
         );
+    }
+
+    #[test]
+    fn decimals_are_written_without_allocating() {
+        let mut b = [0u8; 24];
+        let n = write_decimal(&mut b, 40213);
+        assert_eq!(&b[..n], b"40213");
+        let n = write_decimal(&mut b, 0);
+        assert_eq!(&b[..n], b"0");
     }
 
     #[test]

@@ -433,7 +433,8 @@ async fn exec_session(
         }
         let _ = sink.send(websocket::normal_close()).await;
     });
-    let mut proc: ExecProcess = match exec::start(container_pid, &req) {
+    let cgroup = exec::container_cgroup(&cluster.kubelet.memory, container_pid);
+    let mut proc: ExecProcess = match exec::start(container_pid, &req, cgroup.as_deref()) {
         Ok(p) => p,
         Err(msg) => {
             let status = serde_json::to_vec(&start_failure(&msg)).unwrap_or_default();
