@@ -565,7 +565,17 @@ async fn kube_rs_exec_with_a_terminal_follows_resizes() {
     let pods = f.pods_as("alice").await;
     let ap = AttachParams::interactive_tty();
     let mut proc = pods
-        .exec("shell", ["sh", "-c", "read x; stty size; tty"], &ap)
+        .exec(
+            "shell",
+            [
+                "sh",
+                "-c",
+                // kube-rs sends the resize and stdin on separate tasks, so
+                // either may arrive first: wait for the size.
+                "read x; until [ \"$(stty size)\" = '45 123' ]; do sleep 0.05; done; stty size; tty",
+            ],
+            &ap,
+        )
         .await
         .unwrap_or_else(|e| panic!("exec: {e}"));
     let mut size = proc
