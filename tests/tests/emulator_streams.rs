@@ -705,5 +705,55 @@ async fn exec_into_a_pod_that_has_ended() {
         .map(|e| e.to_string())
         .unwrap_or_else(|| panic!("exec into an ended pod worked"));
     assert!(err.contains("500"), "error: {err}");
+    // The body of that answer, over a raw WebSocket handshake.
+    let (head, body) = raw_upgrade(
+        &f,
+        "alice",
+        "/api/v1/namespaces/default/pods/done/exec?command=true&stdout=true",
+    );
+    assert!(head.starts_with("HTTP/1.1 500"), "{head}");
+    assert!(body.contains(r#"container not found (\"main\")"#), "{body}");
+    // A pod that does not exist.
+    let (head, body) = raw_upgrade(
+        &f,
+        "alice",
+        "/api/v1/namespaces/default/pods/nope/exec?command=true&stdout=true",
+    );
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    assert!(body.contains(r#"pods \"nope\" not found"#), "{body}");
     let _ = f.dir.path();
+}
+
+/// A WebSocket upgrade request written by hand over plain HTTP; the
+/// response head and body.
+fn raw_upgrade(f: &Fixture, user: &str, path: &str) -> (String, String) {
+    let addr = f.emu.http_url().trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr).unwrap_or_else(|e| panic!("{e}"));
+    let token = f.emu.token_for(&Identity::User(user.into()));
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+         Sec-WebSocket-Protocol: v5.channel.k8s.io\r\n\r\n"
+    );
+    sock.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut reader = BufReader::new(sock);
+    let mut head = String::new();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap_or(0);
+        }
+        head.push_str(&line);
+    }
+    let mut body = vec![0u8; len];
+    reader
+        .read_exact(&mut body)
+        .unwrap_or_else(|e| panic!("body: {e}"));
+    (head, String::from_utf8_lossy(&body).into_owned())
 }
