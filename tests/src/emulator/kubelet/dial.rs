@@ -14,17 +14,27 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 ///
 /// A real kubelet (through the container runtime) connects to
 /// `localhost:PORT` inside the pod's network namespace. Here the pods share
-/// the emulator's network, so the pod IP from the pod's status is dialed
-/// instead. Blocking (call it from a blocking task): entering a pod's
-/// network namespace to dial means switching this thread's namespace.
-pub fn dial_pod(_cluster: &Cluster, pod_ip: &str, port: u16) -> std::io::Result<TcpStream> {
+/// one network (the host's, or the emulator's isolated pod network), so the
+/// pod IP from the pod's status is dialed, from inside that network. A pod
+/// on the host network (and every pod in host mode) has the host's
+/// `127.0.0.1`, dialed from the host. Blocking (call it from a blocking
+/// task).
+pub fn dial_pod(cluster: &Cluster, pod_ip: &str, port: u16) -> std::io::Result<TcpStream> {
     let ip: IpAddr = pod_ip.parse().map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("the pod IP {pod_ip:?} is not an IP address: {e}"),
         )
     })?;
-    let s = TcpStream::connect_timeout(&SocketAddr::new(ip, port), DIAL_TIMEOUT)?;
+    let addr = SocketAddr::new(ip, port);
+    let net = cluster.pod_network();
+    let s = if net.is_isolated() && !ip.is_unspecified() && ip != IpAddr::from([127, 0, 0, 1]) {
+        // Loopback connects inside the pod network finish at once: no
+        // timeout needed.
+        net.connect(addr)?
+    } else {
+        TcpStream::connect_timeout(&addr, DIAL_TIMEOUT)?
+    };
     s.set_nodelay(true)?;
     Ok(s)
 }
