@@ -4,14 +4,18 @@
 # and the agents' work directory. Used by deploy/Dockerfile and by
 # scripts/build-appliance-rootfs.sh, so both images get the same files.
 #   appliance-setup.sh CONF [--install]
-# --install first installs APPLIANCE_PACKAGES with apt (the Dockerfile's
-# way; the script installs them with mmdebstrap instead).
+# --install first installs APPLIANCE_PACKAGES with apt, and any .deb in
+# the directory debs/ beside CONF (the Dockerfile's way; the script installs
+# the packages with mmdebstrap instead).
 set -eu
 . "$1"
 if [ "${2:-}" = --install ]; then
   apt-get update
   # shellcheck disable=SC2086 # a list of package names
   apt-get install -y --no-install-recommends $APPLIANCE_PACKAGES
+  for deb in "$(dirname "$1")"/debs/*.deb; do
+    if [ -f "$deb" ]; then apt-get install -y --no-install-recommends "$deb"; fi
+  done
   rm -rf /var/lib/apt/lists/*
 fi
 # A non-root user with a numeric uid, so the kubelet can verify

@@ -16,13 +16,14 @@
 #                    target/release, built with `cargo build --release` when
 #                    missing; the tests pass target/debug)
 #   --out DIR        cache directory (default target/appliance)
-#   --mirror URL     Debian mirror (default $TOIL_APPLIANCE_MIRROR or
-#                    http://deb.debian.org/debian; a snapshot mirror works)
+#   --mirror URL     Debian mirror (default $TOIL_APPLIANCE_MIRROR, else
+#                    mmdebstrap's default Debian mirror; a snapshot mirror
+#                    works too)
 #   --withApptainer  include Apptainer. Debian bookworm (the image's suite)
 #                    has no apptainer or singularity-container package, so
 #                    with bookworm this option fails and says so: build with
-#                    deploy/Dockerfile's `--build-arg WITH_APPTAINER=1`,
-#                    which installs Apptainer's release .deb instead.
+#                    deploy/Dockerfile's `--build-arg APPTAINER_DEB_URL=...`
+#                    (the stage that fetches Apptainer's release .deb).
 #   -h, --help       this text
 #
 # The result is cached under OUT/KEY, KEY a hash of the inputs (the
@@ -48,7 +49,7 @@ usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$SELF"; }
 
 bins=""
 out=$ROOT/target/appliance
-mirror=${TOIL_APPLIANCE_MIRROR:-http://deb.debian.org/debian}
+mirror=${TOIL_APPLIANCE_MIRROR:-}
 with_apptainer=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -73,7 +74,7 @@ done
 packages=$APPLIANCE_PACKAGES
 if [ "$with_apptainer" = 1 ]; then
   if [ "$APPLIANCE_SUITE" = bookworm ]; then
-    die "--withApptainer: Debian bookworm has no apptainer (nor singularity-container) package, so this script cannot add it; build the image with deploy/Dockerfile and --build-arg WITH_APPTAINER=1, which installs Apptainer's release .deb"
+    die "--withApptainer: Debian bookworm has no apptainer (nor singularity-container) package, so this script cannot add it; build the image with deploy/Dockerfile and --build-arg APPTAINER_DEB_URL=<Apptainer's release .deb for amd64>"
   fi
   packages="$packages apptainer"
 fi
@@ -133,7 +134,9 @@ for b in $APPLIANCE_BINARIES; do
     --customize-hook="chmod 0755 \"\$1$APPLIANCE_BINDIR/$b\""
   )
 done
-log "mmdebstrap $APPLIANCE_SUITE (minbase + $packages) from $mirror"
+log "mmdebstrap $APPLIANCE_SUITE (minbase + $packages) from ${mirror:-the default mirror}"
+mirror_arg=()
+[ -n "$mirror" ] && mirror_arg=("$mirror")
 # The path filters are those of the debian:*-slim images.
 mmdebstrap --mode=root --variant=minbase --format=tar --skip=output/dev \
   --include="${packages// /,}" \
@@ -145,8 +148,8 @@ mmdebstrap --mode=root --variant=minbase --format=tar --skip=output/dev \
   --dpkgopt='path-exclude=/usr/share/groff/*' \
   --dpkgopt='path-exclude=/usr/share/lintian/*' \
   "${hooks[@]}" \
-  "$APPLIANCE_SUITE" "$tmp/rootfs.tar" "$mirror" >&2 ||
-  die "mmdebstrap failed (is $mirror reachable? set --mirror or TOIL_APPLIANCE_MIRROR, e.g. a Debian snapshot mirror)"
+  "$APPLIANCE_SUITE" "$tmp/rootfs.tar" "${mirror_arg[@]}" >&2 ||
+  die "mmdebstrap failed (see its messages above); if the Debian mirror (${mirror:-the default}) is unreachable, give another with --mirror URL or TOIL_APPLIANCE_MIRROR (a Debian snapshot mirror works)"
 debootstrapped=$(date +%s)
 
 log "packing the OCI image with umoci"
