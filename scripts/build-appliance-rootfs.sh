@@ -29,8 +29,8 @@
 # The result is cached under OUT/KEY, KEY a hash of the inputs (the
 # appliance conf and setup script, this script, the options and the
 # binaries' contents): a second run with the same inputs only prints the
-# path. The last line of standard output is the bundle directory
-# (OUT/KEY/bundle); the OCI layout is OUT/KEY/oci (tag `dev`), e.g.
+# path; the three newest builds are kept. The last line of standard output
+# is the bundle directory (OUT/KEY/bundle); the OCI layout is OUT/KEY/oci (tag `dev`), e.g.
 #   umoci ls --layout target/appliance/KEY/oci
 #   skopeo copy oci:target/appliance/KEY/oci:dev docker://REGISTRY/toil-appliance:TAG
 # Needs root (mmdebstrap's root mode; umoci keeps file owners) and the
@@ -176,5 +176,8 @@ printf '%s\n' "$info" >"$tmp/built"
 rm -rf "$dir"
 mv "$tmp" "$dir"
 trap - EXIT
+# Keep the three newest builds (a few hundred MB each).
+find "$out" -mindepth 1 -maxdepth 1 -type d -name '????????????????' -printf '%T@ %p\n' |
+  sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf
 log "$info: $dir"
 printf '%s\n' "$dir/bundle"

@@ -42,6 +42,8 @@ pub struct Launch {
     pub cgroup_name: String,
     /// Capabilities and privilege escalation, from its securityContext.
     pub privileges: Privileges,
+    /// The image's root filesystem to run in (images with a bundle).
+    pub rootfs: Option<super::rootfs::RootfsSpec>,
 }
 
 /// How a container ended.
@@ -114,6 +116,7 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
         &launch.workdir,
         cgroup.as_ref(),
         launch.privileges,
+        launch.rootfs.as_ref(),
     )
     .map_err(|e| format!("invalid mount or working directory: {e}"))?;
     let writer =

@@ -5,6 +5,7 @@
 //! - [`worker`]: one pod's lifecycle.
 //! - [`container`]: one container process.
 //! - [`sandbox`]: mount namespace, volumes, memory cgroup.
+//! - [`rootfs`]: images with a root filesystem (runtime bundles).
 //! - [`volumes`], [`env`]: what the container sees.
 //! - [`logs`]: CRI-format log files.
 //! - [`status`]: pod status helpers and phase rules.
@@ -12,6 +13,7 @@
 pub mod container;
 pub mod env;
 pub mod logs;
+pub mod rootfs;
 pub mod sandbox;
 pub mod status;
 pub mod volumes;
