@@ -53,8 +53,8 @@ fn the_dockerfile_final_stage_agrees_with_the_appliance_conf() {
             .cloned()
             .unwrap_or_else(|| panic!("deploy/appliance.conf has no {k}"))
     };
-    let dockerfile =
-        std::fs::read_to_string(repo_root().join("deploy/Dockerfile")).unwrap_or_else(|e| panic!("{e}"));
+    let dockerfile = std::fs::read_to_string(repo_root().join("deploy/Dockerfile"))
+        .unwrap_or_else(|e| panic!("{e}"));
     // The final stage: from the last FROM on, continuation lines joined.
     let joined = dockerfile.replace("\\\n", " ");
     let lines: Vec<&str> = joined
@@ -102,8 +102,13 @@ fn the_dockerfile_final_stage_agrees_with_the_appliance_conf() {
         run.contains("appliance-setup.sh /tmp/appliance/appliance.conf --install"),
         "the final stage does not run deploy/appliance-setup.sh: {run}"
     );
-    assert!(find("COPY ").contains(&"deploy/appliance.conf deploy/appliance-setup.sh /tmp/appliance/"));
-    assert_eq!(find("ENV "), vec![format!("PATH={}", get("APPLIANCE_PATH"))]);
+    assert!(
+        find("COPY ").contains(&"deploy/appliance.conf deploy/appliance-setup.sh /tmp/appliance/")
+    );
+    assert_eq!(
+        find("ENV "),
+        vec![format!("PATH={}", get("APPLIANCE_PATH"))]
+    );
     assert_eq!(find("WORKDIR "), vec![get("APPLIANCE_WORKDIR")]);
     assert_eq!(
         find("USER "),
@@ -113,10 +118,14 @@ fn the_dockerfile_final_stage_agrees_with_the_appliance_conf() {
         .unwrap_or_else(|e| panic!("CMD is not a JSON array: {e}"));
     assert_eq!(cmd.join(" "), get("APPLIANCE_CMD"));
     // The leader puts agents in the same uid.
-    let podspec = std::fs::read_to_string(repo_root().join("leader/src/batch/kubernetes/podspec.rs"))
-        .unwrap_or_else(|e| panic!("{e}"));
+    let podspec =
+        std::fs::read_to_string(repo_root().join("leader/src/batch/kubernetes/podspec.rs"))
+            .unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        podspec.contains(&format!("pub const AGENT_UID: i64 = {};", get("APPLIANCE_UID"))),
+        podspec.contains(&format!(
+            "pub const AGENT_UID: i64 = {};",
+            get("APPLIANCE_UID")
+        )),
         "podspec::AGENT_UID is not APPLIANCE_UID"
     );
 }
@@ -140,13 +149,23 @@ fn the_bundle_carries_the_dockerfile_config() {
         .collect();
     assert_eq!(args.join(" "), conf["APPLIANCE_CMD"]);
     let path = format!("PATH={}", conf["APPLIANCE_PATH"]);
-    assert!(p["env"].as_array().is_some_and(|e| e.iter().any(|v| v == path.as_str())), "{p}");
+    assert!(
+        p["env"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|v| v == path.as_str())),
+        "{p}"
+    );
 }
 
 /// Runs `script` with `sh -c` in a pod of the appliance image (namespace
 /// `default`, with `pod_security` as its securityContext and an emptyDir
 /// at /scratch) and returns its phase and log.
-async fn run_in_image(c: &Cluster, name: &str, pod_security: serde_json::Value, script: &str) -> (String, String) {
+async fn run_in_image(
+    c: &Cluster,
+    name: &str,
+    pod_security: serde_json::Value,
+    script: &str,
+) -> (String, String) {
     let client = c.admin().await;
     let pods: Api<Pod> = Api::namespaced(client, "default");
     let pod: Pod = serde_json::from_value(json!({
@@ -180,7 +199,10 @@ async fn run_in_image(c: &Cluster, name: &str, pod_security: serde_json::Value, 
 #[tokio::test]
 async fn a_pod_of_the_appliance_image_runs_the_image_own_files() {
     let bundle = bundle();
-    let c = Cluster::start(config(vec![NodeConfig::new("node-1")]).with_image_bundle(IMAGE, bundle.clone())).await;
+    let c = Cluster::start(
+        config(vec![NodeConfig::new("node-1")]).with_image_bundle(IMAGE, bundle.clone()),
+    )
+    .await;
     let host_bins = bin_dir();
     let script = format!(
         r#"
@@ -225,7 +247,10 @@ touch /usr/local/bin/x 2>/dev/null && echo "image: writable as toil" || echo "im
         "urandom: 4".to_string(),
         "image: read-only for toil".to_string(),
     ] {
-        assert!(log.lines().any(|l| l == want), "no line {want:?} in:\n{log}");
+        assert!(
+            log.lines().any(|l| l == want),
+            "no line {want:?} in:\n{log}"
+        );
     }
     let certs: u32 = log
         .lines()
@@ -236,12 +261,25 @@ touch /usr/local/bin/x 2>/dev/null && echo "image: writable as toil" || echo "im
     assert!(certs > 50, "{certs} CA certificates\n{log}");
 
     // What the agents' pods ask for: runAsUser/runAsGroup/fsGroup 1000.
-    let agent_like = json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000});
-    let (ph, log) = run_in_image(&c, "agent-user", agent_like, "id -u; id -g; id -G; ls -ld /scratch | cut -c1-10").await;
+    let agent_like =
+        json!({"runAsNonRoot": true, "runAsUser": 1000, "runAsGroup": 1000, "fsGroup": 1000});
+    let (ph, log) = run_in_image(
+        &c,
+        "agent-user",
+        agent_like,
+        "id -u; id -g; id -G; ls -ld /scratch | cut -c1-10",
+    )
+    .await;
     assert_eq!(ph, "Succeeded", "{log}");
     assert_eq!(log, "1000\n1000\n1000\ndrwxrwsrwx\n", "{log}");
     // And a pod that asks for root gets root in the same image.
-    let (ph, log) = run_in_image(&c, "root-user", json!({"runAsUser": 0}), "id -u; id -un; echo $HOME").await;
+    let (ph, log) = run_in_image(
+        &c,
+        "root-user",
+        json!({"runAsUser": 0}),
+        "id -u; id -un; echo $HOME",
+    )
+    .await;
     assert_eq!(ph, "Succeeded", "{log}");
     assert_eq!(log, "0\nroot\n/root\n", "{log}");
     // The containers' writes stayed out of the image.
@@ -359,7 +397,10 @@ async fn a_workflow_runs_from_the_appliance_image() {
             break;
         }
         if st.failed.unwrap_or(0) > 0 || tokio::time::Instant::now() > deadline {
-            panic!("the leader Job did not succeed: {st:?}\n{}", leader_log().await);
+            panic!(
+                "the leader Job did not succeed: {st:?}\n{}",
+                leader_log().await
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -369,8 +410,16 @@ async fn a_workflow_runs_from_the_appliance_image() {
         log.contains("[greet] agent runs as toil in debian with /usr/local/bin/toil-agent"),
         "{log}"
     );
-    assert!(log.contains("[greet] the host's repository is not visible"), "{log}");
-    let claim = c.emu.state_dir().join("pvcs").join(NS).join("toil-jobstore");
+    assert!(
+        log.contains("[greet] the host's repository is not visible"),
+        "{log}"
+    );
+    let claim = c
+        .emu
+        .state_dir()
+        .join("pvcs")
+        .join(NS)
+        .join("toil-jobstore");
     let loud = std::fs::read_to_string(claim.join("demo-user-workflow-output/loud/loud.txt"))
         .unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert!(loud.starts_with("HELLO FROM TOIL-DEMO-USER-"), "{loud}");

@@ -121,7 +121,8 @@ impl Bundle {
         let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
         let csc = c.security_context.as_ref();
         let id = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok());
-        let run_as_user = id(csc.and_then(|s| s.run_as_user)).or(id(psc.and_then(|s| s.run_as_user)));
+        let run_as_user =
+            id(csc.and_then(|s| s.run_as_user)).or(id(psc.and_then(|s| s.run_as_user)));
         let run_as_group =
             id(csc.and_then(|s| s.run_as_group)).or(id(psc.and_then(|s| s.run_as_group)));
         let uid = run_as_user.unwrap_or(self.uid);
@@ -426,18 +427,27 @@ impl Enter {
     }
 }
 
-/// Gives `fsGroup` the pod's emptyDir volumes and provisioned claims
-/// (group-owned, group-writable, setgid directories), as the kubelet does
-/// for volumes that support ownership; NFS, hostPath and the read-only
-/// kinds are left alone. `vols` are the volumes' host directories by name.
-pub fn apply_fs_group(
+/// Makes the pod's volumes what a non-root container user finds on a
+/// cluster: emptyDirs world-writable (mode 0777, as the kubelet makes
+/// them), and with `fsGroup` its emptyDirs and provisioned claims
+/// group-owned, group-writable and setgid, as the kubelet does for volumes
+/// that support ownership (NFS, hostPath and the read-only kinds are left
+/// alone). `vols` are the volumes' host directories by name.
+pub fn prepare_volumes(
     pod: &Pod,
     vols: &std::collections::BTreeMap<String, PathBuf>,
     state_dir: &Path,
 ) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
     let Some(spec) = pod.spec.as_ref() else {
         return Ok(());
     };
+    for v in spec.volumes.iter().flatten() {
+        if let (Some(_), Some(dir)) = (&v.empty_dir, vols.get(&v.name)) {
+            let mode = std::fs::metadata(dir)?.permissions().mode() & 0o7777;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o777))?;
+        }
+    }
     let Some(gid) = spec
         .security_context
         .as_ref()

@@ -380,13 +380,7 @@ impl PreExec {
             if is_file {
                 dirs.pop();
             }
-            prepared.push((
-                dirs,
-                cstr(&m.source)?,
-                cstr(&target)?,
-                m.read_only,
-                is_file,
-            ));
+            prepared.push((dirs, cstr(&m.source)?, cstr(&target)?, m.read_only, is_file));
         }
         Ok(Self {
             privileges,

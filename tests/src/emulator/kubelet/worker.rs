@@ -388,7 +388,7 @@ async fn run_container(
             c,
             &base_env(ctx, image.path_dir.as_ref(), bundle.as_ref()),
         )
-            .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
+        .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
         let (env_vars, argv) = match built {
             Ok(v) => v,
             Err(env::ConfigError(msg)) => {
@@ -406,7 +406,10 @@ async fn run_container(
             }
         };
         let container_id = format!("containerd://{}{}", random_token(), random_token());
-        let scratch = ctx.dir.join("rootfs").join(format!("{}-{restarts}", c.name));
+        let scratch = ctx
+            .dir
+            .join("rootfs")
+            .join(format!("{}-{restarts}", c.name));
         let rootfs = bundle.as_ref().map(|(b, (uid, gid, groups))| RootfsSpec {
             lower: b.rootfs.clone(),
             scratch: scratch.clone(),
@@ -415,9 +418,9 @@ async fn run_container(
             groups: groups.clone(),
         });
         if bundle.is_some()
-            && let Err(e) = rootfs::apply_fs_group(&pod, vols, &cluster.state_dir)
+            && let Err(e) = rootfs::prepare_volumes(&pod, vols, &cluster.state_dir)
         {
-            tracing::warn!(pod = %ctx.name, error = %e, "cannot give fsGroup its volumes");
+            tracing::warn!(pod = %ctx.name, error = %e, "cannot prepare the volumes for the image's user");
         }
         let default_dir = bundle
             .as_ref()
