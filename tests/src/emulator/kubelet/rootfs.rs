@@ -28,6 +28,17 @@ use std::path::{Component, Path, PathBuf};
 use k8s_openapi::api::core::v1::{Container, Pod};
 use serde_json::Value;
 
+/// Who a container process runs as.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAs {
+    /// User.
+    pub uid: u32,
+    /// Primary group.
+    pub gid: u32,
+    /// Supplementary groups (the primary one included).
+    pub groups: Vec<u32>,
+}
+
 /// An image's runtime bundle: where its root filesystem is and what its
 /// config says a process runs as.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -116,8 +127,8 @@ impl Bundle {
         })
     }
 
-    /// What a container of `pod` runs as: (uid, gid, supplementary groups).
-    pub fn identity(&self, pod: &Pod, c: &Container) -> (u32, u32, Vec<u32>) {
+    /// What a container of `pod` runs as.
+    pub fn run_as(&self, pod: &Pod, c: &Container) -> RunAs {
         let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
         let csc = c.security_context.as_ref();
         let id = |v: Option<i64>| v.and_then(|n| u32::try_from(n).ok());
@@ -143,7 +154,7 @@ impl Bundle {
         groups.push(gid);
         groups.sort_unstable();
         groups.dedup();
-        (uid, gid, groups)
+        RunAs { uid, gid, groups }
     }
 }
 
@@ -195,12 +206,8 @@ pub struct RootfsSpec {
     pub lower: PathBuf,
     /// This container's own directory (the overlay's upper layer).
     pub scratch: PathBuf,
-    /// User.
-    pub uid: u32,
-    /// Group.
-    pub gid: u32,
-    /// Supplementary groups.
-    pub groups: Vec<u32>,
+    /// Who the container runs as.
+    pub run_as: RunAs,
 }
 
 fn cstr(p: &Path) -> std::io::Result<CString> {
@@ -286,9 +293,9 @@ impl Enter {
             tmp_dir: at("tmp")?,
             devices,
             links,
-            uid: spec.uid,
-            gid: spec.gid,
-            groups: spec.groups.clone(),
+            uid: spec.run_as.uid,
+            gid: spec.run_as.gid,
+            groups: spec.run_as.groups.clone(),
         })
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::container::{self, Exit, Launch, StopRequest};
-use super::rootfs::{self, Bundle, RootfsSpec};
+use super::rootfs::{self, Bundle, RootfsSpec, RunAs};
 use super::sandbox::{Mount, Privileges};
 use super::status::{self, container_status, set_condition, update_pod};
 use super::{env, logs, volumes};
@@ -168,7 +168,7 @@ fn known_image(cluster: &Cluster, image: &str) -> Option<ImageConfig> {
 fn base_env(
     ctx: &PodCtx,
     image_dir: Option<&PathBuf>,
-    bundle: Option<&(Bundle, (u32, u32, Vec<u32>))>,
+    bundle: Option<&(Bundle, RunAs)>,
 ) -> Vec<(String, String)> {
     let port = ctx
         .cluster
@@ -185,12 +185,12 @@ fn base_env(
     path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
     let mut home = "/root".to_string();
     let mut image_env = Vec::new();
-    if let Some((b, (uid, _, _))) = bundle {
+    if let Some((b, run_as)) = bundle {
         // The image's own environment; HOME from its passwd, like runtimes.
         image_env = b.env.clone();
-        if let Some((_, h)) = b.passwd(*uid) {
+        if let Some((_, h)) = b.passwd(run_as.uid) {
             home = h;
-        } else if *uid != 0 {
+        } else if run_as.uid != 0 {
             home = "/".into();
         }
         if let Some((_, p)) = image_env.iter().find(|(k, _)| k == "PATH") {
@@ -368,7 +368,7 @@ async fn run_container(
         // An image with contents: its bundle, and who runs in it.
         let bundle = match image.bundle.as_deref().map(Bundle::load).transpose() {
             Ok(b) => b.map(|b| {
-                let id = b.identity(&pod, c);
+                let id = b.run_as(&pod, c);
                 (b, id)
             }),
             Err(msg) => {
@@ -410,12 +410,10 @@ async fn run_container(
             .dir
             .join("rootfs")
             .join(format!("{}-{restarts}", c.name));
-        let rootfs = bundle.as_ref().map(|(b, (uid, gid, groups))| RootfsSpec {
+        let rootfs = bundle.as_ref().map(|(b, run_as)| RootfsSpec {
             lower: b.rootfs.clone(),
             scratch: scratch.clone(),
-            uid: *uid,
-            gid: *gid,
-            groups: groups.clone(),
+            run_as: run_as.clone(),
         });
         if bundle.is_some()
             && let Err(e) = rootfs::prepare_volumes(&pod, vols, &cluster.state_dir)
