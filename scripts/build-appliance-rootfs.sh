@@ -30,7 +30,8 @@
 # appliance conf and setup script, this script, the options and the
 # binaries' contents): a second run with the same inputs only prints the
 # path; the three newest builds are kept. The last line of standard output
-# is the bundle directory (OUT/KEY/bundle); the OCI layout is OUT/KEY/oci (tag `dev`), e.g.
+# is the bundle directory (OUT/KEY/bundle); the OCI layout is OUT/KEY/oci
+# (tag `dev`), e.g.
 #   umoci ls --layout target/appliance/KEY/oci
 #   skopeo copy oci:target/appliance/KEY/oci:dev docker://REGISTRY/toil-appliance:TAG
 # Needs root (mmdebstrap's root mode; umoci keeps file owners) and the

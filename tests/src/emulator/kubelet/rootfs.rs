@@ -240,9 +240,50 @@ pub struct Enter {
     groups: Vec<libc::gid_t>,
 }
 
+/// Checks once per process, with a real mount in a throw-away mount
+/// namespace next to `scratch`, that overlayfs works there (it does not on
+/// top of another overlayfs, e.g. inside some containers), so that a pod
+/// fails with this message rather than with a bare errno from the child.
+fn check_overlay(lower: &Path, scratch: &Path) -> std::io::Result<()> {
+    static CHECKED: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    let result = CHECKED.get_or_init(|| {
+        let probe = scratch.with_extension("overlay-probe");
+        let dirs = ["upper", "work", "merged"].map(|d| probe.join(d));
+        for d in &dirs {
+            std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
+        let out = std::process::Command::new("unshare")
+            .arg("-m")
+            .args(["mount", "-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                dirs[0].display(),
+                dirs[1].display()
+            ))
+            .arg(&dirs[2])
+            .output();
+        let _ = std::fs::remove_dir_all(&probe);
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(format!(
+                "cannot mount an overlayfs over the image's root filesystem ({}) with its upper layer in {}: {}; put the emulator's state directory (--state-dir) on a filesystem that can hold an overlay's upper layer (ext4, xfs, tmpfs)",
+                lower.display(),
+                scratch.display(),
+                String::from_utf8_lossy(&o.stderr).trim()
+            )),
+            Err(e) => Err(format!("cannot run `unshare -m mount -t overlay`: {e}")),
+        }
+    });
+    result
+        .clone()
+        .map_err(|m| std::io::Error::new(std::io::ErrorKind::Unsupported, m))
+}
+
 impl Enter {
     /// Makes the container's overlay directories and prepares the steps.
     pub fn prepare(spec: &RootfsSpec) -> std::io::Result<Enter> {
+        check_overlay(&spec.lower, &spec.scratch)?;
         let upper = spec.scratch.join("upper");
         let work = spec.scratch.join("work");
         let merged = spec.scratch.join("merged");
