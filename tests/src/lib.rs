@@ -16,6 +16,7 @@ pub mod appliance;
 pub mod data;
 pub mod emulator;
 pub mod harness;
+pub mod kubectl;
 pub mod local;
 pub mod moto;
 pub mod procfs;

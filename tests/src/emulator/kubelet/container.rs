@@ -44,6 +44,9 @@ pub struct Launch {
     pub privileges: Privileges,
     /// The image's root filesystem to run in (images with a bundle).
     pub rootfs: Option<super::rootfs::RootfsSpec>,
+    /// The pod network namespace to enter, if pods have one
+    /// ([`crate::emulator::netns::PodNetwork::netns_fd`]).
+    pub netns: Option<std::os::fd::RawFd>,
 }
 
 /// How a container ended.
@@ -118,7 +121,8 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
         launch.privileges,
         launch.rootfs.as_ref(),
     )
-    .map_err(|e| format!("invalid mount or working directory: {e}"))?;
+    .map_err(|e| format!("invalid mount or working directory: {e}"))?
+    .with_netns(launch.netns);
     let writer =
         LogWriter::open(&launch.log).map_err(|e| format!("cannot open the log file: {e}"))?;
     let mut cmd = tokio::process::Command::new(&launch.argv[0]);

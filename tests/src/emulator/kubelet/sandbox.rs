@@ -343,6 +343,7 @@ pub struct PreExec {
     workdir: CString,
     /// The image's root filesystem to enter (images with a bundle).
     rootfs: Option<super::rootfs::Enter>,
+    netns: Option<std::os::fd::RawFd>,
 }
 
 fn ancestors_to_create(target: &Path) -> std::io::Result<Vec<CString>> {
@@ -389,7 +390,15 @@ impl PreExec {
             workdir_dirs: ancestors_to_create(workdir)?,
             workdir: cstr(workdir)?,
             rootfs,
+            netns: None,
         })
+    }
+
+    /// Also enters the pod network namespace `fd` (see
+    /// [`crate::emulator::netns`]); `None` stays on the host network.
+    pub fn with_netns(mut self, fd: Option<std::os::fd::RawFd>) -> Self {
+        self.netns = fd;
+        self
     }
 
     /// Runs in the child between fork and exec.
@@ -418,6 +427,9 @@ impl PreExec {
                 return Err(err());
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = self.netns {
+                crate::emulator::netns::enter_in_child(fd)?;
+            }
             if !self.mounts.is_empty() || self.rootfs.is_some() {
                 if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(err());

@@ -169,14 +169,17 @@ fn base_env(
     ctx: &PodCtx,
     image_dir: Option<&PathBuf>,
     bundle: Option<&(Bundle, RunAs)>,
+    pod: &Pod,
 ) -> Vec<(String, String)> {
-    let port = ctx
-        .cluster
-        .https_port
-        .get()
-        .copied()
-        .unwrap_or(443)
-        .to_string();
+    // The API server as pods reach it: in-cluster address or the host's.
+    let (host, port) = match ctx.cluster.pod_network().in_cluster_api() {
+        Some(a) => (a.ip().to_string(), a.port()),
+        None => (
+            "127.0.0.1".to_string(),
+            ctx.cluster.https_port.get().copied().unwrap_or(443),
+        ),
+    };
+    let port = port.to_string();
     let mut path = String::new();
     if let Some(d) = image_dir {
         path.push_str(&d.to_string_lossy());
@@ -201,35 +204,32 @@ fn base_env(
         ("PATH".to_string(), path),
         ("HOSTNAME".to_string(), ctx.name.chars().take(63).collect()),
         ("HOME".to_string(), home),
-        (
-            "KUBERNETES_SERVICE_HOST".to_string(),
-            "127.0.0.1".to_string(),
-        ),
+        ("KUBERNETES_SERVICE_HOST".to_string(), host.clone()),
         ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), port.clone()),
         (
             "KUBERNETES_PORT".to_string(),
-            format!("tcp://127.0.0.1:{port}"),
+            format!("tcp://{host}:{port}"),
         ),
         (
             "KUBERNETES_PORT_443_TCP".to_string(),
-            format!("tcp://127.0.0.1:{port}"),
+            format!("tcp://{host}:{port}"),
         ),
         (
             "KUBERNETES_PORT_443_TCP_PROTO".to_string(),
             "tcp".to_string(),
         ),
         ("KUBERNETES_PORT_443_TCP_PORT".to_string(), port),
-        (
-            "KUBERNETES_PORT_443_TCP_ADDR".to_string(),
-            "127.0.0.1".to_string(),
-        ),
+        ("KUBERNETES_PORT_443_TCP_ADDR".to_string(), host.clone()),
     ];
     v.extend(
         image_env
             .into_iter()
             .filter(|(k, _)| k != "PATH" && k != "HOME"),
     );
+    if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+        v.extend(crate::emulator::services::link_env(&ctx.cluster, &ctx.ns));
+    }
     for name in &ctx.cluster.config.passthrough_env {
         if let Ok(val) = std::env::var(name) {
             v.push((name.clone(), val));
@@ -386,7 +386,7 @@ async fn run_container(
             &cluster,
             &pod,
             c,
-            &base_env(ctx, image.path_dir.as_ref(), bundle.as_ref()),
+            &base_env(ctx, image.path_dir.as_ref(), bundle.as_ref(), &pod),
         )
         .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
         let (env_vars, argv) = match built {
@@ -434,6 +434,10 @@ async fn run_container(
             cgroup_name: format!("{}-{}-{restarts}", ctx.uid, c.name),
             privileges: Privileges::of(c.security_context.as_ref()),
             rootfs,
+            netns: cluster
+                .pod_network()
+                .netns_fd()
+                .filter(|_| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)),
         };
         if let Err(why) = &cluster.kubelet.mount_ns_ok
             && (!launch.mounts.is_empty() || launch.rootfs.is_some())
@@ -591,15 +595,21 @@ pub async fn run(ctx: PodCtx) {
         return;
     }
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
+    // hostNetwork pods live in the host's network, with the node's IP.
+    let host_network = spec.host_network == Some(true);
+    let pod_ip = match host_network {
+        true => "127.0.0.1".to_string(),
+        false => cluster.pod_network().assign_pod_ip(&ctx.uid).to_string(),
+    };
     ctx.update(|p| {
         let st = p.status.get_or_insert_with(Default::default);
         st.host_ip = Some("127.0.0.1".into());
         st.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP {
             ip: "127.0.0.1".into(),
         }]);
-        st.pod_ip = Some("127.0.0.1".into());
+        st.pod_ip = Some(pod_ip.clone());
         st.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
-            ip: "127.0.0.1".into(),
+            ip: pod_ip.clone(),
         }]);
         st.start_time = status::now();
         set_condition(st, "PodReadyToStartContainers", false, None, None);
