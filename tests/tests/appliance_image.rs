@@ -21,8 +21,8 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_support::{Cluster, IMAGE, NS, config};
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::json;
-use toil_tests::emulator::NodeConfig;
 use toil_tests::emulator::testkit::{phase, wait_for};
+use toil_tests::emulator::{NodeConfig, PodNetworkMode};
 use toil_tests::harness::{bin_dir, repo_root};
 
 fn bundle() -> PathBuf {
@@ -315,6 +315,17 @@ outputs:
 /// on a provisioned claim that fsGroup makes theirs.
 #[tokio::test]
 async fn a_workflow_runs_from_the_appliance_image() {
+    workflow_from_the_image(PodNetworkMode::Host).await;
+}
+
+/// The same in the emulator's isolated pod network: the image's programs
+/// reach the API server and each other only through the pod network.
+#[tokio::test]
+async fn a_workflow_runs_from_the_appliance_image_in_an_isolated_pod_network() {
+    workflow_from_the_image(PodNetworkMode::Isolated).await;
+}
+
+async fn workflow_from_the_image(network: PodNetworkMode) {
     let manifest = std::fs::read_to_string(repo_root().join("deploy/leader-job.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
     let image = manifest
@@ -324,7 +335,8 @@ async fn a_workflow_runs_from_the_appliance_image() {
         .to_string();
     let c = Cluster::start(
         config(vec![NodeConfig::new("node-1"), NodeConfig::new("node-2")])
-            .with_image_bundle(&image, bundle()),
+            .with_image_bundle(&image, bundle())
+            .with_pod_network(network),
     )
     .await;
     let admin = c.admin().await;
