@@ -29,7 +29,7 @@
 # The result is cached under OUT/KEY, KEY a hash of the inputs (the
 # appliance conf and setup script, this script, the options and the
 # binaries' contents): a second run with the same inputs only prints the
-# path; the three newest builds are kept. The last line of standard output
+# path; the three last used builds are kept. The last line of standard output
 # is the bundle directory (OUT/KEY/bundle); the OCI layout is OUT/KEY/oci
 # (tag `dev`), e.g.
 #   umoci ls --layout target/appliance/KEY/oci
@@ -112,6 +112,7 @@ if [ ! -f "$dir/built" ]; then
   flock 9
 fi
 if [ -f "$dir/built" ]; then
+  touch "$dir" # the newest used, for the pruning below
   log "cached: $dir ($(cat "$dir/built"))"
   printf '%s\n' "$dir/bundle"
   exit 0
@@ -177,7 +178,7 @@ printf '%s\n' "$info" >"$tmp/built"
 rm -rf "$dir"
 mv "$tmp" "$dir"
 trap - EXIT
-# Keep the three newest builds (a few hundred MB each).
+# Keep the three last used builds (a few hundred MB each).
 find "$out" -mindepth 1 -maxdepth 1 -type d -name '????????????????' -printf '%T@ %p\n' |
   sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf
 log "$info: $dir"
