@@ -4,6 +4,8 @@
 //!
 //! - [`worker`]: one pod's lifecycle.
 //! - [`container`]: one container process.
+//! - [`exec`]: `pods/exec` processes in a container's context.
+//! - [`dial`]: connections to a pod's ports.
 //! - [`sandbox`]: mount namespace, volumes, memory cgroup.
 //! - [`rootfs`]: images with a root filesystem (runtime bundles).
 //! - [`volumes`], [`env`]: what the container sees.
@@ -11,7 +13,9 @@
 //! - [`status`]: pod status helpers and phase rules.
 
 pub mod container;
+pub mod dial;
 pub mod env;
+pub mod exec;
 pub mod logs;
 pub mod rootfs;
 pub mod sandbox;

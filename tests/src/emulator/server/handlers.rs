@@ -130,6 +130,9 @@ async fn handle_inner(
             {
                 return Err(err);
             }
+            if super::stream::is_stream(&rr) {
+                return super::stream::serve(cluster, req, rr, &identity).await;
+            }
             let attrs = Attributes {
                 user: &identity,
                 verb: rr.verb,
