@@ -21,7 +21,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_support::{Cluster, IMAGE, NS, config};
 use kube::api::{Api, ListParams, LogParams, PostParams};
 use serde_json::json;
-use toil_tests::emulator::testkit::{phase, wait_for};
+use toil_tests::emulator::testkit::{phase, wait_for, waiting_reason};
 use toil_tests::emulator::{NodeConfig, PodNetworkMode};
 use toil_tests::harness::{bin_dir, repo_root};
 
@@ -282,6 +282,41 @@ touch /usr/local/bin/x 2>/dev/null && echo "image: writable as toil" || echo "im
     .await;
     assert_eq!(ph, "Succeeded", "{log}");
     assert_eq!(log, "0\nroot\n/root\n", "{log}");
+    // runAsNonRoot is checked against the image's user, with the
+    // kubelet's message, and the pod waits.
+    let client = c.admin().await;
+    let pods: Api<Pod> = Api::namespaced(client, "default");
+    let pod: Pod = serde_json::from_value(json!({
+        "metadata": {"name": "root-refused"},
+        "spec": {
+            "restartPolicy": "Never",
+            "securityContext": {"runAsNonRoot": true, "runAsUser": 0},
+            "containers": [{"name": "main", "image": IMAGE, "command": ["true"]}],
+        },
+    }))
+    .unwrap_or_else(|e| panic!("{e}"));
+    pods.create(&PostParams::default(), &pod)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let refused = wait_for(&pods, "root-refused", Duration::from_secs(60), |p| {
+        waiting_reason(p).as_deref() == Some("CreateContainerConfigError")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let message = refused
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|cs| cs.into_iter().next())
+        .and_then(|cs| cs.state)
+        .and_then(|st| st.waiting)
+        .and_then(|w| w.message)
+        .unwrap_or_default();
+    assert!(
+        message.starts_with(
+            "container's runAsUser breaks non-root policy (pod: \"root-refused_default("
+        ),
+        "{message}"
+    );
     // The containers' writes stayed out of the image.
     assert!(!bundle.join("rootfs/tmp/f").exists());
     assert!(!bundle.join("rootfs/scratch").exists());

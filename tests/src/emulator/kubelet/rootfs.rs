@@ -158,6 +158,31 @@ impl Bundle {
     }
 }
 
+/// The kubelet's `runAsNonRoot` check, which only an image with contents
+/// allows (its user is known): a container that would run as uid 0 is
+/// refused with the kubelet's message. `who` is `pod: "NAME_NS(UID)",
+/// container: NAME`.
+pub fn check_non_root(pod: &Pod, c: &Container, run_as: &RunAs, who: &str) -> Result<(), String> {
+    let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+    let csc = c.security_context.as_ref();
+    let non_root = csc
+        .and_then(|s| s.run_as_non_root)
+        .or(psc.and_then(|s| s.run_as_non_root))
+        == Some(true);
+    if !non_root || run_as.uid != 0 {
+        return Ok(());
+    }
+    let explicit = csc
+        .and_then(|s| s.run_as_user)
+        .or(psc.and_then(|s| s.run_as_user))
+        .is_some();
+    Err(if explicit {
+        format!("container's runAsUser breaks non-root policy ({who})")
+    } else {
+        format!("container has runAsNonRoot and image will run as root ({who})")
+    })
+}
+
 /// The host path of `path` inside `root`, following the symlinks of the
 /// image as the container would (an absolute link points into the image,
 /// not at the host). Missing components are taken as they are.

@@ -366,15 +366,31 @@ async fn run_container(
             return Outcome::NeverRan;
         };
         // An image with contents: its bundle, and who runs in it.
-        let bundle = match image.bundle.as_deref().map(Bundle::load).transpose() {
-            Ok(b) => b.map(|b| {
-                let id = b.run_as(&pod, c);
-                (b, id)
-            }),
-            Err(msg) => {
+        let who = format!(
+            "pod: \"{}_{}({})\", container: {}",
+            ctx.name, ctx.ns, ctx.uid, c.name
+        );
+        let bundle = image
+            .bundle
+            .as_deref()
+            .map(Bundle::load)
+            .transpose()
+            .map_err(|m| ("CreateContainerError", m))
+            .and_then(|b| {
+                b.map(|b| {
+                    let id = b.run_as(&pod, c);
+                    rootfs::check_non_root(&pod, c, &id, &who)
+                        .map(|()| (b, id))
+                        .map_err(|m| ("CreateContainerConfigError", m))
+                })
+                .transpose()
+            });
+        let bundle = match bundle {
+            Ok(b) => b,
+            Err((reason, msg)) => {
                 ctx.event("Warning", "Failed", &format!("Error: {msg}"));
                 ctx.set_container(c, init, |cs| {
-                    cs.state = Some(status::waiting("CreateContainerError", Some(&msg)))
+                    cs.state = Some(status::waiting(reason, Some(&msg)))
                 });
                 if ctx.sleep_or_stop(Duration::from_secs(5)).await {
                     return last_exit.map(Outcome::Exited).unwrap_or(Outcome::NeverRan);
