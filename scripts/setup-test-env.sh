@@ -5,6 +5,9 @@
 #                      (the Python client test), cwltest (the CWL
 #                      conformance suite's driver)
 #   .tools/            npm prefix holding `buf` (proto lint)
+#   mmdebstrap, umoci  Debian packages: scripts/build-appliance-rootfs.sh
+#                      builds the appliance image with them (the tests of
+#                      tests/tests/appliance_image.rs)
 # Idempotent: a second run only checks that everything is present.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +31,12 @@ if [ ! -x .tools/node_modules/.bin/buf ]; then
   npm install --silent --no-save --no-audit --no-fund --prefix .tools @bufbuild/buf >/dev/null
 fi
 log "buf ok: $(.tools/node_modules/.bin/buf --version)"
+
+# --- mmdebstrap + umoci (the appliance image without Docker) -----------------
+if ! command -v mmdebstrap >/dev/null || ! command -v umoci >/dev/null; then
+  log "installing the Debian packages mmdebstrap and umoci"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends mmdebstrap umoci >/dev/null
+fi
+log "mmdebstrap ok: $(mmdebstrap --version), umoci ok: $(umoci --version)"

@@ -9,8 +9,10 @@
 //! - [`relay`]: a TCP relay that records what crosses the wire;
 //! - [`token_probe`]: a job that looks for its agent's token;
 //! - [`restart`]: the kill -9 restart scenarios, run on every job store;
-//! - [`emulator`]: the Kubernetes API emulator.
+//! - [`emulator`]: the Kubernetes API emulator;
+//! - [`appliance`]: the appliance image's root filesystem, built without Docker.
 
+pub mod appliance;
 pub mod data;
 pub mod emulator;
 pub mod harness;

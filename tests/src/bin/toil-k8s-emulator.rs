@@ -45,6 +45,8 @@ struct Args {
     #[arg(long, env = "TOIL_EMULATOR_STATE_DIR")]
     state_dir: Option<PathBuf>,
     /// A known image, NAME[=DIR]; DIR is put first on the container's PATH.
+    /// NAME=bundle:DIR runs its containers inside a runtime bundle's root
+    /// filesystem (scripts/build-appliance-rootfs.sh prints one).
     #[arg(long = "image", env = "TOIL_EMULATOR_IMAGES", value_delimiter = ';')]
     images: Vec<ImageConfig>,
     /// RBAC manifest to load (repeatable); deploy/rbac.yaml if it exists and none is given.

@@ -186,16 +186,26 @@ pub struct ImageConfig {
     /// Directory put first on the container's PATH, standing for the image's
     /// contents (`target/debug` makes `toil-agent` resolvable).
     pub path_dir: Option<PathBuf>,
+    /// An OCI runtime bundle (`umoci unpack`: `config.json` and `rootfs/`)
+    /// holding the image's real contents: containers then run inside its
+    /// root filesystem as its user, and `path_dir` is not used (see
+    /// `kubelet::rootfs`).
+    pub bundle: Option<PathBuf>,
 }
 
 impl FromStr for ImageConfig {
     type Err = String;
 
-    /// Parses `NAME[=DIR]`.
+    /// Parses `NAME[=DIR]`, or `NAME=bundle:DIR` for a runtime bundle.
     fn from_str(s: &str) -> Result<Self, String> {
         let (name, dir) = match s.split_once('=') {
-            Some((n, d)) => (n, Some(PathBuf::from(d))),
+            Some((n, d)) => (n, Some(d)),
             None => (s, None),
+        };
+        let (dir, bundle) = match dir.map(|d| (d, d.strip_prefix("bundle:"))) {
+            Some((_, Some(b))) => (None, Some(PathBuf::from(b))),
+            Some((d, None)) => (Some(PathBuf::from(d)), None),
+            None => (None, None),
         };
         if name.is_empty() {
             return Err(format!("image {s:?} has no name"));
@@ -203,6 +213,7 @@ impl FromStr for ImageConfig {
         Ok(Self {
             name: name.into(),
             path_dir: dir,
+            bundle,
         })
     }
 }
@@ -416,6 +427,20 @@ impl EmulatorConfig {
         self.images.push(ImageConfig {
             name: name.into(),
             path_dir,
+            bundle: None,
+        });
+        self
+    }
+
+    /// Adds (or replaces) an image whose contents are a runtime bundle
+    /// (`umoci unpack`'s directory, as scripts/build-appliance-rootfs.sh
+    /// prints): its containers run inside the bundle's root filesystem.
+    pub fn with_image_bundle(mut self, name: &str, bundle: PathBuf) -> Self {
+        self.images.retain(|i| i.name != name);
+        self.images.push(ImageConfig {
+            name: name.into(),
+            path_dir: None,
+            bundle: Some(bundle),
         });
         self
     }
@@ -498,5 +523,11 @@ mod tests {
             .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(img.name, "toil-appliance:dev");
         assert_eq!(img.path_dir, Some(PathBuf::from("/opt/bin")));
+        assert_eq!(img.bundle, None);
+        let img: ImageConfig = "toil-appliance:dev=bundle:/cache/bundle"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(img.path_dir, None);
+        assert_eq!(img.bundle, Some(PathBuf::from("/cache/bundle")));
     }
 }

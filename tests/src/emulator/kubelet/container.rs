@@ -42,6 +42,8 @@ pub struct Launch {
     pub cgroup_name: String,
     /// Capabilities and privilege escalation, from its securityContext.
     pub privileges: Privileges,
+    /// The image's root filesystem to run in (images with a bundle).
+    pub rootfs: Option<super::rootfs::RootfsSpec>,
     /// The pod network namespace to enter, if pods have one
     /// ([`crate::emulator::netns::PodNetwork::netns_fd`]).
     pub netns: Option<std::os::fd::RawFd>,
@@ -117,6 +119,7 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
         &launch.workdir,
         cgroup.as_ref(),
         launch.privileges,
+        launch.rootfs.as_ref(),
     )
     .map_err(|e| format!("invalid mount or working directory: {e}"))?
     .with_netns(launch.netns);

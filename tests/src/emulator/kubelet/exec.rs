@@ -9,7 +9,9 @@
 //! process gets a pseudo-terminal as its controlling terminal (resizable);
 //! otherwise pipes. The process joins the container's memory cgroup (its
 //! memory counts against the container's limit, and it dies with the
-//! container). Not carried over: the container's capability limits.
+//! container). It runs as the main process's user and groups
+//! (`/proc/PID/status`), as a runtime runs it as the container's user. Not
+//! carried over: the container's capability limits.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -186,6 +188,28 @@ struct Enter {
     root: Option<OwnedFd>,
     cwd: OwnedFd,
     tty: bool,
+    /// The container's uid, gid and groups, where not the emulator's.
+    user: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+}
+
+/// The effective uid, gid and supplementary groups of `pid`.
+fn user_of(pid: i32) -> std::io::Result<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> Vec<u32> {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| {
+                v.split_whitespace()
+                    .filter_map(|n| n.parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    // Uid:/Gid: are real, effective, saved, filesystem: take the effective.
+    let uid = field("Uid:").get(1).copied().unwrap_or(0);
+    let gid = field("Gid:").get(1).copied().unwrap_or(0);
+    Ok((uid, gid, field("Groups:")))
 }
 
 impl Enter {
@@ -213,6 +237,8 @@ impl Enter {
             )),
             None => None,
         };
+        let user = Some(user_of(pid)?)
+            .filter(|u| *u != user_of(std::process::id() as i32).unwrap_or_default());
         Ok(Self {
             cgroup,
             net,
@@ -220,6 +246,7 @@ impl Enter {
             root,
             cwd: open_dir(&p("cwd"))?,
             tty,
+            user,
         })
     }
 
@@ -263,6 +290,13 @@ impl Enter {
                 }
             }
             if libc::fchdir(self.cwd.as_raw_fd()) != 0 {
+                return Err(err());
+            }
+            if let Some((uid, gid, groups)) = &self.user
+                && (libc::setgroups(groups.len(), groups.as_ptr()) != 0
+                    || libc::setgid(*gid) != 0
+                    || libc::setuid(*uid) != 0)
+            {
                 return Err(err());
             }
         }

@@ -7,6 +7,7 @@
 //! - [`exec`]: `pods/exec` processes in a container's context.
 //! - [`dial`]: connections to a pod's ports.
 //! - [`sandbox`]: mount namespace, volumes, memory cgroup.
+//! - [`rootfs`]: images with a root filesystem (runtime bundles).
 //! - [`volumes`], [`env`]: what the container sees.
 //! - [`logs`]: CRI-format log files.
 //! - [`status`]: pod status helpers and phase rules.
@@ -16,6 +17,7 @@ pub mod dial;
 pub mod env;
 pub mod exec;
 pub mod logs;
+pub mod rootfs;
 pub mod sandbox;
 pub mod status;
 pub mod volumes;

@@ -341,6 +341,8 @@ pub struct PreExec {
     mounts: Vec<(Vec<CString>, CString, CString, bool, bool)>,
     workdir_dirs: Vec<CString>,
     workdir: CString,
+    /// The image's root filesystem to enter (images with a bundle).
+    rootfs: Option<super::rootfs::Enter>,
     netns: Option<std::os::fd::RawFd>,
 }
 
@@ -355,30 +357,31 @@ fn ancestors_to_create(target: &Path) -> std::io::Result<Vec<CString>> {
 }
 
 impl PreExec {
-    /// Prepares the steps for a set of mounts and a working directory.
+    /// Prepares the steps for a set of mounts and a working directory,
+    /// inside an image's root filesystem if `rootfs` is given.
     pub fn new(
         mounts: &[Mount],
         workdir: &Path,
         cgroup: Option<&Cgroup>,
         privileges: Privileges,
+        rootfs: Option<&super::rootfs::RootfsSpec>,
     ) -> std::io::Result<Self> {
+        let rootfs = rootfs.map(super::rootfs::Enter::prepare).transpose()?;
         let mut sorted: Vec<&Mount> = mounts.iter().collect();
         // Parents before children, so nested mountPaths land inside volumes.
         sorted.sort_by_key(|m| m.target.components().count());
         let mut prepared = Vec::new();
         for m in sorted {
             let is_file = m.source.is_file();
-            let mut dirs = ancestors_to_create(&m.target)?;
+            let target = match &rootfs {
+                Some(r) => r.target(&m.target),
+                None => m.target.clone(),
+            };
+            let mut dirs = ancestors_to_create(&target)?;
             if is_file {
                 dirs.pop();
             }
-            prepared.push((
-                dirs,
-                cstr(&m.source)?,
-                cstr(&m.target)?,
-                m.read_only,
-                is_file,
-            ));
+            prepared.push((dirs, cstr(&m.source)?, cstr(&target)?, m.read_only, is_file));
         }
         Ok(Self {
             privileges,
@@ -386,6 +389,7 @@ impl PreExec {
             mounts: prepared,
             workdir_dirs: ancestors_to_create(workdir)?,
             workdir: cstr(workdir)?,
+            rootfs,
             netns: None,
         })
     }
@@ -426,7 +430,7 @@ impl PreExec {
             if let Some(fd) = self.netns {
                 crate::emulator::netns::enter_in_child(fd)?;
             }
-            if !self.mounts.is_empty() {
+            if !self.mounts.is_empty() || self.rootfs.is_some() {
                 if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(err());
                 }
@@ -440,6 +444,9 @@ impl PreExec {
                 ) != 0
                 {
                     return Err(err());
+                }
+                if let Some(r) = &self.rootfs {
+                    r.mount_root()?;
                 }
                 for (dirs, source, target, ro, is_file) in &self.mounts {
                     for d in dirs {
@@ -476,6 +483,9 @@ impl PreExec {
                         }
                     }
                 }
+                if let Some(r) = &self.rootfs {
+                    r.pivot()?;
+                }
             }
             for d in &self.workdir_dirs {
                 libc::mkdir(d.as_ptr(), 0o755);
@@ -511,6 +521,14 @@ impl PreExec {
                         );
                     }
                 }
+            }
+            // After the bounding set (CAP_SETPCAP) and before capset (which
+            // may drop CAP_SETUID): an image's user.
+            if let Some(r) = &self.rootfs {
+                r.switch_user()?;
+            }
+            if let Some(keep) = self.privileges.keep_caps {
+                let zero: libc::c_ulong = 0;
                 libc::prctl(
                     libc::PR_CAP_AMBIENT,
                     libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,

@@ -11,10 +11,12 @@ use serde_json::Value;
 use tokio::sync::watch;
 
 use super::container::{self, Exit, Launch, StopRequest};
+use super::rootfs::{self, Bundle, RootfsSpec, RunAs};
 use super::sandbox::{Mount, Privileges};
 use super::status::{self, container_status, set_condition, update_pod};
 use super::{env, logs, volumes};
 use crate::emulator::cluster::{Cluster, now_str, random_token};
+use crate::emulator::config::ImageConfig;
 use crate::emulator::quantity::Quantity;
 use crate::emulator::resources;
 use crate::emulator::scheduler;
@@ -143,7 +145,7 @@ fn refresh_conditions(p: &mut Pod) {
     st.phase = Some(if waiting_fresh { "Pending" } else { "Running" }.into());
 }
 
-fn known_image(cluster: &Cluster, image: &str) -> Option<Option<PathBuf>> {
+fn known_image(cluster: &Cluster, image: &str) -> Option<ImageConfig> {
     let strip = |s: &str| -> String {
         let s = s.strip_prefix("docker.io/").unwrap_or(s);
         let s = s.strip_prefix("library/").unwrap_or(s);
@@ -160,10 +162,15 @@ fn known_image(cluster: &Cluster, image: &str) -> Option<Option<PathBuf>> {
         .images
         .iter()
         .find(|i| strip(&i.name) == want)
-        .map(|i| i.path_dir.clone())
+        .cloned()
 }
 
-fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>, pod: &Pod) -> Vec<(String, String)> {
+fn base_env(
+    ctx: &PodCtx,
+    image_dir: Option<&PathBuf>,
+    bundle: Option<&(Bundle, RunAs)>,
+    pod: &Pod,
+) -> Vec<(String, String)> {
     // The API server as pods reach it: in-cluster address or the host's.
     let (host, port) = match ctx.cluster.pod_network().in_cluster_api() {
         Some(a) => (a.ip().to_string(), a.port()),
@@ -179,10 +186,24 @@ fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>, pod: &Pod) -> Vec<(String
         path.push(':');
     }
     path.push_str("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin");
+    let mut home = "/root".to_string();
+    let mut image_env = Vec::new();
+    if let Some((b, run_as)) = bundle {
+        // The image's own environment; HOME from its passwd, like runtimes.
+        image_env = b.env.clone();
+        if let Some((_, h)) = b.passwd(run_as.uid) {
+            home = h;
+        } else if run_as.uid != 0 {
+            home = "/".into();
+        }
+        if let Some((_, p)) = image_env.iter().find(|(k, _)| k == "PATH") {
+            path = p.clone();
+        }
+    }
     let mut v = vec![
         ("PATH".to_string(), path),
         ("HOSTNAME".to_string(), ctx.name.chars().take(63).collect()),
-        ("HOME".to_string(), "/root".to_string()),
+        ("HOME".to_string(), home),
         ("KUBERNETES_SERVICE_HOST".to_string(), host.clone()),
         ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), port.clone()),
@@ -201,6 +222,11 @@ fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>, pod: &Pod) -> Vec<(String
         ("KUBERNETES_PORT_443_TCP_PORT".to_string(), port),
         ("KUBERNETES_PORT_443_TCP_ADDR".to_string(), host.clone()),
     ];
+    v.extend(
+        image_env
+            .into_iter()
+            .filter(|(k, _)| k != "PATH" && k != "HOME"),
+    );
     if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
         v.extend(crate::emulator::services::link_env(&ctx.cluster, &ctx.ns));
     }
@@ -243,8 +269,8 @@ fn container_mounts(c: &Container, vols: &BTreeMap<String, PathBuf>) -> Vec<Moun
 }
 
 /// Pulls (looks up) the image, showing ErrImagePull / ImagePullBackOff
-/// until it appears or the pod is stopped. Returns the image's PATH dir.
-async fn pull(ctx: &PodCtx, c: &Container, init: bool) -> Result<Option<PathBuf>, ()> {
+/// until it appears or the pod is stopped. Returns the image.
+async fn pull(ctx: &PodCtx, c: &Container, init: bool) -> Result<ImageConfig, ()> {
     let image = c.image.clone().unwrap_or_default();
     let policy = c
         .image_pull_policy
@@ -256,7 +282,7 @@ async fn pull(ctx: &PodCtx, c: &Container, init: bool) -> Result<Option<PathBuf>
         if ctx.stopped().is_some() {
             return Err(());
         }
-        if let Some(dir) = known_image(&ctx.cluster, &image) {
+        if let Some(found) = known_image(&ctx.cluster, &image) {
             if policy == "Always" {
                 ctx.event("Normal", "Pulling", &format!("Pulling image \"{image}\""));
                 ctx.event(
@@ -271,7 +297,7 @@ async fn pull(ctx: &PodCtx, c: &Container, init: bool) -> Result<Option<PathBuf>
                     &format!("Container image \"{image}\" already present on machine"),
                 );
             }
-            return Ok(dir);
+            return Ok(found);
         }
         let reference = if image.contains('/') {
             image.clone()
@@ -332,15 +358,53 @@ async fn run_container(
     let mut restarts = 0i32;
     let mut last_exit: Option<Exit> = None;
     loop {
-        let Ok(image_dir) = pull(ctx, c, init).await else {
+        let Ok(image) = pull(ctx, c, init).await else {
             return last_exit.map(Outcome::Exited).unwrap_or(Outcome::NeverRan);
         };
         let Some(pod) = cluster.get_typed::<Pod>(resources::core("pods"), &ctx.ns, &ctx.name)
         else {
             return Outcome::NeverRan;
         };
-        let built = env::build_env(&cluster, &pod, c, &base_env(ctx, image_dir.as_ref(), &pod))
-            .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
+        // An image with contents: its bundle, and who runs in it.
+        let who = format!(
+            "pod: \"{}_{}({})\", container: {}",
+            ctx.name, ctx.ns, ctx.uid, c.name
+        );
+        let bundle = image
+            .bundle
+            .as_deref()
+            .map(Bundle::load)
+            .transpose()
+            .map_err(|m| ("CreateContainerError", m))
+            .and_then(|b| {
+                b.map(|b| {
+                    let id = b.run_as(&pod, c);
+                    rootfs::check_non_root(&pod, c, &id, &who)
+                        .map(|()| (b, id))
+                        .map_err(|m| ("CreateContainerConfigError", m))
+                })
+                .transpose()
+            });
+        let bundle = match bundle {
+            Ok(b) => b,
+            Err((reason, msg)) => {
+                ctx.event("Warning", "Failed", &format!("Error: {msg}"));
+                ctx.set_container(c, init, |cs| {
+                    cs.state = Some(status::waiting(reason, Some(&msg)))
+                });
+                if ctx.sleep_or_stop(Duration::from_secs(5)).await {
+                    return last_exit.map(Outcome::Exited).unwrap_or(Outcome::NeverRan);
+                }
+                continue;
+            }
+        };
+        let built = env::build_env(
+            &cluster,
+            &pod,
+            c,
+            &base_env(ctx, image.path_dir.as_ref(), bundle.as_ref(), &pod),
+        )
+        .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
         let (env_vars, argv) = match built {
             Ok(v) => v,
             Err(env::ConfigError(msg)) => {
@@ -358,22 +422,41 @@ async fn run_container(
             }
         };
         let container_id = format!("containerd://{}{}", random_token(), random_token());
+        let scratch = ctx
+            .dir
+            .join("rootfs")
+            .join(format!("{}-{restarts}", c.name));
+        let rootfs = bundle.as_ref().map(|(b, run_as)| RootfsSpec {
+            lower: b.rootfs.clone(),
+            scratch: scratch.clone(),
+            run_as: run_as.clone(),
+        });
+        if bundle.is_some()
+            && let Err(e) = rootfs::prepare_volumes(&pod, vols, &cluster.state_dir)
+        {
+            tracing::warn!(pod = %ctx.name, error = %e, "cannot prepare the volumes for the image's user");
+        }
+        let default_dir = bundle
+            .as_ref()
+            .map(|(b, _)| b.cwd.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
         let launch = Launch {
             argv,
             env: env_vars,
-            workdir: PathBuf::from(c.working_dir.clone().unwrap_or_else(|| "/".into())),
+            workdir: PathBuf::from(c.working_dir.clone().unwrap_or(default_dir)),
             mounts: container_mounts(c, vols),
             memory_limit: memory_limit(c),
             log: logs::log_path(&ctx.dir, &c.name, restarts),
             cgroup_name: format!("{}-{}-{restarts}", ctx.uid, c.name),
             privileges: Privileges::of(c.security_context.as_ref()),
+            rootfs,
             netns: cluster
                 .pod_network()
                 .netns_fd()
                 .filter(|_| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)),
         };
         if let Err(why) = &cluster.kubelet.mount_ns_ok
-            && !launch.mounts.is_empty()
+            && (!launch.mounts.is_empty() || launch.rootfs.is_some())
         {
             ctx.event("Warning", "Failed", &format!("Error: {why}"));
             ctx.set_container(c, init, |cs| {
@@ -393,6 +476,9 @@ async fn run_container(
             Ok(r) => r,
             Err(msg) => {
                 ctx.event("Warning", "Failed", &format!("Error: {msg}"));
+                if launch.rootfs.is_some() {
+                    let _ = std::fs::remove_dir_all(&scratch);
+                }
                 let now = now_str();
                 let exit = Exit {
                     code: 128,
@@ -435,6 +521,10 @@ async fn run_container(
             .register_proc(&ctx.uid, &c.name, running.handle.clone());
         let exit = running.wait(ctx.stop.clone()).await;
         cluster.kubelet.unregister_proc(&ctx.uid, &c.name);
+        if launch.rootfs.is_some() {
+            // The container's writable layer goes with it.
+            let _ = std::fs::remove_dir_all(&scratch);
+        }
         let Some(exit) = exit else {
             return Outcome::NodeLost;
         };
