@@ -54,12 +54,14 @@ pub struct RelayArgs {
         default_value_t = 7070
     )]
     pub agent_port: u16,
-    /// Where the leader's tunnels arrive. Loopback by default: the API
-    /// server's port-forward reaches it inside the pod, other pods cannot.
+    /// Where the leader's tunnels arrive. Every address: a kubelet's
+    /// port-forward dials `localhost` inside the pod, some clusters (and
+    /// the project's emulator) the pod's IP. Other pods can connect too,
+    /// but a tunnel without the relay token is dropped at once.
     #[arg(
         long = "tunnelBind",
         env = "TOIL_RELAY_TUNNEL_BIND",
-        default_value = "127.0.0.1:7071"
+        default_value = "0.0.0.0:7071"
     )]
     pub tunnel_bind: SocketAddr,
     /// The secret a tunnel must present.
