@@ -16,7 +16,7 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret};
 use k8s_support::{Cluster, NS, config};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
-use toil_tests::emulator::NodeConfig;
+use toil_tests::emulator::{NodeConfig, PodNetworkMode};
 use toil_tests::harness::{bin_dir, repo_root};
 
 const WORKFLOW: &str = r#"
@@ -43,6 +43,17 @@ outputs:
 
 #[tokio::test]
 async fn the_leader_runs_as_a_pod_under_the_shipped_role() {
+    leader_pod_completes_a_workflow(PodNetworkMode::Host).await;
+}
+
+/// The same in a pod network of its own: the leader finds the API at the
+/// in-cluster address and agents dial its own pod IP.
+#[tokio::test]
+async fn the_leader_runs_as_a_pod_in_an_isolated_pod_network() {
+    leader_pod_completes_a_workflow(PodNetworkMode::Isolated).await;
+}
+
+async fn leader_pod_completes_a_workflow(network: PodNetworkMode) {
     let manifest = std::fs::read_to_string(repo_root().join("deploy/leader-job.yaml"))
         .unwrap_or_else(|e| panic!("{e}"));
     let image = manifest
@@ -52,7 +63,8 @@ async fn the_leader_runs_as_a_pod_under_the_shipped_role() {
         .to_string();
     let c = Cluster::start(
         config(vec![NodeConfig::new("node-1"), NodeConfig::new("node-2")])
-            .with_image(&image, Some(bin_dir())),
+            .with_image(&image, Some(bin_dir()))
+            .with_pod_network(network),
     )
     .await;
     let admin = c.admin().await;
@@ -142,8 +154,13 @@ async fn the_leader_runs_as_a_pod_under_the_shipped_role() {
     let log = leader_log(pods.clone(), job_name.clone()).await;
     assert!(log.contains("workflow in-cluster succeeded"), "{log}");
     assert!(log.contains("[greet] the AWS secret is mounted"), "{log}");
-    // Agents dialled the pod IP (127.0.0.1 on the emulator) on a real port.
-    assert!(log.contains("leader https://127.0.0.1:"), "{log}");
+    // Agents dialled the pod IP (127.0.0.1 on the host network, 127.10.x.y
+    // in an isolated one) on a real port.
+    let pod_ip = match network {
+        PodNetworkMode::Host => "127.0.0.1:",
+        PodNetworkMode::Isolated => "127.10.",
+    };
+    assert!(log.contains(&format!("leader https://{pod_ip}")), "{log}");
     assert!(log.contains("(in-cluster service account"), "{log}");
 
     // The output is on the claim, written by an agent in another pod.

@@ -14,7 +14,8 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::Parser;
 use toil_tests::emulator::{
-    Emulator, EmulatorConfig, Identity, ImageConfig, MemoryEnforcement, NodeConfig, TaintConfig,
+    Emulator, EmulatorConfig, Identity, ImageConfig, MemoryEnforcement, NodeConfig, PodNetworkMode,
+    TaintConfig,
 };
 
 /// Kubernetes API emulator: HTTPS apiserver, Job controller, scheduler and
@@ -96,6 +97,11 @@ struct Args {
         value_delimiter = ';'
     )]
     pass_env: Vec<String>,
+    /// Pod network: host (pods share the host's network) or isolated (one
+    /// network namespace for all pods, loopback only: the host's 127.0.0.1
+    /// is unreachable from pods, which reach the API at 127.96.0.1:443).
+    #[arg(long, env = "TOIL_EMULATOR_POD_NETWORK", default_value = "host")]
+    pod_network: PodNetworkMode,
 }
 
 fn parse_memory(s: &str) -> Result<MemoryEnforcement, String> {
@@ -139,6 +145,7 @@ fn config(args: Args) -> anyhow::Result<(EmulatorConfig, Option<PathBuf>, Identi
     cfg.watch_history = args.watch_history;
     cfg.memory_enforcement = args.memory;
     cfg.passthrough_env = args.pass_env;
+    cfg.pod_network = args.pod_network;
     cfg.validate().map_err(anyhow::Error::msg)?;
     Ok((cfg, args.kubeconfig_out, args.user))
 }
@@ -179,6 +186,9 @@ fn main() -> anyhow::Result<()> {
         emu.url(),
         emu.http_url()
     );
+    if let Some(api) = emu.pod_network().in_cluster_api() {
+        println!("pod network: isolated; pods reach the API at https://{api}");
+    }
     println!("kubeconfig: {}", kubeconfig.display());
     println!("admin token: {}", emu.admin_token());
     println!("state dir: {}", emu.state_dir().display());

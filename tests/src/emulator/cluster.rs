@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::config::{EmulatorConfig, Identity};
 use super::faults::Faults;
 use super::kubelet::KubeletState;
+use super::netns::PodNetwork;
 use super::resources::{self, ResourceType};
 use super::store::Store;
 
@@ -107,6 +108,8 @@ pub struct Cluster {
     /// Aggregation key of each recorded event -> the Event's name, so
     /// repeats find their Event without scanning them all.
     event_index: Mutex<HashMap<String, String>>,
+    /// The pod network, set once at start (host network if never set).
+    network: OnceLock<Arc<PodNetwork>>,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -148,7 +151,19 @@ impl Cluster {
             kubelet,
             stall_rules: Mutex::new(Vec::new()),
             event_index: Mutex::new(HashMap::new()),
+            network: OnceLock::new(),
         }
+    }
+
+    /// The pod network: pod IPs, sockets inside it, the in-cluster API
+    /// address (see [`super::netns`]).
+    pub fn pod_network(&self) -> &Arc<PodNetwork> {
+        self.network.get_or_init(|| Arc::new(PodNetwork::host()))
+    }
+
+    /// Installs the pod network (once, at start); false if one was set.
+    pub fn set_pod_network(&self, net: PodNetwork) -> bool {
+        self.network.set(Arc::new(net)).is_ok()
     }
 
     /// Locks the store. Never hold the guard across an `.await`.

@@ -372,6 +372,9 @@ pub struct EmulatorConfig {
     pub tokens: Vec<(String, Identity)>,
     /// Delays.
     pub timing: Timing,
+    /// How pods are networked: the host's network (default) or one network
+    /// namespace of their own (see [`super::netns`]).
+    pub pod_network: super::netns::PodNetworkMode,
 }
 
 impl Default for EmulatorConfig {
@@ -396,6 +399,7 @@ impl Default for EmulatorConfig {
             passthrough_env: Vec::new(),
             tokens: Vec::new(),
             timing: Timing::default(),
+            pod_network: super::netns::PodNetworkMode::Host,
         }
     }
 }
@@ -425,6 +429,13 @@ impl EmulatorConfig {
     /// Adds a namespace created at start.
     pub fn with_namespace(mut self, ns: &str) -> Self {
         self.namespaces.push(ns.into());
+        self
+    }
+
+    /// Chooses the pod network: `Isolated` puts every pod in one network
+    /// namespace of its own, where the host's `127.0.0.1` is unreachable.
+    pub fn with_pod_network(mut self, mode: super::netns::PodNetworkMode) -> Self {
+        self.pod_network = mode;
         self
     }
 

@@ -12,13 +12,14 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{Pod, Secret, ServiceAccount};
 use serde_json::{Value, json};
 
-use super::cluster::{Cluster, now_str, random_suffix, typed};
+use super::cluster::{Cluster, lock, now_str, random_suffix, typed};
 use super::defaults;
 use super::error::{ApiError, FieldError};
 use super::patch::{self, PatchKind};
 use super::podsecurity;
 use super::resources::{self, ResourceType};
 use super::selector::{FieldSelector, LabelSelector};
+use super::services;
 use super::store::{key_of, rv_of};
 use super::validation;
 
@@ -174,6 +175,10 @@ impl Cluster {
         if r.plural != "events" && r.plural != "namespaces" {
             meta["generation"] = json!(1);
         }
+        // A Service's clusterIP is chosen against the stored Services: no
+        // other create may take one until this one is stored.
+        let network = self.pod_network().clone();
+        let _cluster_ips = (r.plural == "services").then(|| lock(&network.cluster_ip_lock));
         obj = self.admit(r, ns, &name, &uid, obj)?;
         let mut store = self.store();
         let stored = store.insert(r, obj)?;
@@ -283,6 +288,7 @@ impl Cluster {
                 s.type_.get_or_insert_with(|| "Opaque".into());
                 to_value(&s)
             }
+            "services" => services::admit(self, obj).map_err(|errs| self.invalid(r, name, &errs)),
             "namespaces" => {
                 let mut v = obj;
                 v["spec"] = json!({"finalizers": ["kubernetes"]});
@@ -397,6 +403,12 @@ impl Cluster {
         let errs = validation::validate_labels(&labels_of(&next), "metadata.labels");
         if !errs.is_empty() {
             return Err(self.invalid(r, name, &errs));
+        }
+        if r.plural == "services"
+            && !status_only
+            && let Err(e) = services::keep_cluster_ip(&old, &mut next)
+        {
+            return Err(self.invalid(r, name, &[e]));
         }
         if r.plural == "jobs"
             && !status_only

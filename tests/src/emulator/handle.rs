@@ -15,7 +15,7 @@ use super::faults::{RequestCounts, RequestFault};
 use super::kubeconfig;
 use super::kubelet::{self, KubeletState, sandbox};
 use super::server::{self, tls};
-use super::{jobs, scheduler};
+use super::{jobs, netns, proxy, scheduler};
 
 /// A running emulated cluster. Dropping it shuts it down (kills every pod
 /// process).
@@ -66,6 +66,7 @@ impl Emulator {
         let memory = sandbox::detect_memory_mode(config.memory_enforcement)
             .map_err(EmulatorError::Config)?;
         let kubelet_state = KubeletState::new(memory);
+        let network = netns::PodNetwork::new(config.pod_network).map_err(EmulatorError::Config)?;
         let http_addr = config.http_listen;
         let https_addr = config.https_listen;
         let tokens = config.tokens.clone();
@@ -75,6 +76,7 @@ impl Emulator {
             material.ca_pem.clone(),
             kubelet_state,
         ));
+        cluster.set_pod_network(network);
         let admin_token = cluster.token_for(&Identity::Admin);
         for (t, id) in tokens {
             cluster.add_token(&t, id);
@@ -104,8 +106,13 @@ impl Emulator {
                         let _ = ready_tx.send(Err(e));
                         return;
                     }
-                    let addrs = match server::start(c.clone(), http_addr, https_addr, server_config)
-                        .await
+                    let addrs = match server::start(
+                        c.clone(),
+                        http_addr,
+                        https_addr,
+                        server_config.clone(),
+                    )
+                    .await
                     {
                         Ok(a) => a,
                         Err(e) => {
@@ -116,10 +123,15 @@ impl Emulator {
                     };
                     let _ = c.http_port.set(addrs.0.port());
                     let _ = c.https_port.set(addrs.1.port());
+                    if let Err(e) = netns::start_in_cluster_api(&c, server_config) {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
                     let tasks = vec![
                         tokio::spawn(kubelet::run(c.clone())),
                         tokio::spawn(scheduler::run(c.clone())),
                         tokio::spawn(jobs::run(c.clone())),
+                        tokio::spawn(proxy::run(c.clone())),
                     ];
                     let _ = ready_tx.send(Ok(addrs));
                     c.shutdown.cancelled().await;
@@ -321,6 +333,12 @@ impl Emulator {
     /// The directory a hostPath maps to on an emulated node.
     pub fn host_path(&self, node: &str, path: &str) -> PathBuf {
         kubelet::volumes::host_path_dir(&self.cluster.state_dir, node, path)
+    }
+
+    /// The pod network (isolated or the host's): sockets inside it, pod
+    /// IPs, and the in-cluster API address.
+    pub fn pod_network(&self) -> &Arc<netns::PodNetwork> {
+        self.cluster.pod_network()
     }
 
     /// The shared cluster state (for in-crate helpers).

@@ -17,6 +17,8 @@
 //! - [`podsecurity`]: Pod Security admission from namespace labels;
 //! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
 //!   and nodes;
+//! - [`netns`], [`services`], [`proxy`]: the pod network (optionally a
+//!   network namespace of its own), Service clusterIPs and kube-proxy;
 //! - [`faults`]: request faults and counters;
 //! - [`quantity`]: resource quantities; [`yaml`]: manifests and YAML bodies;
 //! - [`testkit`]: waits and object builders for tests.
@@ -55,14 +57,17 @@ pub mod handle;
 pub mod jobs;
 pub mod kubeconfig;
 pub mod kubelet;
+pub mod netns;
 pub mod patch;
 pub mod podsecurity;
+pub mod proxy;
 pub mod quantity;
 pub mod rbac;
 pub mod resources;
 pub mod scheduler;
 pub mod selector;
 pub mod server;
+pub mod services;
 pub mod store;
 pub mod testkit;
 pub mod validation;
@@ -75,4 +80,5 @@ pub use config::{
 pub use error::{ApiError, EmulatorError};
 pub use faults::{RequestCounts, RequestFault};
 pub use handle::Emulator;
+pub use netns::{PodNetwork, PodNetworkMode};
 pub use quantity::Quantity;

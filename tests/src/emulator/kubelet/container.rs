@@ -42,6 +42,9 @@ pub struct Launch {
     pub cgroup_name: String,
     /// Capabilities and privilege escalation, from its securityContext.
     pub privileges: Privileges,
+    /// The pod network namespace to enter, if pods have one
+    /// ([`crate::emulator::netns::PodNetwork::netns_fd`]).
+    pub netns: Option<std::os::fd::RawFd>,
 }
 
 /// How a container ended.
@@ -115,7 +118,8 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
         cgroup.as_ref(),
         launch.privileges,
     )
-    .map_err(|e| format!("invalid mount or working directory: {e}"))?;
+    .map_err(|e| format!("invalid mount or working directory: {e}"))?
+    .with_netns(launch.netns);
     let writer =
         LogWriter::open(&launch.log).map_err(|e| format!("cannot open the log file: {e}"))?;
     let mut cmd = tokio::process::Command::new(&launch.argv[0]);

@@ -72,8 +72,12 @@ fn field_ref(pod: &Pod, path: &str, host_ip: &str) -> Option<String> {
         "metadata.uid" => meta.uid.clone(),
         "spec.nodeName" => spec.and_then(|s| s.node_name.clone()),
         "spec.serviceAccountName" => spec.and_then(|s| s.service_account_name.clone()),
-        "status.podIP" | "status.hostIP" => Some(host_ip.to_string()),
-        "status.podIPs" | "status.hostIPs" => Some(host_ip.to_string()),
+        "status.podIP" | "status.podIPs" => pod
+            .status
+            .as_ref()
+            .and_then(|s| s.pod_ip.clone())
+            .or_else(|| Some(host_ip.to_string())),
+        "status.hostIP" | "status.hostIPs" => Some(host_ip.to_string()),
         p if p.starts_with("metadata.labels['") => {
             parse_key(p, "metadata.labels['").and_then(|k| annotation(&meta.labels, &k))
         }

@@ -223,6 +223,8 @@ fn reconcile_pod(cluster: &Arc<Cluster>, pod: &Value, our_nodes: &HashSet<String
     let c = cluster.clone();
     tokio::spawn(async move {
         worker::run(ctx).await;
+        // The sandbox is gone: its pod IP is free again.
+        c.pod_network().release_pod_ip(&uid);
         lock(&c.kubelet.finished).insert(uid.clone());
         lock(&c.kubelet.workers).remove(&uid);
         // Let the manager see the worker is gone (deletions wait on it).

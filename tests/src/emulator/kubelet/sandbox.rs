@@ -341,6 +341,7 @@ pub struct PreExec {
     mounts: Vec<(Vec<CString>, CString, CString, bool, bool)>,
     workdir_dirs: Vec<CString>,
     workdir: CString,
+    netns: Option<std::os::fd::RawFd>,
 }
 
 fn ancestors_to_create(target: &Path) -> std::io::Result<Vec<CString>> {
@@ -385,7 +386,15 @@ impl PreExec {
             mounts: prepared,
             workdir_dirs: ancestors_to_create(workdir)?,
             workdir: cstr(workdir)?,
+            netns: None,
         })
+    }
+
+    /// Also enters the pod network namespace `fd` (see
+    /// [`crate::emulator::netns`]); `None` stays on the host network.
+    pub fn with_netns(mut self, fd: Option<std::os::fd::RawFd>) -> Self {
+        self.netns = fd;
+        self
     }
 
     /// Runs in the child between fork and exec.
@@ -414,6 +423,9 @@ impl PreExec {
                 return Err(err());
             }
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if let Some(fd) = self.netns {
+                crate::emulator::netns::enter_in_child(fd)?;
+            }
             if !self.mounts.is_empty() {
                 if libc::unshare(libc::CLONE_NEWNS) != 0 {
                     return Err(err());

@@ -164,13 +164,15 @@ fn known_image(cluster: &Cluster, image: &str) -> Option<Option<PathBuf>> {
 }
 
 fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>) -> Vec<(String, String)> {
-    let port = ctx
-        .cluster
-        .https_port
-        .get()
-        .copied()
-        .unwrap_or(443)
-        .to_string();
+    // The API server as pods reach it: in-cluster address or the host's.
+    let (host, port) = match ctx.cluster.pod_network().in_cluster_api() {
+        Some(a) => (a.ip().to_string(), a.port()),
+        None => (
+            "127.0.0.1".to_string(),
+            ctx.cluster.https_port.get().copied().unwrap_or(443),
+        ),
+    };
+    let port = port.to_string();
     let mut path = String::new();
     if let Some(d) = image_dir {
         path.push_str(&d.to_string_lossy());
@@ -181,29 +183,23 @@ fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>) -> Vec<(String, String)> 
         ("PATH".to_string(), path),
         ("HOSTNAME".to_string(), ctx.name.chars().take(63).collect()),
         ("HOME".to_string(), "/root".to_string()),
-        (
-            "KUBERNETES_SERVICE_HOST".to_string(),
-            "127.0.0.1".to_string(),
-        ),
+        ("KUBERNETES_SERVICE_HOST".to_string(), host.clone()),
         ("KUBERNETES_SERVICE_PORT".to_string(), port.clone()),
         ("KUBERNETES_SERVICE_PORT_HTTPS".to_string(), port.clone()),
         (
             "KUBERNETES_PORT".to_string(),
-            format!("tcp://127.0.0.1:{port}"),
+            format!("tcp://{host}:{port}"),
         ),
         (
             "KUBERNETES_PORT_443_TCP".to_string(),
-            format!("tcp://127.0.0.1:{port}"),
+            format!("tcp://{host}:{port}"),
         ),
         (
             "KUBERNETES_PORT_443_TCP_PROTO".to_string(),
             "tcp".to_string(),
         ),
         ("KUBERNETES_PORT_443_TCP_PORT".to_string(), port),
-        (
-            "KUBERNETES_PORT_443_TCP_ADDR".to_string(),
-            "127.0.0.1".to_string(),
-        ),
+        ("KUBERNETES_PORT_443_TCP_ADDR".to_string(), host.clone()),
     ];
     for name in &ctx.cluster.config.passthrough_env {
         if let Ok(val) = std::env::var(name) {
@@ -368,6 +364,7 @@ async fn run_container(
             log: logs::log_path(&ctx.dir, &c.name, restarts),
             cgroup_name: format!("{}-{}-{restarts}", ctx.uid, c.name),
             privileges: Privileges::of(c.security_context.as_ref()),
+            netns: cluster.pod_network().netns_fd(),
         };
         if let Err(why) = &cluster.kubelet.mount_ns_ok
             && !launch.mounts.is_empty()
@@ -518,15 +515,16 @@ pub async fn run(ctx: PodCtx) {
         return;
     }
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
+    let pod_ip = cluster.pod_network().assign_pod_ip(&ctx.uid).to_string();
     ctx.update(|p| {
         let st = p.status.get_or_insert_with(Default::default);
         st.host_ip = Some("127.0.0.1".into());
         st.host_ips = Some(vec![k8s_openapi::api::core::v1::HostIP {
             ip: "127.0.0.1".into(),
         }]);
-        st.pod_ip = Some("127.0.0.1".into());
+        st.pod_ip = Some(pod_ip.clone());
         st.pod_ips = Some(vec![k8s_openapi::api::core::v1::PodIP {
-            ip: "127.0.0.1".into(),
+            ip: pod_ip.clone(),
         }]);
         st.start_time = status::now();
         set_condition(st, "PodReadyToStartContainers", false, None, None);

@@ -78,6 +78,35 @@ where
     }
 }
 
+/// Serves the API over HTTPS on a bound listener until the cluster shuts
+/// down (the host's HTTPS port, or the in-cluster address inside an
+/// isolated pod network).
+pub fn serve_https(cluster: Arc<Cluster>, https: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = cluster.shutdown.cancelled() => break,
+                a = https.accept() => a,
+            };
+            match accepted {
+                Ok((sock, _)) => {
+                    let _ = sock.set_nodelay(true);
+                    let acceptor = acceptor.clone();
+                    let c = cluster.clone();
+                    tokio::spawn(async move {
+                        match acceptor.accept(sock).await {
+                            Ok(tls) => serve_conn(c, tls).await,
+                            Err(e) => tracing::debug!(error = %e, "tls handshake failed"),
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "https accept failed"),
+            }
+        }
+    });
+}
+
 /// Binds both listeners and returns their addresses; the accept loops run
 /// until the cluster shuts down.
 pub async fn start(
@@ -108,28 +137,6 @@ pub async fn start(
         }
     });
 
-    let acceptor = TlsAcceptor::from(tls);
-    tokio::spawn(async move {
-        loop {
-            let accepted = tokio::select! {
-                _ = cluster.shutdown.cancelled() => break,
-                a = https.accept() => a,
-            };
-            match accepted {
-                Ok((sock, _)) => {
-                    let _ = sock.set_nodelay(true);
-                    let acceptor = acceptor.clone();
-                    let c = cluster.clone();
-                    tokio::spawn(async move {
-                        match acceptor.accept(sock).await {
-                            Ok(tls) => serve_conn(c, tls).await,
-                            Err(e) => tracing::debug!(error = %e, "tls handshake failed"),
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!(error = %e, "https accept failed"),
-            }
-        }
-    });
+    serve_https(cluster, https, tls);
     Ok((http_local, https_local))
 }

@@ -46,6 +46,9 @@ pub fn generate() -> Result<TlsMaterial, EmulatorError> {
 
     let names = vec![
         "127.0.0.1".to_string(),
+        // The `kubernetes` Service's clusterIP: the in-cluster address of an
+        // isolated pod network (emulator::netns::IN_CLUSTER_API).
+        "127.96.0.1".to_string(),
         "::1".to_string(),
         "localhost".to_string(),
         "kubernetes".to_string(),
