@@ -14,6 +14,7 @@
 pub mod data;
 pub mod emulator;
 pub mod harness;
+pub mod kubectl;
 pub mod local;
 pub mod moto;
 pub mod procfs;

@@ -67,8 +67,8 @@ async fn run_script(pods: &Api<Pod>, name: &str, script: &str, env: serde_json::
     logs
 }
 
-/// A pod serving `GET /` with its own name on POD_IP:8080, labelled `app`.
-fn web_pod(name: &str, app: &str) -> Pod {
+/// A pod serving `GET /` with its own name on POD_IP:PORT, labelled `app`.
+fn web_pod(name: &str, app: &str, port: u16) -> Pod {
     let script = r#"
 import http.server, os
 class H(http.server.BaseHTTPRequestHandler):
@@ -80,14 +80,15 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
     def log_message(self, *a):
         pass
-http.server.HTTPServer((os.environ["POD_IP"], 8080), H).serve_forever()
+http.server.HTTPServer((os.environ["POD_IP"], int(os.environ["PORT"])), H).serve_forever()
 "#;
     from_json(json!({
         "metadata": {"name": name, "labels": {"app": app}},
         "spec": {"restartPolicy": "Never", "terminationGracePeriodSeconds": 1, "containers": [{
             "name": "main", "image": IMAGE, "command": ["python3", "-c", script],
-            "ports": [{"name": "http", "containerPort": 8080}],
+            "ports": [{"name": "http", "containerPort": port}],
             "env": [
+                {"name": "PORT", "value": port.to_string()},
                 {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                 {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
             ],
@@ -196,6 +197,40 @@ print(host, port, os.environ["POD_IP"])
         leader.accept().err().map(|e| e.kind()),
         Some(std::io::ErrorKind::WouldBlock)
     );
+
+    // A hostNetwork pod lives in the host's network, with the node's IP.
+    let script = r#"
+import os, socket
+socket.create_connection(("127.0.0.1", int(os.environ["LEADER_PORT"])), timeout=5).close()
+print("leader reachable from", os.environ["POD_IP"])
+"#;
+    let env = json!([
+        {"name": "LEADER_PORT", "value": port.to_string()},
+        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ]);
+    let p: Pod = from_json(json!({
+        "metadata": {"name": "on-host"},
+        "spec": {"hostNetwork": true, "restartPolicy": "Never", "containers": [{
+            "name": "main", "image": IMAGE, "command": ["python3", "-c", script], "env": env,
+        }]},
+    }));
+    pods.create(&PostParams::default(), &p)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let done = wait_for(&pods, "on-host", T, |p| {
+        matches!(phase(p).as_str(), "Succeeded" | "Failed")
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let logs = pods
+        .logs("on-host", &LogParams::default())
+        .await
+        .unwrap_or_default();
+    assert_eq!(
+        (phase(&done).as_str(), logs.as_str()),
+        ("Succeeded", "leader reachable from 127.0.0.1\n")
+    );
+    assert!(leader.accept().is_ok());
     emu.shutdown();
 }
 
@@ -204,7 +239,7 @@ async fn pods_reach_each_other_by_pod_ip_and_services_by_cluster_ip() {
     let emu = start_isolated();
     let (client, pods) = admin_pods(&emu).await;
     let services: Api<Service> = Api::namespaced(client, "default");
-    pods.create(&PostParams::default(), &web_pod("web-1", "web"))
+    pods.create(&PostParams::default(), &web_pod("web-1", "web", 8080))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let ip1 = wait_running(&pods, "web-1").await;
@@ -234,17 +269,42 @@ async fn pods_reach_each_other_by_pod_ip_and_services_by_cluster_ip() {
     wait_answer(&emu, front, "web-1").await;
     let script = r#"
 import os, urllib.request
-for url in ("http://%s:8080/" % os.environ["WEB_IP"], "http://%s/" % os.environ["SVC_IP"]):
+# The Service's address as the kubelet's service links give it.
+svc = "http://%s:%s/" % (os.environ["WEB_SERVICE_HOST"], os.environ["WEB_SERVICE_PORT"])
+for url in ("http://%s:8080/" % os.environ["WEB_IP"], svc):
     print(urllib.request.urlopen(url, timeout=10).read().decode())
 "#;
     let env = json!([
         {"name": "WEB_IP", "value": ip1.to_string()},
-        {"name": "SVC_IP", "value": cluster_ip.to_string()},
     ]);
     assert_eq!(
         run_script(&pods, "client", script, env).await,
         "web-1\nweb-1\n"
     );
+
+    // kubectl shows it as on a real cluster.
+    let kubeconfig = emu
+        .kubeconfig_for(&Identity::Admin)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let out = std::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["get", "services", "-o", "wide"])
+        .output()
+        .unwrap_or_else(|e| panic!("kubectl (install kubectl v1.32 to run this test): {e}"));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let web_row = table
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_else(|| panic!("{table}{}", String::from_utf8_lossy(&out.stderr)));
+    let cells: Vec<&str> = web_row.split_whitespace().collect();
+    let ip_text = cluster_ip.to_string();
+    assert_eq!(
+        (cells[1], cells[2], cells[3], cells[4], cells[6]),
+        ("ClusterIP", ip_text.as_str(), "<none>", "80/TCP", "app=web"),
+        "{table}"
+    );
+    assert!(table.contains("kubernetes "), "{table}");
 
     // A taken clusterIP is refused; the clusterIP cannot change.
     let clash: Service = from_json(json!({
@@ -280,7 +340,7 @@ for url in ("http://%s:8080/" % os.environ["WEB_IP"], "http://%s/" % os.environ[
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     wait_refused(&emu, front).await;
-    pods.create(&PostParams::default(), &web_pod("web-2", "web"))
+    pods.create(&PostParams::default(), &web_pod("web-2", "web", 8080))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     let ip2 = wait_running(&pods, "web-2").await;
@@ -302,5 +362,45 @@ for url in ("http://%s:8080/" % os.environ["WEB_IP"], "http://%s/" % os.environ[
         http_get(&emu, SocketAddr::new(IpAddr::V4(ip2), 8080)).ok(),
         Some("web-2".to_string())
     );
+    emu.shutdown();
+}
+
+#[tokio::test]
+async fn services_work_on_the_host_network_too() {
+    let emu = Emulator::start(EmulatorConfig::default().with_image(IMAGE, None))
+        .unwrap_or_else(|e| panic!("emulator: {e}"));
+    let (client, pods) = admin_pods(&emu).await;
+    let services: Api<Service> = Api::namespaced(client, "default");
+    // Pods share the host's network here: a free port of this machine.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"));
+    pods.create(&PostParams::default(), &web_pod("web-1", "web", port))
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(wait_running(&pods, "web-1").await, Ipv4Addr::LOCALHOST);
+    let svc: Service = from_json(json!({
+        "metadata": {"name": "web"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": port}]},
+    }));
+    let svc = services
+        .create(&PostParams::default(), &svc)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let cluster_ip: Ipv4Addr = svc
+        .spec
+        .and_then(|s| s.cluster_ip)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no clusterIP"));
+    let front = SocketAddr::new(IpAddr::V4(cluster_ip), 80);
+    wait_answer(&emu, front, "web-1").await;
+    // The pods' API address is unchanged: the host's HTTPS port.
+    assert!(emu.pod_network().in_cluster_api().is_none());
+    services
+        .delete("web", &DeleteParams::default())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    wait_refused(&emu, front).await;
     emu.shutdown();
 }

@@ -12,7 +12,7 @@
 //! - [`server`]: HTTP(S), discovery, CRUD, watch, logs, kubectl tables,
 //!   the `/emulator/...` admin endpoints;
 //! - [`store`], [`selector`], [`patch`], [`crud`], [`validation`],
-//!   [`defaults`]: the apiserver's storage and semantics;
+//!   [`defaults`], [`fieldvalidation`]: the apiserver's storage and semantics;
 //! - [`rbac`]: authorization from Role/ClusterRole bindings;
 //! - [`podsecurity`]: Pod Security admission from namespace labels;
 //! - [`jobs`], [`scheduler`], [`kubelet`], [`disruption`]: the control plane
@@ -21,6 +21,7 @@
 //!   network namespace of its own), Service clusterIPs and kube-proxy;
 //! - [`faults`]: request faults and counters;
 //! - [`quantity`]: resource quantities; [`yaml`]: manifests and YAML bodies;
+//!   [`protobuf`]: the protobuf bodies of `kubectl create secret|configmap`;
 //! - [`testkit`]: waits and object builders for tests.
 //!
 //! Typical use in a test (the emulator runs on its own thread and runtime;
@@ -53,6 +54,7 @@ pub mod defaults;
 pub mod disruption;
 pub mod error;
 pub mod faults;
+pub mod fieldvalidation;
 pub mod handle;
 pub mod jobs;
 pub mod kubeconfig;
@@ -60,6 +62,7 @@ pub mod kubelet;
 pub mod netns;
 pub mod patch;
 pub mod podsecurity;
+pub mod protobuf;
 pub mod proxy;
 pub mod quantity;
 pub mod rbac;

@@ -284,6 +284,21 @@ impl PodNetwork {
         }
     }
 
+    /// Like [`PodNetwork::connect`], without blocking the runtime (a full
+    /// listen backlog makes a connect wait): the socket is made inside the
+    /// pod network, the connect is tokio's.
+    pub async fn connect_async(&self, addr: SocketAddr) -> io::Result<tokio::net::TcpStream> {
+        if self.ns.is_none() {
+            return tokio::net::TcpStream::connect(addr).await;
+        }
+        v4(addr)?;
+        let std_socket = TcpStream::from(self.socket()?);
+        std_socket.set_nonblocking(true)?;
+        tokio::net::TcpSocket::from_std_stream(std_socket)
+            .connect(addr)
+            .await
+    }
+
     /// Listens on `addr` inside the pod network (`SO_REUSEADDR`, like
     /// `std`'s bind). On the host network, a plain bind.
     pub fn bind(&self, addr: SocketAddr) -> io::Result<TcpListener> {

@@ -2,9 +2,10 @@
 //! merge patch, JSON patch (RFC 6902), and server-side apply treated as a
 //! merge.
 //!
-//! Strategic merge differs from a merge patch only for lists with a merge
-//! key; the lists clients patch in practice (containers, volumes, env, ports)
-//! are keyed by `name`, which is what this implementation merges on.
+//! Strategic merge differs from a merge patch for lists with a merge key
+//! (containers and env by `name`, volumeMounts by `mountPath`, ports by
+//! `containerPort`...) and in its `$`-directives, which kubectl's
+//! client-side apply sends.
 
 use serde_json::{Map, Value};
 
@@ -57,54 +58,179 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-fn keyed_by_name(list: &[Value]) -> bool {
-    !list.is_empty()
-        && list
-            .iter()
-            .all(|e| e.get("name").is_some_and(Value::is_string))
+/// The merge key of a list field under strategic merge, as the Kubernetes
+/// types declare it (`patchMergeKey`); `Some("")` for a list of scalars
+/// merged as a set (`finalizers`); `None` for a list that is replaced whole
+/// (`command`, `args`, `rules`, `subjects`...). `ports` is keyed by
+/// `containerPort` in a container and by `port` in a Service.
+fn merge_key(field: &str, current: &[Value], patch: &[Value]) -> Option<&'static str> {
+    Some(match field {
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims"
+        | "schedulingGates" => "name",
+        "hostAliases" | "podIPs" | "hostIPs" => "ip",
+        "topologySpreadConstraints" => "topologyKey",
+        "volumeMounts" => "mountPath",
+        "volumeDevices" => "devicePath",
+        "ownerReferences" => "uid",
+        "conditions" | "addresses" => "type",
+        "finalizers" => "",
+        "ports" => {
+            if current
+                .iter()
+                .chain(patch)
+                .any(|e| e.get("containerPort").is_some())
+            {
+                "containerPort"
+            } else {
+                "port"
+            }
+        }
+        _ => return None,
+    })
 }
 
-/// Strategic merge: like a merge patch, but lists whose elements all carry
-/// a `name` are merged element by element (`$patch: delete` removes one).
+fn directive(v: &Value) -> Option<&str> {
+    v.get("$patch").and_then(Value::as_str)
+}
+
+/// Merges a patch list into a list keyed by `key` (or a set of scalars when
+/// `key` is empty), honouring `$patch: delete` and `$patch: replace`.
+fn merge_list(list: &mut Vec<Value>, items: &[Value], key: &str) {
+    if items.iter().any(|i| directive(i) == Some("replace")) {
+        *list = items
+            .iter()
+            .filter(|i| directive(i).is_none())
+            .cloned()
+            .collect();
+        return;
+    }
+    if key.is_empty() {
+        for item in items {
+            if !list.contains(item) {
+                list.push(item.clone());
+            }
+        }
+        return;
+    }
+    for item in items {
+        let id = item.get(key);
+        let pos = list.iter().position(|e| id.is_some() && e.get(key) == id);
+        match (pos, directive(item) == Some("delete")) {
+            (Some(i), true) => {
+                list.remove(i);
+            }
+            (None, true) => {}
+            (Some(i), false) => strategic_merge(&mut list[i], item),
+            (None, false) => {
+                let mut fresh = Value::Null;
+                strategic_merge(&mut fresh, item);
+                list.push(fresh);
+            }
+        }
+    }
+}
+
+/// `$setElementOrder/FIELD`: puts the listed elements first, in that order.
+fn set_order(list: &mut Vec<Value>, order: &[Value], key: Option<&str>) {
+    let id = |e: &Value| -> Value {
+        match key {
+            Some(k) if !k.is_empty() => e.get(k).cloned().unwrap_or(Value::Null),
+            _ => e.clone(),
+        }
+    };
+    let wanted: Vec<Value> = order.iter().map(&id).collect();
+    let mut ordered = Vec::with_capacity(list.len());
+    for w in &wanted {
+        if let Some(i) = list.iter().position(|e| id(e) == *w) {
+            ordered.push(list.remove(i));
+        }
+    }
+    ordered.append(list);
+    *list = ordered;
+}
+
+/// Strategic merge patch, as kubectl's client-side apply sends it: maps
+/// merge, `null` deletes, lists with a merge key (see `merge_key`) merge
+/// element by element, other lists are replaced; the directives `$patch:
+/// delete|replace|merge`, `$retainKeys`, `$setElementOrder/FIELD` and
+/// `$deleteFromPrimitiveList/FIELD` are honoured.
 pub fn strategic_merge(target: &mut Value, patch: &Value) {
     let Value::Object(p) = patch else {
         *target = patch.clone();
         return;
     };
+    match directive(patch) {
+        Some("replace") => {
+            let mut fresh = Value::Null;
+            let mut rest = p.clone();
+            rest.remove("$patch");
+            strategic_merge(&mut fresh, &Value::Object(rest));
+            *target = fresh;
+            return;
+        }
+        Some("delete") => {
+            *target = Value::Null;
+            return;
+        }
+        _ => {}
+    }
     if !target.is_object() {
         *target = Value::Object(Map::new());
     }
     let Value::Object(t) = target else { return };
     for (k, v) in p {
-        if k.starts_with("$setElementOrder") || k == "$retainKeys" {
+        if k.starts_with('$') {
             continue;
         }
         match v {
             Value::Null => {
                 t.remove(k);
             }
-            Value::Array(items) if keyed_by_name(items) => {
-                let existing = t.entry(k.clone()).or_insert_with(|| Value::Array(vec![]));
-                let Value::Array(list) = existing else {
-                    *existing = v.clone();
-                    continue;
-                };
-                for item in items {
-                    let name = item.get("name").cloned();
-                    let pos = list.iter().position(|e| e.get("name") == name.as_ref());
-                    let delete = item.get("$patch").and_then(Value::as_str) == Some("delete");
-                    match (pos, delete) {
-                        (Some(i), true) => {
-                            list.remove(i);
-                        }
-                        (None, true) => {}
-                        (Some(i), false) => strategic_merge(&mut list[i], item),
-                        (None, false) => list.push(item.clone()),
+            v if directive(v) == Some("delete") => {
+                t.remove(k);
+            }
+            Value::Array(items) => {
+                let current = t
+                    .get(k)
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default();
+                match merge_key(k, &current, items) {
+                    Some(key) => {
+                        let mut list = current;
+                        merge_list(&mut list, items, key);
+                        t.insert(k.clone(), Value::Array(list));
+                    }
+                    None => {
+                        t.insert(k.clone(), v.clone());
                     }
                 }
             }
             _ => strategic_merge(t.entry(k.clone()).or_insert(Value::Null), v),
         }
+    }
+    for (k, v) in p {
+        let Some(values) = v.as_array() else { continue };
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/")
+            && let Some(Value::Array(list)) = t.get_mut(field)
+        {
+            list.retain(|e| !values.contains(e));
+        }
+        if let Some(field) = k.strip_prefix("$setElementOrder/")
+            && let Some(Value::Array(list)) = t.get_mut(field)
+        {
+            let snapshot = list.clone();
+            set_order(list, values, merge_key(field, &snapshot, values));
+        }
+    }
+    if let Some(Value::Array(keep)) = p.get("$retainKeys") {
+        t.retain(|k, _| keep.iter().any(|x| x.as_str() == Some(k)));
     }
 }
 
@@ -270,6 +396,57 @@ mod tests {
         let strategic = apply(PatchKind::Strategic, &cur, &p).unwrap_or_default();
         assert_eq!(strategic["spec"]["containers"][1]["image"], "z");
         assert_eq!(strategic["spec"]["containers"][0]["image"], "x");
+    }
+
+    #[test]
+    fn strategic_merge_as_kubectl_apply_sends_it() {
+        let cur = json!({
+            "metadata": {"labels": {"a": "1"}, "finalizers": ["x"]},
+            "spec": {"template": {"spec": {
+                "containers": [{"name": "leader", "image": "i1", "command": ["a", "b"],
+                    "env": [{"name": "A", "value": "1"}, {"name": "B", "value": "2"}, {"name": "C", "value": "3"}],
+                    "volumeMounts": [{"name": "w", "mountPath": "/w"}, {"name": "w", "mountPath": "/v"}]}],
+                "volumes": [{"name": "w", "configMap": {"name": "cm"}}]}}},
+            "subjects": [{"kind": "ServiceAccount", "name": "a"}, {"kind": "User", "name": "b"}],
+        });
+        let p = json!({
+            "metadata": {"labels": {"a": "2"}, "$deleteFromPrimitiveList/finalizers": ["x"]},
+            "spec": {"template": {"spec": {
+                "$setElementOrder/containers": [{"name": "leader"}],
+                "containers": [{"name": "leader", "command": ["c"],
+                    "$setElementOrder/env": [{"name": "B"}, {"name": "A"}],
+                    "env": [{"name": "A", "value": "9"}, {"$patch": "delete", "name": "C"}],
+                    "volumeMounts": [{"mountPath": "/v", "$patch": "delete"}]}],
+                "volumes": [{"name": "w", "$retainKeys": ["name", "emptyDir"], "emptyDir": {}}]}}},
+            "subjects": [{"kind": "ServiceAccount", "name": "a"}],
+        });
+        let out = apply(PatchKind::Strategic, &cur, &p).unwrap_or_default();
+        assert_eq!(out["metadata"]["labels"]["a"], "2");
+        assert_eq!(out["metadata"]["finalizers"], json!([]));
+        let c = &out["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["image"], "i1");
+        assert_eq!(c["command"], json!(["c"]));
+        assert_eq!(
+            c["env"],
+            json!([{"name": "B", "value": "2"}, {"name": "A", "value": "9"}])
+        );
+        assert_eq!(c["volumeMounts"], json!([{"name": "w", "mountPath": "/w"}]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["volumes"],
+            json!([{"name": "w", "emptyDir": {}}])
+        );
+        // A list without a merge key (RoleBinding subjects) is replaced.
+        assert_eq!(
+            out["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "a"}])
+        );
+        let replaced = apply(
+            PatchKind::Strategic,
+            &cur,
+            &json!({"metadata": {"$patch": "replace", "labels": {"z": "1"}}}),
+        )
+        .unwrap_or_default();
+        assert_eq!(replaced["metadata"], json!({"labels": {"z": "1"}}));
     }
 
     #[test]

@@ -145,16 +145,10 @@ async fn forward(
         return;
     }
     let ep = eps[rr.fetch_add(1, Ordering::Relaxed) % eps.len()];
-    let c = cluster.clone();
-    let dialled =
-        tokio::task::spawn_blocking(move || c.pod_network().connect(SocketAddr::V4(ep))).await;
-    let upstream = match dialled {
-        Ok(Ok(s)) => s
-            .set_nonblocking(true)
-            .and_then(|_| tokio::net::TcpStream::from_std(s)),
-        Ok(Err(e)) => Err(e),
-        Err(e) => Err(std::io::Error::other(e)),
-    };
+    let upstream = cluster
+        .pod_network()
+        .connect_async(SocketAddr::V4(ep))
+        .await;
     let mut upstream = match upstream {
         Ok(u) => u,
         Err(e) => {

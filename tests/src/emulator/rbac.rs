@@ -179,7 +179,13 @@ pub fn authorize_path(store: &Store, user: &Identity, verb: &str, path: &str) ->
     if *user == Identity::Admin || PUBLIC_PATHS.contains(&path) {
         return true;
     }
-    if path == "/api" || path == "/apis" || path.starts_with("/api/") || path.starts_with("/apis/")
+    // Discovery and OpenAPI, as the built-in system:discovery role grants.
+    if path == "/api"
+        || path == "/apis"
+        || path.starts_with("/api/")
+        || path.starts_with("/apis/")
+        || path == "/openapi/v3"
+        || path.starts_with("/openapi/")
     {
         return true;
     }

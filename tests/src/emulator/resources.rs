@@ -91,7 +91,7 @@ pub static RESOURCES: &[ResourceType] = &[
         kind: "Pod",
         namespaced: true,
         short_names: &["po"],
-        subresources: &["log", "status", "eviction"],
+        subresources: &["log", "status", "eviction", "exec", "portforward"],
         in_all: true,
         normalize: normalize::<core::Pod>,
     },
@@ -361,6 +361,8 @@ pub fn api_resource_list(group: &str, version: &str) -> Option<Value> {
             let (kind, verbs): (&str, Vec<&str>) = match *sub {
                 "log" => ("Pod", vec!["get"]),
                 "eviction" => ("Eviction", vec!["create"]),
+                "exec" => ("PodExecOptions", vec!["create", "get"]),
+                "portforward" => ("PodPortForwardOptions", vec!["create", "get"]),
                 _ => (r.kind, vec!["get", "patch", "update"]),
             };
             let mut e = json!({

@@ -219,6 +219,107 @@ pub fn create_kubernetes_service(cluster: &Cluster, https_port: u16) {
     }
 }
 
+/// The cells of `kubectl get services`: name, type, cluster IP, external
+/// IP, ports, age, selector.
+pub fn table_cells(svc: &Value) -> Vec<Value> {
+    let str_at = |p: &str| svc.pointer(p).and_then(Value::as_str).unwrap_or_default();
+    let ports: Vec<String> = svc
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|p| {
+            let proto = p["protocol"].as_str().unwrap_or("TCP");
+            match p["nodePort"].as_i64() {
+                Some(np) => format!("{}:{np}/{proto}", p["port"]),
+                None => format!("{}/{proto}", p["port"]),
+            }
+        })
+        .collect();
+    let selector: Vec<String> = svc
+        .pointer("/spec/selector")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    let or_none = |s: String| {
+        if s.is_empty() {
+            "<none>".to_string()
+        } else {
+            s
+        }
+    };
+    let external = match str_at("/spec/type") {
+        "ExternalName" => str_at("/spec/externalName").to_string(),
+        "LoadBalancer" => "<pending>".to_string(),
+        _ => String::new(),
+    };
+    vec![
+        json!(str_at("/metadata/name")),
+        json!(str_at("/spec/type")),
+        json!(or_none(str_at("/spec/clusterIP").to_string())),
+        json!(or_none(external)),
+        json!(or_none(ports.join(","))),
+        json!(super::server::table::human_age(
+            svc.pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+        )),
+        json!(or_none(selector.join(","))),
+    ]
+}
+
+/// The Docker-link style variables the kubelet gives containers for every
+/// Service of their namespace with a clusterIP (`enableServiceLinks`):
+/// `WEB_SERVICE_HOST`, `WEB_SERVICE_PORT`, `WEB_PORT_80_TCP_ADDR`... The
+/// `kubernetes` Service's own variables are set by the kubelet separately.
+pub fn link_env(cluster: &Cluster, ns: &str) -> Vec<(String, String)> {
+    let mut env = Vec::new();
+    let all = cluster.store().list(resources::core("services"), Some(ns));
+    for svc in all.iter() {
+        let Some(ip) = cluster_ip(svc) else { continue };
+        let (svc_ns, name) = super::store::key_of(svc);
+        if svc_ns == "default" && name == "kubernetes" {
+            continue;
+        }
+        let prefix = name.to_uppercase().replace('-', "_");
+        let ports: Vec<&Value> = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        let Some(first) = ports.first() else { continue };
+        env.push((format!("{prefix}_SERVICE_HOST"), ip.to_string()));
+        env.push((format!("{prefix}_SERVICE_PORT"), first["port"].to_string()));
+        for p in &ports {
+            if let Some(pn) = p["name"].as_str().filter(|s| !s.is_empty()) {
+                env.push((
+                    format!(
+                        "{prefix}_SERVICE_PORT_{}",
+                        pn.to_uppercase().replace('-', "_")
+                    ),
+                    p["port"].to_string(),
+                ));
+            }
+        }
+        let proto = |p: &Value| p["protocol"].as_str().unwrap_or("TCP").to_string();
+        env.push((
+            format!("{prefix}_PORT"),
+            format!("{}://{ip}:{}", proto(first).to_lowercase(), first["port"]),
+        ));
+        for p in &ports {
+            let (port, pr) = (p["port"].to_string(), proto(p));
+            let base = format!("{prefix}_PORT_{port}_{pr}");
+            env.push((base.clone(), format!("{}://{ip}:{port}", pr.to_lowercase())));
+            env.push((format!("{base}_PROTO"), pr.to_lowercase()));
+            env.push((format!("{base}_PORT"), port));
+            env.push((format!("{base}_ADDR"), ip.to_string()));
+        }
+    }
+    env
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,13 +4,17 @@
 //!
 //! - [`worker`]: one pod's lifecycle.
 //! - [`container`]: one container process.
+//! - [`exec`]: `pods/exec` processes in a container's context.
+//! - [`dial`]: connections to a pod's ports.
 //! - [`sandbox`]: mount namespace, volumes, memory cgroup.
 //! - [`volumes`], [`env`]: what the container sees.
 //! - [`logs`]: CRI-format log files.
 //! - [`status`]: pod status helpers and phase rules.
 
 pub mod container;
+pub mod dial;
 pub mod env;
+pub mod exec;
 pub mod logs;
 pub mod sandbox;
 pub mod status;

@@ -163,7 +163,7 @@ fn known_image(cluster: &Cluster, image: &str) -> Option<Option<PathBuf>> {
         .map(|i| i.path_dir.clone())
 }
 
-fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>) -> Vec<(String, String)> {
+fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>, pod: &Pod) -> Vec<(String, String)> {
     // The API server as pods reach it: in-cluster address or the host's.
     let (host, port) = match ctx.cluster.pod_network().in_cluster_api() {
         Some(a) => (a.ip().to_string(), a.port()),
@@ -201,6 +201,9 @@ fn base_env(ctx: &PodCtx, image_dir: Option<&PathBuf>) -> Vec<(String, String)> 
         ("KUBERNETES_PORT_443_TCP_PORT".to_string(), port),
         ("KUBERNETES_PORT_443_TCP_ADDR".to_string(), host.clone()),
     ];
+    if pod.spec.as_ref().and_then(|s| s.enable_service_links) != Some(false) {
+        v.extend(crate::emulator::services::link_env(&ctx.cluster, &ctx.ns));
+    }
     for name in &ctx.cluster.config.passthrough_env {
         if let Ok(val) = std::env::var(name) {
             v.push((name.clone(), val));
@@ -336,7 +339,7 @@ async fn run_container(
         else {
             return Outcome::NeverRan;
         };
-        let built = env::build_env(&cluster, &pod, c, &base_env(ctx, image_dir.as_ref()))
+        let built = env::build_env(&cluster, &pod, c, &base_env(ctx, image_dir.as_ref(), &pod))
             .and_then(|e| env::build_argv(c, &e).map(|a| (e, a)));
         let (env_vars, argv) = match built {
             Ok(v) => v,
@@ -364,7 +367,10 @@ async fn run_container(
             log: logs::log_path(&ctx.dir, &c.name, restarts),
             cgroup_name: format!("{}-{}-{restarts}", ctx.uid, c.name),
             privileges: Privileges::of(c.security_context.as_ref()),
-            netns: cluster.pod_network().netns_fd(),
+            netns: cluster
+                .pod_network()
+                .netns_fd()
+                .filter(|_| pod.spec.as_ref().and_then(|s| s.host_network) != Some(true)),
         };
         if let Err(why) = &cluster.kubelet.mount_ns_ok
             && !launch.mounts.is_empty()
@@ -515,7 +521,12 @@ pub async fn run(ctx: PodCtx) {
         return;
     }
     let has_init = spec.init_containers.as_ref().is_some_and(|v| !v.is_empty());
-    let pod_ip = cluster.pod_network().assign_pod_ip(&ctx.uid).to_string();
+    // hostNetwork pods live in the host's network, with the node's IP.
+    let host_network = spec.host_network == Some(true);
+    let pod_ip = match host_network {
+        true => "127.0.0.1".to_string(),
+        false => cluster.pod_network().assign_pod_ip(&ctx.uid).to_string(),
+    };
     ctx.update(|p| {
         let st = p.status.get_or_insert_with(Default::default);
         st.host_ip = Some("127.0.0.1".into());

@@ -15,7 +15,9 @@ use crate::emulator::cluster::Cluster;
 use crate::emulator::config::Identity;
 use crate::emulator::crud::DeleteOpts;
 use crate::emulator::error::ApiError;
-use crate::emulator::patch::PatchKind;
+use crate::emulator::fieldvalidation;
+use crate::emulator::patch::{self, PatchKind};
+use crate::emulator::protobuf;
 use crate::emulator::rbac::{self, Attributes};
 use crate::emulator::resources::{self, ResourceType};
 use crate::emulator::selector::{FieldSelector, LabelSelector};
@@ -46,6 +48,20 @@ fn parse_json(body: &[u8]) -> Result<Value, ApiError> {
         .map_err(|e| {
             ApiError::bad_request(format!("couldn't get version/kind; json parse error: {e}"))
         })
+}
+
+/// Parses a create or update body: JSON or YAML, or the protobuf kubectl's
+/// typed commands send (for the kinds [`protobuf`] decodes; 415 otherwise).
+fn parse_object(content_type: &str, body: &[u8]) -> Result<Value, ApiError> {
+    if !content_type.starts_with("application/vnd.kubernetes.protobuf") {
+        return parse_json(body);
+    }
+    protobuf::decode(body).map_err(|why| {
+        let mut e = ApiError::bad_request(why);
+        e.code = 415;
+        e.reason = "UnsupportedMediaType";
+        e
+    })
 }
 
 fn bearer(req: &Request<Incoming>) -> Option<String> {
@@ -114,6 +130,9 @@ async fn handle_inner(
             {
                 return Err(err);
             }
+            if super::stream::is_stream(&rr) {
+                return super::stream::serve(cluster, req, rr, &identity).await;
+            }
             let attrs = Attributes {
                 user: &identity,
                 verb: rr.verb,
@@ -139,6 +158,9 @@ async fn handle_inner(
 }
 
 fn non_resource(path: &str) -> Result<Response<Body>, ApiError> {
+    if let Some(doc) = super::openapi::document(path) {
+        return Ok(json_response(200, doc));
+    }
     let doc = match path.trim_end_matches('/') {
         "/api" => resources::api_versions(),
         "/apis" => resources::api_group_list(),
@@ -305,16 +327,6 @@ async fn resource(
         .and_then(|c| c.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    if matches!(rr.verb, "create" | "update")
-        && content_type.starts_with("application/vnd.kubernetes.protobuf")
-    {
-        let mut e = ApiError::bad_request(
-            "the emulator does not decode protobuf request bodies (application/vnd.kubernetes.protobuf); send application/json",
-        );
-        e.code = 415;
-        e.reason = "UnsupportedMediaType";
-        return Err(e);
-    }
     match rr.verb {
         "get" if rr.subresource == "log" => logs::serve(cluster, &rr, &query).await,
         "get" => {
@@ -334,22 +346,35 @@ async fn resource(
         "watch" => watch::serve(cluster, &rr, &query, as_table),
         "create" => {
             let body = read_body(req.into_body()).await?;
-            let v = parse_json(&body)?;
+            let v = parse_object(&content_type, &body)?;
             if rr.subresource == "eviction" {
                 return evict(&cluster, &rr, &v);
             }
-            if flag(&query, "dryRun") || query.get("dryRun").is_some_and(|d| d == "All") {
+            let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
+            if dry_run(&query) {
                 return Ok(json_response(201, &v));
             }
             let created = cluster.create(r, &rr.namespace, v)?;
-            Ok(json_response(201, &created))
+            let mut resp = json_response(201, &created);
+            fieldvalidation::add_warnings(&mut resp, &warnings);
+            Ok(resp)
         }
         "update" => {
             let body = read_body(req.into_body()).await?;
-            let v = parse_json(&body)?;
+            let v = parse_object(&content_type, &body)?;
+            let warnings = fieldvalidation::check(r, &query, &v, Some(&body))?;
+            if dry_run(&query) {
+                cluster
+                    .get(r, &rr.namespace, &rr.name)
+                    .ok_or_else(|| ApiError::not_found(&r.qualified(), &rr.name))?;
+                let preview = (r.normalize)(v).map_err(ApiError::bad_request)?;
+                return Ok(json_response(200, &preview));
+            }
             let updated =
                 cluster.update(r, &rr.namespace, &rr.name, v, rr.subresource == "status")?;
-            Ok(json_response(200, &updated))
+            let mut resp = json_response(200, &updated);
+            fieldvalidation::add_warnings(&mut resp, &warnings);
+            Ok(resp)
         }
         "patch" => {
             let kind = PatchKind::from_content_type(&content_type).ok_or_else(|| {
@@ -359,6 +384,13 @@ async fn resource(
                 e
             })?;
             let body = read_body(req.into_body()).await?;
+            let warnings = patch_field_problems(&cluster, &rr, kind, &body, &query)?;
+            if dry_run(&query) {
+                // `kubectl diff` previews with a dry-run PATCH: nothing is stored.
+                let mut resp = json_response(200, &dry_run_patch(&cluster, &rr, kind, &body)?);
+                fieldvalidation::add_warnings(&mut resp, &warnings);
+                return Ok(resp);
+            }
             let fm = query.get("fieldManager").map(String::as_str);
             let patched = cluster.patch(
                 r,
@@ -369,11 +401,25 @@ async fn resource(
                 rr.subresource == "status",
                 fm,
             )?;
-            Ok(json_response(200, &patched))
+            let mut resp = json_response(200, &patched);
+            fieldvalidation::add_warnings(&mut resp, &warnings);
+            Ok(resp)
         }
         "delete" => {
             let body = read_body(req.into_body()).await?;
             let opts = delete_opts(&query, &body);
+            // kubectl puts it in the DeleteOptions body.
+            let in_body = serde_json::from_slice::<Value>(&body).is_ok_and(|v| {
+                v["dryRun"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|x| x == "All"))
+            });
+            if dry_run(&query) || in_body {
+                let obj = cluster
+                    .get(r, &rr.namespace, &rr.name)
+                    .ok_or_else(|| ApiError::not_found(&r.qualified(), &rr.name))?;
+                return Ok(json_response(200, &obj));
+            }
             let gone = cluster.delete(r, &rr.namespace, &rr.name, &opts)?;
             Ok(json_response(200, &gone))
         }
@@ -408,6 +454,57 @@ async fn resource(
         }
         other => Err(ApiError::method_not_allowed(&r.qualified(), other)),
     }
+}
+
+/// Whether the request is a dry run (`dryRun=All`): answered, not stored.
+fn dry_run(query: &HashMap<String, String>) -> bool {
+    flag(query, "dryRun") || query.get("dryRun").is_some_and(|d| d == "All")
+}
+
+/// What a PATCH would make of the object, without storing it.
+fn dry_run_patch(
+    cluster: &Cluster,
+    rr: &ResourceRequest,
+    kind: PatchKind,
+    body: &[u8],
+) -> Result<Value, ApiError> {
+    let r = rr.resource;
+    let p = patch::parse_body(kind, body)?;
+    let patched = match cluster.get(r, &rr.namespace, &rr.name) {
+        Some(current) => patch::apply(kind, &current, &p)?,
+        None if kind == PatchKind::Apply => p,
+        None => return Err(ApiError::not_found(&r.qualified(), &rr.name)),
+    };
+    (r.normalize)(patched).map_err(ApiError::bad_request)
+}
+
+/// `fieldValidation` for a PATCH: the patched object is checked (so patch
+/// directives never count as fields), and the body for duplicate keys.
+fn patch_field_problems(
+    cluster: &Cluster,
+    rr: &ResourceRequest,
+    kind: PatchKind,
+    body: &[u8],
+    query: &HashMap<String, String>,
+) -> Result<Vec<String>, ApiError> {
+    let mode = fieldvalidation::Mode::from_query(query)?;
+    if mode == fieldvalidation::Mode::Ignore {
+        return Ok(Vec::new());
+    }
+    // A body that does not parse or apply is refused by the patch itself.
+    let Ok(p) = patch::parse_body(kind, body) else {
+        return Ok(Vec::new());
+    };
+    let patched = match cluster.get(rr.resource, &rr.namespace, &rr.name) {
+        Some(current) => match patch::apply(kind, &current, &p) {
+            Ok(v) => v,
+            Err(_) => return Ok(Vec::new()),
+        },
+        None => p,
+    };
+    let json_body = (kind != PatchKind::Json).then_some(body);
+    let problems = fieldvalidation::problems(rr.resource, &patched, json_body);
+    fieldvalidation::enforce(rr.resource, mode, problems)
 }
 
 /// `POST pods/NAME/eviction`: the Eviction API (no PodDisruptionBudgets

@@ -5,17 +5,23 @@
 //! - [`handlers`]: get, list, create, update, patch, delete.
 //! - [`watch`]: watch streams with bookmarks and 410s.
 //! - [`logs`]: `pods/log`, including `follow`.
+//! - [`openapi`]: the OpenAPI v3 documents kubectl downloads.
 //! - [`table`]: the server-side `Table` rendering kubectl asks for.
 //! - [`admin`]: `/emulator/...` fault injection and counters.
 //! - [`tls`]: the CA and serving certificate.
+//! - [`stream`], [`websocket`], [`spdy`]: `pods/exec` and `pods/portforward`.
 
 pub mod admin;
 pub mod handlers;
 pub mod logs;
+pub mod openapi;
 pub mod request;
+pub mod spdy;
+pub mod stream;
 pub mod table;
 pub mod tls;
 pub mod watch;
+pub mod websocket;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -72,7 +78,9 @@ where
         let cluster = cluster.clone();
         async move { Ok::<_, Infallible>(handlers::handle(cluster, req).await) }
     });
-    let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(io), svc);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .serve_connection(TokioIo::new(io), svc)
+        .with_upgrades();
     if let Err(e) = conn.await {
         tracing::debug!(error = %e, "connection ended with an error");
     }

@@ -353,6 +353,18 @@ pub fn table(r: &ResourceType, objs: &[Arc<Value>], include: &str) -> Value {
             ],
             event_cells,
         ),
+        "services" => (
+            vec![
+                col("Name", "string", 0),
+                col("Type", "string", 0),
+                col("Cluster-IP", "string", 0),
+                col("External-IP", "string", 0),
+                col("Port(s)", "string", 0),
+                col("Age", "string", 0),
+                col("Selector", "string", 1),
+            ],
+            crate::emulator::services::table_cells,
+        ),
         "namespaces" => (
             vec![
                 col("Name", "string", 0),
