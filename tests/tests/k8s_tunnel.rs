@@ -22,7 +22,7 @@ use toil_agent::tunnel::{self, Inbound, Mux};
 use toil_leader::server::LeaderCert;
 use toil_leader::server::listen::{Listeners, TunnelConn, incoming};
 use toil_tests::harness::bin;
-use toil_tests::wait::wait_for_async;
+use toil_tests::wait::{wait_for_async, when};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -277,4 +277,238 @@ async fn the_relay_probe_reports_an_unreachable_leader_with_the_reason() {
             && line.to_lowercase().contains("refused"),
         "{line}"
     );
+}
+
+// === end to end, on the emulator ===
+//
+// Pods live in a network namespace of the emulator's own (one loopback,
+// pod IPs 127.10.x.y, Services on 127.96.x.y), so the leader's
+// 127.0.0.1 address is unreachable from them, as a laptop's is from a
+// real cluster. The API server, on the host's loopback, is the only way
+// between them.
+
+use k8s_openapi::api::core::v1::{Pod as KubePod, Secret as KubeSecret, Service};
+use k8s_support::{Cluster, NS, SELECTOR, config, status_line};
+use kube::api::{Api, DeleteParams, ListParams};
+use toil_tests::emulator::{NodeConfig, PodNetworkMode};
+
+const RELAY: &str = "toil.io/role=relay";
+
+const FANOUT: &str = r#"
+name: fanout
+defaults:
+  cores: 0.1
+  memory: 128Mi
+  disk: 50Mi
+jobs:
+  hello:
+    scatter: {n: [1, 2, 3, 4, 5]}
+    command: |
+      echo "live line from job {{n}} in $TOIL_POD_NAME"
+      echo {{n}} > n_{{n}}.txt
+    outputs:
+      n: "n_{{n}}.txt"
+  total:
+    inputs: [{from: hello.n, as: ns/}]
+    command: |
+      cat ns/* | awk '{ s += $1 } END { print "total " s }'
+"#;
+
+fn isolated() -> toil_tests::emulator::EmulatorConfig {
+    config(vec![NodeConfig::new("node-1"), NodeConfig::new("node-2")])
+        .with_pod_network(PodNetworkMode::Isolated)
+}
+
+async fn count<K>(c: &Cluster, selector: &str) -> usize
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::namespaced(c.admin().await, NS);
+    api.list(&ListParams::default().labels(selector))
+        .await
+        .map(|l| l.items.len())
+        .unwrap_or(usize::MAX)
+}
+
+/// Nothing the leader made is left: Jobs, pods, Secrets, Services.
+async fn nothing_left(c: &Cluster) {
+    c.wait_all_gone(T).await;
+    wait_for_async("the relay's Secret and Service to go", T, || async {
+        let secrets = count::<KubeSecret>(c, SELECTOR).await;
+        let services = count::<Service>(c, SELECTOR).await;
+        if secrets == 0 && services == 0 {
+            Ok(())
+        } else {
+            Err((secrets, services))
+        }
+    })
+    .await;
+}
+
+/// The direct path fails in an isolated pod network; the leader says so
+/// and the whole workflow runs through the tunnel, job output reaching the
+/// leader's terminal live; nothing is left afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn agents_reach_a_leader_they_cannot_route_to_through_the_api_server() {
+    let c = Cluster::start(isolated()).await;
+    c.workflow("fanout", FANOUT);
+    let (code, out) = c
+        .run("fanout", &["--realTimeLogging"], Duration::from_secs(240))
+        .await;
+    eprintln!("{out}");
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("agents reach the leader"))
+        .unwrap_or_else(|| panic!("no path line\n{out}"));
+    assert!(
+        line.contains("through a tunnel over the API server (relay toil-tester-")
+            && line.contains("https://127.96.")
+            && line.contains("is not reachable from pods (")
+            && line.contains("https://127.0.0.1:"),
+        "{line}"
+    );
+    for n in 1..=5 {
+        assert!(
+            out.contains(&format!("live line from job {n} in ")),
+            "{out}"
+        );
+    }
+    assert!(out.contains("total 15"), "{out}");
+    let status = c.status("fanout").await;
+    assert!(status.contains("jobs: 6 (6 succeeded)"), "{status}");
+    assert!(
+        status_line(&status, "total").contains("succeeded"),
+        "{status}"
+    );
+    let counts = c.emu.request_counts();
+    assert!(
+        counts.get("create", "pods/portforward") + counts.get("get", "pods/portforward") >= 3,
+        "{counts:?}"
+    );
+    nothing_left(&c).await;
+}
+
+const SLOW: &str = r#"
+name: slow
+defaults:
+  cores: 0.1
+  memory: 128Mi
+  disk: 50Mi
+jobs:
+  first:
+    scatter: {n: [1, 2, 3]}
+    command: |
+      echo "first {{n}} started"
+      while [ ! -e "$GATE" ]; do sleep 0.1; done
+      echo "first {{n}} done"
+  second:
+    after: [first]
+    scatter: {n: [1, 2]}
+    command: echo "second {{n}} done"
+"#;
+
+/// The relay pod is deleted while jobs run: its Job makes another, the
+/// Service keeps the address, the leader reopens its tunnels, the agents
+/// reconnect within their lease, and every job succeeds once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
+    let c = Cluster::start(isolated()).await;
+    let gate = c.dir.path().join("gate");
+    c.workflow("slow", &SLOW.replace("$GATE", &gate.display().to_string()));
+    let mut leader = c.spawn("slow", &["--realTimeLogging"]);
+    wait_for_async(
+        "the three first jobs to run",
+        Duration::from_secs(180),
+        || async {
+            let out = c.output_of("slow");
+            when(
+                (1..=3).all(|n| out.contains(&format!("first {n} started"))),
+                out,
+            )
+        },
+    )
+    .await;
+    let out = c.output_of("slow");
+    assert!(
+        out.contains("through a tunnel over the API server"),
+        "{out}"
+    );
+
+    let pods: Api<KubePod> = Api::namespaced(c.admin().await, NS);
+    let relay_sel = format!("{SELECTOR},{RELAY}");
+    let old = pods
+        .list(&ListParams::default().labels(&relay_sel))
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(old.len(), 1, "{old:?}");
+    let old_name = old[0].metadata.name.clone().unwrap();
+    pods.delete(&old_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    wait_for_async("a new relay pod to run", T, || async {
+        let list = pods
+            .list(&ListParams::default().labels(&relay_sel))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        let running: Vec<_> = list
+            .iter()
+            .filter(|p| {
+                p.metadata.name.as_deref() != Some(old_name.as_str())
+                    && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+            })
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        when(!running.is_empty(), list.len())
+    })
+    .await;
+    std::fs::write(&gate, "go").unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(180), leader.wait())
+        .await
+        .expect("the leader to finish")
+        .unwrap();
+    let out = c.output_of("slow");
+    eprintln!("{out}");
+    assert_eq!(code.code(), Some(0), "{out}");
+    for n in 1..=3 {
+        assert!(out.contains(&format!("first {n} done")), "{out}");
+    }
+    let status = c.status("slow").await;
+    assert!(status.contains("jobs: 5 (5 succeeded)"), "{status}");
+    nothing_left(&c).await;
+}
+
+/// Without `pods/portforward` in its Role, the leader names the rule and
+/// what `--leaderAddress` would do instead, and leaves nothing behind.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_portforward_rule_the_leader_names_it_and_the_alternative() {
+    let rbac =
+        std::fs::read_to_string(toil_tests::harness::repo_root().join("deploy/rbac.yaml")).unwrap();
+    let rule = "  - apiGroups: [\"\"]\n    resources: [\"pods/portforward\"]\n    verbs: [\"get\", \"create\"]\n";
+    assert!(
+        rbac.contains(rule),
+        "deploy/rbac.yaml changed: update this test"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let stripped = dir.path().join("rbac.yaml");
+    std::fs::write(&stripped, rbac.replace(rule, "")).unwrap();
+    let mut cfg = isolated();
+    cfg.rbac_files = vec![stripped];
+    let c = Cluster::start(cfg).await;
+    c.workflow("fanout", FANOUT);
+    let (code, out) = c.run("fanout", &[], Duration::from_secs(180)).await;
+    eprintln!("{out}");
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("is not reachable from pods")
+            && out.contains("pods/portforward")
+            && out.contains("--leaderAddress ADDR"),
+        "{out}"
+    );
+    nothing_left(&c).await;
 }

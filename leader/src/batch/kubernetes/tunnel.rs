@@ -119,6 +119,10 @@ pub async fn choose(
     let mut relay = Relay::new(cluster, naming, pin, probe);
     relay.ensure().await.map_err(|e| relay.explain(&e))?;
     if mode == AgentConnection::Tunnel {
+        if let Err(e) = relay.check_tunnel().await {
+            relay.delete().await;
+            return Err(e);
+        }
         let line = format!(
             "agents reach the leader through a tunnel over the API server (relay {}, {}) (--agentConnection tunnel)",
             relay.name,
@@ -158,15 +162,23 @@ pub async fn choose(
                 relay: None,
             })
         }
-        Probe::Unreachable(why) => Ok(Path {
-            address: relay.address(),
-            line: format!(
-                "agents reach the leader through a tunnel over the API server (relay {}, {}): {direct} is not reachable from pods ({why})",
-                relay.name,
-                relay.address()
-            ),
-            relay: Some(relay),
-        }),
+        Probe::Unreachable(why) => {
+            if let Err(e) = relay.check_tunnel().await {
+                relay.delete().await;
+                return Err(format!(
+                    "{direct} is not reachable from pods ({why}), and {e}"
+                ));
+            }
+            Ok(Path {
+                address: relay.address(),
+                line: format!(
+                    "agents reach the leader through a tunnel over the API server (relay {}, {}): {direct} is not reachable from pods ({why})",
+                    relay.name,
+                    relay.address()
+                ),
+                relay: Some(relay),
+            })
+        }
     }
 }
 
@@ -536,14 +548,58 @@ impl Relay {
             .find_map(|p| p.metadata.name))
     }
 
+    /// Opens one tunnel before agents depend on it, so that a refused
+    /// `pods/portforward` is reported now, with the fix.
+    async fn check_tunnel(&self) -> Result<(), String> {
+        let pod = self.wait_running().await?;
+        let shared = self.shared();
+        match open(&shared, &pod).await {
+            Ok((mux, _)) => {
+                mux.close();
+                Ok(())
+            }
+            Err(e) if e.contains("403") => Err(format!(
+                "the leader may not open a tunnel to the relay pod ({e}): add `pods/portforward` (verbs get, create) to the leader's Role as deploy/rbac.yaml does, or give --leaderAddress ADDR (an address pods can reach) with --agentConnection direct"
+            )),
+            Err(e) => Err(format!(
+                "the leader cannot open a tunnel to the relay pod: {e}"
+            )),
+        }
+    }
+
+    fn shared(&self) -> Arc<Shared> {
+        Arc::new(Shared {
+            pods: self.pods(),
+            token: self.token.clone(),
+            tunnel_port: self.tunnel_port,
+            name: self.name.clone(),
+        })
+    }
+
+    /// Waits for a running relay pod.
+    async fn wait_running(&self) -> Result<String, String> {
+        let found = tokio::time::timeout(START_LIMIT, async {
+            loop {
+                if let Some(p) = self.running_pod().await.map_err(|e| self.explain(&e))? {
+                    return Ok(p);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        found.unwrap_or_else(|_| {
+            Err(format!(
+                "the relay pod of Job {} did not start within {}s (see `kubectl describe job {}`)",
+                self.name,
+                START_LIMIT.as_secs(),
+                self.name
+            ))
+        })
+    }
+
     /// Waits for the relay pod and reads its probe line from its log.
     async fn read_probe(&self) -> Result<Probe, String> {
-        let pod = loop {
-            if let Some(p) = self.running_pod().await.map_err(|e| self.explain(&e))? {
-                break p;
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        };
+        let pod = self.wait_running().await?;
         let pods = self.pods();
         let lp = LogParams {
             follow: true,
@@ -588,12 +644,7 @@ impl Relay {
     pub async fn run(mut self, streams: mpsc::Sender<TunnelConn>, stop: CancellationToken) {
         let pod: Arc<tokio::sync::watch::Sender<Option<String>>> =
             Arc::new(tokio::sync::watch::channel(None).0);
-        let shared = Arc::new(Shared {
-            pods: self.pods(),
-            token: self.token.clone(),
-            tunnel_port: self.tunnel_port,
-            name: self.name.clone(),
-        });
+        let shared = self.shared();
         let mut slots = tokio::task::JoinSet::new();
         for i in 0..TUNNELS {
             slots.spawn(slot(

@@ -13,18 +13,25 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Opens a TCP connection to `port` of the pod whose IP is `pod_ip`.
 ///
 /// A real kubelet (through the container runtime) connects to
-/// `localhost:PORT` inside the pod's network namespace. Here the pods share
-/// the emulator's network, so the pod IP from the pod's status is dialed
-/// instead. Blocking (call it from a blocking task): entering a pod's
+/// `localhost:PORT` inside the pod's network namespace. Here the pod IP
+/// from the pod's status is dialed instead, from inside the isolated pod
+/// network when there is one. Blocking (call it from a blocking task): entering a pod's
 /// network namespace to dial means switching this thread's namespace.
-pub fn dial_pod(_cluster: &Cluster, pod_ip: &str, port: u16) -> std::io::Result<TcpStream> {
+pub fn dial_pod(cluster: &Cluster, pod_ip: &str, port: u16) -> std::io::Result<TcpStream> {
     let ip: IpAddr = pod_ip.parse().map_err(|e| {
         std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("the pod IP {pod_ip:?} is not an IP address: {e}"),
         )
     })?;
-    let s = TcpStream::connect_timeout(&SocketAddr::new(ip, port), DIAL_TIMEOUT)?;
+    let addr = SocketAddr::new(ip, port);
+    // In an isolated pod network the pod IP exists only inside it: dial
+    // from there, as the kubelet dials inside the pod's namespace.
+    let s = if cluster.pod_network().is_isolated() {
+        cluster.pod_network().connect(addr)?
+    } else {
+        TcpStream::connect_timeout(&addr, DIAL_TIMEOUT)?
+    };
     s.set_nodelay(true)?;
     Ok(s)
 }
