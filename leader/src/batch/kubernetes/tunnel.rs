@@ -117,7 +117,14 @@ pub async fn choose(
     }
     let probe = (mode == AgentConnection::Auto).then(|| direct.to_string());
     let mut relay = Relay::new(cluster, naming, pin, probe);
-    relay.ensure().await.map_err(|e| relay.explain(&e))?;
+    if let Err(e) = relay.ensure().await {
+        let why = relay.explain(&e);
+        relay.delete().await;
+        if mode == AgentConnection::Tunnel {
+            return Err(why);
+        }
+        return Ok(unchecked(direct, &why));
+    }
     if mode == AgentConnection::Tunnel {
         if let Err(e) = relay.check_tunnel().await {
             relay.delete().await;
@@ -139,16 +146,16 @@ pub async fn choose(
         Ok(Ok(p)) => p,
         Ok(Err(e)) => {
             relay.delete().await;
-            return Err(e);
+            return Ok(unchecked(direct, &e));
         }
         Err(_) => {
             relay.delete().await;
-            return Err(format!(
-                "the relay pod of Job {} did not report whether pods can reach the leader within {}s (see `kubectl describe job {}`); give --agentConnection direct with --leaderAddress ADDR (an address pods can reach) to skip the probe",
+            let why = format!(
+                "the relay pod of Job {} did not report whether pods can reach the leader within {}s",
                 relay.name,
-                START_LIMIT.as_secs(),
-                relay.name
-            ));
+                START_LIMIT.as_secs()
+            );
+            return Ok(unchecked(direct, &why));
         }
     };
     match probe {
@@ -179,6 +186,19 @@ pub async fn choose(
                 relay: Some(relay),
             })
         }
+    }
+}
+
+/// The direct path, taken without the probe's answer (the relay could not
+/// be made or did not report): what the leader did before it had a tunnel,
+/// with the reason and the fixes in the start-up line.
+fn unchecked(direct: &str, why: &str) -> Path {
+    Path {
+        address: direct.to_string(),
+        line: format!(
+            "agents reach the leader directly at {direct}, unchecked: {why}. If pods cannot reach that address, give --leaderAddress ADDR (one they can reach) or let the leader run its relay (deploy/rbac.yaml)"
+        ),
+        relay: None,
     }
 }
 
@@ -717,7 +737,7 @@ async fn slot(
         };
         match open(&s, &name).await {
             Ok((mux, mut inbound)) => {
-                tracing::info!(tunnel = i, pod = %name, "tunnel to the relay is up");
+                tracing::debug!(tunnel = i, pod = %name, "tunnel to the relay is up");
                 wait = Duration::from_millis(100);
                 loop {
                     tokio::select! {
@@ -740,7 +760,7 @@ async fn slot(
                         }
                     }
                 }
-                tracing::info!(tunnel = i, pod = %name, "tunnel to the relay closed; reopening");
+                tracing::debug!(tunnel = i, pod = %name, "tunnel to the relay closed; reopening");
             }
             Err(e) => {
                 if e.contains("403") {
