@@ -138,7 +138,10 @@ async fn a_missing_rbac_rule_is_named_and_not_retried() {
     // then says its path is unchecked).
     let creates = c.emu.request_counts().get("create", "jobs");
     assert!((1..=8 + 1).contains(&creates), "{creates} creates");
-    assert!(out.contains("agents reach the leader directly at https://127.0.0.1:"), "{out}");
+    assert!(
+        out.contains("agents reach the leader directly at https://127.0.0.1:"),
+        "{out}"
+    );
     assert!(out.contains(", unchecked: "), "{out}");
 
     // The leader's identity is refused what the Role does not grant.

@@ -544,6 +544,46 @@ impl Relay {
         }
     }
 
+    /// The name of a running relay pod, if there is one; `Err` with the
+    /// cluster's words when the relay pod cannot start because its image
+    /// cannot be pulled (the agents' pods, in the same image, will say more).
+    async fn running_or_stuck(&self) -> Result<Result<Option<String>, String>, ApiError> {
+        let pods = self.pods();
+        let lp = ListParams::default().labels(&self.selector());
+        let list = api::call(
+            &self.policy,
+            &Target::new("list", "pods", "", &self.ns),
+            &format!("finding the relay pod of {}", self.name),
+            || pods.list(&lp),
+        )
+        .await?;
+        let mut stuck = None;
+        for p in list.items {
+            if p.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let status = p.status.unwrap_or_default();
+            if status.phase.as_deref() == Some("Running") {
+                return Ok(Ok(p.metadata.name));
+            }
+            for c in status.container_statuses.unwrap_or_default() {
+                if let Some(w) = c.state.and_then(|s| s.waiting)
+                    && let Some(reason) = w.reason
+                    && matches!(
+                        reason.as_str(),
+                        "ErrImagePull" | "ImagePullBackOff" | "InvalidImageName"
+                    )
+                {
+                    stuck = Some(format!(
+                        "the relay pod cannot start: {reason}: {}",
+                        w.message.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        Ok(stuck.map_or(Ok(None), Err))
+    }
+
     /// The name of a running relay pod, if there is one.
     async fn running_pod(&self) -> Result<Option<String>, ApiError> {
         let pods = self.pods();
@@ -600,8 +640,14 @@ impl Relay {
     async fn wait_running(&self) -> Result<String, String> {
         let found = tokio::time::timeout(START_LIMIT, async {
             loop {
-                if let Some(p) = self.running_pod().await.map_err(|e| self.explain(&e))? {
-                    return Ok(p);
+                match self
+                    .running_or_stuck()
+                    .await
+                    .map_err(|e| self.explain(&e))?
+                {
+                    Ok(Some(p)) => return Ok(p),
+                    Ok(None) => {}
+                    Err(stuck) => return Err(stuck),
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
