@@ -12,6 +12,9 @@
 //! - [`images`]: Singularity/Apptainer images, one pull per image per node;
 //! - [`client`]: the lease-aware connection to the leader;
 //! - [`transport`]: a Unix socket or TLS with a pinned certificate to it;
+//! - [`tunnel`]: many streams over one connection (the relay's tunnels);
+//! - [`relay`]: `toil-agent relay`, the pod that carries agents' TLS to a
+//!   leader the pods cannot reach, through tunnels over the API server;
 //! - [`signals`]: SIGINT and SIGTERM as a clean stop (the leader's too);
 //! - [`stage_cmd`]: `toil-agent stage` / `pull-image` for tests and debugging;
 //! - [`workdir`]: attempts' work directories, emptied and reused by a reused agent.
@@ -26,8 +29,10 @@ pub mod harden;
 pub mod images;
 pub mod logstream;
 pub mod outputs;
+pub mod relay;
 pub mod run;
 pub mod signals;
 pub mod stage_cmd;
 pub mod transport;
+pub mod tunnel;
 pub mod workdir;

@@ -22,6 +22,9 @@ enum Command {
     Stage(StageArgs),
     /// Pull a container image through the node's image locks.
     PullImage(PullImageArgs),
+    /// Carry agents' TLS connections to a leader the pods cannot reach,
+    /// over tunnels the leader opens through the API server (the relay pod).
+    Relay(toil_agent::relay::RelayArgs),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +67,7 @@ fn main() -> ExitCode {
         }
         Command::Stage(args) => rt.block_on(stage_cmd::run(args)),
         Command::PullImage(args) => rt.block_on(stage_cmd::run_pull(args)),
+        Command::Relay(args) => rt.block_on(toil_agent::relay::run(args)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

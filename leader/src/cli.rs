@@ -422,6 +422,21 @@ pub struct RunArgs {
         help_heading = "Kubernetes"
     )]
     pub leader_pod_ip: Option<String>,
+
+    /// How agents reach a leader outside the cluster: `auto` (a relay pod
+    /// probes the leader's address; agents go through a tunnel over the API
+    /// server only when pods cannot reach it), `direct` (agents dial the
+    /// address, no probe) or `tunnel` (always through the relay pod). The
+    /// tunnel needs `pods/portforward` and `services` in the leader's RBAC
+    /// (deploy/rbac.yaml).
+    #[arg(
+        long = "agentConnection",
+        env = "TOIL_KUBERNETES_AGENT_CONNECTION",
+        value_enum,
+        default_value = "auto",
+        help_heading = "Kubernetes"
+    )]
+    pub agent_connection: crate::batch::kubernetes::settings::AgentConnection,
 }
 
 /// `toil-leader cleanup-jobs`.
@@ -850,6 +865,7 @@ impl RunArgs {
             env,
             agent_log: String::new(),
             leader_pod_ip: self.leader_pod_ip.clone(),
+            agent_connection: self.agent_connection,
         })
     }
 

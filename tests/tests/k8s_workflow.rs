@@ -72,18 +72,25 @@ async fn a_workflow_passes_files_through_a_claimed_job_store() {
     );
 
     // Two creates per job (the Job, then its token Secret); nothing else
-    // per job (the watch is shared).
+    // per job (the watch is shared). One more of each, and a Service, for
+    // the relay whose probe found the leader reachable (then deleted).
     let counts = c.emu.request_counts();
-    assert_eq!(counts.get("create", "jobs"), 4, "{counts:?}");
-    assert_eq!(counts.get("create", "secrets"), 4, "{counts:?}");
+    assert_eq!(counts.get("create", "jobs"), 4 + 1, "{counts:?}");
+    assert_eq!(counts.get("create", "secrets"), 4 + 1, "{counts:?}");
+    assert_eq!(counts.get("create", "services"), 1, "{counts:?}");
+    assert!(
+        out.contains("agents reach the leader directly at https://127.0.0.1:"),
+        "{out}"
+    );
     let per_job: u64 = counts
         .by_verb
         .iter()
         .filter(|(verb, _)| verb.as_str() != "watch")
         .flat_map(|(_, m)| m.values())
         .sum();
+    // The relay's probe costs a fixed dozen calls, whatever the job count.
     assert!(
-        per_job <= 4 * 4,
+        per_job <= 4 * 4 + 12,
         "{per_job} requests besides the watch for 4 jobs: {counts:?}"
     );
     // The leader deleted its Jobs (with their pods) when it stopped.
@@ -127,7 +134,8 @@ async fn pod_reuse_runs_a_chain_of_jobs_in_one_pod() {
     assert_eq!(code, 0, "{out}");
     let pods = pods_named(&out);
     assert_eq!(pods.len(), 1, "one pod ran every job: {pods:?}\n{out}");
-    assert_eq!(c.emu.request_counts().get("create", "jobs"), 1);
+    // The agent's Job, and the relay's that probed the leader.
+    assert_eq!(c.emu.request_counts().get("create", "jobs"), 1 + 1);
     c.wait_all_gone(Duration::from_secs(20)).await;
 
     // Without reuse: one pod per job.
@@ -136,7 +144,7 @@ async fn pod_reuse_runs_a_chain_of_jobs_in_one_pod() {
     let (code, out) = c.run("chain", &[], Duration::from_secs(120)).await;
     assert_eq!(code, 0, "{out}");
     assert_eq!(pods_named(&out).len(), 4, "{out}");
-    assert_eq!(c.emu.request_counts().get("create", "jobs"), 4);
+    assert_eq!(c.emu.request_counts().get("create", "jobs"), 4 + 1);
     c.wait_all_gone(Duration::from_secs(20)).await;
     let _ = SELECTOR;
 }

@@ -347,6 +347,9 @@ pub(super) async fn start(
         })
         .into_iter()
         .collect();
+    let server_stop = CancellationToken::new();
+    // Agent connections that arrive through the API-server tunnel.
+    let (tunnel_tx, tunnel_rx) = mpsc::channel(256);
     let batch = match &cfg.batch {
         Batch::Local(local) => {
             let local = batch::local::LocalConfig {
@@ -373,31 +376,64 @@ pub(super) async fn start(
                 toil_agent::transport::PIN_ENV.to_string(),
                 cert.pin.to_string(),
             ));
-            let id = batch::kubernetes::Identity {
-                workflow_id: meta.workflow_id.clone(),
-                epoch,
-                leader_address: address.clone(),
-            };
             crate::say!(
                 "kubernetes: {} · workflow id {} (Jobs labelled toil.io/workflow={})",
                 cluster.describe(),
                 meta.workflow_id,
                 meta.workflow_id
             );
-            if url_is_loopback(&address) && !cluster.server_is_loopback() {
+            let forced_direct = cluster.cfg.agent_connection
+                == batch::kubernetes::settings::AgentConnection::Direct;
+            if forced_direct && url_is_loopback(&address) && !cluster.server_is_loopback() {
                 crate::say!(
-                    "warning: agents will dial the leader at {address}, which pods on a real cluster cannot reach; set --leaderAddress to an address they can (or run the leader in the cluster, see docs/kubernetes.md)"
+                    "warning: agents will dial the leader at {address}, which pods on a real cluster cannot reach; set --leaderAddress to an address they can, leave --agentConnection at auto (a tunnel over the API server when pods cannot reach the leader), or run the leader in the cluster (see docs/kubernetes.md)"
                 );
             }
+            let naming =
+                batch::kubernetes::names::Naming::new(&cluster.cfg.owner, &meta.workflow_id, epoch);
+            let in_pod = cluster.cfg.leader_pod_ip.is_some();
+            let pin = cert.pin.to_string();
+            let direct = address.clone();
+            let workflow_id = meta.workflow_id.clone();
+            let sup = supervisor.clone();
+            let tunnel_tx = tunnel_tx.clone();
             supervisor.spawn(
                 "Kubernetes batch system",
                 EarlyEnd::Fails,
                 |_| None,
-                batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx),
+                async move {
+                    // Chosen with the gRPC server already serving: the
+                    // relay's probe needs a leader that answers.
+                    let path = match batch::kubernetes::tunnel::choose(
+                        &cluster, &naming, &direct, in_pod, &pin,
+                    )
+                    .await
+                    {
+                        Ok(p) => p,
+                        Err(e) => {
+                            sup.fail(e);
+                            return;
+                        }
+                    };
+                    crate::say!("{}", path.line);
+                    let id = batch::kubernetes::Identity {
+                        workflow_id,
+                        epoch,
+                        leader_address: path.address.clone(),
+                    };
+                    let keeper_stop = CancellationToken::new();
+                    let keeper = path
+                        .relay
+                        .map(|r| tokio::spawn(r.run(tunnel_tx, keeper_stop.clone())));
+                    batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx).await;
+                    keeper_stop.cancel();
+                    if let Some(k) = keeper {
+                        let _ = k.await;
+                    }
+                },
             )
         }
     };
-    let server_stop = CancellationToken::new();
     let server = supervisor.spawn(
         "gRPC server",
         EarlyEnd::Fails,
@@ -406,6 +442,7 @@ pub(super) async fn start(
             Listeners {
                 tcp: listener,
                 unix: Some(unix),
+                tunnel: Some(tunnel_rx),
             },
             cert.server_config.clone(),
             AgentSvc {

@@ -1,6 +1,8 @@
-//! The leader's two doors: TLS over TCP for anything off the machine, and a
-//! plain Unix socket in a user-only directory for local agents and clients.
-//! Both feed one gRPC server.
+//! The leader's doors: TLS over TCP for anything off the machine, a plain
+//! Unix socket in a user-only directory for local agents and clients, and
+//! TLS over the streams of the API-server tunnel (agents that cannot route
+//! to the leader, see `batch::kubernetes::tunnel`). All feed one gRPC
+//! server.
 
 use std::io;
 use std::net::SocketAddr;
@@ -9,6 +11,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::io::DuplexStream;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio::sync::mpsc;
@@ -26,6 +29,17 @@ pub struct Listeners {
     /// The Unix socket (none when it could not be made: then local agents
     /// use TLS too).
     pub unix: Option<UnixListener>,
+    /// Agent connections arriving through the tunnel, with the agent's
+    /// address as the relay saw it; served with TLS like TCP.
+    pub tunnel: Option<mpsc::Receiver<TunnelConn>>,
+}
+
+/// One agent connection carried by the tunnel.
+pub struct TunnelConn {
+    /// The stream (the agent's TLS bytes, unread by the relay).
+    pub io: DuplexStream,
+    /// The agent's address on the pod network (`IP:PORT`), as the relay saw it.
+    pub peer: String,
 }
 
 /// One accepted connection.
@@ -34,6 +48,11 @@ pub enum Conn {
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// The Unix socket.
     Unix(UnixStream),
+    /// TLS over a tunnel stream, handshake done, with the agent's address.
+    Tunnel(
+        Box<tokio_rustls::server::TlsStream<DuplexStream>>,
+        Option<SocketAddr>,
+    ),
 }
 
 /// Who is connected, for request extensions.
@@ -51,6 +70,7 @@ impl Connected for Conn {
             remote: match self {
                 Conn::Tls(s) => s.get_ref().0.peer_addr().ok(),
                 Conn::Unix(_) => None,
+                Conn::Tunnel(_, peer) => *peer,
             },
         }
     }
@@ -69,6 +89,7 @@ pub fn incoming(
     {
         let tx = tx.clone();
         let stop = stop.clone();
+        let acceptor = acceptor.clone();
         let tcp = listeners.tcp;
         tokio::spawn(async move {
             loop {
@@ -99,6 +120,38 @@ pub fn incoming(
                         }
                         Err(_) => {
                             tracing::debug!(%peer, "TLS handshake timed out");
+                        }
+                    }
+                });
+            }
+        });
+    }
+    if let Some(mut tunnel) = listeners.tunnel {
+        let tx = tx.clone();
+        let stop = stop.clone();
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            loop {
+                let conn = tokio::select! {
+                    c = tunnel.recv() => match c {
+                        Some(c) => c,
+                        None => return,
+                    },
+                    _ = stop.cancelled() => return,
+                };
+                let acceptor = acceptor.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
+                    let peer = conn.peer.parse::<SocketAddr>().ok();
+                    match tokio::time::timeout(HANDSHAKE_LIMIT, acceptor.accept(conn.io)).await {
+                        Ok(Ok(s)) => {
+                            let _ = tx.send(Ok(Conn::Tunnel(Box::new(s), peer))).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %conn.peer, error = %e, "TLS handshake over the tunnel failed");
+                        }
+                        Err(_) => {
+                            tracing::debug!(peer = %conn.peer, "TLS handshake over the tunnel timed out");
                         }
                     }
                 });
@@ -139,6 +192,7 @@ impl AsyncRead for Conn {
         match self.get_mut() {
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Conn::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tunnel(s, _) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -152,6 +206,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Conn::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tunnel(s, _) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -163,6 +218,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
             Conn::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Conn::Tunnel(s, _) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
         }
     }
 
@@ -170,6 +226,7 @@ impl AsyncWrite for Conn {
         match self {
             Conn::Tls(s) => s.is_write_vectored(),
             Conn::Unix(s) => s.is_write_vectored(),
+            Conn::Tunnel(s, _) => s.is_write_vectored(),
         }
     }
 
@@ -177,6 +234,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Conn::Unix(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tunnel(s, _) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -184,6 +242,7 @@ impl AsyncWrite for Conn {
         match self.get_mut() {
             Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Conn::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tunnel(s, _) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }

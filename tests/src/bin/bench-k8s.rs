@@ -5,7 +5,13 @@
 //! cargo build --release --bins
 //! target/release/bench-k8s                      # N = 1,000, with and without pod reuse
 //! target/release/bench-k8s --jobs 5000 --nodes 4
+//! target/release/bench-k8s --tunnel             # direct path vs the API-server tunnel
 //! ```
+//!
+//! With `--tunnel` it compares instead the two ways agents reach a leader
+//! outside the cluster: pods on the host's network (the relay's probe
+//! reaches the leader, agents dial it directly) against pods in an isolated
+//! network (agents go through the relay pod and the port-forward tunnels).
 //!
 //! For each run (one Job per job, then `--reuseAgents`) it prints:
 //! - API requests per job by verb and resource, from the emulator's own
@@ -29,7 +35,9 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, PostParams};
 use serde_json::json;
-use toil_tests::emulator::{Emulator, EmulatorConfig, Identity, NodeConfig, RequestCounts};
+use toil_tests::emulator::{
+    Emulator, EmulatorConfig, Identity, NodeConfig, PodNetworkMode, RequestCounts,
+};
 
 const IMAGE: &str = "toil-appliance:bench";
 const NS: &str = "toil";
@@ -64,6 +72,10 @@ struct Args {
     /// Keep the scratch directory (job stores, leader logs).
     #[arg(long)]
     keep: bool,
+    /// Compare the direct path (pods on the host network) with the tunnel
+    /// over the API server (pods in an isolated network), one Job per job.
+    #[arg(long)]
+    tunnel: bool,
 }
 
 struct Run {
@@ -206,6 +218,72 @@ fn report(what: &str, n: u64, r: &Run) {
     );
 }
 
+/// An emulator with the claim and the workflow, its pods in `network`.
+async fn setup(
+    args: &Args,
+    bins: &Path,
+    network: PodNetworkMode,
+) -> anyhow::Result<(Emulator, PathBuf, tempfile::TempDir)> {
+    let rbac = toil_tests::harness::repo_root().join("deploy/rbac.yaml");
+    let nodes = (1..=args.nodes)
+        .map(|i| {
+            format!("node-{i}:cpu={},memory=256Gi,pods=110", args.node_cpus)
+                .parse::<NodeConfig>()
+                .map_err(anyhow::Error::msg)
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let cfg = EmulatorConfig::default()
+        .with_nodes(nodes)
+        .with_image(IMAGE, Some(bins.to_path_buf()))
+        .with_rbac_file(rbac)
+        .with_namespace(NS)
+        .with_pod_network(network);
+    let emu = Emulator::start(cfg)?;
+    let kubeconfig = emu.kubeconfig_for(&Identity::service_account(NS, "toil-leader"))?;
+    let dir = tempfile::Builder::new().prefix("bench-k8s").tempdir()?;
+    make_claim(&emu, dir.path()).await?;
+    std::fs::write(
+        dir.path().join("trivial.yaml"),
+        format!(
+            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [\"true\"]\n",
+            args.jobs
+        ),
+    )?;
+    Ok((emu, kubeconfig, dir))
+}
+
+/// `--tunnel`: the direct path against the tunnel.
+async fn compare_tunnel(args: &Args, bins: &Path) -> anyhow::Result<()> {
+    let mut runs = Vec::new();
+    for (what, network) in [
+        ("direct (pods on the host network)", PodNetworkMode::Host),
+        (
+            "tunnel over the API server (pods in an isolated network)",
+            PodNetworkMode::Isolated,
+        ),
+    ] {
+        let (emu, kubeconfig, dir) = setup(args, bins, network).await?;
+        let r = run_leader(args, bins, &emu, &kubeconfig, dir.path(), "trivial", &[])?;
+        let log = std::fs::read_to_string(dir.path().join("trivial.log")).unwrap_or_default();
+        if let Some(line) = log.lines().find(|l| l.contains("agents reach the leader")) {
+            println!("\n{line}");
+        }
+        report(what, args.jobs, &r);
+        if args.keep {
+            println!("scratch kept in {}", dir.keep().display());
+        }
+        emu.shutdown();
+        runs.push(r);
+    }
+    println!(
+        "\ntunnel / direct: {:.2}x the throughput, {:.2}x the leader's peak RSS, {:.2}x its CPU",
+        runs[0].wall.as_secs_f64() / runs[1].wall.as_secs_f64(),
+        runs[1].peak_rss_kb as f64 / runs[0].peak_rss_kb.max(1) as f64,
+        runs[1].cpu.as_secs_f64() / runs[0].cpu.as_secs_f64().max(1e-9)
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -213,6 +291,9 @@ async fn main() -> anyhow::Result<()> {
         args.bin_dir.as_deref(),
         &["toil-leader", "toil-agent"],
     )?;
+    if args.tunnel {
+        return compare_tunnel(&args, &bins).await;
+    }
     let rbac = toil_tests::harness::repo_root().join("deploy/rbac.yaml");
     let nodes = (1..=args.nodes)
         .map(|i| {

@@ -10,7 +10,7 @@
 //! the leader while the collector catches up.
 
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Pod, Secret, Service};
 use kube::Client;
 use kube::api::{DeleteParams, ListParams};
 
@@ -119,6 +119,25 @@ pub async fn delete_secrets(
     .map(|names| names.len())
 }
 
+/// Deletes the relay Services matching `selector` (owned by the relay Job,
+/// so the collector removes them too); returns how many.
+pub async fn delete_services(
+    client: &Client,
+    namespace: &str,
+    selector: &str,
+) -> Result<usize, ApiError> {
+    delete_collection::<Service>(
+        client,
+        namespace,
+        selector,
+        &DeleteParams::default(),
+        Target::new("deletecollection", "services", "", namespace),
+        &format!("deleting the relay Services labelled {selector}"),
+    )
+    .await
+    .map(|names| names.len())
+}
+
 /// `toil-leader cleanup-jobs`: removes an owner's Jobs (one workflow's,
 /// with `workflow`) left behind by a leader that died. Returns the exit code.
 pub async fn cleanup_jobs(
@@ -134,11 +153,17 @@ pub async fn cleanup_jobs(
     let deleted = delete_jobs(&conn.client, &conn.namespace, &selector).await?;
     let pods = delete_pods(&conn.client, &conn.namespace, &selector).await?;
     let secrets = delete_secrets(&conn.client, &conn.namespace, &selector).await?;
+    // Older RBAC without `services` has no relay to clean up either.
+    let services = match delete_services(&conn.client, &conn.namespace, &selector).await {
+        Ok(n) => n,
+        Err(e) if e.code() == Some(403) => 0,
+        Err(e) => return Err(e.into()),
+    };
     let whose = match workflow {
         Some(w) => format!("owner {owner}, workflow {w}"),
         None => format!("owner {owner}"),
     };
-    if deleted.is_empty() && pods == 0 && secrets == 0 {
+    if deleted.is_empty() && pods == 0 && secrets == 0 && services == 0 {
         println!(
             "no Jobs of {whose} in namespace {} ({})",
             conn.namespace, conn.server
@@ -146,7 +171,7 @@ pub async fn cleanup_jobs(
         return Ok(0);
     }
     println!(
-        "deleted {} Job(s) of {whose} in namespace {}{}{}",
+        "deleted {} Job(s) of {whose} in namespace {}{}{}{}",
         deleted.len(),
         conn.namespace,
         if pods > 0 {
@@ -156,6 +181,11 @@ pub async fn cleanup_jobs(
         },
         if secrets > 0 {
             format!(", {secrets} token Secret(s)")
+        } else {
+            String::new()
+        },
+        if services > 0 {
+            format!(", {services} relay Service(s)")
         } else {
             String::new()
         }

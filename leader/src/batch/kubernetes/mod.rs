@@ -14,7 +14,9 @@
 //!   (`launch`), pod tracking and verdicts (`pods`), the watch and the
 //!   lookups that explain a failure (`watch`), timeouts and kills;
 //! - [`cleanup`]: deletion by label at shutdown, on restart and for
-//!   `toil-leader cleanup-jobs`.
+//!   `toil-leader cleanup-jobs`;
+//! - [`tunnel`]: the relay pod and the tunnels over the API server that
+//!   join agents to a leader the pods cannot route to.
 //!
 //! Cost per job: one `create` of its Job, plus one `delete` only when the
 //! pod cannot end by itself (unschedulable, image or volume never ready) or
@@ -31,6 +33,7 @@ pub mod nodes;
 pub mod podspec;
 pub mod settings;
 mod task;
+pub mod tunnel;
 
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
 use kube::api::{Api, ListParams};
@@ -223,6 +226,11 @@ impl Cluster {
         cleanup::delete_secrets(&self.conn.client, &self.conn.namespace, &sel)
             .await
             .map_err(|e| e.to_string())?;
+        match cleanup::delete_services(&self.conn.client, &self.conn.namespace, &sel).await {
+            // RBAC without `services`: there was no relay to remove.
+            Err(e) if e.code() != Some(403) => return Err(e.to_string()),
+            _ => {}
+        }
         Ok(jobs.len())
     }
 }

@@ -147,6 +147,23 @@ impl Naming {
         trim_to(&name, MAX_NAME, |c| c.is_ascii_alphanumeric())
     }
 
+    /// The relay Job's name (also its Secret's and Service's):
+    /// `toil-OWNER-WF8-relay-EPOCH`, so `kubectl get jobs | grep OWNER`
+    /// finds it with the agents' Jobs.
+    pub fn relay_name(&self) -> String {
+        let owner = dns_fragment(&self.owner, OWNER_IN_NAME);
+        let wf = dns_fragment(&self.workflow_id, 8);
+        let mut name = String::from("toil");
+        for part in [owner.as_str(), wf.as_str()] {
+            if !part.is_empty() {
+                name.push('-');
+                name.push_str(part);
+            }
+        }
+        name.push_str(&format!("-relay-{}", self.epoch));
+        trim_to(&name, MAX_NAME, |c| c.is_ascii_alphanumeric())
+    }
+
     /// The labels of an agent's Job and pod.
     pub fn labels(&self, agent_id: &str, job_id: &str) -> BTreeMap<String, String> {
         BTreeMap::from([

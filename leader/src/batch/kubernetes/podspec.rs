@@ -59,7 +59,7 @@ pub const TOKEN_KEY: &str = "token";
 pub const AGENT_UID: i64 = 1000;
 /// Seconds between SIGTERM and SIGKILL when a pod is deleted: the agent
 /// kills its job and reports within this.
-const GRACE_SECONDS: i64 = 30;
+pub(crate) const GRACE_SECONDS: i64 = 30;
 
 /// A byte count as a Kubernetes quantity, in the largest binary unit that
 /// divides it (`64Mi`, `2Gi`, `1500`).
@@ -486,6 +486,7 @@ pub(crate) mod tests {
             env: vec![("TOIL_AGENT_LEASE".into(), "30s".into())],
             agent_log: "warn".into(),
             leader_pod_ip: None,
+            agent_connection: Default::default(),
         }
     }
 

@@ -83,6 +83,22 @@ pub struct KubernetesConfig {
     /// The leader pod's IP (downward API): agents dial it when no
     /// `--leaderAddress` is given.
     pub leader_pod_ip: Option<String>,
+    /// How agents reach a leader outside the cluster (`--agentConnection`).
+    pub agent_connection: AgentConnection,
+}
+
+/// How agents reach the leader (`--agentConnection`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentConnection {
+    /// Detect: a relay pod probes the direct address; the tunnel is used
+    /// only when pods cannot reach it. A leader in a pod uses its pod IP.
+    #[default]
+    Auto,
+    /// Agents dial the leader's address (`--leaderAddress`, the pod IP or
+    /// the bound address) without a probe.
+    Direct,
+    /// Agents always go through the relay pod and the API-server tunnel.
+    Tunnel,
 }
 
 /// Parses `--kubernetesJobStoreClaim CLAIM[:PATH]` for a job store at

@@ -214,6 +214,15 @@ impl Batch {
                         "could not delete the agents' token Secrets (the garbage collector removes them with their Jobs): {e}"
                     );
                 }
+                if let Err(e) =
+                    super::cleanup::delete_services(&self.shared.client, &self.shared.ns, &selector)
+                        .await
+                    && e.code() != Some(403)
+                {
+                    tracing::warn!(
+                        "could not delete the relay Service (the garbage collector removes it with the relay Job): {e}"
+                    );
+                }
             }
             Err(e) => crate::say!(
                 "toil-leader: could not delete this workflow's Jobs ({e}); they expire by themselves after --kubernetesJobTtl, or remove them with `toil-leader cleanup-jobs --owner {} --workflow {}`",
