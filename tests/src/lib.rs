@@ -1,5 +1,6 @@
 //! End-to-end tests, benchmarks and test servers for the toil workspace.
 //!
+//! - [`bench`]: dispatch latencies and percentiles from a run's journal;
 //! - [`harness`]: finding binaries and the test virtualenv, scratch dirs;
 //! - [`wait`]: waiting for a condition, never for a guessed time;
 //! - [`local`]: running the real leader in a sandbox, gRPC clients;
@@ -13,6 +14,7 @@
 //! - [`appliance`]: the appliance image's root filesystem, built without Docker.
 
 pub mod appliance;
+pub mod bench;
 pub mod data;
 pub mod emulator;
 pub mod harness;

@@ -12,6 +12,11 @@
 //! outside the cluster: pods on the host's network (the relay's probe
 //! reaches the leader, agents dial it directly) against pods in an isolated
 //! network (agents go through the relay pod and the port-forward tunnels).
+//! Both runs use `--realTimeLogging`, and each job prints its wall clock
+//! (`date +%s%N`); besides the figures below it prints dispatch latency
+//! p50/p99 (the leader's launch decision to the command's start, from the
+//! run's journal) and live-log latency p50/p99 (a job's line printed to
+//! the leader writing it to its terminal, timed as the line arrives).
 //!
 //! For each run (one Job per job, then `--reuseAgents`) it prints:
 //! - API requests per job by verb and resource, from the emulator's own
@@ -35,6 +40,7 @@ use clap::Parser;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim};
 use kube::api::{Api, PostParams};
 use serde_json::json;
+use toil_tests::bench::{dispatch, journal, percentile};
 use toil_tests::emulator::{
     Emulator, EmulatorConfig, Identity, NodeConfig, PodNetworkMode, RequestCounts,
 };
@@ -83,6 +89,47 @@ struct Run {
     cpu: Duration,
     peak_rss_kb: u64,
     counts: RequestCounts,
+    /// Live-log latencies in ms: a job's stamped line (its wall clock when
+    /// printed) to the moment the leader wrote it to its terminal.
+    log_latencies: Vec<f64>,
+}
+
+/// The prefix of the line a stamped job prints: `STAMP<ns since the epoch>`.
+const STAMP: &str = "toil-bench-stamp=";
+
+/// Copies the leader's output to `log` line by line, noting for each
+/// stamped job line how long it took to arrive.
+fn follow_output(
+    from: impl std::io::Read + Send + 'static,
+    log: std::fs::File,
+) -> std::thread::JoinHandle<Vec<f64>> {
+    std::thread::spawn(move || {
+        use std::io::{BufRead, Write};
+        let mut log = std::io::BufWriter::new(log);
+        let mut lat = Vec::new();
+        let mut lines = std::io::BufReader::new(from);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos() as f64;
+            let text = String::from_utf8_lossy(&line);
+            if let Some(at) = text.find(STAMP) {
+                let digits: String = text[at + STAMP.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                if let Ok(ns) = digits.parse::<f64>() {
+                    lat.push((now - ns) / 1e6);
+                }
+            }
+            let _ = log.write_all(&line);
+            line.clear();
+        }
+        let _ = log.flush();
+        lat
+    })
 }
 
 /// A ReadWriteMany claim over `dir` (an NFS export on a real cluster).
@@ -120,11 +167,11 @@ fn run_leader(
     emu.reset_request_counts();
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let t0 = Instant::now();
-    let child = Command::new(bins.join("toil-leader"))
+    let mut child = Command::new(bins.join("toil-leader"))
         .arg("run")
         .arg(dir.join("trivial.yaml"))
         .args(["--batchSystem", "kubernetes", "--clean", "never"])
-        .arg("--realTimeLogging=false")
+        .arg(format!("--realTimeLogging={}", args.tunnel))
         .arg("--jobStore")
         .arg(dir.join(format!("{name}.jobstore")))
         .arg("--kubernetesJobStoreClaim")
@@ -139,11 +186,16 @@ fn run_leader(
         .env_remove("TOIL_KUBERNETES_HOST_PATH")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .context("starting toil-leader")?;
     let pid = child.id() as i32;
+    let log_copy = log.try_clone()?;
+    let followers = [
+        child.stdout.take().map(|o| follow_output(o, log_copy)),
+        child.stderr.take().map(|e| follow_output(e, log)),
+    ];
     let mut peak = 0;
     let mut status = 0;
     // SAFETY: an all-zero rusage is a valid value for wait4 to fill.
@@ -163,6 +215,11 @@ fn run_leader(
     }
     let wall = t0.elapsed();
     let counts = emu.request_counts();
+    let log_latencies = followers
+        .into_iter()
+        .flatten()
+        .flat_map(|f| f.join().unwrap_or_default())
+        .collect();
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
         let out = std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default();
         let tail: Vec<&str> = out.lines().rev().take(30).collect();
@@ -177,6 +234,7 @@ fn run_leader(
         cpu: tv(usage.ru_utime) + tv(usage.ru_stime),
         peak_rss_kb: peak,
         counts,
+        log_latencies,
     })
 }
 
@@ -245,7 +303,7 @@ async fn setup(
     std::fs::write(
         dir.path().join("trivial.yaml"),
         format!(
-            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [\"true\"]\n",
+            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [sh, -c, 'echo {STAMP}$(date +%s%N)']\n",
             args.jobs
         ),
     )?;
@@ -269,6 +327,22 @@ async fn compare_tunnel(args: &Args, bins: &Path) -> anyhow::Result<()> {
             println!("\n{line}");
         }
         report(what, args.jobs, &r);
+        let (entries, _, _) = journal(&dir.path().join("trivial.jobstore"))?;
+        let mut d = dispatch(&entries);
+        let mut l = r.log_latencies.clone();
+        println!(
+            "  dispatch (launch decision -> command start, {} attempts): p50 {:.1} ms, p99 {:.1} ms",
+            d.len(),
+            percentile(&mut d, 0.5),
+            percentile(&mut d, 0.99)
+        );
+        println!(
+            "  live log (a job's line printed -> on the leader's terminal, {} lines): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            l.len(),
+            percentile(&mut l, 0.5),
+            percentile(&mut l, 0.99),
+            percentile(&mut l, 1.0)
+        );
         if args.keep {
             println!("scratch kept in {}", dir.keep().display());
         }

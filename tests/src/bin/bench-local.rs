@@ -38,8 +38,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use prost::Message;
-use toil_proto::v1::{JournalRecord, journal_entry::Kind};
+use toil_proto::v1::journal_entry::Kind;
+use toil_tests::bench::{dispatch, journal, percentile, ts_ms};
 use toil_tests::procfs;
 
 #[derive(Parser)]
@@ -73,15 +73,6 @@ struct Run {
     /// jobs they waited for).
     children_cpu: Duration,
     store: PathBuf,
-}
-
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    if v.is_empty() {
-        return f64::NAN;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v[i]
 }
 
 /// Runs the leader on `workflow`, with `TOIL_REUSE_AGENTS` set to `reuse`
@@ -164,53 +155,6 @@ fn run_leader(
     })
 }
 
-fn ts_ms(t: &Option<prost_types::Timestamp>) -> Option<f64> {
-    t.as_ref()
-        .map(|t| t.seconds as f64 * 1000.0 + f64::from(t.nanos) / 1e6)
-}
-
-/// Every journal entry of a run, from its snapshot and records.
-fn journal(store: &Path) -> anyhow::Result<(Vec<toil_proto::v1::JournalEntry>, u64, u64)> {
-    let mut entries = Vec::new();
-    let mut max_seq = 0u64;
-    let mut snapshots = 0u64;
-    let mut files: Vec<(u64, PathBuf)> = Vec::new();
-    let snap_dir = store.join("state/snapshot");
-    let mut latest_snapshot: Option<(u64, PathBuf)> = None;
-    if let Ok(rd) = std::fs::read_dir(&snap_dir) {
-        for e in rd.flatten() {
-            if let Ok(seq) = e.file_name().to_string_lossy().parse::<u64>() {
-                snapshots += 1;
-                if latest_snapshot.as_ref().is_none_or(|(s, _)| seq > *s) {
-                    latest_snapshot = Some((seq, e.path()));
-                }
-            }
-        }
-    }
-    let base = latest_snapshot.as_ref().map_or(0, |(s, _)| *s);
-    for e in std::fs::read_dir(store.join("state/journal"))?.flatten() {
-        if let Ok(seq) = e.file_name().to_string_lossy().parse::<u64>() {
-            max_seq = max_seq.max(seq);
-            if seq > base {
-                files.push((seq, e.path()));
-            }
-        }
-    }
-    max_seq = max_seq.max(base);
-    files.sort();
-    let mut datas = Vec::new();
-    if let Some((_, p)) = latest_snapshot {
-        datas.push(std::fs::read(p)?);
-    }
-    for (_, p) in files {
-        datas.push(std::fs::read(p)?);
-    }
-    for d in datas {
-        entries.extend(JournalRecord::decode(&d[..])?.entries);
-    }
-    Ok((entries, max_seq, snapshots))
-}
-
 fn count_files(dir: &Path) -> u64 {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return 0;
@@ -236,31 +180,6 @@ fn jobs_cpu(entries: &[toil_proto::v1::JournalEntry]) -> Duration {
         })
         .filter_map(|d| Duration::try_from(d).ok())
         .sum()
-}
-
-/// Dispatch latencies (launch entry → command start), in ms.
-fn dispatch(entries: &[toil_proto::v1::JournalEntry]) -> Vec<f64> {
-    let mut launched = std::collections::HashMap::new();
-    let mut out = Vec::new();
-    for e in entries {
-        match &e.kind {
-            Some(Kind::Launch(l)) => {
-                if let Some(t) = ts_ms(&e.time) {
-                    launched.insert((l.job_id.clone(), l.attempt), t);
-                }
-            }
-            Some(Kind::End(end)) => {
-                let started = end.result.as_ref().and_then(|r| ts_ms(&r.started_at));
-                if let (Some(s), Some(l)) =
-                    (started, launched.get(&(end.job_id.clone(), end.attempt)))
-                {
-                    out.push(s - l);
-                }
-            }
-            _ => {}
-        }
-    }
-    out
 }
 
 fn main() -> anyhow::Result<()> {

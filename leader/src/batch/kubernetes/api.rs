@@ -218,6 +218,45 @@ pub struct Connection {
     pub server: String,
     /// How the configuration was found (`context NAME`, `in-cluster`).
     pub source: String,
+    /// A second client for long-lived streams (the tunnels'
+    /// port-forwards); see [`stream_client`].
+    pub streams: Client,
+}
+
+/// A client for long-lived streams such as the tunnels' port-forwards.
+/// kube's own client leaves Nagle's algorithm on, so a small frame (a log
+/// line, an HTTP/2 acknowledgement) sent while an earlier one is not yet
+/// acknowledged waits for the API server's delayed ACK, about 40 ms each
+/// time; this one sets TCP_NODELAY. It also has no read timeout: an idle
+/// tunnel is not a dead one (the tunnels keep themselves alive).
+fn stream_client(config: &kube::Config) -> Result<Client, String> {
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use kube::client::ConfigExt;
+    let server = &config.cluster_url;
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(config.connect_timeout);
+    let https = config
+        .rustls_https_connector_with_connector(http)
+        .map_err(|e| format!("cannot build a TLS connector for {server}: {e}"))?;
+    let hyper = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .build(https);
+    let auth = config
+        .auth_layer()
+        .map_err(|e| format!("cannot authenticate to {server}: {e}"))?;
+    let headers = config
+        .extra_headers_layer()
+        .map_err(|e| format!("cannot use the configured headers for {server}: {e}"))?;
+    let service = tower::ServiceBuilder::new()
+        .layer(config.base_uri_layer())
+        .option_layer(auth)
+        .layer(headers)
+        .map_err(|e: hyper_util::client::legacy::Error| {
+            Box::new(e) as Box<dyn std::error::Error + Send + Sync>
+        })
+        .service(hyper);
+    Ok(Client::new(service, config.default_namespace.clone()))
 }
 
 /// Builds a client the way kubectl finds its configuration, with kube's
@@ -258,6 +297,7 @@ pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<C
         .map(str::to_string)
         .unwrap_or_else(|| config.default_namespace.clone());
     let server = config.cluster_url.to_string();
+    let streams = stream_client(&config)?;
     let client = Client::try_from(config)
         .map_err(|e| format!("cannot build a Kubernetes client for {server}: {e}"))?;
     Ok(Connection {
@@ -265,6 +305,7 @@ pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<C
         namespace: ns,
         server,
         source,
+        streams,
     })
 }
 

@@ -205,6 +205,8 @@ fn unchecked(direct: &str, why: &str) -> Path {
 /// The relay's Job, Secret and Service, and the tunnels to it.
 pub struct Relay {
     client: Client,
+    /// The client the port-forwards use (TCP_NODELAY, no read timeout).
+    streams: Client,
     ns: String,
     /// The relay Job's (and Secret's and Service's) name.
     pub name: String,
@@ -245,6 +247,7 @@ impl Relay {
         let port = 20000 + (h % 10000) as u16 * 2;
         Relay {
             client: cluster.conn.client.clone(),
+            streams: cluster.conn.streams.clone(),
             ns: cluster.conn.namespace.clone(),
             name: naming.relay_name(),
             labels,
@@ -629,7 +632,7 @@ impl Relay {
 
     fn shared(&self) -> Arc<Shared> {
         Arc::new(Shared {
-            pods: self.pods(),
+            pods: Api::namespaced(self.streams.clone(), &self.ns),
             token: self.token.clone(),
             tunnel_port: self.tunnel_port,
             name: self.name.clone(),
@@ -756,6 +759,7 @@ impl Relay {
 
 /// What the tunnel slots share.
 struct Shared {
+    /// Pods through the streams client: only for `pods/portforward`.
     pods: Api<Pod>,
     token: String,
     tunnel_port: u16,
