@@ -483,6 +483,132 @@ async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
     nothing_left(&c).await;
 }
 
+/// The relay's Service deleted, then its whole Job (the garbage collector
+/// takes the relay pod, its token Secret and, being owned by the Job, the
+/// Service too): the leader recreates them, the Service with the same
+/// cluster IP agents already hold, and the workflow finishes with no job
+/// lost.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_relay_job_and_service_are_recreated_at_the_same_address() {
+    use k8s_openapi::api::batch::v1::Job;
+    let c = Cluster::start(isolated()).await;
+    let gate = c.dir.path().join("gate");
+    c.workflow("slow", &SLOW.replace("$GATE", &gate.display().to_string()));
+    let mut leader = c.spawn("slow", &["--realTimeLogging"]);
+    wait_for_async(
+        "the three first jobs to run",
+        Duration::from_secs(180),
+        || async {
+            let out = c.output_of("slow");
+            when(
+                (1..=3).all(|n| out.contains(&format!("first {n} started"))),
+                out,
+            )
+        },
+    )
+    .await;
+    let admin = c.admin().await;
+    let services: Api<Service> = Api::namespaced(admin.clone(), NS);
+    let jobs: Api<Job> = Api::namespaced(admin.clone(), NS);
+    let pods: Api<KubePod> = Api::namespaced(admin, NS);
+    let relay_sel = format!("{SELECTOR},{RELAY}");
+    let relay_service = || async {
+        services
+            .list(&ListParams::default().labels(&relay_sel))
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+            .into_iter()
+            .find(|s| s.metadata.deletion_timestamp.is_none())
+    };
+    let first = relay_service().await.expect("the relay's Service");
+    let name = first.metadata.name.clone().unwrap();
+    let ip = first
+        .spec
+        .as_ref()
+        .and_then(|s| s.cluster_ip.clone())
+        .unwrap();
+    let uid = first.metadata.uid.clone().unwrap();
+
+    // The Service alone.
+    services
+        .delete(&name, &DeleteParams::default())
+        .await
+        .unwrap();
+    let again = wait_for_async("the Service to be recreated", T, || async {
+        match relay_service().await {
+            Some(s) if s.metadata.uid.as_deref() != Some(uid.as_str()) => Ok(s),
+            other => Err(other.map(|s| s.metadata.uid)),
+        }
+    })
+    .await;
+    assert_eq!(
+        again.spec.as_ref().and_then(|s| s.cluster_ip.clone()),
+        Some(ip.clone()),
+        "the recreated Service keeps the address agents hold"
+    );
+
+    // The whole Job, as `kubectl delete job` does (background propagation).
+    let job_name = jobs
+        .list(&ListParams::default().labels(&relay_sel))
+        .await
+        .unwrap()
+        .items
+        .first()
+        .and_then(|j| j.metadata.name.clone())
+        .expect("the relay's Job");
+    let old_job_uid = jobs.get(&job_name).await.unwrap().metadata.uid.unwrap();
+    jobs.delete(
+        &job_name,
+        &DeleteParams {
+            propagation_policy: Some(kube::api::PropagationPolicy::Background),
+            ..DeleteParams::default()
+        },
+    )
+    .await
+    .unwrap();
+    wait_for_async(
+        "a new relay Job with a running pod behind the same address",
+        Duration::from_secs(120),
+        || async {
+            let job_new = jobs
+                .list(&ListParams::default().labels(&relay_sel))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .any(|j| j.metadata.uid.as_deref() != Some(old_job_uid.as_str()));
+            let running = pods
+                .list(&ListParams::default().labels(&relay_sel))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+                .iter()
+                .any(|p| {
+                    p.metadata.deletion_timestamp.is_none()
+                        && p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running")
+                });
+            let same_ip = relay_service()
+                .await
+                .and_then(|s| s.spec.and_then(|s| s.cluster_ip))
+                == Some(ip.clone());
+            when(job_new && running && same_ip, (job_new, running, same_ip))
+        },
+    )
+    .await;
+    std::fs::write(&gate, "go").unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(180), leader.wait())
+        .await
+        .expect("the leader to finish")
+        .unwrap();
+    let out = c.output_of("slow");
+    eprintln!("{out}");
+    assert_eq!(code.code(), Some(0), "{out}");
+    let status = c.status("slow").await;
+    assert!(status.contains("jobs: 5 (5 succeeded)"), "{status}");
+    nothing_left(&c).await;
+}
+
 /// Without `pods/portforward` in its Role, the leader names the rule and
 /// what `--leaderAddress` would do instead, and leaves nothing behind.
 #[tokio::test(flavor = "multi_thread")]
