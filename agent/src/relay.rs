@@ -212,10 +212,16 @@ pub async fn run(args: RelayArgs) -> anyhow::Result<()> {
         _ = tunnel_task => Ok(()),
         _ = agent_task => Ok(()),
         s = crate::signals::stop_signal() => {
-            if let Ok(s) = s {
-                println!("toil-relay: {}, stopping", s.describe());
-            }
-            Ok(())
+            let Ok(s) = s else { return Ok(()) };
+            println!("toil-relay: {}, stopping", s.describe());
+            // Never end as a success: the relay's Job would count a pod
+            // that exits 0 (deleted or evicted, hence SIGTERM) as done and
+            // make no replacement. 128 + the signal, as a shell reports it.
+            let code = match s {
+                crate::signals::StopSignal::Interrupt => 130,
+                crate::signals::StopSignal::Terminate => 143,
+            };
+            std::process::exit(code)
         }
     }
 }

@@ -39,6 +39,22 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A loopback address of this test's own (127.77.X.Y, random), so that a
+/// port found free there is not taken by another test before the relay
+/// binds it (the tests run in parallel, and every other one uses
+/// 127.0.0.1 or the emulator's 127.10/16 and 127.96/16).
+fn own_loopback_ip() -> std::net::Ipv4Addr {
+    let r: u16 = rand::random();
+    std::net::Ipv4Addr::new(127, 77, (r >> 8) as u8, (r as u8).max(1))
+}
+
+fn free_port_on(ip: std::net::Ipv4Addr) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
 /// A stand-in leader: its real listeners (TCP and the tunnel channel) and
 /// certificate, echoing each line back prefixed with the peer the
 /// connection reports.
@@ -123,11 +139,12 @@ struct RelayProc {
 
 impl RelayProc {
     fn start(token: &str, probe: &str, pin: Pin) -> RelayProc {
-        let agents: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let tunnels: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let ip = own_loopback_ip();
+        let agents = SocketAddr::from((ip, free_port_on(ip)));
+        let tunnels = SocketAddr::from((ip, free_port_on(ip)));
         let mut child = Command::new(bin("toil-agent"))
             .arg("relay")
-            .env("TOIL_POD_IP", "127.0.0.1")
+            .env("TOIL_POD_IP", ip.to_string())
             .env("TOIL_RELAY_AGENT_PORT", agents.port().to_string())
             .env("TOIL_RELAY_TUNNEL_BIND", tunnels.to_string())
             .env("TOIL_RELAY_TOKEN", token)
