@@ -19,4 +19,6 @@ pub mod types;
 pub mod workflow;
 
 mod model;
+#[cfg(test)]
+mod spec;
 pub use model::*;

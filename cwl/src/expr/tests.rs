@@ -611,18 +611,7 @@ fn interpolation_matches_the_reference_runner() {
     }
 }
 
-fn spec_dir() -> std::path::PathBuf {
-    let dir = std::env::var_os("CWL_SPEC_DIR").map_or_else(
-        || std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cwl-v1.2"),
-        std::path::PathBuf::from,
-    );
-    assert!(
-        dir.join("conformance_tests.yaml").is_file(),
-        "the CWL v1.2 spec directory is not at {} (set CWL_SPEC_DIR)",
-        dir.display()
-    );
-    dir
-}
+use crate::spec::spec_dir;
 
 #[test]
 fn a_real_expression_library_underscore_templates() {

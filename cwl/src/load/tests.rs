@@ -8,19 +8,7 @@ use serde_json::json;
 
 use super::*;
 
-/// The CWL v1.2 specification directory (conformance tests).
-fn spec_dir() -> PathBuf {
-    let dir = std::env::var_os("CWL_SPEC_DIR").map_or_else(
-        || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cwl-v1.2"),
-        PathBuf::from,
-    );
-    assert!(
-        dir.join("conformance_tests.yaml").exists(),
-        "the CWL spec is not at {}: set CWL_SPEC_DIR to the cwl-v1.2 checkout",
-        dir.display()
-    );
-    dir
-}
+use crate::spec::spec_dir;
 
 /// One conformance test: tool path (with fragment), job path, should_fail.
 struct Case {

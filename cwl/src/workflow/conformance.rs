@@ -22,19 +22,7 @@ use serde_json::{Map, Value, json};
 use super::{EngineOptions, run};
 use crate::{CwlError, Executor, Invocation, Runtime};
 
-/// The CWL v1.2 specification directory (env `CWL_SPEC_DIR`, else
-/// `<workspace>/../shared/cwl-v1.2`).
-fn spec_dir() -> PathBuf {
-    let dir = std::env::var_os("CWL_SPEC_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/cwl-v1.2"));
-    assert!(
-        dir.join("conformance_tests.yaml").is_file(),
-        "the CWL v1.2 specification is not at {}; set CWL_SPEC_DIR to the directory holding conformance_tests.yaml",
-        dir.display()
-    );
-    dir
-}
+use crate::spec::spec_dir;
 
 fn yaml_to_json(y: &yaml_rust2::Yaml) -> Value {
     use yaml_rust2::Yaml;
