@@ -428,15 +428,12 @@ jobs:
     command: echo "second {{n}} done"
 "#;
 
-/// The relay pod is deleted while jobs run: its Job makes another, the
-/// Service keeps the address, the leader reopens its tunnels, the agents
-/// reconnect within their lease, and every job succeeds once.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
-    let c = Cluster::start(isolated()).await;
+/// Starts the `SLOW` workflow and waits until its three first jobs run
+/// (they then wait for the gate file); returns the gate and the leader.
+async fn start_slow(c: &Cluster) -> (std::path::PathBuf, Child) {
     let gate = c.dir.path().join("gate");
     c.workflow("slow", &SLOW.replace("$GATE", &gate.display().to_string()));
-    let mut leader = c.spawn("slow", &["--realTimeLogging"]);
+    let leader = c.spawn("slow", &["--realTimeLogging"]);
     wait_for_async(
         "the three first jobs to run",
         Duration::from_secs(180),
@@ -449,6 +446,30 @@ async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
         },
     )
     .await;
+    (gate, leader)
+}
+
+/// Opens the gate, waits for the leader, checks it succeeded and returns
+/// its output.
+async fn finish_slow(c: &Cluster, gate: &std::path::Path, mut leader: Child) -> String {
+    std::fs::write(gate, "go").unwrap();
+    let code = tokio::time::timeout(Duration::from_secs(180), leader.wait())
+        .await
+        .expect("the leader to finish")
+        .unwrap();
+    let out = c.output_of("slow");
+    eprintln!("{out}");
+    assert_eq!(code.code(), Some(0), "{out}");
+    out
+}
+
+/// The relay pod is deleted while jobs run: its Job makes another, the
+/// Service keeps the address, the leader reopens its tunnels, the agents
+/// reconnect within their lease, and every job succeeds once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
+    let c = Cluster::start(isolated()).await;
+    let (gate, leader) = start_slow(&c).await;
     let out = c.output_of("slow");
     assert!(
         out.contains("through a tunnel over the API server"),
@@ -484,14 +505,7 @@ async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
         when(!running.is_empty(), list.len())
     })
     .await;
-    std::fs::write(&gate, "go").unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(180), leader.wait())
-        .await
-        .expect("the leader to finish")
-        .unwrap();
-    let out = c.output_of("slow");
-    eprintln!("{out}");
-    assert_eq!(code.code(), Some(0), "{out}");
+    let out = finish_slow(&c, &gate, leader).await;
     for n in 1..=3 {
         assert!(out.contains(&format!("first {n} done")), "{out}");
     }
@@ -509,21 +523,7 @@ async fn a_deleted_relay_pod_is_replaced_and_no_job_is_lost() {
 async fn a_deleted_relay_job_and_service_are_recreated_at_the_same_address() {
     use k8s_openapi::api::batch::v1::Job;
     let c = Cluster::start(isolated()).await;
-    let gate = c.dir.path().join("gate");
-    c.workflow("slow", &SLOW.replace("$GATE", &gate.display().to_string()));
-    let mut leader = c.spawn("slow", &["--realTimeLogging"]);
-    wait_for_async(
-        "the three first jobs to run",
-        Duration::from_secs(180),
-        || async {
-            let out = c.output_of("slow");
-            when(
-                (1..=3).all(|n| out.contains(&format!("first {n} started"))),
-                out,
-            )
-        },
-    )
-    .await;
+    let (gate, leader) = start_slow(&c).await;
     let admin = c.admin().await;
     let services: Api<Service> = Api::namespaced(admin.clone(), NS);
     let jobs: Api<Job> = Api::namespaced(admin.clone(), NS);
@@ -613,14 +613,7 @@ async fn a_deleted_relay_job_and_service_are_recreated_at_the_same_address() {
         },
     )
     .await;
-    std::fs::write(&gate, "go").unwrap();
-    let code = tokio::time::timeout(Duration::from_secs(180), leader.wait())
-        .await
-        .expect("the leader to finish")
-        .unwrap();
-    let out = c.output_of("slow");
-    eprintln!("{out}");
-    assert_eq!(code.code(), Some(0), "{out}");
+    finish_slow(&c, &gate, leader).await;
     let status = c.status("slow").await;
     assert!(status.contains("jobs: 5 (5 succeeded)"), "{status}");
     nothing_left(&c).await;

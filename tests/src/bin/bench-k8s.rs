@@ -276,11 +276,13 @@ fn report(what: &str, n: u64, r: &Run) {
     );
 }
 
-/// An emulator with the claim and the workflow, its pods in `network`.
+/// An emulator with the claim and the workflow (`args.jobs` jobs running
+/// `command`, a YAML flow list), its pods in `network`.
 async fn setup(
     args: &Args,
     bins: &Path,
     network: PodNetworkMode,
+    command: &str,
 ) -> anyhow::Result<(Emulator, PathBuf, tempfile::TempDir)> {
     let rbac = toil_tests::harness::repo_root().join("deploy/rbac.yaml");
     let nodes = (1..=args.nodes)
@@ -303,7 +305,7 @@ async fn setup(
     std::fs::write(
         dir.path().join("trivial.yaml"),
         format!(
-            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [sh, -c, 'echo {STAMP}$(date +%s%N)']\n",
+            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: {command}\n",
             args.jobs
         ),
     )?;
@@ -320,7 +322,8 @@ async fn compare_tunnel(args: &Args, bins: &Path) -> anyhow::Result<()> {
             PodNetworkMode::Isolated,
         ),
     ] {
-        let (emu, kubeconfig, dir) = setup(args, bins, network).await?;
+        let stamped = format!("[sh, -c, 'echo {STAMP}$(date +%s%N)']");
+        let (emu, kubeconfig, dir) = setup(args, bins, network, &stamped).await?;
         let r = run_leader(args, bins, &emu, &kubeconfig, dir.path(), "trivial", &[])?;
         let log = std::fs::read_to_string(dir.path().join("trivial.log")).unwrap_or_default();
         if let Some(line) = log.lines().find(|l| l.contains("agents reach the leader")) {
@@ -368,30 +371,7 @@ async fn main() -> anyhow::Result<()> {
     if args.tunnel {
         return compare_tunnel(&args, &bins).await;
     }
-    let rbac = toil_tests::harness::repo_root().join("deploy/rbac.yaml");
-    let nodes = (1..=args.nodes)
-        .map(|i| {
-            format!("node-{i}:cpu={},memory=256Gi,pods=110", args.node_cpus)
-                .parse::<NodeConfig>()
-                .map_err(anyhow::Error::msg)
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let cfg = EmulatorConfig::default()
-        .with_nodes(nodes)
-        .with_image(IMAGE, Some(bins.clone()))
-        .with_rbac_file(rbac)
-        .with_namespace(NS);
-    let emu = Emulator::start(cfg)?;
-    let kubeconfig = emu.kubeconfig_for(&Identity::service_account(NS, "toil-leader"))?;
-    let dir = tempfile::Builder::new().prefix("bench-k8s").tempdir()?;
-    make_claim(&emu, dir.path()).await?;
-    std::fs::write(
-        dir.path().join("trivial.yaml"),
-        format!(
-            "name: trivial\ndefaults: {{cores: 0.1, memory: 128Mi, disk: 10Mi}}\njobs:\n  t:\n    scatter: {{i: {{range: {}}}}}\n    command: [\"true\"]\n",
-            args.jobs
-        ),
-    )?;
+    let (emu, kubeconfig, dir) = setup(&args, &bins, PodNetworkMode::Host, "[\"true\"]").await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     println!(
         "Kubernetes batch system on the API emulator: {} jobs, {} node(s) x {} CPUs, {} creates/s allowed ({} build, {cores} cores on this machine)",

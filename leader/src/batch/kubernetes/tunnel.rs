@@ -589,26 +589,7 @@ impl Relay {
 
     /// The name of a running relay pod, if there is one.
     async fn running_pod(&self) -> Result<Option<String>, ApiError> {
-        let pods = self.pods();
-        let lp = ListParams::default().labels(&self.selector());
-        let list = api::call(
-            &self.policy,
-            &Target::new("list", "pods", "", &self.ns),
-            &format!("finding the relay pod of {}", self.name),
-            || pods.list(&lp),
-        )
-        .await?;
-        Ok(list
-            .items
-            .into_iter()
-            .filter(|p| p.metadata.deletion_timestamp.is_none())
-            .filter(|p| {
-                p.status
-                    .as_ref()
-                    .and_then(|s| s.phase.as_deref())
-                    .is_some_and(|ph| ph == "Running")
-            })
-            .find_map(|p| p.metadata.name))
+        Ok(self.running_or_stuck().await?.unwrap_or(None))
     }
 
     /// Opens one tunnel before agents depend on it, so that a refused

@@ -133,28 +133,40 @@ async fn handle_inner(
             if super::stream::is_stream(&rr) {
                 return super::stream::serve(cluster, req, rr, &identity).await;
             }
-            let attrs = Attributes {
-                user: &identity,
-                verb: rr.verb,
-                group: rr.resource.group,
-                resource: rr.resource.plural,
-                subresource: &rr.subresource,
-                namespace: &rr.namespace,
-                name: &rr.name,
-            };
-            if !rbac::authorize(&cluster.store(), &attrs) {
-                return Err(ApiError::forbidden_rbac(
-                    &rr.resource.qualified(),
-                    &rr.subresource,
-                    &rr.name,
-                    &identity.user_name(),
-                    rr.verb,
-                    &rr.namespace,
-                ));
-            }
+            authorize_verb(&cluster, &identity, &rr, rr.verb)?;
             resource(cluster, req, rr, query).await
         }
     }
+}
+
+/// RBAC for `verb` on the request's resource (and subresource): a 403
+/// worded like the API server's when the identity may not.
+pub(super) fn authorize_verb(
+    cluster: &Cluster,
+    identity: &Identity,
+    rr: &ResourceRequest,
+    verb: &str,
+) -> Result<(), ApiError> {
+    let attrs = Attributes {
+        user: identity,
+        verb,
+        group: rr.resource.group,
+        resource: rr.resource.plural,
+        subresource: &rr.subresource,
+        namespace: &rr.namespace,
+        name: &rr.name,
+    };
+    if rbac::authorize(&cluster.store(), &attrs) {
+        return Ok(());
+    }
+    Err(ApiError::forbidden_rbac(
+        &rr.resource.qualified(),
+        &rr.subresource,
+        &rr.name,
+        &identity.user_name(),
+        verb,
+        &rr.namespace,
+    ))
 }
 
 fn non_resource(path: &str) -> Result<Response<Body>, ApiError> {

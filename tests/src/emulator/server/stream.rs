@@ -42,7 +42,6 @@ use crate::emulator::config::Identity;
 use crate::emulator::error::ApiError;
 use crate::emulator::kubelet::dial;
 use crate::emulator::kubelet::exec::{self, ExecProcess, ExecRequest};
-use crate::emulator::rbac::{self, Attributes};
 
 /// Exec subprotocols, newest first.
 const EXEC_PROTOCOLS: &[&str] = &["v5.channel.k8s.io", "v4.channel.k8s.io"];
@@ -91,25 +90,7 @@ fn authorize(cluster: &Cluster, identity: &Identity, rr: &ResourceRequest) -> Re
         &["get", "create"]
     };
     for verb in verbs {
-        let attrs = Attributes {
-            user: identity,
-            verb,
-            group: rr.resource.group,
-            resource: rr.resource.plural,
-            subresource: &rr.subresource,
-            namespace: &rr.namespace,
-            name: &rr.name,
-        };
-        if !rbac::authorize(&cluster.store(), &attrs) {
-            return Err(ApiError::forbidden_rbac(
-                &rr.resource.qualified(),
-                &rr.subresource,
-                &rr.name,
-                &identity.user_name(),
-                verb,
-                &rr.namespace,
-            ));
-        }
+        super::handlers::authorize_verb(cluster, identity, rr, verb)?;
     }
     Ok(())
 }
