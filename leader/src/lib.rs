@@ -30,6 +30,7 @@ pub mod cwl;
 pub mod driver;
 pub mod events;
 pub mod logs;
+pub mod metrics;
 pub mod persist;
 pub mod progress;
 pub mod run;

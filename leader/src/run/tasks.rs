@@ -66,6 +66,8 @@ pub(super) struct Running {
     pub(super) logs: Arc<LogHub>,
     /// The workflow's events, for a front end.
     pub(super) events: Arc<EventHub>,
+    /// The run's metrics (`/metrics`).
+    pub(super) metrics: Arc<crate::metrics::Metrics>,
     tasks: Tasks,
 }
 
@@ -291,6 +293,7 @@ pub(super) async fn start(
         cfg.max_log_bytes_per_attempt,
     );
     let events = Arc::new(EventHub::new());
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
     let (driver_tx, driver_rx) = mpsc::channel(1024);
     let (persist_tx, persist_rx) = mpsc::channel(256);
@@ -514,6 +517,7 @@ pub(super) async fn start(
         stop_reason,
         logs,
         events: events_for_front,
+        metrics,
         tasks: Tasks {
             supervisor,
             batch_tx,
@@ -548,6 +552,7 @@ impl Running {
             stop_reason,
             logs: _,
             events: _,
+            metrics: _,
             tasks: t,
         } = self;
         let mut t = t;
