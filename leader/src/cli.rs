@@ -52,6 +52,9 @@ pub enum Command {
     Logs(LogsArgs),
     /// Delete a job store and everything in it.
     Clean(CleanArgs),
+    /// Write a self-contained HTML report of a workflow from its job store:
+    /// timeline, requested vs used CPU and memory, slowest jobs, failures.
+    Report(ReportArgs),
     /// Delete the Kubernetes Jobs (and pods) a leader left behind, by label.
     CleanupJobs(CleanupJobsArgs),
     /// Run the embedded agent (what `toil-agent` does); used by the local
@@ -187,6 +190,13 @@ pub struct RunArgs {
     /// ./WORKFLOW-output.
     #[arg(long = "outputDir")]
     pub output_dir: Option<PathBuf>,
+
+    /// Write an HTML report of the run to this file when it ends, whether
+    /// it succeeded or not (the same file `toil-leader report` writes:
+    /// timeline, requested vs used CPU and memory, slowest jobs, failures
+    /// with their log tails). Written before the job store is cleaned up.
+    #[arg(long = "report", value_name = "FILE")]
+    pub report: Option<PathBuf>,
 
     /// Work directory for agents: job directories and the shared input
     /// cache. Default: $TMPDIR/toil-UID.
@@ -500,6 +510,23 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
+/// `toil-leader report`.
+#[derive(Debug, Args)]
+#[command(long_about = "Write one self-contained HTML file about a workflow, read from its job \
+store: a timeline with one bar per attempt, requested versus used CPU and memory per job name \
+(to right-size requests), the slowest attempts, the failures with their causes and log tails, and \
+cache and job-store figures. It needs no leader: run it after the workflow ended (keep the store \
+with --clean never) or while it runs (a snapshot). The file loads nothing from the network; open \
+it in any browser, mail it, or keep it with the results.\n\nExample:\n  toil-leader report \
+./wf.jobstore -o report.html\n  toil-leader report aws:us-west-2:my-run -o report.html")]
+pub struct ReportArgs {
+    /// The job store: a path (or file:PATH) or aws:REGION:NAME.
+    pub job_store: String,
+    /// Where to write the HTML file.
+    #[arg(short = 'o', long = "output", default_value = "report.html")]
+    pub output: PathBuf,
+}
+
 /// `toil-leader clean`.
 #[derive(Debug, Args)]
 pub struct CleanArgs {
@@ -622,6 +649,14 @@ impl RunArgs {
         let output_dir = self
             .output_dir
             .unwrap_or_else(|| cwd.join(format!("{stem}-output")));
+        let report = match self.report {
+            Some(p) => {
+                let p = if p.is_absolute() { p } else { cwd.join(p) };
+                crate::report::check_path(&p).map_err(|e| bad(format!("--report: {e:#}")))?;
+                Some(p)
+            }
+            None => None,
+        };
         let mut env = Vec::new();
         if self.disable_caching {
             env.push(("TOIL_DISABLE_CACHING".into(), "true".into()));
@@ -745,6 +780,7 @@ impl RunArgs {
             real_time_logging: self.real_time_logging,
             max_log_bytes_per_attempt,
             output_dir,
+            report,
             clean: self.clean,
             batch,
             cwl: is_cwl,

@@ -21,7 +21,7 @@ use crate::run::{LeaderInfo, Meta, hostname, token_verifier};
 use crate::workflow::{ResolvedDefaults, units};
 use toil_agent::transport::Target;
 
-async fn open(loc: &str) -> anyhow::Result<JobStore> {
+pub(crate) async fn open(loc: &str) -> anyhow::Result<JobStore> {
     let locator = Locator::parse(loc)?;
     let store = JobStore::open(&locator).await?;
     if !store.exists().await? {
@@ -33,7 +33,7 @@ async fn open(loc: &str) -> anyhow::Result<JobStore> {
 }
 
 /// The running leader of a store, if its lease is live.
-async fn live_leader(store: &JobStore) -> anyhow::Result<Option<LeaderInfo>> {
+pub(crate) async fn live_leader(store: &JobStore) -> anyhow::Result<Option<LeaderInfo>> {
     let Some((lease, _)) = Lease::read(store).await? else {
         return Ok(None);
     };
@@ -135,7 +135,7 @@ async fn connect(info: &LeaderInfo) -> anyhow::Result<Client> {
 }
 
 /// Rebuilds the workflow's state from the job store alone.
-async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta)> {
+pub(crate) async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta)> {
     // The same reading of the stored workflow a restart does.
     let (wf, meta, _) = crate::run::restore_workflow(store).await?;
     // Replay with the settings the journal was written with.

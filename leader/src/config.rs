@@ -75,6 +75,8 @@ pub struct RunConfig {
     pub max_log_bytes_per_attempt: u64,
     /// Where workflow outputs are exported.
     pub output_dir: PathBuf,
+    /// Where to write the HTML report when the run ends (`--report`).
+    pub report: Option<PathBuf>,
     /// Job-store clean-up policy.
     pub clean: Clean,
     /// The batch system.

@@ -6,7 +6,7 @@
 //!   into a [`config::RunConfig`] before anything starts;
 //! - [`run`]: start-up (job store, lease, restore, epoch claim), the tasks
 //!   of a run and their shutdown, the stored records and exit codes;
-//!   [`commands`]: `status`, `logs`, `clean`;
+//!   [`commands`]: `status`, `logs`, `clean`; [`report`]: the HTML report;
 //! - [`workflow`]: the workflow file, parsed and validated with positions;
 //! - [`cwl`]: `toil-cwl-runner`, the CWL front end (jobs added as a CWL
 //!   document runs);
@@ -33,6 +33,7 @@ pub mod logs;
 pub mod metrics;
 pub mod persist;
 pub mod progress;
+pub mod report;
 pub mod run;
 pub mod server;
 pub mod summary;

@@ -45,6 +45,7 @@ fn main() -> ExitCode {
             Command::Status(a) => toil_leader::commands::status(a).await,
             Command::Logs(a) => toil_leader::commands::logs(a).await,
             Command::Clean(a) => toil_leader::commands::clean(a).await,
+            Command::Report(a) => toil_leader::report::command(a).await,
             Command::CleanupJobs(a) => a.run().await,
             Command::Agent(_) => Ok(0),
         }

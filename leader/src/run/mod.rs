@@ -105,6 +105,19 @@ pub async fn run_with(cfg: RunConfig, front: Option<FrontFn>) -> anyhow::Result<
     };
 
     let meta = &opened.meta;
+    if let Some(path) = &cfg.report {
+        // Before the summary and any clean-up: the logs are still stored.
+        let note = stopped.reason.as_ref().map(|(_, m)| format!("the run stopped early: {m}"));
+        let core = &stopped.outcome.core;
+        match crate::report::write(core, &meta.name, meta.created_ms, &store, note, path).await {
+            Ok(n) => crate::say!(
+                "report written to {} ({})",
+                path.display(),
+                crate::workflow::units::format_size(n as u64)
+            ),
+            Err(e) => crate::say!("toil-leader: {e:#}"),
+        }
+    }
     let runner = if cfg.cwl {
         "toil-cwl-runner"
     } else {
