@@ -21,8 +21,10 @@
 //!   frame-ancestors 'none'`, `X-Content-Type-Options: nosniff`,
 //!   `Referrer-Policy: no-referrer` on every answer.
 
+mod api;
 pub mod metrics;
 mod routes;
+mod sse;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -107,6 +109,9 @@ pub struct WebState {
     pub events: Arc<EventHub>,
     /// Job logs, for the log view.
     pub logs: Arc<LogHub>,
+    /// WorkflowService itself, whose FollowLogs the log view reads
+    /// through (called in process with the client token).
+    pub workflow: crate::server::WorkflowSvc,
     /// The run's metrics, for `/metrics`.
     pub metrics: Arc<crate::metrics::Metrics>,
     /// The client token is accepted as well as the web token.
