@@ -15,6 +15,7 @@
 
 pub mod appliance;
 pub mod bench;
+pub mod browser;
 pub mod data;
 pub mod emulator;
 pub mod harness;
