@@ -378,6 +378,13 @@ pub fn check_path(path: &Path) -> anyhow::Result<()> {
         );
     }
     let dir = dir_of(path);
+    if dir.exists() && !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write the report to {}: {} is not a directory; choose another path",
+            path.display(),
+            dir.display()
+        );
+    }
     if !dir.is_dir() {
         anyhow::bail!(
             "cannot write the report to {}: the directory {} does not exist; create it or choose another path",
