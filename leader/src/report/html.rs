@@ -129,7 +129,7 @@ pub fn page(snap: &Snapshot) -> String {
         for o in Outcome::ALL {
             let _ = write!(
                 h,
-                r#"<span class="key"><svg width="12" height="12"><rect class="bar {c}" width="12" height="12"/></svg> {c}</span> "#,
+                r#"<span class="key"><svg width="12" height="12"><rect class="swatch {c}" width="12" height="12"/></svg> {c}</span> "#,
                 c = o.class()
             );
         }
@@ -144,8 +144,8 @@ pub fn page(snap: &Snapshot) -> String {
         } else {
             let _ = write!(
                 h,
-                "<p>One bar per attempt, from launch to end, in {} rows of {} job names; hover a bar for the job, attempt, cause and duration.</p>",
-                timeline.lanes, timeline.groups
+                "<p>One bar per attempt ({} bars), from launch to end, in {} rows of {} job names; hover a bar for the job, attempt, cause and duration.</p>",
+                timeline.bars, timeline.lanes, timeline.groups
             );
         }
         let _ = write!(h, r#"<div class="scroll">{}</div>"#, timeline.svg);
