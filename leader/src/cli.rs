@@ -526,13 +526,15 @@ pub struct LogsArgs {
 
 /// `toil-leader report`.
 #[derive(Debug, Args)]
-#[command(long_about = "Write one self-contained HTML file about a workflow, read from its job \
+#[command(
+    long_about = "Write one self-contained HTML file about a workflow, read from its job \
 store: a timeline with one bar per attempt, requested versus used CPU and memory per job name \
 (to right-size requests), the slowest attempts, the failures with their causes and log tails, and \
 cache and job-store figures. It needs no leader: run it after the workflow ended (keep the store \
 with --clean never) or while it runs (a snapshot). The file loads nothing from the network; open \
 it in any browser, mail it, or keep it with the results.\n\nExample:\n  toil-leader report \
-./wf.jobstore -o report.html\n  toil-leader report aws:us-west-2:my-run -o report.html")]
+./wf.jobstore -o report.html\n  toil-leader report aws:us-west-2:my-run -o report.html"
+)]
 pub struct ReportArgs {
     /// The job store: a path (or file:PATH) or aws:REGION:NAME.
     pub job_store: String,

@@ -252,7 +252,10 @@ fn in_browser(page: &Path, name: &str) {
         .map(|x| x.as_f64().unwrap())
         .collect();
     assert_eq!(v.len(), 9);
-    assert!(v.windows(2).all(|w| w[0] <= w[1]), "sorted ascending: {v:?}");
+    assert!(
+        v.windows(2).all(|w| w[0] <= w[1]),
+        "sorted ascending: {v:?}"
+    );
     b.eval(r#"document.getElementById("failures").scrollIntoView()"#);
     b.screenshot(&artifact("report", &format!("{name}-failures.png")));
     b.assert_clean();
@@ -280,22 +283,27 @@ jobs:
             gate = gate.display()
         ),
     );
-    let leader = sb.spawn(
-        sb.leader(&["run", "wf.yaml", "--clean", "never"]),
-        "leader",
-    );
+    let leader = sb.spawn(sb.leader(&["run", "wf.yaml", "--clean", "never"]), "leader");
     let js = sb.job_store();
     let out = sb.path().join("live.html");
     let page = wait_for("a report showing the running attempt", T, || {
         let r = sb.run(
-            &["report", &js.to_string_lossy(), "-o", &out.to_string_lossy()],
+            &[
+                "report",
+                &js.to_string_lossy(),
+                "-o",
+                &out.to_string_lossy(),
+            ],
             T,
         );
         if r.code() != 0 {
             return Err(r.stderr);
         }
         let page = read(&out);
-        when(page.contains(r#"<rect class="bar running""#), "no running bar yet".to_string())?;
+        when(
+            page.contains(r#"<rect class="bar running""#),
+            "no running bar yet".to_string(),
+        )?;
         Ok(page)
     });
     assert!(page.contains("snapshot while running"), "note");
@@ -309,12 +317,13 @@ jobs:
 fn bad_job_stores_and_unwritable_outputs_fail_with_clear_messages() {
     let sb = Sandbox::new("report-bad");
     let missing = sb.path().join("no-such-store");
-    let r = sb.run(
-        &["report", &missing.to_string_lossy(), "-o", "r.html"],
-        T,
-    );
+    let r = sb.run(&["report", &missing.to_string_lossy(), "-o", "r.html"], T);
     assert_eq!(r.code(), 1, "{}", r.stderr);
-    assert!(r.stderr.contains("there is no job store at"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("there is no job store at"),
+        "{}",
+        r.stderr
+    );
     assert!(!sb.path().join("r.html").exists());
 
     let r = sb.run(&["report", "aws:nowhere", "-o", "r.html"], T);
@@ -323,26 +332,33 @@ fn bad_job_stores_and_unwritable_outputs_fail_with_clear_messages() {
 
     // The output is checked before the store is read.
     let r = sb.run(
-        &["report", &missing.to_string_lossy(), "-o", "no/such/dir/r.html"],
+        &[
+            "report",
+            &missing.to_string_lossy(),
+            "-o",
+            "no/such/dir/r.html",
+        ],
         T,
     );
     assert_eq!(r.code(), 1);
     assert!(
-        r.stderr.contains("the directory no/such/dir does not exist"),
+        r.stderr
+            .contains("the directory no/such/dir does not exist"),
         "{}",
         r.stderr
     );
     sb.write("a-file", "");
     let r = sb.run(&["report", "x", "-o", "a-file/r.html"], T);
-    assert!(r.stderr.contains("a-file is not a directory"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("a-file is not a directory"),
+        "{}",
+        r.stderr
+    );
     let r = sb.run(&["report", "x", "-o", "."], T);
     assert!(r.stderr.contains("is a directory"), "{}", r.stderr);
 
     // run --report refuses before anything runs.
-    sb.write(
-        "wf.yaml",
-        "jobs:\n  a:\n    command: \"echo hi\"\n",
-    );
+    sb.write("wf.yaml", "jobs:\n  a:\n    command: \"echo hi\"\n");
     let r = sb.run(&["run", "wf.yaml", "--report", "no/dir/r.html"], T);
     assert_eq!(r.code(), 2, "{}", r.stderr);
     assert!(r.stderr.contains("--report"), "{}", r.stderr);

@@ -144,7 +144,7 @@ pub fn page(snap: &Snapshot) -> String {
         } else {
             let _ = write!(
                 h,
-                "<p>One bar per attempt ({} bars), from launch to end, in {} rows of {} job names; hover a bar for the job, attempt, cause and duration.</p>",
+                "<p>One bar per attempt ({} bars), from launch to end, in {} lanes under {} job names; hover a bar for the job, attempt, cause and duration.</p>",
                 timeline.bars, timeline.lanes, timeline.groups
             );
         }
@@ -223,12 +223,7 @@ fn header(h: &mut String, snap: &Snapshot) {
     );
     let by_state: Vec<String> = counts
         .values()
-        .map(|(s, n)| {
-            format!(
-                r#"<span class="st-{w}">{n} {w}</span>"#,
-                w = state_word(*s)
-            )
-        })
+        .map(|(s, n)| format!(r#"<span class="st-{w}">{n} {w}</span>"#, w = state_word(*s)))
         .collect();
     fact(
         "jobs",
@@ -479,6 +474,9 @@ fn failures(h: &mut String, snap: &Snapshot) {
         };
         let outcome = j.outcome(n as usize - 1);
         if outcome == Outcome::Failed {
+            if shown_failed == 0 {
+                h.push_str("<h3>Failed jobs</h3>");
+            }
             shown_failed += 1;
         } else if !retried_header {
             retried_header = true;
@@ -501,7 +499,11 @@ fn failures(h: &mut String, snap: &Snapshot) {
             }),
             when(a.ended_ms),
             dur(a.ended_ms - a.launched_ms),
-            escape(snap.tails.get(&(ji, n)).map_or("(log not read)", String::as_str)),
+            escape(
+                snap.tails
+                    .get(&(ji, n))
+                    .map_or("(log not read)", String::as_str)
+            ),
         );
     }
     if failed.len() > shown_failed {
@@ -541,15 +543,12 @@ fn failures(h: &mut String, snap: &Snapshot) {
     if !blocked.is_empty() {
         let mut by: BTreeMap<&str, usize> = BTreeMap::new();
         for j in &blocked {
-            *by.entry(j.blocked_by.as_deref().unwrap_or("?")).or_default() += 1;
+            *by.entry(j.blocked_by.as_deref().unwrap_or("?"))
+                .or_default() += 1;
         }
         h.push_str("<h3>Blocked jobs</h3><ul>");
         for (cause, n) in by.iter().take(MAX_LISTED) {
-            let _ = write!(
-                h,
-                "<li>{n} waited for failed job {}</li>",
-                escape(cause)
-            );
+            let _ = write!(h, "<li>{n} waited for failed job {}</li>", escape(cause));
         }
         h.push_str("</ul>");
     }

@@ -168,7 +168,11 @@ pub fn group_of(id: &str) -> String {
     while let Some(open) = rest.find('[') {
         out.push_str(&rest[..open]);
         match rest[open + 1..].find(']') {
-            Some(close) if rest[open + 1..open + 1 + close].bytes().all(|b| b.is_ascii_digit()) => {
+            Some(close)
+                if rest[open + 1..open + 1 + close]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit()) =>
+            {
                 rest = &rest[open + 2 + close..];
             }
             _ => {

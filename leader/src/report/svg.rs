@@ -70,27 +70,8 @@ fn clip(s: &str, max: usize) -> String {
 /// A tick step of about a sixth of `span_ms`, at a round value.
 fn tick_step(span_ms: i64) -> i64 {
     const STEPS: [i64; 21] = [
-        10,
-        50,
-        100,
-        250,
-        500,
-        1_000,
-        2_000,
-        5_000,
-        10_000,
-        15_000,
-        30_000,
-        60_000,
-        120_000,
-        300_000,
-        600_000,
-        900_000,
-        1_800_000,
-        3_600_000,
-        7_200_000,
-        21_600_000,
-        86_400_000,
+        10, 50, 100, 250, 500, 1_000, 2_000, 5_000, 10_000, 15_000, 30_000, 60_000, 120_000,
+        300_000, 600_000, 900_000, 1_800_000, 3_600_000, 7_200_000, 21_600_000, 86_400_000,
     ];
     let want = span_ms / 6;
     STEPS
@@ -290,7 +271,10 @@ fn draw_density(out: &mut String, spans: &[Span], t0: i64, span: i64, y: f64, h:
     let bucket = span as f64 / BUCKETS as f64;
     let mut load = vec![[0f64; Outcome::ALL.len()]; BUCKETS];
     for s in spans {
-        let k = Outcome::ALL.iter().position(|o| *o == s.outcome).unwrap_or(0);
+        let k = Outcome::ALL
+            .iter()
+            .position(|o| *o == s.outcome)
+            .unwrap_or(0);
         let a = (s.start - t0) as f64 / bucket;
         let b = (s.end - t0) as f64 / bucket;
         let first = (a.floor() as usize).min(BUCKETS - 1);
@@ -402,7 +386,7 @@ pub fn boxplot(stats: Option<&Stats>, request: f64, fmt: &dyn Fn(f64) -> String)
     );
     let _ = write!(
         s,
-        r#"<line class="axis" x1="{}" y1="{}" x2="{}" y2="{}"/><text class="tick" x="{}" y="{}">0</text><text class="tick" x="{}" y="{}">{}</text>"#,
+        r#"<line class="axis" x1="{}" y1="{}" x2="{}" y2="{}"/><text class="tick" x="{}" y="{}">0</text><text class="tick end" x="{}" y="{}">{}</text>"#,
         x(0.0),
         BOX_H - 10.0,
         x(scale_max),
@@ -457,11 +441,13 @@ pub fn boxplot(stats: Option<&Stats>, request: f64, fmt: &dyn Fn(f64) -> String)
         let rx = x(request);
         let _ = write!(
             s,
-            r#"<line class="req" x1="{rx}" y1="4" x2="{rx}" y2="{}"><title>requested {}</title></line><text class="req-label" x="{}" y="10">requested {}</text>"#,
+            r#"<line class="req" x1="{rx}" y1="4" x2="{rx}" y2="{}"><title>requested {}</title></line><text class="req-label{}" x="{}" y="10">requested {}</text>"#,
             BOX_H - 10.0,
             escape(&fmt(request)),
-            // Keep the label inside the plot.
-            r1((rx - 4.0).max(BOX_PAD + 90.0)),
+            // Keep the label inside the plot: left of the line in the
+            // right half, right of it in the left half.
+            if rx > BOX_W / 2.0 { "" } else { " start" },
+            if rx > BOX_W / 2.0 { rx - 4.0 } else { rx + 4.0 },
             escape(&fmt(request)),
         );
     }

@@ -77,7 +77,10 @@ fn escape_turns_markup_into_text() {
 #[test]
 fn stats_interpolate_between_ranks() {
     let s = Stats::of(vec![4.0, 1.0, 3.0, 2.0, 5.0]).unwrap();
-    assert_eq!((s.n, s.min, s.q1, s.median, s.q3, s.max), (5, 1.0, 2.0, 3.0, 4.0, 5.0));
+    assert_eq!(
+        (s.n, s.min, s.q1, s.median, s.q3, s.max),
+        (5, 1.0, 2.0, 3.0, 4.0, 5.0)
+    );
     assert!((s.p95 - 4.8).abs() < 1e-9);
     assert!(Stats::of(vec![]).is_none());
     assert!(Stats::of(vec![f64::NAN]).is_none());
@@ -90,7 +93,13 @@ fn outcomes_tell_retried_from_final_failures() {
         JobState::Failed,
         vec![
             attempt(1, T0, T0 + 10, Some(Cause::exit_code(3)), Usage::default()),
-            attempt(2, T0 + 20, T0 + 30, Some(Cause::exit_code(3)), Usage::default()),
+            attempt(
+                2,
+                T0 + 20,
+                T0 + 30,
+                Some(Cause::exit_code(3)),
+                Usage::default(),
+            ),
         ],
     );
     assert_eq!(j.outcome(0), Outcome::Retried);
@@ -110,12 +119,24 @@ fn the_page_shows_one_bar_per_attempt_and_escapes_job_text() {
         job(
             hostile,
             JobState::Failed,
-            vec![attempt(1, T0, T0 + 1000, Some(Cause::exit_code(7)), usage(10, 1000, 1 << 20))],
+            vec![attempt(
+                1,
+                T0,
+                T0 + 1000,
+                Some(Cause::exit_code(7)),
+                usage(10, 1000, 1 << 20),
+            )],
         ),
         job(
             "ok",
             JobState::Succeeded,
-            vec![attempt(1, T0 + 100, T0 + 3000, Some(Cause::succeeded()), usage(900, 1000, 300 << 20))],
+            vec![attempt(
+                1,
+                T0 + 100,
+                T0 + 3000,
+                Some(Cause::succeeded()),
+                usage(900, 1000, 300 << 20),
+            )],
         ),
     ];
     for i in 0..5 {
@@ -132,8 +153,10 @@ fn the_page_shows_one_bar_per_attempt_and_escapes_job_text() {
         ));
     }
     let mut snap = snapshot(jobs);
-    snap.tails
-        .insert((0, 1), "<b>bold</b> & </pre><img src=x onerror=alert(2)>".into());
+    snap.tails.insert(
+        (0, 1),
+        "<b>bold</b> & </pre><img src=x onerror=alert(2)>".into(),
+    );
     let page = snap.render();
     assert_eq!(page.matches(r#"<rect class="bar "#).count(), 7);
     assert!(!page.contains(hostile), "raw markup from a job name");
@@ -143,8 +166,15 @@ fn the_page_shows_one_bar_per_attempt_and_escapes_job_text() {
     // Three job names, two plots each, every one with a box.
     assert_eq!(page.matches(r#"<g class="box">"#).count(), 6);
     assert!(page.contains("requested 4 GiB, p95 used"), "memory hint");
-    assert!(page.contains("requested 2.0 cores, p95 used 0.20 cores"), "cpu hint");
-    assert_eq!(page.matches("<script>").count(), 1, "only the page's own script");
+    assert!(
+        page.contains("requested 2.0 cores, p95 used 0.20 cores"),
+        "cpu hint"
+    );
+    assert_eq!(
+        page.matches("<script>").count(),
+        1,
+        "only the page's own script"
+    );
 }
 
 #[test]
@@ -180,7 +210,13 @@ fn past_the_bar_limit_the_timeline_aggregates_and_stays_small() {
             job(
                 &format!("s[{i}]"),
                 JobState::Succeeded,
-                vec![attempt(1, T0 + i, T0 + i + 50, Some(Cause::succeeded()), Usage::default())],
+                vec![attempt(
+                    1,
+                    T0 + i,
+                    T0 + i + 50,
+                    Some(Cause::succeeded()),
+                    Usage::default(),
+                )],
             )
         })
         .collect();
@@ -199,7 +235,13 @@ fn many_job_names_share_one_row_past_the_limit() {
             job(
                 &format!("j{i}"),
                 JobState::Succeeded,
-                vec![attempt(1, T0 + i as i64, T0 + 10 + i as i64, Some(Cause::succeeded()), Usage::default())],
+                vec![attempt(
+                    1,
+                    T0 + i as i64,
+                    T0 + 10 + i as i64,
+                    Some(Cause::succeeded()),
+                    Usage::default(),
+                )],
             )
         })
         .collect();

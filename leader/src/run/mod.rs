@@ -107,7 +107,10 @@ pub async fn run_with(cfg: RunConfig, front: Option<FrontFn>) -> anyhow::Result<
     let meta = &opened.meta;
     if let Some(path) = &cfg.report {
         // Before the summary and any clean-up: the logs are still stored.
-        let note = stopped.reason.as_ref().map(|(_, m)| format!("the run stopped early: {m}"));
+        let note = stopped
+            .reason
+            .as_ref()
+            .map(|(_, m)| format!("the run stopped early: {m}"));
         let core = &stopped.outcome.core;
         match crate::report::write(core, &meta.name, meta.created_ms, &store, note, path).await {
             Ok(n) => crate::say!(
