@@ -40,7 +40,7 @@ jobs:
   prep:
     cores: 1
     memory: 1Gi
-    command: "echo prepared"
+    command: "sleep 0.3; echo prepared"
   part:
     after: [prep]
     scatter: {{i: [0, 1, 2, 3, 4]}}
@@ -98,7 +98,7 @@ fn check_shape(page: &str) {
     assert_eq!(count(page, r#"<svg class="plot""#), 10);
     assert_eq!(count(page, r#"<g class="box">"#), 8);
     assert_eq!(count(page, r#"<tr class="group">"#), 5);
-    // prep asked for 1 GiB and a core to echo one line.
+    // prep asked for 1 GiB and a core to sleep and echo one line.
     assert!(page.contains("requested 1 GiB, p95 used"), "memory hint");
     assert!(page.contains("requested 1.0 cores, p95 used"), "cpu hint");
     assert!(page.contains(r#"<span id="job-count">9</span>"#));
@@ -300,15 +300,17 @@ jobs:
             return Err(r.stderr);
         }
         let page = read(&out);
+        // `waits` runs once `first` has succeeded.
         when(
-            page.contains(r#"<rect class="bar running""#),
-            "no running bar yet".to_string(),
+            page.contains("<title>waits #1: running"),
+            "waits is not running yet".to_string(),
         )?;
         Ok(page)
     });
     assert!(page.contains("snapshot while running"), "note");
     assert!(page.contains(r#"<span class="state st-running">running</span>"#));
     assert_eq!(count(&page, r#"<rect class="bar ok""#), 1);
+    assert_eq!(count(&page, r#"<rect class="bar running""#), 1);
     std::fs::write(&gate, "").unwrap();
     leader.wait(T).expect_code(0);
 }
