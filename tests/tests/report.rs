@@ -10,7 +10,8 @@
 //!   the last 20 lines of its log, with the log's HTML shown as text; the
 //!   page is then opened in headless Chromium with no network;
 //! - a report made while the leader runs says it is a snapshot and shows
-//!   the running attempt;
+//!   the running attempt; interrupted, `run --report` still writes its
+//!   report and says the run stopped early;
 //! - an `aws:` job store works the same way after the leader is gone;
 //! - a bad job store or an unwritable output fails with a message that
 //!   names the problem, and nothing is left behind.
@@ -18,6 +19,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
+
+use nix::sys::signal::Signal;
 use std::time::Duration;
 
 use toil_tests::browser::{Browser, artifact};
@@ -266,24 +269,23 @@ fn in_browser(page: &Path, name: &str) {
 #[test]
 fn a_report_while_the_leader_runs_is_a_snapshot_with_the_running_attempt() {
     let sb = Sandbox::new("report-live");
-    let gate = sb.path().join("gate");
     sb.write(
         "wf.yaml",
-        &format!(
-            r#"
+        r#"
 name: live
-defaults: {{cores: 0.1, memory: 32Mi}}
+defaults: {cores: 0.1, memory: 32Mi}
 jobs:
   first:
     command: "echo first"
   waits:
     after: [first]
-    command: "while [ ! -e {gate} ]; do sleep 0.05; done; echo through"
+    command: "echo waiting; sleep 300"
 "#,
-            gate = gate.display()
-        ),
     );
-    let leader = sb.spawn(sb.leader(&["run", "wf.yaml", "--clean", "never"]), "leader");
+    let leader = sb.spawn(
+        sb.leader(&["run", "wf.yaml", "--clean", "never", "--report", "end.html"]),
+        "leader",
+    );
     let js = sb.job_store();
     let out = sb.path().join("live.html");
     let page = wait_for("a report showing the running attempt", T, || {
@@ -311,8 +313,16 @@ jobs:
     assert!(page.contains(r#"<span class="state st-running">running</span>"#));
     assert_eq!(count(&page, r#"<rect class="bar ok""#), 1);
     assert_eq!(count(&page, r#"<rect class="bar running""#), 1);
-    std::fs::write(&gate, "").unwrap();
-    leader.wait(T).expect_code(0);
+    // Interrupted, the run still writes its report, saying so.
+    leader.signal(Signal::SIGINT);
+    let r = leader.wait(T);
+    r.expect_code(130);
+    assert!(r.stderr.contains("report written to"), "{}", r.stderr);
+    let end = read(&sb.path().join("end.html"));
+    assert!(end.contains("the run stopped early"), "note");
+    assert!(!end.contains("snapshot while running"));
+    assert_eq!(count(&end, r#"<rect class="bar "#), 2);
+    assert_eq!(count(&end, r#"<rect class="bar running""#), 0);
 }
 
 #[test]
