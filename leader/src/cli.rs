@@ -54,6 +54,7 @@ pub enum Command {
     Clean(CleanArgs),
     /// Write a self-contained HTML report of a workflow from its job store:
     /// timeline, requested vs used CPU and memory, slowest jobs, failures.
+    #[command(long_about = REPORT_ABOUT)]
     Report(ReportArgs),
     /// Delete the Kubernetes Jobs (and pods) a leader left behind, by label.
     CleanupJobs(CleanupJobsArgs),
@@ -524,17 +525,17 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-/// `toil-leader report`.
-#[derive(Debug, Args)]
-#[command(
-    long_about = "Write one self-contained HTML file about a workflow, read from its job \
+/// The long help of `toil-leader report`.
+const REPORT_ABOUT: &str = "Write one self-contained HTML file about a workflow, read from its job \
 store: a timeline with one bar per attempt, requested versus used CPU and memory per job name \
 (to right-size requests), the slowest attempts, the failures with their causes and log tails, and \
 cache and job-store figures. It needs no leader: run it after the workflow ended (keep the store \
 with --clean never) or while it runs (a snapshot). The file loads nothing from the network; open \
 it in any browser, mail it, or keep it with the results.\n\nExample:\n  toil-leader report \
-./wf.jobstore -o report.html\n  toil-leader report aws:us-west-2:my-run -o report.html"
-)]
+./wf.jobstore -o report.html\n  toil-leader report aws:us-west-2:my-run -o report.html";
+
+/// `toil-leader report`.
+#[derive(Debug, Args)]
 pub struct ReportArgs {
     /// The job store: a path (or file:PATH) or aws:REGION:NAME.
     pub job_store: String,
