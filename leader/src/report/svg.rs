@@ -176,7 +176,7 @@ pub fn timeline(snap: &Snapshot) -> Timeline {
         let row_h = 34.0;
         for (name, spans) in &groups {
             draw_density(&mut body, spans, t0, span, y, row_h);
-            label(&mut body, name, spans.len(), y + row_h / 2.0);
+            label(&mut body, name, spans.len(), y + row_h / 2.0 - 5.0);
             y += row_h + GAP;
             separator(&mut body, y - GAP / 2.0);
         }
@@ -313,12 +313,17 @@ fn draw_density(out: &mut String, spans: &[Span], t0: i64, span: i64, y: f64, h:
             let _ = write!(out, r#"<path class="agg {}" d="{d}"/>"#, outcome.class());
         }
     }
+    // Under the row's name: the scale of its picture.
     let _ = write!(
         out,
-        r#"<text class="peak" x="{}" y="{}">peak {:.0} at once</text>"#,
-        WIDTH - 14.0,
-        r1(y + 10.0),
-        peak
+        r#"<text class="peak" x="{}" y="{}">up to {} at once</text>"#,
+        LABEL_W - 8.0,
+        r1(y + h / 2.0 + 15.0),
+        if peak < 10.0 {
+            format!("{peak:.1}")
+        } else {
+            format!("{peak:.0}")
+        }
     );
 }
 
