@@ -13,6 +13,8 @@
 //!   the running attempt; interrupted, `run --report` still writes its
 //!   report and says the run stopped early;
 //! - an `aws:` job store works the same way after the leader is gone;
+//! - `run --report` writes its file before the default `--clean onSuccess`
+//!   deletes the store;
 //! - a bad job store or an unwritable output fails with a message that
 //!   names the problem, and nothing is left behind.
 
@@ -428,4 +430,23 @@ jobs:
             .unwrap();
         assert_ne!(down, "0 B", "{name}: bytes downloaded");
     }
+}
+
+#[test]
+fn run_report_is_written_before_the_default_clean_up_deletes_the_store() {
+    let sb = Sandbox::new("report-clean");
+    sb.write(
+        "wf.yaml",
+        "name: tidy\njobs:\n  a:\n    cores: 0.1\n    memory: 32Mi\n    command: \"echo '<i>tidy</i>'\"\n",
+    );
+    let r = sb.run(&["run", "wf.yaml", "--report", "tidy.html"], T);
+    r.expect_code(0);
+    assert!(
+        !sb.job_store().exists(),
+        "--clean onSuccess deleted the store"
+    );
+    let page = read(&sb.path().join("tidy.html"));
+    assert_eq!(count(&page, r#"<rect class="bar ok""#), 1);
+    assert!(page.contains(r#"<span class="state st-succeeded">succeeded</span>"#));
+    assert!(page.contains("0 failed jobs, 0 jobs blocked by a failure"));
 }
