@@ -247,6 +247,8 @@ fn header(h: &mut String, snap: &Snapshot) {
 struct Group<'a> {
     jobs: Vec<&'a JobRow>,
     cpu: Vec<f64>,
+    /// Wall time of each measured attempt, seconds.
+    wall: Vec<f64>,
     mem: Vec<f64>,
     req_cores: Vec<f64>,
     req_mem: Vec<f64>,
@@ -275,6 +277,7 @@ fn groups(snap: &Snapshot) -> Vec<(&str, Group<'_>)> {
             }
             if u.wall_ns > 0 {
                 g.cpu.push(u.cpu_ns as f64 / u.wall_ns as f64);
+                g.wall.push(u.wall_ns as f64 / 1e9);
             }
             g.mem.push(u.peak_rss as f64);
             g.req_mem.push(a.memory.max(1) as f64);
@@ -293,8 +296,16 @@ fn median(v: &[f64]) -> f64 {
 }
 
 /// The one-line advice for a job name, if its usage is far from its
-/// request.
-fn hints(cpu: Option<&Stats>, req_cores: f64, mem: Option<&Stats>, req_mem: f64) -> Vec<String> {
+/// request. `wall_s` is its attempts' median wall time: CPU over the
+/// request is not worth a hint for jobs of a fraction of a second (a
+/// shell starting up uses a whole core for a few milliseconds).
+fn hints(
+    cpu: Option<&Stats>,
+    req_cores: f64,
+    mem: Option<&Stats>,
+    req_mem: f64,
+    wall_s: f64,
+) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(m) = mem {
         if req_mem > 0.0 && m.p95 < req_mem * 0.5 {
@@ -318,7 +329,7 @@ fn hints(cpu: Option<&Stats>, req_cores: f64, mem: Option<&Stats>, req_mem: f64)
                 cores(req_cores),
                 cores(c.p95)
             ));
-        } else if req_cores > 0.0 && c.p95 > req_cores * 1.2 {
+        } else if req_cores > 0.0 && c.p95 > req_cores * 1.2 && wall_s >= 1.0 {
             out.push(format!(
                 "p95 used {}, more than the {} requested: the job is slowed or crowds its neighbours",
                 cores(c.p95),
@@ -356,7 +367,7 @@ fn rightsizing(h: &mut String, snap: &Snapshot) {
             svg::boxplot(cpu.as_ref(), rc, &|v| cores(v)),
             svg::boxplot(mem.as_ref(), rm, &size),
         );
-        let hs = hints(cpu.as_ref(), rc, mem.as_ref(), rm);
+        let hs = hints(cpu.as_ref(), rc, mem.as_ref(), rm, median(&g.wall));
         if !hs.is_empty() {
             let _ = write!(
                 h,

@@ -256,3 +256,24 @@ fn an_empty_workflow_still_renders() {
     assert!(page.contains("No attempt has been launched."));
     assert!(page.ends_with("</html>\n"));
 }
+
+#[test]
+fn cpu_over_the_request_is_hinted_only_for_jobs_of_a_second_or_more() {
+    let run = |wall_ms: u64| {
+        let jobs = vec![job(
+            "busy",
+            JobState::Succeeded,
+            vec![attempt(
+                1,
+                T0,
+                T0 + wall_ms as i64,
+                Some(Cause::succeeded()),
+                usage(wall_ms * 4, wall_ms, 3 << 30),
+            )],
+        )];
+        snapshot(jobs).render()
+    };
+    let over = "more than the 2.0 cores requested";
+    assert!(run(5_000).contains(over));
+    assert!(!run(50).contains(over));
+}
