@@ -338,6 +338,14 @@ fn without_the_token_nothing_is_served_and_with_it_only_its_own_pages() {
     let client = format!("Bearer {}", info.client_token);
     let r = request(port, "GET", "/api/workflow", &[("Authorization", &client)]);
     assert_eq!(r.status, 200);
+    // `status` on this machine shows the URL too.
+    let js = sb.job_store().display().to_string();
+    let st = sb.run(&["status", &js], T);
+    assert!(
+        st.stdout.contains(&format!("web view {}", web.url)),
+        "{}",
+        st.stdout
+    );
 
     gates.open_all();
     leader.wait(T).expect_code(0);

@@ -201,6 +201,15 @@ impl WebState {
     }
 }
 
+/// The web view's URL, read from beside the client token (the leader's
+/// private directory) when this user on this machine can read it.
+pub fn url_beside(token_file: &str) -> Option<String> {
+    let dir = std::path::Path::new(token_file).parent()?;
+    let url = std::fs::read_to_string(dir.join("web-url")).ok()?;
+    let url = url.trim();
+    url.starts_with("http").then(|| url.to_string())
+}
+
 /// Binds the web view's listener (before anything is announced, so a bad
 /// address stops the run at once with a clear error).
 pub async fn bind(b: &WebBind) -> Result<TcpListener, String> {

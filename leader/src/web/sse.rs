@@ -26,8 +26,12 @@ use super::{Body, WebState, query_param};
 /// A comment line this often keeps proxies and browsers from timing the
 /// stream out.
 const HEARTBEAT: Duration = Duration::from_secs(15);
-/// Events are written in batches of about this many bytes.
+/// Events are written in batches of about this many bytes ...
 const BATCH: usize = 32 * 1024;
+/// ... gathered for at most this long after the first: a busy workflow
+/// costs one write (and one wake-up of this task) per window, not one
+/// per event, and a page sees changes within a tenth of a second.
+const COALESCE: Duration = Duration::from_millis(100);
 
 /// An event stream fed by `rx`.
 fn stream_response(rx: mpsc::Receiver<Bytes>) -> Response<Body> {
@@ -106,17 +110,26 @@ pub async fn events<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
                             last = e.seq;
                             push_event(&mut out, &e);
                         }
-                        // Whatever else is already waiting goes in the
+                        // What else comes within the window goes in the
                         // same write.
+                        let until = tokio::time::Instant::now() + COALESCE;
                         while out.len() < BATCH {
-                            match live.try_recv() {
-                                Ok(e) if e.seq > last => {
-                                    last = e.seq;
-                                    push_event(&mut out, &e);
+                            let e = match live.try_recv() {
+                                Ok(e) => e,
+                                Err(broadcast::error::TryRecvError::Empty) => {
+                                    match tokio::time::timeout_at(until, live.recv()).await {
+                                        Ok(Ok(e)) => e,
+                                        Ok(Err(broadcast::error::RecvError::Lagged(_))) => return,
+                                        // Closed, or the window is over.
+                                        _ => break,
+                                    }
                                 }
-                                Ok(_) => {}
                                 Err(broadcast::error::TryRecvError::Lagged(_)) => return,
                                 Err(_) => break,
+                            };
+                            if e.seq > last {
+                                last = e.seq;
+                                push_event(&mut out, &e);
                             }
                         }
                     }
