@@ -338,6 +338,9 @@ fn without_the_token_nothing_is_served_and_with_it_only_its_own_pages() {
     let client = format!("Bearer {}", info.client_token);
     let r = request(port, "GET", "/api/workflow", &[("Authorization", &client)]);
     assert_eq!(r.status, 200);
+    // A reconnecting page resumes after the last event it saw.
+    let ids = toil_tests::web::event_ids_after(port, &web.token, 3, 3);
+    assert_eq!(ids, [4, 5, 6], "events after Last-Event-ID 3");
     // `status` on this machine shows the URL too.
     let js = sb.job_store().display().to_string();
     let st = sb.run(&["status", &js], T);
