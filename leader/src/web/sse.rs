@@ -27,7 +27,7 @@ use super::{Body, WebState, query_param};
 /// stream out.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events are written in batches of about this many bytes ...
-const BATCH: usize = 32 * 1024;
+const BATCH: usize = 64 * 1024;
 /// ... gathered for at most this long after the first: a busy workflow
 /// costs one write (and one wake-up of this task) per window, not one
 /// per event, and a page sees changes within a tenth of a second.
@@ -125,7 +125,10 @@ enum Followed {
     Gone,
 }
 
-/// Writes live events to `tx` in coalesced batches, with heartbeats.
+/// Writes live events to `tx` in coalesced batches, with heartbeats: after
+/// the first event of a quiet spell it waits one window, then writes
+/// everything that came meanwhile (one timer and one write per window,
+/// however many events). A full batch is followed at once by the next.
 async fn follow(
     live: &mut broadcast::Receiver<WorkflowEvent>,
     last: &mut u64,
@@ -133,43 +136,18 @@ async fn follow(
 ) -> Followed {
     let mut ping = tokio::time::interval(HEARTBEAT);
     ping.tick().await;
+    let mut backlogged = false;
     loop {
         let mut out = String::new();
         let mut lagged = false;
+        let mut event = false;
         tokio::select! {
             r = live.recv() => match r {
                 Ok(e) => {
+                    event = true;
                     if e.seq > *last {
                         *last = e.seq;
                         push_event(&mut out, &e);
-                    }
-                    // What else comes within the window goes in the same
-                    // write.
-                    let until = tokio::time::Instant::now() + COALESCE;
-                    while out.len() < BATCH {
-                        let e = match live.try_recv() {
-                            Ok(e) => e,
-                            Err(broadcast::error::TryRecvError::Empty) => {
-                                match tokio::time::timeout_at(until, live.recv()).await {
-                                    Ok(Ok(e)) => e,
-                                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => {
-                                        lagged = true;
-                                        break;
-                                    }
-                                    // Closed, or the window is over.
-                                    _ => break,
-                                }
-                            }
-                            Err(broadcast::error::TryRecvError::Lagged(_)) => {
-                                lagged = true;
-                                break;
-                            }
-                            Err(_) => break,
-                        };
-                        if e.seq > *last {
-                            *last = e.seq;
-                            push_event(&mut out, &e);
-                        }
                     }
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
@@ -177,6 +155,30 @@ async fn follow(
             },
             _ = ping.tick() => out.push_str(": ping\n\n"),
             _ = tx.closed() => return Followed::Gone,
+        }
+        if event {
+            if !backlogged {
+                tokio::select! {
+                    _ = tokio::time::sleep(COALESCE) => {}
+                    _ = tx.closed() => return Followed::Gone,
+                }
+            }
+            while out.len() < BATCH {
+                match live.try_recv() {
+                    Ok(e) if e.seq > *last => {
+                        *last = e.seq;
+                        push_event(&mut out, &e);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        lagged = true;
+                        break;
+                    }
+                    // Empty, or closed (the next recv says so).
+                    Err(_) => break,
+                }
+            }
+            backlogged = out.len() >= BATCH;
         }
         if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
             return Followed::Gone;
