@@ -178,6 +178,12 @@ fn the_page_follows_a_running_workflow_without_a_reload() {
         serde_json::json!(11),
         "eleven attempts: 10 jobs, one retried"
     );
+    // Bars span their attempts: the gated job ran while the test looked,
+    // far longer than a scatter instance.
+    let wider = b.eval(
+        "(() => { const w = j => +document.querySelector(`rect.bar[data-job=\"${j}\"]`).getAttribute('width'); return w('gated') > 3 * w('fan[0]'); })()",
+    );
+    assert_eq!(wider, serde_json::json!(true));
     b.screenshot(&artifact("web", "timeline.png"));
 
     // The scatter is one node with its count.
