@@ -38,4 +38,5 @@ pub mod server;
 pub mod summary;
 pub mod terminal;
 pub mod versions;
+pub mod web;
 pub mod workflow;

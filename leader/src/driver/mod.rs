@@ -30,7 +30,7 @@ use crate::core::{Core, CoreEvent, JobIdx, LaunchSpec, Request};
 use crate::events::EventHub;
 use crate::logs::LogHub;
 use crate::persist::PersistMsg;
-pub use agents::{Grant, TokenTable, new_token};
+pub use agents::{Grant, TokenTable, new_token, same_secret};
 pub use messages::{Caller, Msg, exit as exit_response};
 
 /// The driver's clock: tokio's, which is the system's except in tests that
