@@ -192,10 +192,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 token = page.next_page_token;
             }
             let state = WorkflowState::try_from(wf.state).unwrap_or(WorkflowState::Running);
-            let who = format!(
+            let mut who = format!(
                 "leader pid {} on {} (epoch {}) at {}",
                 info.pid, info.host, info.epoch, info.address
             );
+            if let Some(url) = crate::web::url_beside(&info.token_file) {
+                who.push_str(&format!("; web view {url}"));
+            }
             (wf.name, state, jobs, wf.usage.unwrap_or_default(), who)
         }
         None => {

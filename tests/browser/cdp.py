@@ -69,7 +69,7 @@ class Cdp:
             # rest goes to a closed port; names other than localhost do
             # not resolve.
             "--proxy-server=http://127.0.0.1:9",
-            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost",
+            "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE localhost , EXCLUDE 127.0.0.1 , EXCLUDE [::1]",
             f"--window-size={width},{height}",
             "about:blank",
         ]

@@ -28,3 +28,4 @@ pub mod relay;
 pub mod restart;
 pub mod token_probe;
 pub mod wait;
+pub mod web;

@@ -21,10 +21,17 @@ const MAX_PAGE: usize = 500;
 const MAX_BARS: usize = 5000;
 
 /// `JOB_STATE_RUNNING` as `running`.
-pub fn state_name(s: JobState) -> String {
-    s.as_str_name()
-        .trim_start_matches("JOB_STATE_")
-        .to_ascii_lowercase()
+pub fn state_name(s: JobState) -> &'static str {
+    match s {
+        JobState::Unspecified => "unspecified",
+        JobState::Waiting => "waiting",
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Blocked => "blocked",
+        JobState::Cancelled => "cancelled",
+    }
 }
 
 /// A cause as one short line: `succeeded`, `exit code 1`, `oom killed: ...`.
@@ -38,7 +45,12 @@ pub fn cause_text(c: &Cause) -> String {
     if kind == CauseKind::ExitCode || (c.code != 0 && kind != CauseKind::Succeeded) {
         s.push_str(&format!(" {}", c.code));
     }
-    if !c.message.is_empty() && kind != CauseKind::Succeeded {
+    // An exit code or signal says it all; other causes explain themselves.
+    let plain = matches!(
+        kind,
+        CauseKind::Succeeded | CauseKind::ExitCode | CauseKind::Signaled
+    );
+    if !c.message.is_empty() && !plain {
         s.push_str(": ");
         s.push_str(&c.message);
     }
@@ -137,7 +149,7 @@ pub async fn workflow(state: &WebState) -> Response<Body> {
     let counts: HashMap<String, u64> = counts
         .iter()
         .filter(|(_, n)| *n > 0)
-        .map(|(s, n)| (state_name(s), n))
+        .map(|(s, n)| (state_name(s).to_string(), n))
         .collect();
     json_ok(&json!({
         "id": state.workflow_id,
@@ -299,7 +311,9 @@ fn graph_of(c: &Core) -> Value {
         n.count += u64::from(t.count);
         n.scattered |= t.scattered || n.count > 1;
         for j in t.first..t.first + t.count {
-            *n.counts.entry(state_name(c.state(j))).or_insert(0) += 1;
+            *n.counts
+                .entry(state_name(c.state(j)).to_string())
+                .or_insert(0) += 1;
         }
     }
     let nodes: Vec<Value> = nodes
@@ -355,47 +369,149 @@ pub async fn timeline(state: &WebState) -> Response<Body> {
     json_ok(&v)
 }
 
-/// One event as the pages read it.
-pub fn event_json(e: &WorkflowEvent) -> Value {
+/// One event as the pages read it (a flat object; absent fields are left
+/// out). Serialized straight from this struct: an open page costs the
+/// leader one small write per event.
+#[derive(serde::Serialize)]
+struct EventOut<'a> {
+    seq: u64,
+    time_ms: i64,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    from: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempt: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    placement: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cause: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    will_retry: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    jobs: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+}
+
+/// One event as the pages read it, as JSON: `kind` is `state` (`job`,
+/// `from`, `to`), `started` (`job`, `attempt`, `placement`), `ended`
+/// (`job`, `attempt`, `cause`, `outcome`, `will_retry`), `added` (`jobs`)
+/// or `workflow_ended` (`state`), with `seq` and `time_ms`.
+pub fn event_json(e: &WorkflowEvent) -> String {
     let time_ms = e
         .time
         .as_ref()
         .map_or(0, |t| t.seconds * 1000 + i64::from(t.nanos) / 1_000_000);
     let state = |s: i32| state_name(JobState::try_from(s).unwrap_or(JobState::Unspecified));
-    let body = match &e.kind {
-        Some(Kind::JobStateChanged(s)) => {
-            json!({"kind": "state", "job": s.job_id, "from": state(s.from), "to": state(s.to)})
-        }
-        Some(Kind::AttemptStarted(s)) => json!({
-            "kind": "started",
-            "job": s.job_id,
-            "attempt": attempt_number(&s.attempt_id),
-            "placement": s.placement,
-        }),
-        Some(Kind::AttemptEnded(s)) => json!({
-            "kind": "ended",
-            "job": s.job_id,
-            "attempt": attempt_number(&s.attempt_id),
-            "cause": s.cause.as_ref().map(cause_text),
-            "outcome": outcome(s.cause.as_ref()),
-            "will_retry": s.will_retry,
-        }),
-        Some(Kind::JobsAdded(a)) => json!({"kind": "added", "jobs": a.job_ids.len()}),
-        Some(Kind::WorkflowEnded(w)) => json!({
-            "kind": "workflow_ended",
-            "state": toil_proto::v1::WorkflowState::try_from(w.state)
-                .map(|s| s.as_str_name().trim_start_matches("WORKFLOW_STATE_").to_ascii_lowercase())
-                .unwrap_or_default(),
-        }),
-        None => json!({"kind": "unknown"}),
+    let mut out = EventOut {
+        seq: e.seq,
+        time_ms,
+        kind: "unknown",
+        job: None,
+        from: None,
+        to: None,
+        attempt: None,
+        placement: None,
+        cause: None,
+        outcome: None,
+        will_retry: None,
+        jobs: None,
+        state: None,
     };
-    let mut body = body;
-    body["seq"] = json!(e.seq);
-    body["time_ms"] = json!(time_ms);
-    body
+    match &e.kind {
+        Some(Kind::JobStateChanged(s)) => {
+            out.kind = "state";
+            out.job = Some(&s.job_id);
+            out.from = Some(state(s.from));
+            out.to = Some(state(s.to));
+        }
+        Some(Kind::AttemptStarted(s)) => {
+            out.kind = "started";
+            out.job = Some(&s.job_id);
+            out.attempt = Some(attempt_number(&s.attempt_id));
+            out.placement = Some(&s.placement);
+        }
+        Some(Kind::AttemptEnded(s)) => {
+            out.kind = "ended";
+            out.job = Some(&s.job_id);
+            out.attempt = Some(attempt_number(&s.attempt_id));
+            out.cause = s.cause.as_ref().map(cause_text);
+            out.outcome = Some(outcome(s.cause.as_ref()));
+            out.will_retry = Some(s.will_retry);
+        }
+        Some(Kind::JobsAdded(a)) => {
+            out.kind = "added";
+            out.jobs = Some(a.job_ids.len());
+        }
+        Some(Kind::WorkflowEnded(w)) => {
+            out.kind = "workflow_ended";
+            out.state = toil_proto::v1::WorkflowState::try_from(w.state)
+                .ok()
+                .map(|s| {
+                    s.as_str_name()
+                        .trim_start_matches("WORKFLOW_STATE_")
+                        .to_ascii_lowercase()
+                });
+        }
+        None => {}
+    }
+    serde_json::to_string(&out).unwrap_or_default()
 }
 
 /// The attempt number of an attempt id (`JOB_ID.N`).
 fn attempt_number(attempt_id: &str) -> u32 {
     toil_jobstore::layout::split_attempt_id(attempt_id).map_or(0, |(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toil_proto::v1::{AttemptEnded, JobStateChanged};
+
+    fn parse(e: &WorkflowEvent) -> Value {
+        serde_json::from_str(&event_json(e)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn events_are_flat_objects_the_pages_read() {
+        let e = WorkflowEvent {
+            seq: 7,
+            time: Some(prost_types::Timestamp {
+                seconds: 2,
+                nanos: 5_000_000,
+            }),
+            kind: Some(Kind::AttemptEnded(AttemptEnded {
+                job_id: "align[3]".into(),
+                attempt_id: "align[3].2".into(),
+                cause: Some(Cause::exit_code(3)),
+                will_retry: true,
+            })),
+        };
+        assert_eq!(
+            parse(&e),
+            json!({"seq": 7, "time_ms": 2005, "kind": "ended", "job": "align[3]", "attempt": 2,
+                   "cause": "exit code 3", "outcome": "failed", "will_retry": true})
+        );
+        let e = WorkflowEvent {
+            seq: 8,
+            time: None,
+            kind: Some(Kind::JobStateChanged(JobStateChanged {
+                job_id: "a".into(),
+                from: JobState::Running as i32,
+                to: JobState::Succeeded as i32,
+            })),
+        };
+        assert_eq!(
+            parse(&e),
+            json!({"seq": 8, "time_ms": 0, "kind": "state", "job": "a", "from": "running", "to": "succeeded"})
+        );
+        assert_eq!(cause_text(&Cause::succeeded()), "succeeded");
+        assert_eq!(outcome(None), "running");
+    }
 }

@@ -11,10 +11,12 @@ let attempt = 0; // 0: the latest
 let pinned = false;
 let shownAttempt = 0;
 let chars = 0;
+let statusText = '';
 
 function stop() { if (source) { source.close(); source = null; } }
 
 function status(text) {
+  statusText = text;
   const s = document.getElementById('log-status');
   if (s) s.textContent = text;
 }
@@ -51,7 +53,7 @@ async function header() {
   head.replaceChildren(
     el('h2', { text: job.id }),
     el('p', {}, el('span', { class: `state s-${job.state}`, text: job.state }), ' ',
-      ...buttons, ' ', el('span', { id: 'log-status', class: 'muted' })),
+      ...buttons, ' ', el('span', { id: 'log-status', class: 'muted', text: statusText })),
   );
 }
 
