@@ -293,7 +293,12 @@ pub(super) async fn start(
         cfg.max_log_bytes_per_attempt,
     );
     let events = Arc::new(EventHub::new());
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new()
+            .with_job_store(store)
+            .with_logs(logs.bytes())
+            .with_kubernetes(cluster.as_ref().map(|c| c.api_requests())),
+    );
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
     let (driver_tx, driver_rx) = mpsc::channel(1024);
     let (persist_tx, persist_rx) = mpsc::channel(256);
@@ -508,7 +513,8 @@ pub(super) async fn start(
         events,
         progress_tx,
         durable,
-    );
+    )
+    .with_metrics(metrics.clone());
     Ok(Running {
         driver,
         driver_rx,
