@@ -5,6 +5,9 @@
 #                      (the Python client test), cwltest (the CWL
 #                      conformance suite's driver)
 #   .tools/            npm prefix holding `buf` (proto lint)
+#   chromium           Debian package: headless browser for the web view's
+#                      tests (tests/browser/cdp.py drives it over a pipe
+#                      with Python's standard library)
 #   mmdebstrap, umoci  Debian packages: scripts/build-appliance-rootfs.sh
 #                      builds the appliance image with them (the tests of
 #                      tests/tests/appliance_image.rs)
@@ -40,3 +43,12 @@ if ! command -v mmdebstrap >/dev/null || ! command -v umoci >/dev/null; then
   apt-get install -y -qq --no-install-recommends mmdebstrap umoci >/dev/null
 fi
 log "mmdebstrap ok: $(mmdebstrap --version), umoci ok: $(umoci --version)"
+
+# --- chromium (the web view's browser tests) ---------------------------------
+if [ ! -x /usr/bin/chromium ]; then
+  log "installing the Debian package chromium"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+log "chromium ok: $(/usr/bin/chromium --version 2>/dev/null)"

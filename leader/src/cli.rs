@@ -211,6 +211,20 @@ pub struct RunArgs {
     #[arg(long = "leaderAddress", env = "TOIL_LEADER_ADVERTISE")]
     pub advertise: Option<String>,
 
+    /// The live web view: jobs, graph, timeline and logs in a browser,
+    /// updated as the workflow runs, plus /metrics for Prometheus. The
+    /// leader prints its URL with a token at start (open it as printed).
+    /// Default: loopback, any free port. An address other than loopback
+    /// (for example 0.0.0.0:8443) is served over HTTPS only, with the
+    /// leader's own certificate. `off` turns it off.
+    #[arg(
+        long = "webUI",
+        env = "TOIL_WEB_UI",
+        default_value = "127.0.0.1:0",
+        value_name = "ADDR|off"
+    )]
+    pub web_ui: String,
+
     /// A directory of your own on the leader's machine for the client token
     /// and the leader's Unix socket (kept out of the job store, which jobs
     /// can read). Default: $XDG_RUNTIME_DIR/toil, else
@@ -680,6 +694,7 @@ impl RunArgs {
                 "--leaderAddress / TOIL_LEADER_ADVERTISE {a:?}: the leader serves TLS only, so agents and clients dial https://HOST:PORT (for example https://10.0.0.5:7070)"
             )));
         }
+        let web_ui = crate::web::WebBind::parse(&self.web_ui).map_err(bad)?;
         if self.agent_lease < Duration::from_secs(1) {
             return Err(bad("--agentLease must be at least 1s"));
         }
@@ -744,6 +759,7 @@ impl RunArgs {
             journal_interval: Duration::from_millis(10),
             listen: self.listen,
             advertise: self.advertise,
+            web_ui,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(crate::run::private::default_state_dir),

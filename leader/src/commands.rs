@@ -192,14 +192,19 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 token = page.next_page_token;
             }
             let state = WorkflowState::try_from(wf.state).unwrap_or(WorkflowState::Running);
-            let who = format!(
+            let mut who = format!(
                 "leader pid {} on {} (epoch {}) at {}",
                 info.pid, info.host, info.epoch, info.address
             );
+            let web_url = crate::web::url_beside(&info.token_file);
+            if let Some(url) = &web_url {
+                who.push_str(&format!("; web view {url}"));
+            }
             let about = About {
                 workflow_id: wf.workflow_id,
                 started_ms: wf.started_at.map_or(0, |t| t.seconds * 1000),
                 resume: None,
+                web_url,
             };
             (wf.name, state, jobs, wf.usage.unwrap_or_default(), who, about)
         }
@@ -223,6 +228,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 workflow_id: meta.workflow_id.clone(),
                 started_ms: meta.created_ms,
                 resume,
+                web_url: None,
             };
             (
                 meta.name,
@@ -245,7 +251,7 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 host: i.host.clone(),
                 epoch: i.epoch,
                 address: i.address.clone(),
-                web_url: None,
+                web_url: about.web_url.clone(),
             }),
             resume: about.resume,
             jobs: &jobs,
@@ -265,6 +271,8 @@ struct About {
     workflow_id: String,
     started_ms: i64,
     resume: Option<String>,
+    /// The web view's tokenized URL, when this user can read it.
+    web_url: Option<String>,
 }
 
 fn state_name(s: i32) -> &'static str {

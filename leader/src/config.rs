@@ -65,6 +65,8 @@ pub struct RunConfig {
     pub listen: SocketAddr,
     /// The address agents and jobs use, when not the listen address.
     pub advertise: Option<String>,
+    /// Where the web view listens (`--webUI`; `None`: off).
+    pub web_ui: Option<crate::web::WebBind>,
     /// Where the client token and the Unix socket go (`--stateDir`).
     pub state_dir: PathBuf,
     /// Hand finished agents new jobs.

@@ -77,6 +77,12 @@ impl EventHub {
         let _ = self.live.send(event);
     }
 
+    /// The number of the latest event (0 before the first): a snapshot
+    /// taken with it is brought up to date by the events after it.
+    pub fn last_seq(&self) -> u64 {
+        self.lock().next_seq - 1
+    }
+
     /// Subscribes, with every held event after `after_seq`.
     pub fn subscribe(&self, after_seq: u64) -> Subscription {
         let inner = self.lock();

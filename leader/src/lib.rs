@@ -41,4 +41,5 @@ pub mod status_json;
 pub mod summary;
 pub mod terminal;
 pub mod versions;
+pub mod web;
 pub mod workflow;

@@ -64,8 +64,9 @@ pub struct Leader {
     pub epoch: u64,
     /// Its gRPC address (`HOST:PORT`, TLS).
     pub address: String,
-    /// The web view's address, when it serves one (without the token:
-    /// the leader prints the tokenized URL at start).
+    /// The web view's URL with its token (`?token=`), when the leader
+    /// serves one and this user can read its private directory (the user
+    /// who started it, on its machine); else `None`.
     pub web_url: Option<String>,
 }
 

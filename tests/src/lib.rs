@@ -15,6 +15,7 @@
 
 pub mod appliance;
 pub mod bench;
+pub mod browser;
 pub mod data;
 pub mod emulator;
 pub mod harness;
@@ -27,3 +28,4 @@ pub mod relay;
 pub mod restart;
 pub mod token_probe;
 pub mod wait;
+pub mod web;

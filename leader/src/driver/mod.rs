@@ -31,7 +31,7 @@ use crate::events::EventHub;
 use crate::logs::LogHub;
 use crate::metrics::Metrics;
 use crate::persist::PersistMsg;
-pub use agents::{Grant, TokenTable, new_token};
+pub use agents::{Grant, TokenTable, new_token, same_secret};
 pub use messages::{Caller, Msg, exit as exit_response};
 
 /// The driver's clock: tokio's, which is the system's except in tests that

@@ -97,11 +97,28 @@ impl PrivateDir {
         self.dir.join("leader.sock")
     }
 
+    /// Where the web view's URL (with its token) is.
+    pub fn web_url_path(&self) -> PathBuf {
+        self.dir.join("web-url")
+    }
+
     /// Writes the client token, readable by this user alone (0600), in
     /// place of any earlier leader's.
     pub fn write_token(&self, token: &str) -> Result<PathBuf, String> {
-        let path = self.token_path();
-        let tmp = self.dir.join(".client-token.tmp");
+        self.write_private(&self.token_path(), token)
+    }
+
+    /// Writes the web view's URL, which carries its token, like the token.
+    pub fn write_web_url(&self, url: &str) -> Result<PathBuf, String> {
+        self.write_private(&self.web_url_path(), url)
+    }
+
+    fn write_private(&self, path: &Path, token: &str) -> Result<PathBuf, String> {
+        let path = path.to_path_buf();
+        let tmp = self.dir.join(format!(
+            ".{}.tmp",
+            path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
+        ));
         let _ = std::fs::remove_file(&tmp);
         let write = || -> std::io::Result<()> {
             let mut f = std::fs::OpenOptions::new()
@@ -115,7 +132,7 @@ impl PrivateDir {
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| format!("cannot write the client token to {}: {e}", path.display()))?;
+        write().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(path)
     }
 
@@ -147,6 +164,7 @@ impl PrivateDir {
     /// run; what a crash leaves is replaced by the next leader).
     pub fn remove(&self) {
         let _ = std::fs::remove_file(self.token_path());
+        let _ = std::fs::remove_file(self.web_url_path());
         let _ = std::fs::remove_file(self.socket_path());
         let _ = std::fs::remove_dir(&self.dir);
     }

@@ -80,6 +80,8 @@ struct Tasks {
     leftovers: String,
     server_stop: CancellationToken,
     server: Watched<Result<(), tonic::transport::Error>>,
+    /// The web view (`None` with `--webUI off`); it stops with the server.
+    web: Option<Watched<Result<(), String>>>,
     flush_stop: CancellationToken,
     flusher: Watched<()>,
     /// Dropped at shutdown: the driver's inbox closes with it.
@@ -235,6 +237,17 @@ pub(super) async fn start(
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     let bound = listener.local_addr()?;
+    // The web view's port, taken now so that a bad --webUI stops the run
+    // before anything is announced.
+    let web_listener = match &cfg.web_ui {
+        Some(b) => Some((
+            b.clone(),
+            crate::web::bind(b)
+                .await
+                .map_err(|e| fail(exit::BAD_INPUT, e))?,
+        )),
+        None => None,
+    };
     let address = advertised(cfg, bound);
     // What only this machine's user may see: the client token, and the
     // socket local agents and clients use instead of TCP.
@@ -474,6 +487,58 @@ pub(super) async fn start(
             server_stop.clone(),
         ),
     );
+    let web_stop = server_stop.child_token();
+    let web = match web_listener {
+        None => None,
+        Some((b, l)) => {
+            let state = Arc::new(crate::web::WebState {
+                driver: driver_tx.clone(),
+                events: events.clone(),
+                logs: logs.clone(),
+                workflow: WorkflowSvc {
+                    driver: driver_tx.clone(),
+                    tokens: tokens.clone(),
+                    events: events.clone(),
+                    logs: logs.clone(),
+                    workflow_id: meta.workflow_id.clone(),
+                    name: meta.name.clone(),
+                    started_at: prost_types::Timestamp {
+                        seconds: meta.created_ms / 1000,
+                        nanos: 0,
+                    },
+                    token_file: format!("{} on {host}", token_file.display()),
+                },
+                metrics: metrics.clone(),
+                tokens: tokens.clone(),
+                web_token: crate::driver::new_token(),
+                workflow_id: meta.workflow_id.clone(),
+                name: meta.name.clone(),
+                started_ms: meta.created_ms,
+                bound: l.local_addr()?,
+                tls: b.tls,
+                url_file: format!("{} on {host}", private.web_url_path().display()),
+            });
+            let url = state.url(host);
+            private
+                .write_web_url(&url)
+                .map_err(|e| fail(exit::FAILED, e))?;
+            let note = if b.tls {
+                format!(
+                    " (HTTPS with the leader's own certificate, SHA-256 {}: the browser will ask you to trust it)",
+                    cert.pin
+                )
+            } else {
+                String::new()
+            };
+            crate::say!("web view: {url}{note}");
+            Some(supervisor.spawn(
+                "web view",
+                EarlyEnd::Fails,
+                |r: &Result<(), String>| r.clone().err(),
+                crate::web::serve(l, state, cert.server_config.clone(), web_stop.clone()),
+            ))
+        }
+    };
     // It ends when the driver drops its progress channel, which may come
     // just before the shutdown begins.
     let display = supervisor.spawn(
@@ -531,6 +596,7 @@ pub(super) async fn start(
             leftovers,
             server_stop,
             server,
+            web,
             flush_stop,
             flusher,
             driver_tx,
@@ -585,6 +651,9 @@ impl Running {
         t.server_stop.cancel();
         if finish(&mut t.server, bound).await.is_none() {
             tracing::warn!("the gRPC server did not close its connections in time");
+        }
+        if let Some(w) = t.web.as_mut() {
+            let _ = finish(w, bound).await;
         }
         t.flush_stop.cancel();
         if finish(&mut t.flusher, bound).await.is_none() {
