@@ -206,7 +206,14 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 resume: None,
                 web_url,
             };
-            (wf.name, state, jobs, wf.usage.unwrap_or_default(), who, about)
+            (
+                wf.name,
+                state,
+                jobs,
+                wf.usage.unwrap_or_default(),
+                who,
+                about,
+            )
         }
         None => {
             let (core, meta) = offline_core(&store).await?;

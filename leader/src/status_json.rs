@@ -132,7 +132,7 @@ pub struct Requested {
 pub struct AttemptRow {
     /// Its number, from 1.
     pub attempt: u32,
-    /// Its id (`JOB/N`), as `logs --attempt N` takes it.
+    /// Its id (`JOB.N`); `logs LOC JOB --attempt N` prints its log.
     pub id: String,
     /// Why it ended; `None` while it runs.
     pub cause: Option<CauseRow>,
@@ -361,7 +361,7 @@ mod tests {
             }),
             attempts: vec![
                 AttemptSummary {
-                    attempt_id: "flaky/1".into(),
+                    attempt_id: "flaky.1".into(),
                     cause: Some(Cause::exit_code(3)),
                     launched_at: ts(1_700_000_000_000),
                     ended_at: ts(1_700_000_001_500),
@@ -374,7 +374,7 @@ mod tests {
                     ..Default::default()
                 },
                 AttemptSummary {
-                    attempt_id: "flaky/2".into(),
+                    attempt_id: "flaky.2".into(),
                     launched_at: ts(1_700_000_002_000),
                     ..Default::default()
                 },

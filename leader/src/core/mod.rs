@@ -486,7 +486,9 @@ impl Core {
     /// `count` for `count[3]`, `child` for `parent/child`. Bounded by the
     /// workflow file for its own jobs (what `/metrics` labels by).
     pub fn job_name(&self, j: JobIdx) -> &str {
-        let name = &self.templates[self.jobs[j as usize].tmpl as usize].spec.name;
+        let name = &self.templates[self.jobs[j as usize].tmpl as usize]
+            .spec
+            .name;
         name.rsplit('/').next().unwrap_or(name)
     }
 

@@ -66,8 +66,6 @@ pub(super) struct Running {
     pub(super) logs: Arc<LogHub>,
     /// The workflow's events, for a front end.
     pub(super) events: Arc<EventHub>,
-    /// The run's metrics (`/metrics`).
-    pub(super) metrics: Arc<crate::metrics::Metrics>,
     tasks: Tasks,
 }
 
@@ -579,7 +577,7 @@ pub(super) async fn start(
         progress_tx,
         durable,
     )
-    .with_metrics(metrics.clone());
+    .with_metrics(metrics);
     Ok(Running {
         driver,
         driver_rx,
@@ -588,7 +586,6 @@ pub(super) async fn start(
         stop_reason,
         logs,
         events: events_for_front,
-        metrics,
         tasks: Tasks {
             supervisor,
             batch_tx,
@@ -624,7 +621,6 @@ impl Running {
             stop_reason,
             logs: _,
             events: _,
-            metrics: _,
             tasks: t,
         } = self;
         let mut t = t;

@@ -94,7 +94,11 @@ pub fn classify(method: &Method, path: &str, query: Option<&str>) -> (&'static s
         && resource
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'/' || b == b'-');
-    let resource = if bounded { resource } else { "other".to_string() };
+    let resource = if bounded {
+        resource
+    } else {
+        "other".to_string()
+    };
     (verb_of(method, collection, query), resource)
 }
 
@@ -135,37 +139,67 @@ mod tests {
             let (v, r) = c(m, u);
             (v.to_string(), r)
         };
-        assert_eq!(got(Method::POST, "/apis/batch/v1/namespaces/ns/jobs"), t("create", "jobs"));
         assert_eq!(
-            got(Method::GET, "/api/v1/namespaces/ns/pods?labelSelector=a%3Db&limit=1"),
+            got(Method::POST, "/apis/batch/v1/namespaces/ns/jobs"),
+            t("create", "jobs")
+        );
+        assert_eq!(
+            got(
+                Method::GET,
+                "/api/v1/namespaces/ns/pods?labelSelector=a%3Db&limit=1"
+            ),
             t("list", "pods")
         );
         assert_eq!(
-            got(Method::GET, "/api/v1/namespaces/ns/pods?resourceVersion=5&watch=true&allowWatchBookmarks=true"),
+            got(
+                Method::GET,
+                "/api/v1/namespaces/ns/pods?resourceVersion=5&watch=true&allowWatchBookmarks=true"
+            ),
             t("watch", "pods")
         );
         assert_eq!(
-            got(Method::GET, "/api/v1/namespaces/ns/pods/p-1/log?follow=true"),
+            got(
+                Method::GET,
+                "/api/v1/namespaces/ns/pods/p-1/log?follow=true"
+            ),
             t("get", "pods/log")
         );
         assert_eq!(
-            got(Method::DELETE, "/apis/batch/v1/namespaces/ns/jobs/toil-x?propagationPolicy=Background"),
+            got(
+                Method::DELETE,
+                "/apis/batch/v1/namespaces/ns/jobs/toil-x?propagationPolicy=Background"
+            ),
             t("delete", "jobs")
         );
         assert_eq!(
-            got(Method::DELETE, "/apis/batch/v1/namespaces/ns/jobs?labelSelector=x"),
+            got(
+                Method::DELETE,
+                "/apis/batch/v1/namespaces/ns/jobs?labelSelector=x"
+            ),
             t("deletecollection", "jobs")
         );
         assert_eq!(got(Method::GET, "/api/v1/nodes"), t("list", "nodes"));
-        assert_eq!(got(Method::GET, "/api/v1/namespaces/ns"), t("get", "namespaces"));
+        assert_eq!(
+            got(Method::GET, "/api/v1/namespaces/ns"),
+            t("get", "namespaces")
+        );
         assert_eq!(got(Method::GET, "/apis/batch/v1"), t("get", "discovery"));
         assert_eq!(got(Method::GET, "/version"), t("get", "discovery"));
         assert_eq!(
-            got(Method::GET, "/api/v1/namespaces/ns/pods/p/portforward?ports=1"),
+            got(
+                Method::GET,
+                "/api/v1/namespaces/ns/pods/p/portforward?ports=1"
+            ),
             t("get", "pods/portforward")
         );
         // Object names never become labels.
-        assert_eq!(got(Method::PATCH, "/api/v1/namespaces/ns/pods/WEIRD_Name"), t("patch", "pods"));
-        assert_eq!(got(Method::GET, "/api/v1/namespaces/ns/Odd_Things"), t("list", "other"));
+        assert_eq!(
+            got(Method::PATCH, "/api/v1/namespaces/ns/pods/WEIRD_Name"),
+            t("patch", "pods")
+        );
+        assert_eq!(
+            got(Method::GET, "/api/v1/namespaces/ns/Odd_Things"),
+            t("list", "other")
+        );
     }
 }
