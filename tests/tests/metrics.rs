@@ -6,18 +6,23 @@
 //! leader up), scraped over HTTP and read by the Python `prometheus_client`
 //! parsers of the test venv (both text formats), and compared with the
 //! workflow's own counts and with `status --json`, live and after the
-//! leader is gone.
+//! leader is gone. On the Kubernetes emulator, the leader's count of its
+//! API requests is checked against the API server's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod k8s_support;
 
 use std::io::Write;
 use std::process::Stdio;
 use std::time::Duration;
 
+use k8s_support::Cluster;
 use serde_json::Value;
+use toil_tests::emulator::NodeConfig;
 use toil_tests::harness;
 use toil_tests::local::Sandbox;
-use toil_tests::wait::wait_for;
+use toil_tests::wait::{wait_for, wait_for_async};
 use toil_tests::web::{Reply, request, web_url};
 
 const T: Duration = Duration::from_secs(90);
@@ -439,4 +444,87 @@ fn status_json_of_an_interrupted_run_says_how_to_resume() {
     let slow = job(&s, "slow");
     assert_eq!(slow["attempts"][0]["cause"]["kind"], "agent_lost");
     assert_eq!(job(&s, "after")["attempts"], serde_json::json!([]));
+}
+
+/// On Kubernetes (the emulator, under the shipped RBAC): the leader's own
+/// count of its API requests, by verb, resource and code, agrees with the
+/// API server's count of what it received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubernetes_api_requests_are_counted_as_the_api_server_counts_them() {
+    let c = Cluster::start(k8s_support::config(vec![NodeConfig::new("node-1")])).await;
+    let gate = c.dir.path().join("gate");
+    c.workflow(
+        "k8sm",
+        &format!(
+            "name: k8sm\ndefaults: {{cores: 0.1, memory: 256Mi, disk: 100Mi}}\njobs:\n  a:\n    command: echo hi\n  holder:\n    command: while [ ! -e {} ]; do sleep 0.05; done\n",
+            gate.display()
+        ),
+    );
+    let mut leader = c.spawn("k8sm", &[]);
+    let state = c.dir.path().join("state");
+    let web = tokio::task::spawn_blocking(move || web_url(&state, T))
+        .await
+        .unwrap();
+    let (port, token) = (web.port, web.token.clone());
+    let text = wait_for_async("a succeeded and the holder's pod running", T, || {
+        let token = token.clone();
+        async move {
+            let body = tokio::task::spawn_blocking(move || scrape(port, &token, None).body)
+                .await
+                .unwrap();
+            let done = body.contains("toil_jobs{state=\"succeeded\"} 1\n")
+                && body.contains("toil_jobs{state=\"running\"} 1\n")
+                && body.contains("toil_dispatch_latency_seconds_count 2\n");
+            if done { Ok(body) } else { Err(body) }
+        }
+    })
+    .await;
+    let server = c.emu.request_counts();
+    let m = {
+        let text = text.clone();
+        tokio::task::spawn_blocking(move || parse("prometheus", &text))
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        m["toil_kubernetes_api_requests"]["type"], "counter",
+        "{text}"
+    );
+    let counted = |labels: &[(&str, &str)]| {
+        value(
+            &m,
+            "toil_kubernetes_api_requests",
+            "toil_kubernetes_api_requests_total",
+            labels,
+        )
+    };
+    // Two agents' Jobs and token Secrets, and the relay's probe: created
+    // once each, answered 201, and counted the same on both sides.
+    for resource in ["jobs", "secrets"] {
+        let n = server.get("create", resource) as f64;
+        assert!(n >= 2.0, "{server:?}");
+        assert_eq!(
+            counted(&[("verb", "create"), ("resource", resource)]),
+            n,
+            "{resource}: {text}"
+        );
+        assert_eq!(
+            counted(&[("verb", "create"), ("resource", resource), ("code", "201")]),
+            n
+        );
+    }
+    assert_eq!(
+        counted(&[("verb", "list"), ("resource", "nodes")]),
+        server.get("list", "nodes") as f64
+    );
+    assert!(
+        counted(&[("verb", "watch"), ("resource", "pods")]) >= 1.0,
+        "{text}"
+    );
+    std::fs::write(&gate, "").unwrap();
+    let status = tokio::time::timeout(T, leader.wait())
+        .await
+        .expect("the leader ends once the holder does")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{}", c.output_of("k8sm"));
 }
