@@ -151,6 +151,35 @@ fn exchange<S: Read + Write>(
     }
 }
 
+/// Opens `/api/events` as a browser reconnecting after event `last_id`
+/// would (`Last-Event-ID`), and returns the ids of the first `n` events
+/// it is sent.
+pub fn event_ids_after(port: u16, token: &str, last_id: u64, n: usize) -> Vec<u64> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .unwrap_or_else(|e| panic!("connecting to 127.0.0.1:{port}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let req = format!(
+        "GET /api/events HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\nLast-Event-ID: {last_id}\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut r = BufReader::new(s);
+    let mut ids = Vec::new();
+    let mut line = String::new();
+    while ids.len() < n {
+        line.clear();
+        match r.read_line(&mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        if let Some(id) = line.trim_end().strip_prefix("id: ") {
+            ids.push(id.parse().unwrap_or(0));
+        }
+    }
+    ids
+}
+
 /// A server-sent-events client that counts the events of `/api/events`
 /// as they arrive (what a browser with the page open costs the leader,
 /// without the browser), on a thread of its own.

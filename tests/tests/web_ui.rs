@@ -178,6 +178,12 @@ fn the_page_follows_a_running_workflow_without_a_reload() {
         serde_json::json!(11),
         "eleven attempts: 10 jobs, one retried"
     );
+    // Bars span their attempts: the gated job ran while the test looked,
+    // far longer than a scatter instance.
+    let wider = b.eval(
+        "(() => { const w = j => +document.querySelector(`rect.bar[data-job=\"${j}\"]`).getAttribute('width'); return w('gated') > 3 * w('fan[0]'); })()",
+    );
+    assert_eq!(wider, serde_json::json!(true));
     b.screenshot(&artifact("web", "timeline.png"));
 
     // The scatter is one node with its count.
@@ -338,6 +344,9 @@ fn without_the_token_nothing_is_served_and_with_it_only_its_own_pages() {
     let client = format!("Bearer {}", info.client_token);
     let r = request(port, "GET", "/api/workflow", &[("Authorization", &client)]);
     assert_eq!(r.status, 200);
+    // A reconnecting page resumes after the last event it saw.
+    let ids = toil_tests::web::event_ids_after(port, &web.token, 3, 3);
+    assert_eq!(ids, [4, 5, 6], "events after Last-Event-ID 3");
     // `status` on this machine shows the URL too.
     let js = sb.job_store().display().to_string();
     let st = sb.run(&["status", &js], T);

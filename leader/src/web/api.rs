@@ -45,7 +45,12 @@ pub fn cause_text(c: &Cause) -> String {
     if kind == CauseKind::ExitCode || (c.code != 0 && kind != CauseKind::Succeeded) {
         s.push_str(&format!(" {}", c.code));
     }
-    if !c.message.is_empty() && kind != CauseKind::Succeeded {
+    // An exit code or signal says it all; other causes explain themselves.
+    let plain = matches!(
+        kind,
+        CauseKind::Succeeded | CauseKind::ExitCode | CauseKind::Signaled
+    );
+    if !c.message.is_empty() && !plain {
         s.push_str(": ");
         s.push_str(&c.message);
     }
@@ -462,4 +467,51 @@ pub fn event_json(e: &WorkflowEvent) -> String {
 /// The attempt number of an attempt id (`JOB_ID.N`).
 fn attempt_number(attempt_id: &str) -> u32 {
     toil_jobstore::layout::split_attempt_id(attempt_id).map_or(0, |(_, n)| n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use toil_proto::v1::{AttemptEnded, JobStateChanged};
+
+    fn parse(e: &WorkflowEvent) -> Value {
+        serde_json::from_str(&event_json(e)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn events_are_flat_objects_the_pages_read() {
+        let e = WorkflowEvent {
+            seq: 7,
+            time: Some(prost_types::Timestamp {
+                seconds: 2,
+                nanos: 5_000_000,
+            }),
+            kind: Some(Kind::AttemptEnded(AttemptEnded {
+                job_id: "align[3]".into(),
+                attempt_id: "align[3].2".into(),
+                cause: Some(Cause::exit_code(3)),
+                will_retry: true,
+            })),
+        };
+        assert_eq!(
+            parse(&e),
+            json!({"seq": 7, "time_ms": 2005, "kind": "ended", "job": "align[3]", "attempt": 2,
+                   "cause": "exit code 3", "outcome": "failed", "will_retry": true})
+        );
+        let e = WorkflowEvent {
+            seq: 8,
+            time: None,
+            kind: Some(Kind::JobStateChanged(JobStateChanged {
+                job_id: "a".into(),
+                from: JobState::Running as i32,
+                to: JobState::Succeeded as i32,
+            })),
+        };
+        assert_eq!(
+            parse(&e),
+            json!({"seq": 8, "time_ms": 0, "kind": "state", "job": "a", "from": "running", "to": "succeeded"})
+        );
+        assert_eq!(cause_text(&Cause::succeeded()), "succeeded");
+        assert_eq!(outcome(None), "running");
+    }
 }

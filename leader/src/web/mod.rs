@@ -148,22 +148,7 @@ impl WebState {
     /// True if the Host header names this listener (loopback only; a TLS
     /// listener's certificate already ties it to its names).
     fn host_ok(&self, host: Option<&str>) -> bool {
-        if !self.bound.ip().is_loopback() {
-            return true;
-        }
-        let Some(host) = host else {
-            return false;
-        };
-        let port = self.bound.port();
-        let (name, p) = match host.rsplit_once(':') {
-            Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, p),
-            _ => return false,
-        };
-        p.parse::<u16>() == Ok(port)
-            && matches!(
-                name.to_ascii_lowercase().as_str(),
-                "127.0.0.1" | "localhost" | "[::1]"
-            )
+        host_matches(self.bound, host)
     }
 
     /// The URL to open, token included (what the leader prints at start).
@@ -208,6 +193,28 @@ pub fn url_beside(token_file: &str) -> Option<String> {
     let url = std::fs::read_to_string(dir.join("web-url")).ok()?;
     let url = url.trim();
     url.starts_with("http").then(|| url.to_string())
+}
+
+/// True if `host` (a Host header) names the listener bound to `bound`:
+/// any name off loopback (TLS and the token guard that one), else only
+/// the loopback names with the right port.
+fn host_matches(bound: SocketAddr, host: Option<&str>) -> bool {
+    if !bound.ip().is_loopback() {
+        return true;
+    }
+    let Some(host) = host else {
+        return false;
+    };
+    let port = bound.port();
+    let (name, p) = match host.rsplit_once(':') {
+        Some((n, p)) if !n.ends_with(']') || host.starts_with('[') => (n, p),
+        _ => return false,
+    };
+    p.parse::<u16>() == Ok(port)
+        && matches!(
+            name.to_ascii_lowercase().as_str(),
+            "127.0.0.1" | "localhost" | "[::1]"
+        )
 }
 
 /// Binds the web view's listener (before anything is announced, so a bad
@@ -382,7 +389,7 @@ async fn check_and_route(state: &Arc<WebState>, req: Request<Incoming>) -> Respo
         }
         return r;
     }
-    match presented_token(state, &req) {
+    match presented_token(&state.cookie_name(), &req) {
         Some(t) if state.accepts(&t) => {}
         Some(_) => return unauthorized(state, "the token is not this leader's"),
         None => return unauthorized(state, "no token"),
@@ -391,7 +398,7 @@ async fn check_and_route(state: &Arc<WebState>, req: Request<Incoming>) -> Respo
 }
 
 /// The token a request carries: bearer header, else cookie.
-fn presented_token<B>(state: &WebState, req: &Request<B>) -> Option<String> {
+fn presented_token<B>(cookie_name: &str, req: &Request<B>) -> Option<String> {
     if let Some(h) = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -403,7 +410,7 @@ fn presented_token<B>(state: &WebState, req: &Request<B>) -> Option<String> {
             .unwrap_or(h);
         return Some(t.trim().to_string());
     }
-    let name = state.cookie_name();
+    let name = cookie_name;
     req.headers()
         .get_all(header::COOKIE)
         .iter()
@@ -525,6 +532,52 @@ mod tests {
         assert!(e.contains("TLS only"), "{e}");
         let e = WebBind::parse("localhost").err().unwrap_or_default();
         assert!(e.contains("IP:PORT"), "{e}");
+    }
+
+    #[test]
+    fn only_this_listeners_names_and_cookie_are_accepted() {
+        let bound: SocketAddr = "127.0.0.1:8080".parse().unwrap_or_else(|e| panic!("{e}"));
+        for ok in [
+            "127.0.0.1:8080",
+            "localhost:8080",
+            "LOCALHOST:8080",
+            "[::1]:8080",
+        ] {
+            assert!(host_matches(bound, Some(ok)), "{ok}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "127.0.0.1:8081",
+            "127.0.0.1",
+            "localhost.evil:8080",
+            "[::1]",
+            "",
+        ] {
+            assert!(!host_matches(bound, Some(bad)), "{bad}");
+        }
+        assert!(!host_matches(bound, None));
+        // Off loopback, TLS and the token guard the view instead.
+        let any: SocketAddr = "0.0.0.0:8443".parse().unwrap_or_else(|e| panic!("{e}"));
+        assert!(host_matches(any, Some("anything:1")));
+        let req = Request::builder()
+            .header(
+                header::COOKIE,
+                "a=b; toil_web_9=x; toil_web_8080=web-secret",
+            )
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            presented_token("toil_web_8080", &req).as_deref(),
+            Some("web-secret")
+        );
+        let req = Request::builder()
+            .header(header::AUTHORIZATION, "Bearer  tok ")
+            .body(())
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            presented_token("toil_web_8080", &req).as_deref(),
+            Some("tok")
+        );
     }
 
     #[test]

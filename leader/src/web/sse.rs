@@ -27,7 +27,7 @@ use super::{Body, WebState, query_param};
 /// stream out.
 const HEARTBEAT: Duration = Duration::from_secs(15);
 /// Events are written in batches of about this many bytes ...
-const BATCH: usize = 32 * 1024;
+const BATCH: usize = 64 * 1024;
 /// ... gathered for at most this long after the first: a busy workflow
 /// costs one write (and one wake-up of this task) per window, not one
 /// per event, and a page sees changes within a tenth of a second.
@@ -65,24 +65,34 @@ fn push_event(out: &mut String, e: &WorkflowEvent) {
 }
 
 /// `/api/events`: every workflow event after the one the client last saw,
-/// then live ones. A client that fell too far behind gets an `reset`
-/// event first (reload everything), as one whose connection lagged gets
-/// its stream closed (it reconnects and catches up from the window).
+/// then live ones. A client that fell too far behind the hub's window gets
+/// a `reset` event first (reload everything). When this stream itself
+/// lags behind a burst of events (more than the live channel holds), it
+/// catches up from the window in place, so the client sees no gap.
 pub async fn events<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
-    let after = resume_from(req, "after");
-    let sub = state.events.subscribe(after);
-    let reset = after > 0 && after + 1 < sub.oldest;
+    let mut last = resume_from(req, "after");
+    let hub = state.events.clone();
     let (tx, rx) = mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut out = String::from("retry: 1000\n\n");
-        if reset {
-            out.push_str("event: reset\ndata: {}\n\n");
-        }
-        let mut last = after;
-        for e in &sub.backlog {
-            last = e.seq;
-            push_event(&mut out, e);
-            if out.len() >= BATCH
+        loop {
+            let sub = hub.subscribe(last);
+            if last > 0 && last + 1 < sub.oldest {
+                out.push_str("event: reset\ndata: {}\n\n");
+            }
+            for e in &sub.backlog {
+                last = e.seq;
+                push_event(&mut out, e);
+                if out.len() >= BATCH
+                    && tx
+                        .send(Bytes::from(std::mem::take(&mut out)))
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+            }
+            if !out.is_empty()
                 && tx
                     .send(Bytes::from(std::mem::take(&mut out)))
                     .await
@@ -90,62 +100,93 @@ pub async fn events<B>(state: &WebState, req: &Request<B>) -> Response<Body> {
             {
                 return;
             }
-        }
-        if tx.send(Bytes::from(out)).await.is_err() {
-            return;
-        }
-        let Some(mut live) = sub.live else {
-            // The workflow has ended: stay open (so the browser does not
-            // reconnect in a loop) until the client leaves.
-            return keep_alive(tx).await;
-        };
-        let mut ping = tokio::time::interval(HEARTBEAT);
-        ping.tick().await;
-        loop {
-            let mut out = String::new();
-            tokio::select! {
-                r = live.recv() => match r {
-                    Ok(e) => {
-                        if e.seq > last {
-                            last = e.seq;
-                            push_event(&mut out, &e);
-                        }
-                        // What else comes within the window goes in the
-                        // same write.
-                        let until = tokio::time::Instant::now() + COALESCE;
-                        while out.len() < BATCH {
-                            let e = match live.try_recv() {
-                                Ok(e) => e,
-                                Err(broadcast::error::TryRecvError::Empty) => {
-                                    match tokio::time::timeout_at(until, live.recv()).await {
-                                        Ok(Ok(e)) => e,
-                                        Ok(Err(broadcast::error::RecvError::Lagged(_))) => return,
-                                        // Closed, or the window is over.
-                                        _ => break,
-                                    }
-                                }
-                                Err(broadcast::error::TryRecvError::Lagged(_)) => return,
-                                Err(_) => break,
-                            };
-                            if e.seq > last {
-                                last = e.seq;
-                                push_event(&mut out, &e);
-                            }
-                        }
-                    }
-                    // Reconnecting resumes from the window.
-                    Err(broadcast::error::RecvError::Lagged(_)) => return,
-                    Err(broadcast::error::RecvError::Closed) => return keep_alive(tx).await,
-                },
-                _ = ping.tick() => out.push_str(": ping\n\n"),
-                _ = tx.closed() => return,
-            }
-            if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
-                return;
+            let Some(mut live) = sub.live else {
+                // The workflow has ended: stay open (so the browser does
+                // not reconnect in a loop) until the client leaves.
+                return keep_alive(tx).await;
+            };
+            match follow(&mut live, &mut last, &tx).await {
+                Followed::Lagged => continue,
+                Followed::Ended => return keep_alive(tx).await,
+                Followed::Gone => return,
             }
         }
     });
     stream_response(rx)
+}
+
+/// How following the live events stopped.
+enum Followed {
+    /// Events were dropped: catch up from the window.
+    Lagged,
+    /// The hub is closed: no more events.
+    Ended,
+    /// The client left.
+    Gone,
+}
+
+/// Writes live events to `tx` in coalesced batches, with heartbeats: after
+/// the first event of a quiet spell it waits one window, then writes
+/// everything that came meanwhile (one timer and one write per window,
+/// however many events). A full batch is followed at once by the next.
+async fn follow(
+    live: &mut broadcast::Receiver<WorkflowEvent>,
+    last: &mut u64,
+    tx: &mpsc::Sender<Bytes>,
+) -> Followed {
+    let mut ping = tokio::time::interval(HEARTBEAT);
+    ping.tick().await;
+    let mut backlogged = false;
+    loop {
+        let mut out = String::new();
+        let mut lagged = false;
+        let mut event = false;
+        tokio::select! {
+            r = live.recv() => match r {
+                Ok(e) => {
+                    event = true;
+                    if e.seq > *last {
+                        *last = e.seq;
+                        push_event(&mut out, &e);
+                    }
+                }
+                Err(broadcast::error::RecvError::Lagged(_)) => lagged = true,
+                Err(broadcast::error::RecvError::Closed) => return Followed::Ended,
+            },
+            _ = ping.tick() => out.push_str(": ping\n\n"),
+            _ = tx.closed() => return Followed::Gone,
+        }
+        if event {
+            if !backlogged {
+                tokio::select! {
+                    _ = tokio::time::sleep(COALESCE) => {}
+                    _ = tx.closed() => return Followed::Gone,
+                }
+            }
+            while out.len() < BATCH {
+                match live.try_recv() {
+                    Ok(e) if e.seq > *last => {
+                        *last = e.seq;
+                        push_event(&mut out, &e);
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::TryRecvError::Lagged(_)) => {
+                        lagged = true;
+                        break;
+                    }
+                    // Empty, or closed (the next recv says so).
+                    Err(_) => break,
+                }
+            }
+            backlogged = out.len() >= BATCH;
+        }
+        if !out.is_empty() && tx.send(Bytes::from(out)).await.is_err() {
+            return Followed::Gone;
+        }
+        if lagged {
+            return Followed::Lagged;
+        }
+    }
 }
 
 /// Holds a finished stream open with heartbeats until the client leaves.

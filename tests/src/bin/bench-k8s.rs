@@ -92,6 +92,8 @@ struct Run {
     /// Live-log latencies in ms: a job's stamped line (its wall clock when
     /// printed) to the moment the leader wrote it to its terminal.
     log_latencies: Vec<f64>,
+    /// The emulator runtime's scheduling lag samples (ms), over the run.
+    emulator_lag_ms: Vec<f64>,
 }
 
 /// The prefix of the line a stamped job prints: `STAMP<ns since the epoch>`.
@@ -165,6 +167,7 @@ fn run_leader(
     extra: &[&str],
 ) -> anyhow::Result<Run> {
     emu.reset_request_counts();
+    let _ = emu.scheduling_lag_ms();
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let t0 = Instant::now();
     let mut child = Command::new(bins.join("toil-leader"))
@@ -215,6 +218,7 @@ fn run_leader(
     }
     let wall = t0.elapsed();
     let counts = emu.request_counts();
+    let emulator_lag_ms = emu.scheduling_lag_ms();
     let log_latencies = followers
         .into_iter()
         .flatten()
@@ -235,6 +239,7 @@ fn run_leader(
         peak_rss_kb: peak,
         counts,
         log_latencies,
+        emulator_lag_ms,
     })
 }
 
@@ -274,6 +279,16 @@ fn report(what: &str, n: u64, r: &Run) {
         "  the shared pod watch: {} watch request(s) (the watcher re-watches every few minutes and after errors)",
         r.counts.verb_total("watch")
     );
+    let mut lag = r.emulator_lag_ms.clone();
+    if !lag.is_empty() {
+        println!(
+            "  test bed: the emulator's runtime woke a 5 ms timer late by p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples; a saturated machine shows here)",
+            percentile(&mut lag, 0.5),
+            percentile(&mut lag, 0.99),
+            percentile(&mut lag, 1.0),
+            r.emulator_lag_ms.len()
+        );
+    }
 }
 
 /// An emulator with the claim and the workflow (`args.jobs` jobs running

@@ -4,7 +4,7 @@
 //! counters and shutdown.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::bootstrap;
@@ -32,6 +32,9 @@ pub struct Emulator {
     thread: Option<std::thread::JoinHandle<()>>,
     /// The temporary state directory, if none was configured.
     _tempdir: Option<tempfile::TempDir>,
+    /// How late the runtime woke a 5 ms timer, in microseconds, one sample
+    /// per wakeup ([`Emulator::scheduling_lag_ms`]).
+    lag: Arc<Mutex<Vec<u32>>>,
 }
 
 impl std::fmt::Debug for Emulator {
@@ -82,14 +85,20 @@ impl Emulator {
             cluster.add_token(&t, id);
         }
 
+        let lag = Arc::new(Mutex::new(Vec::new()));
+        let lag_samples = lag.clone();
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let c = cluster.clone();
         let server_config = material.server_config.clone();
         let thread = std::thread::Builder::new()
             .name("k8s-emulator".into())
             .spawn(move || {
+                // More workers than this machine has cores, as the API
+                // server's Go runtime preempts: a long pass of a controller
+                // or a large list then delays Service and port-forward
+                // bytes by an OS time slice, not by the whole pass.
                 let rt = match tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(2)
+                    .worker_threads(6)
                     .max_blocking_threads(64)
                     .thread_name("k8s-emulator-rt")
                     .enable_all()
@@ -133,6 +142,7 @@ impl Emulator {
                         tokio::spawn(jobs::run(c.clone())),
                         tokio::spawn(proxy::run(c.clone())),
                     ];
+                    tokio::spawn(probe_lag(lag_samples.clone()));
                     let _ = ready_tx.send(Ok(addrs));
                     c.shutdown.cancelled().await;
                     c.kubelet.kill_everything();
@@ -170,6 +180,7 @@ impl Emulator {
             admin_token,
             thread: Some(thread),
             _tempdir: tempdir,
+            lag,
         })
     }
 
@@ -320,6 +331,17 @@ impl Emulator {
         lock(&self.cluster.faults).counts()
     }
 
+    /// How late the emulator's runtime has been, in milliseconds, since the
+    /// last call: one sample per 5 ms timer. Tail values of hundreds of ms
+    /// mean the test bed itself was saturated, and every byte through a
+    /// Service or a port-forward waited that long.
+    pub fn scheduling_lag_ms(&self) -> Vec<f64> {
+        std::mem::take(&mut *lock(&self.lag))
+            .into_iter()
+            .map(|us| f64::from(us) / 1000.0)
+            .collect()
+    }
+
     /// Zeroes the request counters.
     pub fn reset_request_counts(&self) {
         lock(&self.cluster.faults).reset_counts();
@@ -362,5 +384,20 @@ impl Emulator {
 impl Drop for Emulator {
     fn drop(&mut self) {
         self.stop();
+    }
+}
+
+/// Samples the runtime's scheduling lag: how much later than asked a 5 ms
+/// timer fires. At most one hour of samples is kept.
+async fn probe_lag(samples: Arc<Mutex<Vec<u32>>>) {
+    const TICK: Duration = Duration::from_millis(5);
+    loop {
+        let t = std::time::Instant::now();
+        tokio::time::sleep(TICK).await;
+        let late = t.elapsed().saturating_sub(TICK);
+        let mut s = lock(&samples);
+        if s.len() < 720_000 {
+            s.push(u32::try_from(late.as_micros()).unwrap_or(u32::MAX));
+        }
     }
 }

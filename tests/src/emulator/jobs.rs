@@ -468,6 +468,8 @@ pub async fn run(cluster: Arc<Cluster>) {
         ctl.by_owner = None;
         for (ns, name) in keys {
             ctl.reconcile(&ns, &name);
+            // A pass over thousands of Jobs must not hold a worker.
+            tokio::task::yield_now().await;
         }
         ctl.by_owner = None;
         // Forget Jobs that are gone.

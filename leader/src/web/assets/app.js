@@ -15,6 +15,7 @@ window.toilView = probe;
 
 let counts = {};
 let current = null;
+let ended = false;
 
 function renderHeader(wf) {
   document.getElementById('wf-name').textContent = wf.name;
@@ -62,6 +63,7 @@ function onEvent(e) {
     counts[e.to] = (counts[e.to] || 0) + 1;
     renderCounts();
   } else if (e.kind === 'added' || e.kind === 'workflow_ended') {
+    ended = ended || e.kind === 'workflow_ended';
     refreshWorkflow();
   }
   for (const [name, v] of Object.entries(views)) v.onEvent(e, name === current);
@@ -73,7 +75,17 @@ function connect(after) {
   // from the last event seen (Last-Event-ID).
   const es = new EventSource(`/api/events?after=${after}`);
   es.onopen = () => { conn.textContent = 'live'; conn.classList.add('live'); probe.connected = true; };
-  es.onerror = () => { conn.textContent = 'reconnecting'; conn.classList.remove('live'); probe.connected = false; };
+  es.onerror = () => {
+    conn.classList.remove('live');
+    probe.connected = false;
+    if (ended) {
+      // The leader stops once the workflow has ended: nothing to wait for.
+      es.close();
+      conn.textContent = 'the workflow has ended and its leader has stopped; this page shows its last state';
+    } else {
+      conn.textContent = 'reconnecting';
+    }
+  };
   es.onmessage = (m) => onEvent(JSON.parse(m.data));
   // Fell behind the leader's window of events: reload what is shown.
   es.addEventListener('reset', () => { refreshWorkflow(); show(); });

@@ -14,10 +14,17 @@ let ticker = null;
 const key = (job, n) => `${job}#${n}`;
 const now = () => Date.now() + skew;
 
-function upsert(b) {
+// The leader's record of an attempt replaces what events suggested.
+function fromLeader(b) {
+  bars.set(key(b.job, b.n), b);
+}
+
+// An event updates a bar; its start stays where it was first seen (an end
+// event for an attempt this page never saw start begins a bar there).
+function fromEvent(b) {
   const k = key(b.job, b.n);
   const old = bars.get(k);
-  bars.set(k, old ? { ...old, ...b, start_ms: old.start_ms || b.start_ms } : b);
+  bars.set(k, old ? { ...old, ...b, start_ms: old.start_ms } : b);
 }
 
 function draw() {
@@ -75,16 +82,16 @@ export async function show() {
   const tl = await api('/api/timeline');
   skew = tl.now_ms - Date.now();
   total = tl.total;
-  for (const b of tl.bars) upsert(b);
+  for (const b of tl.bars) fromLeader(b);
   draw();
 }
 
 export function onEvent(e, isCurrent) {
   visible = isCurrent;
   if (e.kind === 'started') {
-    upsert({ job: e.job, n: e.attempt, start_ms: e.time_ms, end_ms: 0, outcome: 'running' });
+    fromEvent({ job: e.job, n: e.attempt, start_ms: e.time_ms, end_ms: 0, outcome: 'running' });
   } else if (e.kind === 'ended') {
-    upsert({ job: e.job, n: e.attempt, start_ms: e.time_ms, end_ms: e.time_ms, outcome: e.outcome, cause: e.cause });
+    fromEvent({ job: e.job, n: e.attempt, start_ms: e.time_ms, end_ms: e.time_ms, outcome: e.outcome, cause: e.cause });
   } else {
     return;
   }

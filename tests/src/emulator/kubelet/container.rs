@@ -108,7 +108,11 @@ pub struct Running {
 
 /// Starts the process; an error is the container runtime's message
 /// (`StartError` / `RunContainerError`).
-pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
+///
+/// The fork runs on a blocking thread: forking a large process copies its
+/// page tables, milliseconds that would otherwise stall every other task of
+/// the emulator's runtime (API requests, Service and port-forward traffic).
+pub async fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
     let cgroup = match launch.memory_limit {
         Some(limit) => Cgroup::create(mode, &launch.cgroup_name, limit)
             .map_err(|e| format!("failed to create the container's memory cgroup: {e}"))?,
@@ -138,7 +142,10 @@ pub fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
     unsafe {
         cmd.pre_exec(move || pre.run());
     }
-    let mut child = cmd.spawn().map_err(|e| {
+    let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
+        .await
+        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+    let mut child = spawned.map_err(|e| {
         format!(
             "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"{}\": {e}",
             launch.argv[0]

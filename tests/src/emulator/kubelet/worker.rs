@@ -472,7 +472,7 @@ async fn run_container(
             "Created",
             &format!("Created container: {}", c.name),
         );
-        let running = match container::spawn(&cluster.kubelet.memory, &launch) {
+        let running = match container::spawn(&cluster.kubelet.memory, &launch).await {
             Ok(r) => r,
             Err(msg) => {
                 ctx.event("Warning", "Failed", &format!("Error: {msg}"));

@@ -89,8 +89,8 @@ enum Done {
     /// The Job's events were read for an admission refusal of its pod:
     /// `Some` explains it (the agent fails, later launches too).
     Admission {
-        agent_id: String,
-        refusal: Option<String>,
+        /// Each agent checked, with its refusal if one was found.
+        checked: Vec<(String, Option<String>)>,
     },
 }
 
@@ -341,27 +341,29 @@ impl Batch {
                     Box::pin(self.on_pod(*pod, deleted)).await;
                 }
             }
-            Done::Admission { agent_id, refusal } => {
-                let Some(t) = self.tracked.get(&agent_id) else {
-                    return;
-                };
-                if t.pod.is_some() || t.explaining {
-                    return;
-                }
-                if let Some(why) = refusal {
-                    let message = format!("{why} (Job {})", t.job_name);
-                    // Every pod of this workflow is built alike: the next
-                    // launches fail at once with the same message.
-                    if self.refused.is_none() {
-                        self.refused = Some(message.clone());
+            Done::Admission { checked } => {
+                for (agent_id, refusal) in checked {
+                    let Some(t) = self.tracked.get(&agent_id) else {
+                        continue;
+                    };
+                    if t.pod.is_some() || t.explaining {
+                        continue;
                     }
-                    self.report(
-                        &agent_id,
-                        Some(Cause::config_error(message)),
-                        String::new(),
-                        true,
-                    )
-                    .await;
+                    if let Some(why) = refusal {
+                        let message = format!("{why} (Job {})", t.job_name);
+                        // Every pod of this workflow is built alike: the next
+                        // launches fail at once with the same message.
+                        if self.refused.is_none() {
+                            self.refused = Some(message.clone());
+                        }
+                        self.report(
+                            &agent_id,
+                            Some(Cause::config_error(message)),
+                            String::new(),
+                            true,
+                        )
+                        .await;
+                    }
                 }
             }
             Done::Deleted { job, result } => {
@@ -447,8 +449,8 @@ impl Batch {
         for (id, object, what) in not_started {
             self.explain_start_timeout(&id, object, what);
         }
-        for id in admission {
-            self.check_admission(&id);
+        if !admission.is_empty() {
+            self.check_admission(admission);
         }
     }
 }

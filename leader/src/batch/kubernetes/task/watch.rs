@@ -208,44 +208,62 @@ impl Batch {
         });
     }
 
-    /// Reads the events of a Job that has made no pod yet, once: a
-    /// `FailedCreate` from Pod Security admission fails the agent now with
-    /// the policy and the fix. Anything else waits for the pod timeout.
-    pub(super) fn check_admission(&mut self, agent_id: &str) {
-        let Some(t) = self.tracked.get_mut(agent_id) else {
+    /// Reads, once for each agent, the events of its Job if it has made
+    /// no pod yet: a `FailedCreate` from Pod Security admission fails the
+    /// agent now with the policy and the fix. Anything else waits for the
+    /// pod timeout. One list covers every agent of a tick, so a cluster
+    /// slow to make pods costs one request per tick, not one per Job.
+    pub(super) fn check_admission(&mut self, agent_ids: Vec<String>) {
+        let mut jobs = Vec::new();
+        for agent_id in agent_ids {
+            let Some(t) = self.tracked.get_mut(&agent_id) else {
+                continue;
+            };
+            // Not `explaining`: pod events keep flowing meanwhile, and a pod
+            // that appears after all wins over what the events said.
+            t.admission_checked = true;
+            jobs.push((agent_id, t.job_name.clone()));
+        }
+        if jobs.is_empty() {
             return;
-        };
-        // Not `explaining`: pod events keep flowing meanwhile, and a pod
-        // that appears after all wins over what the events said.
-        t.admission_checked = true;
+        }
         let s = self.shared.clone();
-        let job = t.job_name.clone();
-        let agent_id = agent_id.to_string();
         self.tasks.spawn(async move {
             let evs: Api<KubeEvent> = Api::namespaced(s.client.clone(), &s.ns);
-            let lp = ListParams::default().fields(&format!(
-                "involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate"
-            ));
+            let fields = match jobs.as_slice() {
+                // One Job: the server filters by its name too.
+                [(_, job)] => {
+                    format!("involvedObject.kind=Job,involvedObject.name={job},reason=FailedCreate")
+                }
+                _ => "involvedObject.kind=Job,reason=FailedCreate".to_string(),
+            };
+            let lp = ListParams::default().fields(&fields);
             let target = Target::new("list", "events", "", &s.ns);
-            let got = api::call(
-                &s.policy,
-                &target,
-                &format!("reading the events of Job {job}"),
-                || evs.list(&lp),
-            )
-            .await;
+            let what = match jobs.as_slice() {
+                [(_, job)] => format!("reading the events of Job {job}"),
+                _ => format!("reading the FailedCreate events of {} Jobs", jobs.len()),
+            };
+            let got = api::call(&s.policy, &target, &what, || evs.list(&lp)).await;
             let (level, why) = podspec::security_level(&s.cfg);
-            let refusal = got.ok().and_then(|l| {
-                l.items.into_iter().find_map(|e| {
-                    diagnose::pod_security_refusal(
-                        e.message.as_deref().unwrap_or_default(),
-                        &s.ns,
-                        level,
-                        &why,
-                    )
+            let events = got.map(|l| l.items).unwrap_or_default();
+            let checked = jobs
+                .into_iter()
+                .map(|(agent_id, job)| {
+                    let refusal = events
+                        .iter()
+                        .filter(|e| e.involved_object.name.as_deref() == Some(job.as_str()))
+                        .find_map(|e| {
+                            diagnose::pod_security_refusal(
+                                e.message.as_deref().unwrap_or_default(),
+                                &s.ns,
+                                level,
+                                &why,
+                            )
+                        });
+                    (agent_id, refusal)
                 })
-            });
-            Done::Admission { agent_id, refusal }
+                .collect();
+            Done::Admission { checked }
         });
     }
 
