@@ -3,7 +3,8 @@
 # repository (nothing system-wide except Debian packages when missing):
 #   .venv-test/        Python venv: moto[server] (S3), grpcio + grpcio-tools
 #                      (the Python client test), cwltest (the CWL
-#                      conformance suite's driver)
+#                      conformance suite's driver), prometheus_client
+#                      (parses /metrics in the metrics test)
 #   .tools/            npm prefix holding `buf` (proto lint)
 #   chromium           Debian package: headless browser for the web view's
 #                      tests (tests/browser/cdp.py drives it over a pipe
@@ -26,6 +27,12 @@ if ! .venv-test/bin/python -c 'import moto, grpc, grpc_tools, cwltest' 2>/dev/nu
     'moto[server]' grpcio grpcio-tools cwltest
 fi
 log "python venv ok: $(.venv-test/bin/python -c 'import moto; print("moto", moto.__version__)')"
+# prometheus_client: its text and OpenMetrics parsers read /metrics in
+# tests/tests/metrics.rs (added to venvs made before it was needed).
+if ! .venv-test/bin/python -c 'import prometheus_client' 2>/dev/null; then
+  log "installing prometheus_client into .venv-test"
+  .venv-test/bin/pip install --quiet --disable-pip-version-check prometheus_client
+fi
 
 # --- buf (proto lint) --------------------------------------------------------
 if [ ! -x .tools/node_modules/.bin/buf ]; then

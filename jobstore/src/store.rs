@@ -25,6 +25,14 @@ pub struct OpCounters {
     pub lists: AtomicU64,
     /// `delete` and `delete_prefix` calls.
     pub deletes: AtomicU64,
+    /// Writes that returned an error (a refused condition included).
+    pub write_errors: AtomicU64,
+    /// Reads that returned an error (a missing key is not one).
+    pub read_errors: AtomicU64,
+    /// Lists that returned an error.
+    pub list_errors: AtomicU64,
+    /// Deletes that returned an error.
+    pub delete_errors: AtomicU64,
 }
 
 /// A snapshot of [`OpCounters`].
@@ -38,6 +46,14 @@ pub struct OpCounts {
     pub lists: u64,
     /// Deletes so far.
     pub deletes: u64,
+    /// Writes that failed (included in `writes`).
+    pub write_errors: u64,
+    /// Reads that failed (included in `reads`).
+    pub read_errors: u64,
+    /// Lists that failed (included in `lists`).
+    pub list_errors: u64,
+    /// Deletes that failed (included in `deletes`).
+    pub delete_errors: u64,
 }
 
 #[derive(Debug)]
@@ -118,6 +134,19 @@ impl JobStore {
             reads: c.reads.load(Ordering::Relaxed),
             lists: c.lists.load(Ordering::Relaxed),
             deletes: c.deletes.load(Ordering::Relaxed),
+            write_errors: c.write_errors.load(Ordering::Relaxed),
+            read_errors: c.read_errors.load(Ordering::Relaxed),
+            list_errors: c.list_errors.load(Ordering::Relaxed),
+            delete_errors: c.delete_errors.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The HTTP requests an `aws:` store has sent since it was opened, by
+    /// method (retries included); `None` for a `file:` store.
+    pub fn http_requests(&self) -> Option<crate::s3::RequestCounts> {
+        match &self.inner.backend {
+            Backend::File(_) => None,
+            Backend::S3(b) => Some(b.request_counts()),
         }
     }
 
@@ -136,21 +165,24 @@ impl JobStore {
     /// that is not a job store.
     pub async fn destroy(&self) -> Result<()> {
         self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.destroy().await)
+        let r = dispatch!(self, b => b.destroy().await);
+        failed(&self.inner.counters.delete_errors, r)
     }
 
     /// Writes a small object whole, subject to `cond`.
     pub async fn put_bytes(&self, key: &str, data: Bytes, cond: Condition) -> Result<Version> {
         check_key(key)?;
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.put_bytes(key, data, cond).await)
+        let r = dispatch!(self, b => b.put_bytes(key, data, cond).await);
+        failed(&self.inner.counters.write_errors, r)
     }
 
     /// Reads a small object whole; `None` if it does not exist.
     pub async fn get_bytes(&self, key: &str) -> Result<Option<Object>> {
         check_key(key)?;
         self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.get_bytes(key).await)
+        let r = dispatch!(self, b => b.get_bytes(key).await);
+        failed(&self.inner.counters.read_errors, r)
     }
 
     /// Stores the local file `src` under `key`, streaming (never holding the
@@ -158,7 +190,8 @@ impl JobStore {
     pub async fn put_file(&self, key: &str, src: &Path) -> Result<Transfer> {
         check_key(key)?;
         self.inner.counters.writes.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.put_file(key, src).await)
+        let r = dispatch!(self, b => b.put_file(key, src).await);
+        failed(&self.inner.counters.write_errors, r)
     }
 
     /// Streams `key` into the local file `dest` (created or truncated) and
@@ -167,7 +200,8 @@ impl JobStore {
     pub async fn get_file(&self, key: &str, dest: &Path) -> Result<Transfer> {
         check_key(key)?;
         self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.get_file(key, dest).await)
+        let r = dispatch!(self, b => b.get_file(key, dest).await);
+        failed(&self.inner.counters.read_errors, r)
     }
 
     /// Like [`JobStore::get_file`], then checks the content against
@@ -195,27 +229,39 @@ impl JobStore {
     pub async fn size(&self, key: &str) -> Result<Option<u64>> {
         check_key(key)?;
         self.inner.counters.reads.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.size(key).await)
+        let r = dispatch!(self, b => b.size(key).await);
+        failed(&self.inner.counters.read_errors, r)
     }
 
     /// Every key that starts with `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         self.inner.counters.lists.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.list(prefix).await)
+        let r = dispatch!(self, b => b.list(prefix).await);
+        failed(&self.inner.counters.list_errors, r)
     }
 
     /// Deletes `key`; deleting a missing key is not an error.
     pub async fn delete(&self, key: &str) -> Result<()> {
         check_key(key)?;
         self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.delete(key).await)
+        let r = dispatch!(self, b => b.delete(key).await);
+        failed(&self.inner.counters.delete_errors, r)
     }
 
     /// Deletes every key under `prefix`; returns how many were deleted.
     pub async fn delete_prefix(&self, prefix: &str) -> Result<u64> {
         self.inner.counters.deletes.fetch_add(1, Ordering::Relaxed);
-        dispatch!(self, b => b.delete_prefix(prefix).await)
+        let r = dispatch!(self, b => b.delete_prefix(prefix).await);
+        failed(&self.inner.counters.delete_errors, r)
     }
+}
+
+/// Counts a failed operation in `errors`, and passes its result on.
+fn failed<T>(errors: &AtomicU64, r: Result<T>) -> Result<T> {
+    if r.is_err() {
+        errors.fetch_add(1, Ordering::Relaxed);
+    }
+    r
 }
 
 /// Keys are relative, `/`-separated, with no empty, `.` or `..` components

@@ -508,6 +508,12 @@ pub struct StatusArgs {
     /// List every job, not only the failed ones.
     #[arg(long)]
     pub jobs: bool,
+    /// Print one JSON object instead of text, for scripts: the state,
+    /// counts by state, usage totals and every job with its attempts
+    /// (causes, times, CPU, peak memory against the memory given,
+    /// placement). Its fields are described in docs/metrics.md.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `toil-leader logs`.

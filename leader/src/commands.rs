@@ -167,7 +167,7 @@ pub(crate) async fn offline_core(store: &JobStore) -> anyhow::Result<(Core, Meta
 pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
     let store = open(&args.job_store).await?;
     let leader = live_leader(&store).await?;
-    let (name, state, jobs, usage, who) = match &leader {
+    let (name, state, jobs, usage, who, about) = match &leader {
         Some(info) => {
             let mut client = connect(info).await?;
             let wf = client
@@ -196,24 +196,46 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 "leader pid {} on {} (epoch {}) at {}",
                 info.pid, info.host, info.epoch, info.address
             );
-            if let Some(url) = crate::web::url_beside(&info.token_file) {
+            let web_url = crate::web::url_beside(&info.token_file);
+            if let Some(url) = &web_url {
                 who.push_str(&format!("; web view {url}"));
             }
-            (wf.name, state, jobs, wf.usage.unwrap_or_default(), who)
+            let about = About {
+                workflow_id: wf.workflow_id,
+                started_ms: wf.started_at.map_or(0, |t| t.seconds * 1000),
+                resume: None,
+                web_url,
+            };
+            (
+                wf.name,
+                state,
+                jobs,
+                wf.usage.unwrap_or_default(),
+                who,
+                about,
+            )
         }
         None => {
             let (core, meta) = offline_core(&store).await?;
             let jobs: Vec<Job> = (0..core.job_count() as JobIdx)
                 .map(|j| job_proto(&core, j))
                 .collect();
-            let who = if core.is_finished() {
-                "no leader running".to_string()
-            } else {
+            let resume = (!core.is_finished()).then(|| {
                 format!(
-                    "no leader running; resume with: toil-leader run {} --restart --jobStore {}",
+                    "toil-leader run {} --restart --jobStore {}",
                     meta.source.display(),
                     store.locator()
                 )
+            });
+            let who = match &resume {
+                None => "no leader running".to_string(),
+                Some(r) => format!("no leader running; resume with: {r}"),
+            };
+            let about = About {
+                workflow_id: meta.workflow_id.clone(),
+                started_ms: meta.created_ms,
+                resume,
+                web_url: None,
             };
             (
                 meta.name,
@@ -221,11 +243,43 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
                 jobs,
                 total_usage(&core),
                 who,
+                about,
             )
         }
     };
+    if args.json {
+        let status = crate::status_json::build(crate::status_json::Source {
+            name: &name,
+            workflow_id: &about.workflow_id,
+            state,
+            started_ms: about.started_ms,
+            leader: leader.as_ref().map(|i| crate::status_json::Leader {
+                pid: i.pid,
+                host: i.host.clone(),
+                epoch: i.epoch,
+                address: i.address.clone(),
+                web_url: about.web_url.clone(),
+            }),
+            resume: about.resume,
+            jobs: &jobs,
+            usage: &usage,
+        });
+        let mut out = std::io::stdout().lock();
+        serde_json::to_writer_pretty(&mut out, &status)?;
+        writeln!(out)?;
+        return Ok(0);
+    }
     print_status(&name, state, &jobs, &usage, &who, args.jobs);
     Ok(0)
+}
+
+/// What `status --json` shows beyond the text.
+struct About {
+    workflow_id: String,
+    started_ms: i64,
+    resume: Option<String>,
+    /// The web view's tokenized URL, when this user can read it.
+    web_url: Option<String>,
 }
 
 fn state_name(s: i32) -> &'static str {

@@ -6,7 +6,8 @@
 //!   into a [`config::RunConfig`] before anything starts;
 //! - [`run`]: start-up (job store, lease, restore, epoch claim), the tasks
 //!   of a run and their shutdown, the stored records and exit codes;
-//!   [`commands`]: `status`, `logs`, `clean`; [`report`]: the HTML report;
+//!   [`commands`]: `status`, `logs`, `clean` ([`status_json`]: `status
+//!   --json`); [`report`]: the HTML report;
 //! - [`workflow`]: the workflow file, parsed and validated with positions;
 //! - [`cwl`]: `toil-cwl-runner`, the CWL front end (jobs added as a CWL
 //!   document runs);
@@ -17,6 +18,7 @@
 //! - [`server`]: the gRPC services for agents and clients;
 //! - [`batch`]: where agents run (local processes; Kubernetes Jobs);
 //! - [`logs`], [`events`]: job output and workflow events for followers;
+//!   [`metrics`]: what `/metrics` serves;
 //! - [`progress`], [`summary`]: what the terminal shows; [`terminal`]: log
 //!   lines and the status line on one stderr, and [`say!`] for messages
 //!   meant for the user.
@@ -36,6 +38,7 @@ pub mod progress;
 pub mod report;
 pub mod run;
 pub mod server;
+pub mod status_json;
 pub mod summary;
 pub mod terminal;
 pub mod versions;

@@ -40,6 +40,8 @@ use tokio::sync::{Notify, broadcast, mpsc};
 pub use lines::LINE_PIECE_MAX;
 use lines::{Charge, EchoBudget, LineSplitter};
 
+use crate::metrics::LogBytes;
+
 /// Flush a running attempt's log after this long.
 const FLUSH_AGE: Duration = Duration::from_secs(5);
 /// Flush when this many bytes are waiting.
@@ -213,6 +215,8 @@ pub struct LogHub {
     echo_budget: EchoBudget,
     max_bytes: u64,
     wake: Notify,
+    /// Bytes received, stored and dropped, for `/metrics`.
+    bytes: LogBytes,
 }
 
 /// Where a follower starts: what is already persisted and what is buffered.
@@ -264,7 +268,13 @@ impl LogHub {
             echo_budget: EchoBudget::default(),
             max_bytes,
             wake: Notify::new(),
+            bytes: LogBytes::default(),
         })
+    }
+
+    /// The hub's byte counters (shared: the registry reads these).
+    pub fn bytes(&self) -> &LogBytes {
+        &self.bytes
     }
 
     fn entry(&self, attempt_id: &str) -> Option<Arc<Entry>> {
@@ -390,6 +400,7 @@ impl LogHub {
     fn take(&self, log: &mut AttemptLog, c: LogChunk) {
         log.next_seq += 1;
         let stream = LogStream::try_from(c.stream).unwrap_or(LogStream::Stdout);
+        self.bytes.received.inc_by(c.data.len() as u64);
         self.append(log, stream, Bytes::from(c.data));
     }
 
@@ -401,6 +412,7 @@ impl LogHub {
         }
         if log.truncated {
             log.dropped = log.dropped.saturating_add(data.len() as u64);
+            self.bytes.dropped.inc_by(data.len() as u64);
             return;
         }
         let room = self.max_bytes.saturating_sub(log.total);
@@ -410,6 +422,7 @@ impl LogHub {
         }
         let kept = room as usize;
         log.dropped = (data.len() - kept) as u64;
+        self.bytes.dropped.inc_by(log.dropped);
         log.truncated = true;
         self.keep(log, stream, data.slice(..kept));
         let note = format!(
@@ -607,6 +620,7 @@ impl LogHub {
             let mut log = lock(&entry.log);
             let data = log.in_flight.take().unwrap_or_default();
             if ok {
+                self.bytes.stored.inc_by(len as u64);
                 log.persisted += len as u64;
                 log.first_unflushed = (!log.buf.is_empty()).then(Instant::now);
                 if done && log.buf.is_empty() {

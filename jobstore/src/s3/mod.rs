@@ -80,6 +80,8 @@ pub struct S3Backend {
     /// The account that must own the bucket, sent with every request on it
     /// (`ExpectedBucketOwner`); `None` when not checked.
     owner: Option<String>,
+    /// The HTTP requests sent, shared with the client's connector.
+    stats: RequestStats,
 }
 
 impl S3Backend {
@@ -152,6 +154,7 @@ impl S3Backend {
             locator,
             transfer: opts.transfer,
             retry: opts.retry,
+            stats: opts.stats.clone(),
         };
         backend.owner = match opts.bucket_owner {
             BucketOwner::Unchecked => None,
@@ -225,6 +228,11 @@ impl S3Backend {
     /// The bucket name.
     pub fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    /// The HTTP requests sent so far, by kind (retries included).
+    pub fn request_counts(&self) -> RequestCounts {
+        self.stats.snapshot()
     }
 
     /// The account that must own the bucket, if checked.

@@ -482,6 +482,16 @@ impl Core {
         }
     }
 
+    /// The name of a job's template, without scatter index or parent:
+    /// `count` for `count[3]`, `child` for `parent/child`. Bounded by the
+    /// workflow file for its own jobs (what `/metrics` labels by).
+    pub fn job_name(&self, j: JobIdx) -> &str {
+        let name = &self.templates[self.jobs[j as usize].tmpl as usize]
+            .spec
+            .name;
+        name.rsplit('/').next().unwrap_or(name)
+    }
+
     /// Finds a job by id.
     pub fn lookup(&self, id: &str) -> Option<JobIdx> {
         if let Some(&t) = self.by_name.get(id) {

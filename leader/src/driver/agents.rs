@@ -338,6 +338,14 @@ impl Driver {
             .map(|a| a.placement.clone())
             .unwrap_or_default();
         if let Some(a) = self.agents.get_mut(agent_id) {
+            // Once per attempt, when its assignment is first delivered.
+            if !a.assigned
+                && let Some(at) = self.core.attempts(entry.job).get(entry.n as usize - 1)
+            {
+                let waited = toil_jobstore::state::now_ms() - at.launched_ms;
+                self.metrics
+                    .dispatched(std::time::Duration::from_millis(waited.max(0) as u64));
+            }
             a.assigned = true;
         }
         let s = &entry.spec;

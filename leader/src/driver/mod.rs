@@ -29,6 +29,7 @@ use crate::batch::{AgentLaunch, BatchCmd, BatchEvent, Capacity, Usage};
 use crate::core::{Core, CoreEvent, JobIdx, LaunchSpec, Request};
 use crate::events::EventHub;
 use crate::logs::LogHub;
+use crate::metrics::Metrics;
 use crate::persist::PersistMsg;
 pub use agents::{Grant, TokenTable, new_token, same_secret};
 pub use messages::{Caller, Msg, exit as exit_response};
@@ -158,6 +159,8 @@ pub struct Driver {
     durable: watch::Receiver<u64>,
     /// Launches and assignments waiting for their journal entry.
     pending: VecDeque<(u64, Pending)>,
+    /// The run's metrics: job states, attempt endings, latencies.
+    metrics: Arc<Metrics>,
 }
 
 impl Driver {
@@ -191,7 +194,14 @@ impl Driver {
             journal_total: 0,
             durable,
             pending: VecDeque::new(),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Counts into the run's `metrics` (else into a registry of its own).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Driver {
+        self.metrics = metrics;
+        self
     }
 
     /// Runs until the workflow ends, `stop` fires, or the persister fails.
@@ -294,7 +304,7 @@ impl Driver {
             self.publish(ev);
         }
         let counts = self.core.counts();
-        self.progress.send_if_modified(|p| {
+        let changed = self.progress.send_if_modified(|p| {
             if p.counts == counts {
                 return false;
             }
@@ -302,6 +312,9 @@ impl Driver {
             p.total = counts.total();
             true
         });
+        if changed {
+            self.metrics.set_job_counts(&counts);
+        }
     }
 
     fn publish(&self, ev: CoreEvent) {
@@ -331,6 +344,10 @@ impl Driver {
                 cause,
                 will_retry,
             } => {
+                if let Some(a) = self.core.attempts(job).get(attempt as usize - 1) {
+                    self.metrics
+                        .attempt_ended(self.core.job_name(job), a, will_retry);
+                }
                 if will_retry {
                     // A retried failure is otherwise silent until the end.
                     crate::say!(

@@ -66,8 +66,6 @@ pub(super) struct Running {
     pub(super) logs: Arc<LogHub>,
     /// The workflow's events, for a front end.
     pub(super) events: Arc<EventHub>,
-    /// The run's metrics (`/metrics`).
-    pub(super) metrics: Arc<crate::metrics::Metrics>,
     tasks: Tasks,
 }
 
@@ -306,7 +304,12 @@ pub(super) async fn start(
         cfg.max_log_bytes_per_attempt,
     );
     let events = Arc::new(EventHub::new());
-    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let metrics = Arc::new(
+        crate::metrics::Metrics::new()
+            .with_job_store(store)
+            .with_logs(logs.bytes())
+            .with_kubernetes(cluster.as_ref().map(|c| c.api_requests())),
+    );
     let (progress_tx, progress_rx) = watch::channel(Progress::default());
     let (driver_tx, driver_rx) = mpsc::channel(1024);
     let (persist_tx, persist_rx) = mpsc::channel(256);
@@ -573,7 +576,8 @@ pub(super) async fn start(
         events,
         progress_tx,
         durable,
-    );
+    )
+    .with_metrics(metrics);
     Ok(Running {
         driver,
         driver_rx,
@@ -582,7 +586,6 @@ pub(super) async fn start(
         stop_reason,
         logs,
         events: events_for_front,
-        metrics,
         tasks: Tasks {
             supervisor,
             batch_tx,
@@ -618,7 +621,6 @@ impl Running {
             stop_reason,
             logs: _,
             events: _,
-            metrics: _,
             tasks: t,
         } = self;
         let mut t = t;

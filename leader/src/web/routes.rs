@@ -54,7 +54,7 @@ pub(super) async fn route(state: &Arc<WebState>, req: Request<Incoming>) -> Resp
     }
     let query = req.uri().query().unwrap_or("");
     match path {
-        "/metrics" => super::metrics::serve(state),
+        "/metrics" => super::metrics::serve(state, req.headers()),
         "/api/workflow" => api::workflow(state).await,
         "/api/jobs" => api::jobs(state, query).await,
         "/api/job" => api::job(state, query).await,

@@ -20,6 +20,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use toil_jobstore::backoff::{Backoff, Budget, Verdict};
 use tokio::time::Instant;
 
+use super::counting::CountingLayer;
+use crate::metrics::ApiRequests;
+
 /// A call's target, for error messages.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
@@ -221,6 +224,8 @@ pub struct Connection {
     /// A second client for long-lived streams (the tunnels'
     /// port-forwards); see [`stream_client`].
     pub streams: Client,
+    /// What both clients have sent, by verb, resource and status.
+    pub requests: ApiRequests,
 }
 
 /// A client for long-lived streams such as the tunnels' port-forwards.
@@ -229,7 +234,7 @@ pub struct Connection {
 /// acknowledged waits for the API server's delayed ACK, about 40 ms each
 /// time; this one sets TCP_NODELAY. It also has no read timeout: an idle
 /// tunnel is not a dead one (the tunnels keep themselves alive).
-fn stream_client(config: &kube::Config) -> Result<Client, String> {
+fn stream_client(config: &kube::Config, requests: &ApiRequests) -> Result<Client, String> {
     use hyper_util::client::legacy::connect::HttpConnector;
     use kube::client::ConfigExt;
     let server = &config.cluster_url;
@@ -249,6 +254,7 @@ fn stream_client(config: &kube::Config) -> Result<Client, String> {
         .extra_headers_layer()
         .map_err(|e| format!("cannot use the configured headers for {server}: {e}"))?;
     let service = tower::ServiceBuilder::new()
+        .layer(CountingLayer(requests.clone()))
         .layer(config.base_uri_layer())
         .option_layer(auth)
         .layer(headers)
@@ -297,15 +303,19 @@ pub async fn connect(context: Option<&str>, namespace: Option<&str>) -> Result<C
         .map(str::to_string)
         .unwrap_or_else(|| config.default_namespace.clone());
     let server = config.cluster_url.to_string();
-    let streams = stream_client(&config)?;
-    let client = Client::try_from(config)
-        .map_err(|e| format!("cannot build a Kubernetes client for {server}: {e}"))?;
+    let requests = ApiRequests::default();
+    let streams = stream_client(&config, &requests)?;
+    let client = kube::client::ClientBuilder::try_from(config)
+        .map_err(|e| format!("cannot build a Kubernetes client for {server}: {e}"))?
+        .with_layer(&CountingLayer(requests.clone()))
+        .build();
     Ok(Connection {
         client,
         namespace: ns,
         server,
         source,
         streams,
+        requests,
     })
 }
 

@@ -27,6 +27,7 @@
 
 pub mod api;
 pub mod cleanup;
+pub mod counting;
 pub mod diagnose;
 pub mod names;
 pub mod nodes;
@@ -151,6 +152,11 @@ impl Cluster {
     /// The namespace Jobs go in.
     pub fn namespace(&self) -> &str {
         &self.conn.namespace
+    }
+
+    /// The Kubernetes API requests the leader has sent, for `/metrics`.
+    pub fn api_requests(&self) -> &crate::metrics::ApiRequests {
+        &self.conn.requests
     }
 
     /// One line for the terminal: where the workflow runs.
