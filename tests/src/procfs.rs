@@ -55,7 +55,23 @@ pub fn cpu_ticks(pid: u32) -> Option<(u64, u64)> {
     (f.len() == 4).then(|| (f[0] + f[1], f[2] + f[3]))
 }
 
-/// Clock ticks per second, the unit of [`cpu_ticks`].
+/// The whole machine's CPU time from `/proc/stat`, in clock ticks:
+/// (busy, total), where busy is everything but idle and iowait.
+pub fn machine_cpu_ticks() -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = text.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    Some((total.saturating_sub(idle), total))
+}
+
+/// Clock ticks per second, the unit of [`cpu_ticks`] and
+/// [`machine_cpu_ticks`].
 pub fn ticks_per_second() -> u64 {
     nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
         .ok()

@@ -82,6 +82,14 @@ struct Args {
     /// over the API server (pods in an isolated network), one Job per job.
     #[arg(long)]
     tunnel: bool,
+    /// With --tunnel: measure only this path and write its figures to
+    /// --summary (each path runs in a process of its own, so neither pays
+    /// for the other's memory when the emulator forks its pods).
+    #[arg(long, hide = true, requires = "summary")]
+    one_path: Option<String>,
+    /// Where --one-path writes `wall_s peak_rss_kb cpu_s`.
+    #[arg(long, hide = true)]
+    summary: Option<PathBuf>,
 }
 
 struct Run {
@@ -94,6 +102,8 @@ struct Run {
     log_latencies: Vec<f64>,
     /// The emulator runtime's scheduling lag samples (ms), over the run.
     emulator_lag_ms: Vec<f64>,
+    /// The whole machine's busy CPU time over the run, and the busy share.
+    machine_cpu: (Duration, f64),
 }
 
 /// The prefix of the line a stamped job prints: `STAMP<ns since the epoch>`.
@@ -168,6 +178,7 @@ fn run_leader(
 ) -> anyhow::Result<Run> {
     emu.reset_request_counts();
     let _ = emu.scheduling_lag_ms();
+    let machine0 = toil_tests::procfs::machine_cpu_ticks().unwrap_or_default();
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let t0 = Instant::now();
     let mut child = Command::new(bins.join("toil-leader"))
@@ -219,6 +230,15 @@ fn run_leader(
     let wall = t0.elapsed();
     let counts = emu.request_counts();
     let emulator_lag_ms = emu.scheduling_lag_ms();
+    let machine1 = toil_tests::procfs::machine_cpu_ticks().unwrap_or_default();
+    let machine_cpu = (
+        Duration::from_secs_f64(
+            machine1.0.saturating_sub(machine0.0) as f64
+                / toil_tests::procfs::ticks_per_second() as f64,
+        ),
+        machine1.0.saturating_sub(machine0.0) as f64
+            / machine1.1.saturating_sub(machine0.1).max(1) as f64,
+    );
     let log_latencies = followers
         .into_iter()
         .flatten()
@@ -240,6 +260,7 @@ fn run_leader(
         counts,
         log_latencies,
         emulator_lag_ms,
+        machine_cpu,
     })
 }
 
@@ -278,6 +299,11 @@ fn report(what: &str, n: u64, r: &Run) {
     println!(
         "  the shared pod watch: {} watch request(s) (the watcher re-watches every few minutes and after errors)",
         r.counts.verb_total("watch")
+    );
+    println!(
+        "  the whole machine: {:.0}% busy, {:.1} CPU ms per job (leader, emulator, agents, relay and anything else running)",
+        r.machine_cpu.1 * 100.0,
+        r.machine_cpu.0.as_secs_f64() * 1000.0 / nf
     );
     let mut lag = r.emulator_lag_ms.clone();
     if !lag.is_empty() {
@@ -327,16 +353,54 @@ async fn setup(
     Ok((emu, kubeconfig, dir))
 }
 
-/// `--tunnel`: the direct path against the tunnel.
-async fn compare_tunnel(args: &Args, bins: &Path) -> anyhow::Result<()> {
+/// `--tunnel`: the direct path against the tunnel, each measured by a
+/// process of its own (`--one-path`).
+async fn compare_tunnel() -> anyhow::Result<()> {
+    let scratch = tempfile::tempdir()?;
     let mut runs = Vec::new();
-    for (what, network) in [
-        ("direct (pods on the host network)", PodNetworkMode::Host),
-        (
+    for path in ["direct", "tunnel"] {
+        let summary = scratch.path().join(path);
+        let status = Command::new(std::env::current_exe()?)
+            .args(std::env::args_os().skip(1))
+            .arg("--one-path")
+            .arg(path)
+            .arg("--summary")
+            .arg(&summary)
+            .status()
+            .context("running the benchmark of one path")?;
+        if !status.success() {
+            bail!("the {path} run failed ({status})");
+        }
+        let text = std::fs::read_to_string(&summary)?;
+        let v: Vec<f64> = text
+            .split_whitespace()
+            .filter_map(|f| f.parse().ok())
+            .collect();
+        if v.len() != 3 {
+            bail!("the {path} run wrote no figures to {}", summary.display());
+        }
+        runs.push((v[0], v[1], v[2]));
+    }
+    println!(
+        "\ntunnel / direct: {:.2}x the throughput, {:.2}x the leader's peak RSS, {:.2}x its CPU",
+        runs[0].0 / runs[1].0,
+        runs[1].1 / runs[0].1.max(1.0),
+        runs[1].2 / runs[0].2.max(1e-9)
+    );
+    Ok(())
+}
+
+/// `--tunnel --one-path PATH`: one path's run.
+async fn one_path(args: &Args, bins: &Path, path: &str, summary: &Path) -> anyhow::Result<()> {
+    let (what, network) = match path {
+        "direct" => ("direct (pods on the host network)", PodNetworkMode::Host),
+        "tunnel" => (
             "tunnel over the API server (pods in an isolated network)",
             PodNetworkMode::Isolated,
         ),
-    ] {
+        other => bail!("--one-path {other}: give direct or tunnel"),
+    };
+    {
         let stamped = format!("[sh, -c, 'echo {STAMP}$(date +%s%N)']");
         let (emu, kubeconfig, dir) = setup(args, bins, network, &stamped).await?;
         let r = run_leader(args, bins, &emu, &kubeconfig, dir.path(), "trivial", &[])?;
@@ -365,14 +429,16 @@ async fn compare_tunnel(args: &Args, bins: &Path) -> anyhow::Result<()> {
             println!("scratch kept in {}", dir.keep().display());
         }
         emu.shutdown();
-        runs.push(r);
+        std::fs::write(
+            summary,
+            format!(
+                "{} {} {}",
+                r.wall.as_secs_f64(),
+                r.peak_rss_kb,
+                r.cpu.as_secs_f64()
+            ),
+        )?;
     }
-    println!(
-        "\ntunnel / direct: {:.2}x the throughput, {:.2}x the leader's peak RSS, {:.2}x its CPU",
-        runs[0].wall.as_secs_f64() / runs[1].wall.as_secs_f64(),
-        runs[1].peak_rss_kb as f64 / runs[0].peak_rss_kb.max(1) as f64,
-        runs[1].cpu.as_secs_f64() / runs[0].cpu.as_secs_f64().max(1e-9)
-    );
     Ok(())
 }
 
@@ -384,7 +450,10 @@ async fn main() -> anyhow::Result<()> {
         &["toil-leader", "toil-agent"],
     )?;
     if args.tunnel {
-        return compare_tunnel(&args, &bins).await;
+        return match (&args.one_path, &args.summary) {
+            (Some(path), Some(summary)) => one_path(&args, &bins, path, summary).await,
+            _ => compare_tunnel().await,
+        };
     }
     let (emu, kubeconfig, dir) = setup(&args, &bins, PodNetworkMode::Host, "[\"true\"]").await?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
