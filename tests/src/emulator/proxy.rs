@@ -6,7 +6,10 @@
 //! A Service port is listened on only while the Service has a ready
 //! endpoint, so with none a connection is refused, as the real kube-proxy's
 //! REJECT rule makes it; deleting the Service closes its listeners. The
-//! listeners follow the store (Services and pods) on every change.
+//! listeners and their endpoints follow the store (Services and pods),
+//! synced at most every [`MIN_SYNC`] as the real kube-proxy's minimum sync
+//! period does; a connection picks from the endpoints of the last sync, as
+//! a kernel rule would, rather than looking through every pod.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
@@ -21,6 +24,9 @@ use super::cluster::{Cluster, lock};
 use super::resources;
 use super::services::cluster_ip;
 
+/// The shortest time between two syncs of the listeners with the store.
+const MIN_SYNC: Duration = Duration::from_millis(50);
+
 /// Where one Service port sends its connections.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Route {
@@ -29,6 +35,8 @@ struct Route {
     selector: BTreeMap<String, String>,
     /// `targetPort`: a number or a container port name.
     target: Value,
+    /// The ready endpoints at the last sync, `podIP:targetPort`.
+    endpoints: Vec<SocketAddrV4>,
 }
 
 /// A bound Service port.
@@ -117,13 +125,15 @@ fn desired(cluster: &Cluster) -> HashMap<SocketAddrV4, Route> {
             let Some(port) = p["port"].as_u64().and_then(|n| u16::try_from(n).ok()) else {
                 continue;
             };
-            let route = Route {
+            let mut route = Route {
                 ns: ns.clone(),
                 service: name.clone(),
                 selector: selector.clone(),
                 target: p.get("targetPort").cloned().unwrap_or(Value::from(port)),
+                endpoints: Vec::new(),
             };
-            if !endpoints(cluster, &route).is_empty() {
+            route.endpoints = endpoints(cluster, &route);
+            if !route.endpoints.is_empty() {
                 out.insert(SocketAddrV4::new(ip, port), route);
             }
         }
@@ -138,9 +148,9 @@ async fn forward(
     rr: Arc<AtomicUsize>,
     mut client: tokio::net::TcpStream,
 ) {
-    let eps = endpoints(&cluster, &route);
+    let eps = &route.endpoints;
     if eps.is_empty() {
-        // No endpoint left since the last sync: reset, as REJECT does.
+        // No endpoint left at the last sync: reset, as REJECT does.
         let _ = client.set_zero_linger();
         return;
     }
@@ -232,6 +242,13 @@ pub async fn run(cluster: Arc<Cluster>) {
             _ = changed.changed() => {}
             _ = resync.tick() => {}
         }
+        // Changes that come in a burst (a thousand pods starting) make one
+        // sync, not one each.
+        tokio::select! {
+            _ = cluster.shutdown.cancelled() => break,
+            _ = tokio::time::sleep(MIN_SYNC) => {}
+        }
+        changed.borrow_and_update();
     }
     for (_, a) in active {
         a.task.abort();
