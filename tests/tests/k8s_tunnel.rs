@@ -267,8 +267,11 @@ async fn the_relay_carries_only_pinned_tls_from_agents_to_the_leader_over_its_tu
     let refused = agent_says(relay.agents, other.pin, "impostor?".into()).await;
     assert!(refused.is_err(), "{refused:?}");
 
-    // One tunnel drops: new connections use the other.
+    // One tunnel drops: once the relay has seen it go, new connections use
+    // the other. (A connection the relay gave to the dying tunnel just
+    // before fails its handshake, and a real agent dials again.)
     t1.close();
+    relay.wait_line("tunnel down").await;
     for i in 0..4 {
         assert_eq!(
             agent_says(relay.agents, leader.pin, format!("after {i}"))
