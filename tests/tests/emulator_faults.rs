@@ -68,39 +68,47 @@ async fn kill_preempt_and_evict_via_api() {
     );
     assert!(emu.kill_container("default", "nope", None, 1).is_err());
 
-    // Preemption: DisruptionTarget, then graceful deletion.
-    let (tx, mut rx) = tokio::sync::mpsc::channel(8);
-    let watcher_pods = pods.clone();
-    let w = tokio::spawn(async move {
+    // Preemption: DisruptionTarget, then graceful deletion. A watch sees
+    // every change of the pod, however short the grace period.
+    let rv = pods
+        .get("preempted")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .metadata
+        .resource_version
+        .unwrap_or_default();
+    let mut changes = pods
+        .watch(
+            &WatchParams::default().fields("metadata.name=preempted"),
+            &rv,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .boxed();
+    emu.preempt_pod("default", "preempted")
+        .unwrap_or_else(|e| panic!("{e}"));
+    let seen = tokio::time::timeout(T, async {
         let mut seen = None;
-        loop {
-            match watcher_pods.get_opt("preempted").await {
-                Ok(Some(p)) => {
+        while let Some(Ok(ev)) = changes.next().await {
+            match ev {
+                WatchEvent::Modified(p) => {
                     if let Some(c) = pod_condition(&p, "DisruptionTarget") {
                         seen = Some(c);
                     }
                 }
-                Ok(None) => {
-                    let _ = tx.send(seen).await;
-                    return;
-                }
-                Err(_) => {}
+                WatchEvent::Deleted(_) => break,
+                _ => {}
             }
-            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    });
-    emu.preempt_pod("default", "preempted")
-        .unwrap_or_else(|e| panic!("{e}"));
-    let seen = tokio::time::timeout(T, rx.recv())
-        .await
-        .ok()
-        .flatten()
-        .flatten();
+        seen
+    })
+    .await
+    .ok()
+    .flatten();
     assert_eq!(
         seen.map(|c| (c.0, c.1)),
         Some(("True".into(), Some("PreemptionByScheduler".into())))
     );
-    w.abort();
 
     // The Eviction API.
     pods.evict("evicted", &EvictParams::default())
