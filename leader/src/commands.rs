@@ -284,14 +284,8 @@ struct About {
 
 fn state_name(s: i32) -> &'static str {
     match JobState::try_from(s).unwrap_or(JobState::Unspecified) {
-        JobState::Waiting => "waiting",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Blocked => "blocked",
-        JobState::Cancelled => "cancelled",
         JobState::Unspecified => "?",
+        other => crate::metrics::state_label(other),
     }
 }
 

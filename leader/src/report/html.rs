@@ -75,14 +75,8 @@ fn size(v: f64) -> String {
 
 fn state_word(s: JobState) -> &'static str {
     match s {
-        JobState::Waiting => "waiting",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Blocked => "blocked",
-        JobState::Cancelled => "cancelled",
         JobState::Unspecified => "unknown",
+        other => crate::metrics::state_label(other),
     }
 }
 

@@ -22,16 +22,7 @@ const MAX_BARS: usize = 5000;
 
 /// `JOB_STATE_RUNNING` as `running`.
 pub fn state_name(s: JobState) -> &'static str {
-    match s {
-        JobState::Unspecified => "unspecified",
-        JobState::Waiting => "waiting",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Blocked => "blocked",
-        JobState::Cancelled => "cancelled",
-    }
+    crate::metrics::state_label(s)
 }
 
 /// A cause as one short line: `succeeded`, `exit code 1`, `oom killed: ...`.
