@@ -260,22 +260,29 @@ type Connected = (
 );
 
 /// Opens a stream and resends every unacknowledged chunk.
+///
+/// The chunks go out with the request rather than after the leader's
+/// response headers: waiting for those would add a round trip to the first
+/// line of every attempt, which through the tunnel over the API server is
+/// most of that line's latency.
 async fn connect(leader: &Leader, st: &mut State) -> Result<Connected, String> {
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut client = leader.client();
-    let resp = client
-        .stream_logs(ReceiverStream::new(rx))
-        .await
-        .map_err(|e| e.to_string())?;
-    let stream = resp.into_inner();
-    for i in 0..st.unacked.len() {
-        let chunk = st
-            .load(i)
-            .map_err(|e| format!("reading the log spool: {e}"))?;
-        tx.send(st.request(chunk))
-            .await
-            .map_err(|_| "log stream closed".to_string())?;
-    }
+    let call = client.stream_logs(ReceiverStream::new(rx));
+    let resend = async {
+        for i in 0..st.unacked.len() {
+            let chunk = st
+                .load(i)
+                .map_err(|e| format!("reading the log spool: {e}"))?;
+            tx.send(st.request(chunk))
+                .await
+                .map_err(|_| "log stream closed".to_string())?;
+        }
+        Ok::<(), String>(())
+    };
+    let (resp, resent) = tokio::join!(call, resend);
+    let stream = resp.map_err(|e| e.to_string())?.into_inner();
+    resent?;
     Ok((tx, stream))
 }
 
