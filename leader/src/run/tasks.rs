@@ -444,7 +444,8 @@ pub(super) async fn start(
                     let keeper = path
                         .relay
                         .map(|r| tokio::spawn(r.run(tunnel_tx, keeper_stop.clone())));
-                    batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx).await;
+                    batch::kubernetes::run(cluster, id, batch_rx, batch_ev_tx, keeper_stop.clone())
+                        .await;
                     keeper_stop.cancel();
                     if let Some(k) = keeper {
                         let _ = k.await;

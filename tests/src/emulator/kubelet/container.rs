@@ -2,7 +2,6 @@
 //! limit, and how it ended (exit code, signal, OOM kill).
 
 use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -95,7 +94,7 @@ impl ProcHandle {
 
 /// A started container.
 pub struct Running {
-    child: tokio::process::Child,
+    child: super::spawn::Child,
     cgroup: Option<Cgroup>,
     /// The process handle faults use.
     pub handle: ProcHandle,
@@ -109,9 +108,9 @@ pub struct Running {
 /// Starts the process; an error is the container runtime's message
 /// (`StartError` / `RunContainerError`).
 ///
-/// The fork runs on a blocking thread: forking a large process copies its
-/// page tables, milliseconds that would otherwise stall every other task of
-/// the emulator's runtime (API requests, Service and port-forward traffic).
+/// The process starts without a fork (see [`super::spawn`]): forking the
+/// large process the emulator runs in copied its page tables, about 18 ms
+/// per pod.
 pub async fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String> {
     let cgroup = match launch.memory_limit {
         Some(limit) => Cgroup::create(mode, &launch.cgroup_name, limit)
@@ -129,37 +128,21 @@ pub async fn spawn(mode: &MemoryMode, launch: &Launch) -> Result<Running, String
     .with_netns(launch.netns);
     let writer =
         LogWriter::open(&launch.log).map_err(|e| format!("cannot open the log file: {e}"))?;
-    let mut cmd = tokio::process::Command::new(&launch.argv[0]);
-    cmd.args(&launch.argv[1..])
-        .env_clear()
-        .envs(launch.env.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    // SAFETY: `PreExec::run` only makes async-signal-safe calls on data
-    // prepared before the fork.
-    unsafe {
-        cmd.pre_exec(move || pre.run());
-    }
-    let spawned = tokio::task::spawn_blocking(move || cmd.spawn())
-        .await
-        .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
-    let mut child = spawned.map_err(|e| {
+    let program = super::spawn::Program::new(&launch.argv, &launch.env, pre)
+        .map_err(|e| format!("invalid command or environment: {e}"))?;
+    let spawned = super::spawn::spawn(program).await.map_err(|e| {
         format!(
             "failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: exec: \"{}\": {e}",
             launch.argv[0]
         )
     })?;
     let started_at = now_str();
-    let pid = child.id().map(|p| p as i32).unwrap_or(0);
-    let mut pumps = Vec::new();
-    if let Some(out) = child.stdout.take() {
-        pumps.push(tokio::spawn(writer.clone().pump("stdout", out)));
-    }
-    if let Some(err) = child.stderr.take() {
-        pumps.push(tokio::spawn(writer.pump("stderr", err)));
-    }
+    let pid = spawned.child.id();
+    let child = spawned.child;
+    let pumps = vec![
+        tokio::spawn(writer.clone().pump("stdout", spawned.stdout)),
+        tokio::spawn(writer.pump("stderr", spawned.stderr)),
+    ];
     let poll_memory = matches!(mode, MemoryMode::Poll) && launch.memory_limit.is_some();
     Ok(Running {
         child,

@@ -19,6 +19,7 @@ pub mod exec;
 pub mod logs;
 pub mod rootfs;
 pub mod sandbox;
+pub mod spawn;
 pub mod status;
 pub mod volumes;
 pub mod worker;

@@ -487,11 +487,14 @@ impl Enter {
     /// Only async-signal-safe libc calls; no allocation.
     pub unsafe fn switch_user(&self) -> std::io::Result<()> {
         let err = std::io::Error::last_os_error;
-        // SAFETY: plain syscalls on values prepared before fork.
+        // SAFETY: plain syscalls on values prepared before the child was
+        // started. Raw syscalls, not glibc's wrappers: those would also
+        // change the credentials of every thread of a process this child
+        // shares its memory with (see `super::spawn`).
         unsafe {
-            if libc::setgroups(self.groups.len(), self.groups.as_ptr()) != 0
-                || libc::setgid(self.gid) != 0
-                || libc::setuid(self.uid) != 0
+            if libc::syscall(libc::SYS_setgroups, self.groups.len(), self.groups.as_ptr()) != 0
+                || libc::syscall(libc::SYS_setgid, self.gid) != 0
+                || libc::syscall(libc::SYS_setuid, self.uid) != 0
             {
                 return Err(err());
             }

@@ -27,6 +27,7 @@ use toil_proto::v1::{Cause, CauseKind};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 use self::pods::{Creation, DeadlineCheck, Tracked};
 use super::api::{ApiError, RetryPolicy, TokenBucket};
@@ -115,14 +116,20 @@ struct Batch {
     relist: Option<HashSet<String>>,
     last_watch_warning: Option<Instant>,
     tasks: JoinSet<Done>,
+    /// Cancelled at shutdown, before the Jobs are deleted (see [`run`]).
+    before_cleanup: CancellationToken,
 }
 
-/// Runs the Kubernetes batch system until shut down.
+/// Runs the Kubernetes batch system until shut down. `before_cleanup` is
+/// cancelled when shutting down, before this leader's Jobs (the relay's
+/// among them) are deleted, so the tunnels stop first instead of reporting
+/// a relay pod that went away.
 pub async fn run(
     cluster: Cluster,
     id: Identity,
     mut cmds: mpsc::Receiver<BatchCmd>,
     events: mpsc::Sender<BatchEvent>,
+    before_cleanup: CancellationToken,
 ) {
     let naming = Naming::new(&cluster.cfg.owner, &id.workflow_id, id.epoch);
     let selector = naming.epoch_selector();
@@ -152,6 +159,7 @@ pub async fn run(
         relist: None,
         last_watch_warning: None,
         tasks: JoinSet::new(),
+        before_cleanup,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -200,6 +208,7 @@ impl Batch {
             }
         }
         self.tasks.abort_all();
+        self.before_cleanup.cancel();
         let selector = self.shared.naming.epoch_selector();
         match super::cleanup::delete_jobs(&self.shared.client, &self.shared.ns, &selector).await {
             Ok(gone) => {
