@@ -416,3 +416,107 @@ extern "C" fn child_main(arg: *mut libc::c_void) -> libc::c_int {
         fail(a, errno)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tokio::io::AsyncReadExt;
+
+    use super::*;
+    use crate::emulator::kubelet::sandbox::Privileges;
+
+    fn program(argv: &[&str], env: &[(&str, &str)]) -> io::Result<Program> {
+        let pre = PreExec::new(
+            &[],
+            std::path::Path::new("/tmp"),
+            None,
+            Privileges::default(),
+            None,
+        )?;
+        let argv: Vec<String> = argv.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Program::new(&argv, &env, pre)
+    }
+
+    #[tokio::test]
+    async fn runs_through_path_with_its_env_cwd_output_and_exit_code() {
+        let p = program(
+            &[
+                "sh",
+                "-c",
+                "echo \"$GREETING $(pwd)\"; echo oops >&2; exit 3",
+            ],
+            &[("PATH", "/nonexistent:/usr/bin:/bin"), ("GREETING", "hi")],
+        )
+        .unwrap();
+        let mut s = spawn(p).await.unwrap();
+        let mut out = String::new();
+        s.stdout.read_to_string(&mut out).await.unwrap();
+        let mut err = String::new();
+        s.stderr.read_to_string(&mut err).await.unwrap();
+        let status = s.child.wait().await.unwrap();
+        assert_eq!(out, "hi /tmp\n");
+        assert_eq!(err, "oops\n");
+        assert_eq!(status.code(), Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_missing_program_is_an_error_not_a_process() {
+        let p = program(&["no-such-program-here"], &[("PATH", "/usr/bin:/bin")]).unwrap();
+        let err = spawn(p).await.err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT), "{err}");
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("not-executable");
+        std::fs::write(&plain, "#!/bin/sh\n").unwrap();
+        let p = program(&[plain.to_str().unwrap()], &[]).unwrap();
+        let err = spawn(p).await.err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+        // A sandbox step that fails is reported the same way.
+        let pre = PreExec::new(
+            &[],
+            std::path::Path::new("/etc/hostname/below-a-file"),
+            None,
+            Privileges::default(),
+            None,
+        )
+        .unwrap();
+        let p = Program::new(&["true".into()], &[], pre).unwrap();
+        let err = spawn(p).await.err().unwrap();
+        assert_eq!(err.raw_os_error(), Some(libc::ENOTDIR), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_default_signal_handling_and_is_killed_when_dropped() {
+        // SIGPIPE is ignored in Rust programs; a container must not inherit
+        // that (a `yes | head` in it would see EPIPE instead of ending), nor
+        // any blocked signal.
+        let p = program(
+            &["/bin/grep", "-E", "^Sig(Ign|Blk)", "/proc/self/status"],
+            &[],
+        )
+        .unwrap();
+        let mut s = spawn(p).await.unwrap();
+        let mut out = String::new();
+        s.stdout.read_to_string(&mut out).await.unwrap();
+        assert_eq!(s.child.wait().await.unwrap().code(), Some(0));
+        let mask = |name: &str| {
+            let line = out.lines().find(|l| l.starts_with(name)).unwrap();
+            u64::from_str_radix(line.rsplit('\t').next().unwrap(), 16).unwrap()
+        };
+        assert_eq!(mask("SigBlk:"), 0, "{out}");
+        assert_eq!(mask("SigIgn:") & (1 << (libc::SIGPIPE - 1)), 0, "{out}");
+        let p = program(&["/bin/sleep", "600"], &[]).unwrap();
+        let s = spawn(p).await.unwrap();
+        let pid = s.child.id();
+        drop(s);
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            // SAFETY: signal 0 only checks that the process exists.
+            unsafe { libc::kill(pid, 0) != 0 }
+        });
+        assert!(gone, "the dropped child {pid} is still there");
+    }
+}
