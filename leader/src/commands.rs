@@ -264,12 +264,16 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<u8> {
             jobs: &jobs,
             usage: &usage,
         });
+        // Rendered first, so that a closed pipe is an io::Error (see main).
+        let text = serde_json::to_string_pretty(&status)?;
         let mut out = std::io::stdout().lock();
-        serde_json::to_writer_pretty(&mut out, &status)?;
-        writeln!(out)?;
+        writeln!(out, "{text}")?;
+        out.flush()?;
         return Ok(0);
     }
-    print_status(&name, state, &jobs, &usage, &who, args.jobs);
+    let mut out = std::io::stdout().lock();
+    print_status(&mut out, &name, state, &jobs, &usage, &who, args.jobs)?;
+    out.flush()?;
     Ok(0)
 }
 
@@ -290,13 +294,14 @@ fn state_name(s: i32) -> &'static str {
 }
 
 fn print_status(
+    out: &mut impl Write,
     name: &str,
     state: WorkflowState,
     jobs: &[Job],
     usage: &ResourceUsage,
     who: &str,
     all: bool,
-) {
+) -> std::io::Result<()> {
     let state = match state {
         WorkflowState::Running => "running",
         WorkflowState::Succeeded => "succeeded",
@@ -304,26 +309,27 @@ fn print_status(
         WorkflowState::Cancelled => "cancelled",
         WorkflowState::Unspecified => "unknown",
     };
-    println!("workflow {name}: {state} ({who})");
+    writeln!(out, "workflow {name}: {state} ({who})")?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for j in jobs {
         *counts.entry(state_name(j.state)).or_default() += 1;
     }
     let counts: Vec<String> = counts.iter().map(|(s, n)| format!("{n} {s}")).collect();
-    println!("jobs: {} ({})", jobs.len(), counts.join(", "));
+    writeln!(out, "jobs: {} ({})", jobs.len(), counts.join(", "))?;
     let attempts: usize = jobs.iter().map(|j| j.attempts.len()).sum();
     let cpu = usage
         .cpu_time
         .as_ref()
         .map_or(0.0, |d| d.seconds as f64 + f64::from(d.nanos) / 1e9);
-    println!(
+    writeln!(
+        out,
         "attempts: {attempts} · cpu {cpu:.1} s · largest peak memory {} · cache {} hits, {} misses, {} downloaded, {} uploaded",
         units::format_size(usage.peak_rss_bytes),
         usage.cache_hits,
         usage.cache_misses,
         units::format_size(usage.bytes_downloaded),
         units::format_size(usage.bytes_uploaded),
-    );
+    )?;
     let shown: Vec<&Job> = jobs
         .iter()
         .filter(|j| {
@@ -331,13 +337,14 @@ fn print_status(
         })
         .collect();
     if shown.is_empty() {
-        return;
+        return Ok(());
     }
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "{:<32} {:<10} {:>8}  LAST CAUSE",
         "JOB", "STATE", "ATTEMPTS"
-    );
+    )?;
     for j in shown {
         let cause = j
             .attempts
@@ -350,14 +357,16 @@ fn print_status(
         } else {
             cause
         };
-        println!(
+        writeln!(
+            out,
             "{:<32} {:<10} {:>8}  {}",
             j.job_id,
             state_name(j.state),
             j.attempts.len(),
             cause
-        );
+        )?;
     }
+    Ok(())
 }
 
 /// `toil-leader logs`.
@@ -445,9 +454,13 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<u8> {
         if headers {
             writeln!(out, "==> {job} (attempt {n}) <==")?;
         }
-        for (_, data) in crate::logs::read_persisted(&store, &job, n, 0, u64::MAX).await? {
-            out.write_all(&data)?;
+        // A segment at a time: an attempt may have stored gigabytes.
+        for seg in crate::logs::segments(&store, &job, n, 0, u64::MAX).await? {
+            if let Some((_, data)) = crate::logs::read_segment(&store, &seg, 0, u64::MAX).await? {
+                out.write_all(&data)?;
+            }
         }
+        out.flush()?;
     }
     Ok(0)
 }

@@ -36,6 +36,9 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Commands that print for a reader: when the reader goes away (`| head`),
+    // stop quietly, as `cat` does.
+    let prints = !matches!(cli.command, Command::Run(_));
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Run(args) => {
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
     });
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(e) if prints && broken_pipe(&e) => ExitCode::SUCCESS,
         Err(e) => match e.downcast_ref::<Failure>() {
             Some(f) => {
                 say!("toil-leader: {}", f.message);
@@ -63,6 +67,14 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+/// Whether `e` comes from writing to a pipe whose reader has gone.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 /// The embedded agent (see `toil_leader::cli::run_agent`).

@@ -1,7 +1,7 @@
 //! Small traps found by trying the leader as a new user would, each checked
 //! through the real binaries: what `status` says after a successful run
-//! deleted its job store, `logs` for a scattered job, and the advice after a
-//! cancelled run.
+//! deleted its job store, `logs` for a scattered job, the advice after a
+//! cancelled run, and `status` or `logs` piped into `head`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -232,4 +232,56 @@ fn a_second_ctrl_c_exits_at_once_with_130() {
     );
     // Far less than the 10 s the clean stop would have waited.
     assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+/// `toil-leader logs … | head` and `status … | head`: when the reader goes
+/// away, the command stops quietly with 0, as `cat` does, instead of an
+/// error or a panic about a broken pipe. The log is 1.3 MB, more than any
+/// pipe buffer and more than one stored segment, so the write must fail.
+#[test]
+fn viewing_commands_piped_into_head_stop_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+
+    let sb = Sandbox::new("usab-pipe");
+    sb.write(
+        "big.yaml",
+        "jobs:\n  big:\n    command: [sh, -c, 'seq 1 200000']\n  many:\n    scatter: {i: {range: 40}}\n    command: echo {{i}}\n",
+    );
+    sb.run(&["run", "big.yaml", "--clean", "never"], T)
+        .expect_code(0);
+    // The whole log, a segment at a time.
+    let r = sb.run(&["logs", &js(&sb), "big"], T);
+    r.expect_code(0);
+    assert_eq!(r.stdout.lines().count(), 200_000);
+    assert_eq!(r.stdout.lines().last(), Some("200000"));
+    let store = js(&sb);
+    for (args, read_first) in [
+        (["logs", store.as_str(), "big"], true),
+        // Small outputs: the reader goes before the command has opened the
+        // job store, so its first write already finds no reader.
+        (["status", store.as_str(), "--jobs"], false),
+        (["status", store.as_str(), "--json"], false),
+    ] {
+        let mut cmd = sb.leader(&args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        if read_first {
+            let mut first = String::new();
+            BufReader::new(stdout).read_line(&mut first).unwrap();
+            assert_eq!(first, "1\n", "{args:?}");
+        } else {
+            drop(stdout);
+        }
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?} {stderr}", out.status);
+        assert!(
+            !stderr.contains("roken pipe") && !stderr.contains("panicked"),
+            "{args:?}: {stderr}"
+        );
+    }
 }
