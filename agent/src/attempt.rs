@@ -75,7 +75,7 @@ impl AgentCtx {
         }
         let engine = Engine::from_env(self.args.container_engine.as_deref())?;
         let dir = engine.cache_dir(&self.args.work_dir, |k| std::env::var_os(k));
-        let cache = ImageCache::new(engine, &dir)?;
+        let cache = ImageCache::new(engine, &dir)?.with_pull_timeout(self.args.image_pull_timeout);
         *slot = Some(cache.clone());
         Ok(cache)
     }
@@ -411,7 +411,14 @@ impl Run<'_> {
                 Err(e) => return Err(Cause::new(e.cause_kind(), e.cause_message())),
             };
             self.note(&format!("pulling image {}", c.image)).await;
-            let pulled = match images.pull(c.image).await {
+            // Lines while waiting for another job's pull of the same image.
+            let sink = self.streamer.as_ref().map(|s| s.sink());
+            let waiting = move |line: String| {
+                if let Some(sink) = sink.clone() {
+                    tokio::spawn(async move { sink.note(&line).await });
+                }
+            };
+            let pulled = match images.pull(c.image, &waiting).await {
                 Ok(p) => p,
                 Err(e) => {
                     self.note(&format!("image pull failed: {}", e.cause_message()))

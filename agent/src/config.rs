@@ -74,6 +74,16 @@ pub struct RunArgs {
         value_parser = parse_timeout
     )]
     pub staging_timeout: Duration,
+    /// Longest time one image pull may take, e.g. `2h`; past it the engine
+    /// and every process it started are killed and the attempt fails
+    /// (IMAGE_PULL). Another job waiting for the same image then pulls it.
+    #[arg(
+        long = "imagePullTimeout",
+        env = "TOIL_IMAGE_PULL_TIMEOUT",
+        default_value = "1h",
+        value_parser = parse_timeout
+    )]
+    pub image_pull_timeout: Duration,
     /// `singularity` or `apptainer` (default: whichever is on PATH).
     #[arg(long = "containerEngine", env = "TOIL_CONTAINER_ENGINE")]
     pub container_engine: Option<String>,

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use toil_proto::v1::CauseKind;
 
-use crate::cache::lock::{FileLock, Mode};
+use crate::cache::lock::{FileLock, Mode, holder_of, seconds};
 
 /// Most bytes of the engine's stderr kept in an error (the end is kept:
 /// engines print the fatal line last).
@@ -248,7 +248,22 @@ pub struct ImageCache {
     cache_dir: PathBuf,
     /// `CACHE/toil-images`: our `.sif` files, locks and temporaries.
     images: PathBuf,
+    /// How long one pull may take (`--imagePullTimeout`).
+    pull_timeout: Duration,
+    /// How often a job waiting for another's pull says so in its log.
+    wait_note_every: Duration,
 }
+
+/// One pull's limit unless `--imagePullTimeout` says otherwise: generous for
+/// images of several GB over a slow link, and still an end for a pull that
+/// hangs on a registry that stopped answering.
+pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How long a job waits for another's pull of the same image beyond the
+/// pull limit before it gives up (that pull should have been killed by
+/// then): a minute, or the limit itself if that is shorter.
+const WAIT_GRACE: Duration = Duration::from_secs(60);
+/// How often a waiting job checks whether the pull it waits for is done.
+const WAIT_POLL: Duration = Duration::from_millis(100);
 
 // === impl ImageCache ===
 
@@ -264,7 +279,21 @@ impl ImageCache {
             engine,
             cache_dir: cache_dir.to_path_buf(),
             images,
+            pull_timeout: DEFAULT_PULL_TIMEOUT,
+            wait_note_every: Duration::from_secs(30),
         })
+    }
+
+    /// Sets how often a job waiting for another's pull notes it (tests).
+    pub fn with_wait_note_every(mut self, every: Duration) -> Self {
+        self.wait_note_every = every;
+        self
+    }
+
+    /// Sets how long one pull may take (`--imagePullTimeout`).
+    pub fn with_pull_timeout(mut self, limit: Duration) -> Self {
+        self.pull_timeout = limit;
+        self
     }
 
     /// The engine in use.
@@ -285,10 +314,16 @@ impl ImageCache {
 
     /// Makes `image` available locally and returns its `.sif` file. A
     /// reference without a transport (`ubuntu:24.04`) means `docker://`; an
-    /// absolute path to an existing file is used as is. Waits (on a
-    /// blocking-pool thread) while another process on the node pulls the
-    /// same image. Dropping the future kills a pull in progress.
-    pub async fn pull(&self, image: &str) -> Result<PulledImage, ImageError> {
+    /// absolute path to an existing file is used as is. Waits while another
+    /// process on the node pulls the same image, calling `note` every 30 s
+    /// with a line for the job's log. A pull is killed, with every process
+    /// it started, after the pull limit (default one hour), and so is
+    /// a pull in progress when the future is dropped.
+    pub async fn pull(
+        &self,
+        image: &str,
+        note: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<PulledImage, ImageError> {
         if image.starts_with('/') && Path::new(image).is_file() {
             return Ok(PulledImage {
                 path: PathBuf::from(image),
@@ -309,13 +344,7 @@ impl ImageCache {
 
         let lock_path = self.images.join("locks").join(format!("{key}.lock"));
         let t0 = Instant::now();
-        let lock = {
-            let p = lock_path.clone();
-            tokio::task::spawn_blocking(move || FileLock::acquire(&p, Mode::Exclusive))
-                .await
-                .map_err(|e| ImageError::io("image lock thread", io::Error::other(e.to_string())))?
-                .map_err(|e| ImageError::io(format!("locking {}", lock_path.display()), e))?
-        };
+        let lock = self.wait_for_lock(&reference, &lock_path, t0, note).await?;
         let waited = t0.elapsed();
         if dest.exists() {
             release(lock);
@@ -349,10 +378,32 @@ impl ImageCache {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         hold_lock_in_child(&mut cmd, lock.as_raw_fd());
-        let out = cmd
-            .output()
-            .await
+        // A group of its own: the engine's helpers (mksquashfs, ...) inherit
+        // the lock too, and a timeout or a drop must end them all.
+        cmd.process_group(0);
+        let child = cmd
+            .spawn()
             .map_err(|e| ImageError::io(format!("running {}", self.engine.program.display()), e))?;
+        let group = GroupGuard(child.id().and_then(|p| i32::try_from(p).ok()));
+        let out = match tokio::time::timeout(self.pull_timeout, child.wait_with_output()).await {
+            Ok(out) => out.map_err(|e| {
+                ImageError::io(format!("running {}", self.engine.program.display()), e)
+            })?,
+            Err(_) => {
+                drop(group);
+                return Err(ImageError::Pull {
+                    image: reference.clone(),
+                    engine: self.engine.kind.name().to_string(),
+                    status: "killed".to_string(),
+                    message: format!(
+                        "the pull of {reference} took longer than {} and was stopped; the registry may be slow or unreachable from this node. For a very large image, raise --imagePullTimeout (TOIL_IMAGE_PULL_TIMEOUT)",
+                        seconds(self.pull_timeout)
+                    ),
+                });
+            }
+        };
+        // It exited by itself; whatever it left in its group goes now.
+        drop(group);
         let fail = |message: String| ImageError::Pull {
             image: reference.clone(),
             engine: self.engine.kind.name().to_string(),
@@ -426,6 +477,70 @@ impl ImageCache {
                 )
             })
             .collect()
+    }
+}
+
+impl ImageCache {
+    /// Takes the image's pull lock, noting every `wait_note_every` that
+    /// another job holds it; gives up past the pull limit plus a minute.
+    async fn wait_for_lock(
+        &self,
+        reference: &str,
+        lock_path: &Path,
+        t0: Instant,
+        note: &(dyn Fn(String) + Send + Sync),
+    ) -> Result<FileLock, ImageError> {
+        let give_up = self.pull_timeout + WAIT_GRACE.min(self.pull_timeout);
+        let mut next_note = self.wait_note_every;
+        loop {
+            match FileLock::try_acquire(lock_path, Mode::Exclusive) {
+                Ok(Some(lock)) => return Ok(lock),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(ImageError::io(
+                        format!("locking {}", lock_path.display()),
+                        e,
+                    ));
+                }
+            }
+            let waited = t0.elapsed();
+            if waited >= give_up {
+                let holder = holder_of(lock_path).unwrap_or_else(|| "another process".into());
+                return Err(ImageError::Pull {
+                    image: reference.to_string(),
+                    engine: self.engine.kind.name().to_string(),
+                    status: "not started".to_string(),
+                    message: format!(
+                        "another job on this node has been pulling {reference} for more than {} ({holder} holds {}); it should have been stopped at --imagePullTimeout, so it may be stuck: end it, or delete the pod it runs in",
+                        seconds(give_up),
+                        lock_path.display()
+                    ),
+                });
+            }
+            if waited >= next_note {
+                note(format!(
+                    "waiting for image {reference}: another job on this node has been pulling it for {}",
+                    seconds(Duration::from_secs(waited.as_secs()))
+                ));
+                next_note += self.wait_note_every;
+            }
+            tokio::time::sleep(WAIT_POLL).await;
+        }
+    }
+}
+
+/// Kills a pull's process group when dropped: after it ended, timed out,
+/// or was abandoned.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -563,6 +678,78 @@ mod tests {
         let forced_path = singularity.to_string_lossy().into_owned();
         let e = Engine::detect(Some(&forced_path), None).map_err(io::Error::other)?;
         assert_eq!(e.program, singularity);
+        Ok(())
+    }
+
+    /// A job that finds another's pull of its image waits, notes it in its
+    /// log, takes the image once it is there, and gives up on a pull that
+    /// outlives the limit, naming the holder.
+    #[tokio::test]
+    async fn waits_for_another_pull_notes_it_and_gives_up_on_a_stuck_one() -> io::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let engine = Engine {
+            kind: EngineKind::Singularity,
+            program: "/nonexistent/singularity".into(),
+        };
+        let images = ImageCache::new(engine, dir.path())
+            .map_err(io::Error::other)?
+            .with_wait_note_every(Duration::from_millis(100))
+            .with_pull_timeout(Duration::from_millis(400));
+        let image = "docker://example/held:1";
+        let key = image_key(image);
+        let lock_path = images.images.join("locks").join(format!("{key}.lock"));
+        let notes = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = notes.clone();
+        let note = move |l: String| sink.lock().unwrap_or_else(|e| e.into_inner()).push(l);
+
+        // Another holder that never finishes: given up on after 0.4 + 0.4 s.
+        let held = FileLock::try_acquire(&lock_path, Mode::Exclusive)?
+            .ok_or_else(|| io::Error::other("lock taken"))?;
+        let t0 = Instant::now();
+        let err = images
+            .pull(image, &note)
+            .await
+            .err()
+            .ok_or_else(|| io::Error::other("no error"))?;
+        assert!(
+            t0.elapsed() >= Duration::from_millis(800),
+            "{:?}",
+            t0.elapsed()
+        );
+        assert_eq!(err.cause_kind(), CauseKind::ImagePull);
+        let msg = err.cause_message();
+        assert!(msg.contains("another job on this node has been pulling docker://example/held:1 for more than 0.8 s"), "{msg}");
+        assert!(
+            msg.contains(&format!("process {}", std::process::id())),
+            "the holder is named: {msg}"
+        );
+        let seen = notes.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        assert!(seen.len() >= 5, "{seen:?}");
+        assert!(seen[0].starts_with("waiting for image docker://example/held:1: another job on this node has been pulling it for"), "{seen:?}");
+
+        // A holder that finishes: the waiter takes its image.
+        let images2 = images.clone().with_pull_timeout(Duration::from_secs(30));
+        let dest = images.image_path(image);
+        let finisher = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            let r = fs::write(&dest, b"FAKE-SIF\n");
+            drop(held);
+            r
+        });
+        let pulled = images2
+            .pull(image, &|_| {})
+            .await
+            .map_err(io::Error::other)?;
+        finisher
+            .join()
+            .map_err(|_| io::Error::other("finisher panicked"))??;
+        assert!(!pulled.pulled);
+        assert!(
+            pulled.waited >= Duration::from_millis(250),
+            "{:?}",
+            pulled.waited
+        );
+        assert_eq!(pulled.path, images.image_path(image));
         Ok(())
     }
 

@@ -199,6 +199,9 @@ pub struct PullImageArgs {
     /// The node's work directory (for the default cache directory).
     #[arg(long, env = "TOIL_WORKDIR", default_value = "/var/lib/toil")]
     pub toil_workdir: PathBuf,
+    /// Longest time the pull may take, e.g. `2h`.
+    #[arg(long, env = "TOIL_IMAGE_PULL_TIMEOUT", default_value = "1h", value_parser = crate::config::parse_timeout)]
+    pub pull_timeout: std::time::Duration,
     /// Run this command in the image after pulling, in `--work-dir`.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -216,8 +219,9 @@ pub async fn run_pull(args: PullImageArgs) -> anyhow::Result<()> {
             Some(d) => d.clone(),
             None => engine.cache_dir(&args.toil_workdir, |k| std::env::var_os(k)),
         };
-        let images = ImageCache::new(engine, &dir)?;
-        let pulled = images.pull(&args.image).await?;
+        let images = ImageCache::new(engine, &dir)?.with_pull_timeout(args.pull_timeout);
+        let waiting = |line: String| tracing::info!("{line}");
+        let pulled = images.pull(&args.image, &waiting).await?;
         Ok::<_, crate::images::ImageError>((images, pulled))
     }
     .await;

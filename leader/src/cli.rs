@@ -285,6 +285,12 @@ pub struct RunArgs {
     #[arg(long = "stagingTimeout", value_parser = humantime::parse_duration)]
     pub staging_timeout: Option<Duration>,
 
+    /// Longest time an agent's pull of one container image may take, e.g.
+    /// 2h (agents' default: 1h). Past it the pull is stopped and the job
+    /// fails (IMAGE_PULL); a job waiting for the same image pulls it next.
+    #[arg(long = "imagePullTimeout", value_parser = humantime::parse_duration)]
+    pub image_pull_timeout: Option<Duration>,
+
     /// Container engine for jobs with an image: singularity or apptainer.
     /// Default: whichever is on PATH.
     #[arg(long = "containerEngine", env = "TOIL_CONTAINER_ENGINE")]
@@ -700,6 +706,11 @@ impl RunArgs {
                 "--stagingTimeout",
                 "TOIL_STAGING_TIMEOUT",
                 self.staging_timeout,
+            ),
+            (
+                "--imagePullTimeout",
+                "TOIL_IMAGE_PULL_TIMEOUT",
+                self.image_pull_timeout,
             ),
         ] {
             let Some(d) = v else { continue };

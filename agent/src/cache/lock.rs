@@ -167,9 +167,10 @@ impl FileLock {
     }
 
     /// Waits for the lock on `path` (creating the file if needed), without
-    /// a deadline. For locks only this agent's own kind of work holds (the
-    /// image pulls, which run their own timeouts); the node cache uses
-    /// [`FileLock::acquire_within`].
+    /// a deadline (tests only: the node cache uses
+    /// [`FileLock::acquire_within`], image pulls [`FileLock::try_acquire`]
+    /// with a deadline of their own).
+    #[cfg(test)]
     pub fn acquire(path: &Path, mode: Mode) -> io::Result<FileLock> {
         match lock(path, mode, true)? {
             Some(l) => Ok(l),
@@ -268,7 +269,7 @@ fn held_at(path: &Path, flock: Flock<File>, mode: Mode) -> io::Result<Result<Fil
 /// with the holder's pid and the file's device and inode) and the holder's
 /// command line. Best effort: `None` when nothing matches, e.g. the holder
 /// is in another PID namespace (`/proc/locks` then shows no pid).
-fn holder_of(path: &Path) -> Option<String> {
+pub(crate) fn holder_of(path: &Path) -> Option<String> {
     let md = fs::metadata(path).ok()?;
     let locks = fs::read_to_string("/proc/locks").ok()?;
     let want = (
