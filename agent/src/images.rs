@@ -262,8 +262,6 @@ pub const DEFAULT_PULL_TIMEOUT: Duration = Duration::from_secs(3600);
 /// pull limit before it gives up (that pull should have been killed by
 /// then): a minute, or the limit itself if that is shorter.
 const WAIT_GRACE: Duration = Duration::from_secs(60);
-/// How often a waiting job checks whether the pull it waits for is done.
-const WAIT_POLL: Duration = Duration::from_millis(100);
 
 // === impl ImageCache ===
 
@@ -491,20 +489,26 @@ impl ImageCache {
         note: &(dyn Fn(String) + Send + Sync),
     ) -> Result<FileLock, ImageError> {
         let give_up = self.pull_timeout + WAIT_GRACE.min(self.pull_timeout);
+        // A blocking flock on a thread of the pool: woken the moment the
+        // holder lets go, and visible as a waiter in /proc.
+        let path = lock_path.to_path_buf();
+        let mut acquire =
+            tokio::task::spawn_blocking(move || FileLock::acquire(&path, Mode::Exclusive));
         let mut next_note = self.wait_note_every;
         loop {
-            match FileLock::try_acquire(lock_path, Mode::Exclusive) {
-                Ok(Some(lock)) => return Ok(lock),
-                Ok(None) => {}
-                Err(e) => {
-                    return Err(ImageError::io(
-                        format!("locking {}", lock_path.display()),
-                        e,
-                    ));
+            let until = next_note.min(give_up).saturating_sub(t0.elapsed());
+            tokio::select! {
+                got = &mut acquire => {
+                    return got
+                        .map_err(|e| ImageError::io("image lock thread", io::Error::other(e.to_string())))?
+                        .map_err(|e| ImageError::io(format!("locking {}", lock_path.display()), e));
                 }
+                _ = tokio::time::sleep(until) => {}
             }
             let waited = t0.elapsed();
             if waited >= give_up {
+                // The thread stays blocked until the holder ends, then
+                // drops the lock it got.
                 let holder = holder_of(lock_path).unwrap_or_else(|| "another process".into());
                 return Err(ImageError::Pull {
                     image: reference.to_string(),
@@ -524,7 +528,6 @@ impl ImageCache {
                 ));
                 next_note += self.wait_note_every;
             }
-            tokio::time::sleep(WAIT_POLL).await;
         }
     }
 }

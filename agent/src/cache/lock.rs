@@ -167,10 +167,9 @@ impl FileLock {
     }
 
     /// Waits for the lock on `path` (creating the file if needed), without
-    /// a deadline (tests only: the node cache uses
-    /// [`FileLock::acquire_within`], image pulls [`FileLock::try_acquire`]
-    /// with a deadline of their own).
-    #[cfg(test)]
+    /// a deadline. For the image pulls, whose waiters keep a deadline of
+    /// their own while a pool thread blocks here; the node cache uses
+    /// [`FileLock::acquire_within`].
     pub fn acquire(path: &Path, mode: Mode) -> io::Result<FileLock> {
         match lock(path, mode, true)? {
             Some(l) => Ok(l),
