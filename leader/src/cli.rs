@@ -236,6 +236,18 @@ pub struct RunArgs {
     )]
     pub web_ui: String,
 
+    /// A file holding the web view's token, so that it stays the same
+    /// across starts (for Prometheus, or a bookmark). Only its owner may
+    /// read it (chmod 600), and it holds one line of at least 32
+    /// characters. Default: a new token at every start. Give it again with
+    /// --restart.
+    #[arg(
+        long = "webTokenFile",
+        env = "TOIL_WEB_TOKEN_FILE",
+        value_name = "FILE"
+    )]
+    pub web_token_file: Option<PathBuf>,
+
     /// A directory of your own on the leader's machine for the client token
     /// and the leader's Unix socket (kept out of the job store, which jobs
     /// can read). Default: $XDG_RUNTIME_DIR/toil, else
@@ -744,6 +756,12 @@ impl RunArgs {
             )));
         }
         let web_ui = crate::web::WebBind::parse(&self.web_ui).map_err(bad)?;
+        let web_token = self
+            .web_token_file
+            .as_deref()
+            .map(crate::web::read_token_file)
+            .transpose()
+            .map_err(bad)?;
         if self.agent_lease < Duration::from_secs(1) {
             return Err(bad("--agentLease must be at least 1s"));
         }
@@ -809,6 +827,7 @@ impl RunArgs {
             listen: self.listen,
             advertise: self.advertise,
             web_ui,
+            web_token,
             state_dir: self
                 .state_dir
                 .unwrap_or_else(crate::run::private::default_state_dir),

@@ -67,6 +67,8 @@ pub struct RunConfig {
     pub advertise: Option<String>,
     /// Where the web view listens (`--webUI`; `None`: off).
     pub web_ui: Option<crate::web::WebBind>,
+    /// The web token from `--webTokenFile`; `None`: a new one per start.
+    pub web_token: Option<String>,
     /// Where the client token and the Unix socket go (`--stateDir`).
     pub state_dir: PathBuf,
     /// Hand finished agents new jobs.

@@ -7,7 +7,8 @@
 //! parsers of the test venv (both text formats), and compared with the
 //! workflow's own counts and with `status --json`, live and after the
 //! leader is gone. On the Kubernetes emulator, the leader's count of its
-//! API requests is checked against the API server's.
+//! API requests is checked against the API server's. A token kept in a file
+//! (`--webTokenFile`) lets Prometheus scrape every run with one secret.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -527,4 +528,83 @@ async fn kubernetes_api_requests_are_counted_as_the_api_server_counts_them() {
         .expect("the leader ends once the holder does")
         .unwrap();
     assert_eq!(status.code(), Some(0), "{}", c.output_of("k8sm"));
+}
+
+/// `--webTokenFile`: the web token (and so the scrape token) comes from a
+/// file of the user's, the same at every start; a file others may read, a
+/// short token, or a missing file is refused before anything runs, with
+/// the fix.
+#[test]
+fn a_token_file_gives_every_start_the_same_scrape_token_and_bad_files_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let token = "7f3a9c0e5b2d4f6a8c1e3b5d7f9a0c2e4b6d8f1a";
+    let write_token = |sb: &Sandbox, name: &str, text: &str, mode: u32| {
+        let p = sb.write(name, text);
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        p.to_str().unwrap().to_string()
+    };
+    for run in 0..2 {
+        let sb = Sandbox::new("metrics-tokenfile");
+        let file = write_token(&sb, "web-token", &format!("{token}\n"), 0o600);
+        let gate = sb.path().join("gate");
+        sb.write(
+            "hold.yaml",
+            &format!(
+                "jobs:\n  hold:\n    command: while [ ! -e {} ]; do sleep 0.05; done\n",
+                gate.display()
+            ),
+        );
+        let leader = sb.spawn(
+            sb.leader(&["run", "hold.yaml", "--webTokenFile", &file]),
+            "leader",
+        );
+        let web = web_url(&sb.state_dir(), T);
+        assert_eq!(web.token, token, "start {run} printed the file's token");
+        let body = scrape(web.port, token, None).body;
+        assert!(body.contains("toil_jobs{state=\"running\"} 1"), "{body}");
+        let r = request(
+            web.port,
+            "GET",
+            "/metrics",
+            &[(
+                "Authorization",
+                "Bearer 7f3a9c0e5b2d4f6a8c1e3b5d7f9a0c2e4b6d8f1b",
+            )],
+        );
+        assert_eq!(r.status, 401, "a token one character off: {r:?}");
+        std::fs::write(&gate, "").unwrap();
+        leader.wait(T).expect_code(0);
+    }
+
+    let sb = Sandbox::new("metrics-tokenfile-bad");
+    sb.write("ok.yaml", "jobs:\n  a:\n    command: echo hi\n");
+    let open = write_token(&sb, "open-token", token, 0o644);
+    let short = write_token(&sb, "short-token", "abc123", 0o600);
+    let spaced = write_token(&sb, "spaced-token", &format!("{token} {token}"), 0o600);
+    let missing = sb.path().join("no-such-token");
+    let missing = missing.to_str().unwrap();
+    for (file, says) in [
+        (
+            open.as_str(),
+            "other users may read or change it (mode 644); run chmod 600",
+        ),
+        (short.as_str(), "at least 32 visible ASCII characters"),
+        (spaced.as_str(), "at least 32 visible ASCII characters"),
+        (missing, "No such file or directory"),
+    ] {
+        let r = sb.run(&["run", "ok.yaml", "--webTokenFile", file], T);
+        assert_eq!(r.code(), 2, "{file}: {}", r.stderr);
+        assert!(r.stderr.contains(says), "{file}: {}", r.stderr);
+        assert!(
+            r.stderr.contains("--webTokenFile / TOIL_WEB_TOKEN_FILE"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            !r.stderr.contains(token),
+            "the token is not echoed: {}",
+            r.stderr
+        );
+    }
+    assert!(!sb.job_store().exists(), "nothing ran");
 }

@@ -509,7 +509,10 @@ pub(super) async fn start(
                 },
                 metrics: metrics.clone(),
                 tokens: tokens.clone(),
-                web_token: crate::driver::new_token(),
+                web_token: cfg
+                    .web_token
+                    .clone()
+                    .unwrap_or_else(crate::driver::new_token),
                 workflow_id: meta.workflow_id.clone(),
                 name: meta.name.clone(),
                 started_ms: meta.created_ms,

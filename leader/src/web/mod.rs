@@ -11,7 +11,8 @@
 //!   (with the port) are answered, so a web page whose name was rebound to
 //!   127.0.0.1 (DNS rebinding) cannot read the view.
 //! - **Token.** Every route, pages and assets included, needs the web token
-//!   (or the workflow's client token): `Authorization: Bearer TOKEN`, or
+//!   (new at every start, or the one in `--webTokenFile`) or the workflow's
+//!   client token: `Authorization: Bearer TOKEN`, or
 //!   `?token=TOKEN` once, which sets an `HttpOnly`, `SameSite=Strict` cookie
 //!   and redirects to the URL without it. Compared in constant time.
 //!   Without it: `401` and a text saying where the URL is.
@@ -51,6 +52,54 @@ pub type Body = BoxBody<Bytes, Infallible>;
 
 /// A client has this long to finish its TLS handshake.
 const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Shortest web token accepted from `--webTokenFile`: 32 characters, as
+/// many as 128 random bits in hex.
+const MIN_TOKEN_FILE_CHARS: usize = 32;
+
+/// Reads the web token from `--webTokenFile`: a file only its owner may
+/// read or write (as ssh asks of a private key), holding one line of at
+/// least 32 visible ASCII characters. Every error says what to fix.
+pub fn read_token_file(path: &std::path::Path) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let hint = format!(
+        "make one with: (umask 077; head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > {})",
+        path.display()
+    );
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "--webTokenFile / TOIL_WEB_TOKEN_FILE {}: {e}; {hint}",
+            path.display()
+        )
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "--webTokenFile / TOIL_WEB_TOKEN_FILE {}: other users may read or change it (mode {mode:o}); run chmod 600 {}",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        format!(
+            "--webTokenFile / TOIL_WEB_TOKEN_FILE {}: {e}",
+            path.display()
+        )
+    })?;
+    let token = text.trim();
+    if token.len() < MIN_TOKEN_FILE_CHARS
+        || token.contains('\n')
+        || !token
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'&' && b != b'#' && b != b'%')
+    {
+        return Err(format!(
+            "--webTokenFile / TOIL_WEB_TOKEN_FILE {}: the token must be one line of at least {MIN_TOKEN_FILE_CHARS} visible ASCII characters, without & # or %; {hint}",
+            path.display()
+        ));
+    }
+    Ok(token.to_string())
+}
 
 /// Where the web view listens, from `--webUI`.
 #[derive(Clone, Debug, PartialEq, Eq)]
