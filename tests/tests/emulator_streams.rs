@@ -627,10 +627,28 @@ async fn exec_ends_when_the_pod_is_deleted() {
     let f = fixture().await;
     let pods = f.pods().await;
     let mut proc = pods
-        .exec("shell", ["sleep", "600"], &AttachParams::default())
+        .exec(
+            "shell",
+            ["sh", "-c", "echo started; exec sleep 600"],
+            &AttachParams::default(),
+        )
         .await
         .unwrap_or_else(|e| panic!("exec: {e}"));
     let status = proc.take_status().unwrap_or_else(|| panic!("no status"));
+    // The exec runs before the pod goes: an exec that reaches a container
+    // already stopped fails to start (InternalError, as a real kubelet
+    // answers "container not running"), which is another case.
+    let mut stdout = proc.stdout().unwrap_or_else(|| panic!("no stdout"));
+    let mut started = Vec::new();
+    let mut byte = [0u8; 1];
+    while !started.ends_with(b"started\n") {
+        let n = tokio::time::timeout(T, stdout.read(&mut byte))
+            .await
+            .unwrap_or_else(|_| panic!("the exec did not start: {started:?}"))
+            .unwrap_or_else(|e| panic!("stdout: {e}"));
+        assert_eq!(n, 1, "stdout ended before the exec started: {started:?}");
+        started.push(byte[0]);
+    }
     pods.delete("shell", &Default::default())
         .await
         .unwrap_or_else(|e| panic!("delete: {e}"));
