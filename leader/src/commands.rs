@@ -302,13 +302,7 @@ fn print_status(
     who: &str,
     all: bool,
 ) -> std::io::Result<()> {
-    let state = match state {
-        WorkflowState::Running => "running",
-        WorkflowState::Succeeded => "succeeded",
-        WorkflowState::Failed => "failed",
-        WorkflowState::Cancelled => "cancelled",
-        WorkflowState::Unspecified => "unknown",
-    };
+    let state = crate::status_json::workflow_state_label(state);
     writeln!(out, "workflow {name}: {state} ({who})")?;
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
     for j in jobs {

@@ -12,6 +12,18 @@ pub fn vm_hwm_kb(pid: u32) -> Option<u64> {
     status_field(&format!("/proc/{pid}/status"), "VmHWM:")
 }
 
+/// Whether our child `pid` has exited, without reaping it: its CPU times
+/// and peak memory stay readable in `/proc` until it is waited for.
+pub fn exited_unreaped(pid: u32) -> std::io::Result<bool> {
+    use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
+        Ok(WaitStatus::StillAlive) => Ok(false),
+        Ok(_) => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// Peak resident set size of the calling process, in KiB (0 if `/proc` is
 /// not mounted).
 pub fn own_peak_rss_kb() -> u64 {

@@ -13,6 +13,15 @@ use toil_tests::local::Sandbox;
 
 const T: Duration = Duration::from_secs(120);
 
+/// `PATH` with the stand-in engine first.
+fn stand_in_path() -> String {
+    format!(
+        "{}:{}",
+        harness::repo_root().join("tests/fixtures/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    )
+}
+
 #[test]
 fn jobs_run_in_their_image_pulled_once_and_a_failed_pull_is_image_pull() {
     let sb = Sandbox::new("images");
@@ -32,11 +41,7 @@ jobs:
     command: "echo never"
 "#,
     );
-    let path = format!(
-        "{}:{}",
-        harness::repo_root().join("tests/fixtures/bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = stand_in_path();
     let mut cmd = sb.leader(&["run", "img.yaml", "--clean", "never"]);
     cmd.env("PATH", &path)
         .env("FAKE_SINGULARITY_LOG", &pulls)
@@ -94,11 +99,7 @@ jobs:
     command: "echo never"
 "#,
     );
-    let path = format!(
-        "{}:{}",
-        harness::repo_root().join("tests/fixtures/bin").display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
+    let path = stand_in_path();
     let mut cmd = sb.leader(&[
         "run",
         "hung.yaml",

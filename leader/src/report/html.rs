@@ -80,16 +80,6 @@ fn state_word(s: JobState) -> &'static str {
     }
 }
 
-fn workflow_word(s: WorkflowState) -> &'static str {
-    match s {
-        WorkflowState::Running => "running",
-        WorkflowState::Succeeded => "succeeded",
-        WorkflowState::Failed => "failed",
-        WorkflowState::Cancelled => "cancelled",
-        WorkflowState::Unspecified => "unknown",
-    }
-}
-
 const CSS: &str = include_str!("report.css");
 const JS: &str = include_str!("report.js");
 
@@ -183,7 +173,7 @@ fn header(h: &mut String, snap: &Snapshot) {
     if start == i64::MAX {
         start = snap.created_ms;
     }
-    let state = workflow_word(snap.state);
+    let state = crate::status_json::workflow_state_label(snap.state);
     let _ = write!(
         h,
         r#"<header><h1>{}</h1><p><span class="state st-{state}">{state}</span>"#,

@@ -119,22 +119,12 @@ fn run_leader(
         err
     });
     loop {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-            && let Some(kb) = s
-                .lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|n| n.parse::<u64>().ok())
-        {
-            peak = peak.max(kb);
-        }
-        // Wait without reaping, so the exited leader's CPU times can still
-        // be read from /proc.
-        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(_) => break,
+        peak = peak.max(procfs::vm_hwm_kb(pid).unwrap_or(0));
+        // Without reaping, so the exited leader's CPU times can still be
+        // read from /proc.
+        match procfs::exited_unreaped(pid) {
+            Ok(false) => {}
+            Ok(true) => break,
             Err(e) => bail!("waiting for the leader: {e}"),
         }
         std::thread::sleep(Duration::from_millis(20));

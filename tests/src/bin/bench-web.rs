@@ -128,11 +128,9 @@ fn run(bins: &Path, dir: &Path, wf: &Path, watch: Watch, i: u32) -> anyhow::Resu
             }
         }
         peak = peak.max(procfs::vm_hwm_kb(pid).unwrap_or(0));
-        use nix::sys::wait::{Id, WaitPidFlag, WaitStatus, waitid};
-        let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
-        match waitid(Id::Pid(nix::unistd::Pid::from_raw(pid as i32)), flags) {
-            Ok(WaitStatus::StillAlive) => {}
-            Ok(_) => break,
+        match procfs::exited_unreaped(pid) {
+            Ok(false) => {}
+            Ok(true) => break,
             Err(e) => bail!("waiting for the leader: {e}"),
         }
         std::thread::sleep(Duration::from_millis(20));
